@@ -1,0 +1,171 @@
+package keystore
+
+import (
+	"context"
+	"errors"
+	"fmt"
+)
+
+// Algorithm names a private-key algorithm a device may hold. The set is the
+// union of what RFC 9420's cipher suites need for signatures and for DHKEM.
+type Algorithm string
+
+const (
+	Ed25519   Algorithm = "ed25519"
+	Ed448     Algorithm = "ed448"
+	ECDSAP256 Algorithm = "ecdsa-p256"
+	ECDSAP384 Algorithm = "ecdsa-p384"
+	ECDSAP521 Algorithm = "ecdsa-p521"
+	X25519    Algorithm = "x25519"
+	X448      Algorithm = "x448"
+	ECDHP256  Algorithm = "ecdh-p256"
+	ECDHP384  Algorithm = "ecdh-p384"
+	ECDHP521  Algorithm = "ecdh-p521"
+)
+
+// Algorithms lists every Algorithm in a stable order.
+var Algorithms = []Algorithm{Ed25519, Ed448, ECDSAP256, ECDSAP384, ECDSAP521, X25519, X448, ECDHP256, ECDHP384, ECDHP521}
+
+// IsSigning reports whether the algorithm signs (as opposed to key agreement).
+func (a Algorithm) IsSigning() bool {
+	switch a {
+	case Ed25519, Ed448, ECDSAP256, ECDSAP384, ECDSAP521:
+		return true
+	}
+	return false
+}
+
+// Valid reports whether a is one of Algorithms.
+func (a Algorithm) Valid() bool {
+	for _, b := range Algorithms {
+		if a == b {
+			return true
+		}
+	}
+	return false
+}
+
+// Protection says where a private key lives and is used. It is reported for
+// every key so that callers never mistake a software key for a hardware one.
+type Protection string
+
+const (
+	// ProtectionHardware: generated inside the device, never extractable,
+	// every operation runs inside the device.
+	ProtectionHardware Protection = "hardware"
+	// ProtectionWrapped: generated inside the device, stored outside it only
+	// encrypted under a device-resident key, unwrapped into the device for use.
+	ProtectionWrapped Protection = "wrapped"
+	// ProtectionSealed: for algorithms the device cannot compute. Generated
+	// in the daemon, stored encrypted under a device-resident key, decrypted
+	// into daemon memory only for one operation and wiped afterwards.
+	ProtectionSealed Protection = "sealed"
+)
+
+// Rank orders protection levels from weakest (1) to strongest (3); 0 means
+// unknown.
+func (p Protection) Rank() int {
+	switch p {
+	case ProtectionSealed:
+		return 1
+	case ProtectionWrapped:
+		return 2
+	case ProtectionHardware:
+		return 3
+	}
+	return 0
+}
+
+// DeviceInfo describes the device behind a Backend, for GetInfo and logs.
+type DeviceInfo struct {
+	Backend string // "pkcs11", "tpm"
+	Device  string // e.g. token label, manufacturer and model
+}
+
+// Backend is the small interface each device implements. It knows keys only
+// by the catalog id the keystore assigns and by the opaque reference the
+// device returns for it; it knows nothing of MLS.
+//
+// Every method must be safe for concurrent use. Errors that mean "no such
+// object on the device" wrap ErrDeviceKeyNotFound.
+type Backend interface {
+	Info() DeviceInfo
+
+	// Algorithms reports the algorithms the device can generate and use
+	// inside itself (protection level hardware). The keystore falls back to
+	// the Sealer capability, if any, for the others.
+	Algorithms() []Algorithm
+
+	// Generate creates a non-extractable key pair inside the device, tagged
+	// with id so that List can find it again after a crash. It returns the
+	// device reference to store in the catalog and the public key in its
+	// MLS encoding: 32/57 raw bytes for Ed25519/Ed448, the raw u-coordinate
+	// for X25519/X448, the uncompressed point for the NIST curves.
+	Generate(ctx context.Context, id string, alg Algorithm) (ref []byte, pub []byte, err error)
+
+	// Sign signs with a signing key. For ECDSA, msg is the digest (the
+	// caller hashes) and the result is the raw fixed-width r||s; for EdDSA,
+	// msg is the whole message and the result is the RFC 8032 signature.
+	Sign(ctx context.Context, ref []byte, alg Algorithm, msg []byte) ([]byte, error)
+
+	// ECDH computes the raw shared secret with a key-agreement key: the
+	// u-coordinate for X25519/X448, the x-coordinate for the NIST curves.
+	// peer is the peer's public key in the same encoding as Generate's pub;
+	// the caller has already checked that it is a valid point.
+	ECDH(ctx context.Context, ref []byte, alg Algorithm, peer []byte) ([]byte, error)
+
+	// Destroy removes the private key (and its public half) from the
+	// device. Destroying a key that is already gone is not an error.
+	Destroy(ctx context.Context, ref []byte) error
+
+	// List returns every key on the device that this daemon created, as
+	// (id, ref) pairs, so that start-up can reconcile device and catalog.
+	List(ctx context.Context) ([]DeviceKey, error)
+
+	Close() error
+}
+
+// DeviceKey is one key found on the device by Backend.List.
+type DeviceKey struct {
+	ID  string
+	Ref []byte
+}
+
+// Sealer is an optional Backend capability: encryption under a key that
+// never leaves the device. The keystore uses it for protection level sealed.
+// aad binds a blob to the key it protects, so blobs cannot be swapped
+// between catalog entries.
+type Sealer interface {
+	Seal(ctx context.Context, plaintext, aad []byte) ([]byte, error)
+	Unseal(ctx context.Context, blob, aad []byte) ([]byte, error)
+}
+
+// Checker is an optional Backend capability: it confirms that a key with
+// protection level hardware is still present and was never extractable
+// (PKCS#11 CKA_ALWAYS_SENSITIVE and CKA_NEVER_EXTRACTABLE). The keystore
+// calls it for every hardware key at start-up.
+type Checker interface {
+	Check(ctx context.Context, ref []byte, alg Algorithm) error
+}
+
+// Errors a Backend or the keystore return, matched with errors.Is.
+var (
+	ErrDeviceKeyNotFound    = errors.New("key not found on the device")
+	ErrUnsupportedAlgorithm = errors.New("algorithm not supported by the device")
+	ErrInvalidPeerKey       = errors.New("invalid peer public key")
+	ErrNotFound             = errors.New("key not found")
+	ErrWrongRole            = errors.New("key has the wrong role")
+	ErrNotActive            = errors.New("key is not active")
+	ErrPolicy               = errors.New("refused by policy")
+	ErrInvalidArgument      = errors.New("invalid argument")
+)
+
+// DeviceError wraps a device failure with the operation that failed, so the
+// message names what went wrong without exposing key material.
+type DeviceError struct {
+	Op  string
+	Err error
+}
+
+func (e *DeviceError) Error() string { return fmt.Sprintf("device %s: %v", e.Op, e.Err) }
+func (e *DeviceError) Unwrap() error { return e.Err }
