@@ -3,13 +3,13 @@ module github.com/mlskeyd/mlskeyd
 go 1.26.0
 
 require (
-	github.com/cloudflare/circl v1.6.5 // indirect
-	github.com/miekg/pkcs11 v1.1.2 // indirect
-	go.etcd.io/bbolt v1.5.0 // indirect
+	google.golang.org/grpc v1.85.0
+	google.golang.org/protobuf v1.36.12
+)
+
+require (
 	golang.org/x/net v0.60.0 // indirect
 	golang.org/x/sys v0.50.0 // indirect
 	golang.org/x/text v0.42.0 // indirect
 	google.golang.org/genproto/googleapis/rpc v0.0.0-20260817212433-ac3dfec99bb1 // indirect
-	google.golang.org/grpc v1.85.0 // indirect
-	google.golang.org/protobuf v1.36.12 // indirect
 )
