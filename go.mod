@@ -8,6 +8,9 @@ require (
 )
 
 require (
+	github.com/cloudflare/circl v1.6.5 // indirect
+	github.com/miekg/pkcs11 v1.1.2 // indirect
+	go.etcd.io/bbolt v1.5.0 // indirect
 	golang.org/x/net v0.60.0 // indirect
 	golang.org/x/sys v0.50.0 // indirect
 	golang.org/x/text v0.42.0 // indirect
