@@ -345,4 +345,3 @@ func TestDeleteKeepsTombstone(t *testing.T) {
 		t.Fatalf("second delete: %v", err)
 	}
 }
-

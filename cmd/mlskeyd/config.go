@@ -1,0 +1,224 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Every setting has one name, used as the flag (--name), the environment
+// variable (MLSKEYD_NAME, dashes as underscores) and the config file key
+// (name, dashes as underscores). Precedence, highest first: flag,
+// environment, config file, built-in default (some defaults depend on
+// --dev and --state-dir).
+type setting struct {
+	name, usage, def string
+	isBool           bool
+	value            string
+	from             string // "flag", "env", "file", "default"
+}
+
+type settings struct {
+	list   []*setting
+	byName map[string]*setting
+}
+
+func newSettings() *settings {
+	s := &settings{byName: map[string]*setting{}}
+	add := func(name, def, usage string, isBool bool) {
+		st := &setting{name: name, def: def, usage: usage, isBool: isBool, value: def, from: "default"}
+		s.list = append(s.list, st)
+		s.byName[name] = st
+	}
+	add("config", "", "JSON config file (keys are setting names with _ for -)", false)
+	add("dev", "false", "development mode: SoftHSM token, PIN, catalog and socket inside --state-dir, created when missing", true)
+	add("state-dir", "", "state directory (default /var/lib/mlskeyd; required with --dev)", false)
+	add("socket", "", "Unix socket path (default /run/mlskeyd/mlskeyd.sock; STATE/mlskeyd.sock with --dev)", false)
+	add("socket-mode", "0600", "file mode of the socket", false)
+	add("catalog", "", "key catalog file (default STATE/catalog.db)", false)
+	add("backend", "pkcs11", "device backend: pkcs11", false)
+	add("pkcs11-module", "", "PKCS#11 module path (default: SoftHSM)", false)
+	add("pkcs11-token", "", "token label", false)
+	add("pkcs11-serial", "", "token serial number", false)
+	add("pkcs11-pin-file", "", "file holding the user PIN (mode 0600 or stricter); or set MLSKEYD_PKCS11_PIN", false)
+	add("pkcs11-max-sessions", "0", "PKCS#11 sessions, i.e. concurrent device operations (0: from the token's limit)", false)
+	add("require-hardware", "", "roles whose keys must have protection hardware: comma list of signature, init, leaf_encryption, or all", false)
+	add("keypackage-lifetime", "2160h", "default KeyPackage lifetime", false)
+	add("keypackage-max-lifetime", "8760h", "longest KeyPackage lifetime a request may ask for", false)
+	add("log-level", "info", "debug, info, warn or error", false)
+	add("log-format", "text", "text or json", false)
+	add("version", "false", "print the version and exit", true)
+	return s
+}
+
+// envName is the variable for a setting. MLSKEYD_PKCS11_PIN is read
+// separately: the PIN itself never has a flag or a config key, because
+// argv is visible to every user and config files get copied around.
+func envName(name string) string {
+	return "MLSKEYD_" + strings.ToUpper(strings.ReplaceAll(name, "-", "_"))
+}
+
+type flagValue struct{ s *setting }
+
+func (f flagValue) String() string {
+	if f.s == nil {
+		return ""
+	}
+	return f.s.value
+}
+func (f flagValue) Set(v string) error { f.s.value, f.s.from = v, "flag"; return nil }
+func (f flagValue) IsBoolFlag() bool   { return f.s.isBool }
+
+func (s *settings) parse(args []string, getenv func(string) string, stderr io.Writer) error {
+	fs := flag.NewFlagSet("mlskeyd", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: mlskeyd [flags]\n\nEvery flag can also be set as MLSKEYD_<NAME> in the environment or as <name> in the --config file.\nPrecedence: flag, environment, config file, default.\n\n")
+		fs.PrintDefaults()
+	}
+	for _, st := range s.list {
+		fs.Var(flagValue{st}, st.name, st.usage)
+	}
+	// Parse flags first to learn --config, then layer: file < env < flag.
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	flagged := map[string]string{}
+	for _, st := range s.list {
+		if st.from == "flag" {
+			flagged[st.name] = st.value
+		}
+	}
+	cfgPath := s.byName["config"].value
+	if cfgPath == "" {
+		cfgPath = getenv(envName("config"))
+	}
+	if cfgPath != "" {
+		if err := s.loadFile(cfgPath); err != nil {
+			return err
+		}
+	}
+	for _, st := range s.list {
+		if v := getenv(envName(st.name)); v != "" {
+			st.value, st.from = v, "env"
+		}
+		if v, ok := flagged[st.name]; ok {
+			st.value, st.from = v, "flag"
+		}
+	}
+	return nil
+}
+
+func (s *settings) loadFile(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("config file: %w", err)
+	}
+	var m map[string]any
+	if err := json.Unmarshal(b, &m); err != nil {
+		return fmt.Errorf("config file %s: %w", path, err)
+	}
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		name := strings.ReplaceAll(k, "_", "-")
+		if name == "pkcs11-pin" {
+			return fmt.Errorf("config file %s: the PIN does not belong in a config file; use pkcs11_pin_file", path)
+		}
+		st, ok := s.byName[name]
+		if !ok || name == "config" {
+			return fmt.Errorf("config file %s: unknown key %q", path, k)
+		}
+		switch v := m[k].(type) {
+		case string:
+			st.value = v
+		case bool, float64:
+			st.value = fmt.Sprint(v)
+		default:
+			return fmt.Errorf("config file %s: key %q must be a string, number or boolean", path, k)
+		}
+		st.from = "file"
+	}
+	return nil
+}
+
+func (s *settings) str(name string) string { return s.byName[name].value }
+
+func (s *settings) bool(name string) (bool, error) {
+	v, err := strconv.ParseBool(s.str(name))
+	if err != nil {
+		return false, fmt.Errorf("--%s: %q is not a boolean", name, s.str(name))
+	}
+	return v, nil
+}
+
+func (s *settings) int(name string) (int, error) {
+	v, err := strconv.Atoi(s.str(name))
+	if err != nil || v < 0 {
+		return 0, fmt.Errorf("--%s: %q is not a non-negative integer", name, s.str(name))
+	}
+	return v, nil
+}
+
+func (s *settings) duration(name string) (time.Duration, error) {
+	v := s.str(name)
+	if d, ok := strings.CutSuffix(v, "d"); ok {
+		n, err := strconv.Atoi(d)
+		if err == nil && n > 0 {
+			return time.Duration(n) * 24 * time.Hour, nil
+		}
+	}
+	t, err := time.ParseDuration(v)
+	if err != nil || t <= 0 {
+		return 0, fmt.Errorf("--%s: %q is not a positive duration (e.g. 720h or 30d)", name, v)
+	}
+	return t, nil
+}
+
+func (s *settings) fileMode(name string) (os.FileMode, error) {
+	v, err := strconv.ParseUint(s.str(name), 8, 32)
+	if err != nil || v > 0o777 {
+		return 0, fmt.Errorf("--%s: %q is not an octal file mode", name, s.str(name))
+	}
+	return os.FileMode(v), nil
+}
+
+// readPIN reads the PIN from a file that only its owner may read, or from
+// MLSKEYD_PKCS11_PIN.
+func readPIN(path string, getenv func(string) string) (string, error) {
+	if path == "" {
+		if pin := getenv("MLSKEYD_PKCS11_PIN"); pin != "" {
+			return pin, nil
+		}
+		return "", errors.New("no PIN: set --pkcs11-pin-file or MLSKEYD_PKCS11_PIN")
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		return "", fmt.Errorf("PIN file: %w", err)
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return "", fmt.Errorf("PIN file %s has mode %04o: it must not be readable by group or others (chmod 600 %s)", path, fi.Mode().Perm(), path)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return "", fmt.Errorf("PIN file: %w", err)
+	}
+	pin := strings.TrimRight(string(b), "\r\n")
+	if pin == "" {
+		return "", fmt.Errorf("PIN file %s is empty", path)
+	}
+	return pin, nil
+}

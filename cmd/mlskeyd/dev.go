@@ -1,0 +1,69 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"path/filepath"
+
+	"github.com/mlskeyd/mlskeyd/pkcs11"
+)
+
+const devTokenLabel = "mlskeyd-dev"
+
+// setUpDev prepares --dev mode: a private SoftHSM configuration and token
+// inside state, a random PIN in state/pin (mode 0600), and defaults for the
+// socket and catalog inside state. Everything is created only when missing,
+// so a restart on the same directory keeps every key.
+func setUpDev(cfg *settings, state string, log *slog.Logger) error {
+	if err := os.MkdirAll(state, 0o700); err != nil {
+		return fmt.Errorf("state directory: %w", err)
+	}
+	hsm, err := pkcs11.InitSoftHSM(filepath.Join(state, "softhsm"), devTokenLabel)
+	if err != nil {
+		return fmt.Errorf("dev mode needs SoftHSM (apt-get install softhsm2): %w", err)
+	}
+	// The PIN files are written before the token exists and the token is
+	// initialised whenever it is missing, so a crash at any point leaves a
+	// state directory the next start completes. The SO PIN is kept beside
+	// the user PIN so the token can be administered with softhsm2-util;
+	// both are dev-only secrets.
+	pinFile, soFile := filepath.Join(state, "pin"), filepath.Join(state, "so-pin")
+	if _, err := os.Stat(pinFile); errors.Is(err, fs.ErrNotExist) {
+		if err := os.WriteFile(soFile, []byte(pkcs11.RandomPIN()+"\n"), 0o600); err != nil {
+			return err
+		}
+		if err := os.WriteFile(pinFile, []byte(pkcs11.RandomPIN()+"\n"), 0o600); err != nil {
+			return err
+		}
+	}
+	pin, err := readPIN(pinFile, os.Getenv)
+	if err != nil {
+		return err
+	}
+	so, err := readPIN(soFile, os.Getenv)
+	if err != nil {
+		return err
+	}
+	switch err := hsm.InitToken(so, pin); {
+	case err == nil:
+		log.Info("dev mode: created SoftHSM token", "label", devTokenLabel, "pin_file", pinFile)
+	case !errors.Is(err, pkcs11.ErrTokenExists):
+		return fmt.Errorf("initialise dev token: %w", err)
+	}
+	defaults := map[string]string{
+		"pkcs11-module":   hsm.Module,
+		"pkcs11-token":    devTokenLabel,
+		"pkcs11-pin-file": pinFile,
+		"socket":          filepath.Join(state, "mlskeyd.sock"),
+		"catalog":         filepath.Join(state, "catalog.db"),
+	}
+	for name, v := range defaults {
+		if st := cfg.byName[name]; st.from == "default" {
+			st.value = v
+		}
+	}
+	return nil
+}

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs every test: formatting, vet, generated-code freshness, unit and
+# device tests against SoftHSM (installed with apt-get when missing), the
+# end-to-end tests of the real binaries, interoperability with ts-mls (Node.js
+# installed with apt-get when missing), and a short run of every fuzz target.
+#   scripts/test.sh            everything
+#   FUZZTIME=30s scripts/test.sh   longer fuzzing
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export MLSKEYD_REQUIRE_SOFTHSM=1 MLSKEYD_REQUIRE_NODE=1
+
+pkgs=(softhsm2 protobuf-compiler)
+command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
+command -v npm >/dev/null 2>&1 || pkgs+=(npm)
+scripts/apt-install.sh "${pkgs[@]}"
+
+echo "== gofmt, go vet, generated code"
+unformatted=$(gofmt -l $(git ls-files '*.go' 2>/dev/null || find . -name '*.go' -not -path './.cache/*'))
+if [ -n "$unformatted" ]; then echo "not gofmt-ed:"; echo "$unformatted"; exit 1; fi
+go vet ./...
+scripts/gen-proto.sh --check
+
+echo "== ts-mls (clients/interop)"
+(cd clients/interop && npm ci --no-audit --no-fund --loglevel=error)
+
+echo "== go test -race"
+go test -race -count=1 -timeout 20m ./...
+
+echo "== fuzz (${FUZZTIME:=10s} each)"
+for pkg in $(go list ./...); do
+  dir=$(go list -f '{{.Dir}}' "$pkg")
+  for target in $(grep -ho '^func Fuzz[A-Za-z0-9_]*' "$dir"/*_test.go 2>/dev/null | sed 's/^func //' | sort -u); do
+    echo "-- $pkg $target"
+    go test -run '^$' -fuzz "^${target}\$" -fuzztime "$FUZZTIME" "$pkg" >/tmp/mlskeyd-fuzz.log 2>&1 || { cat /tmp/mlskeyd-fuzz.log; exit 1; }
+  done
+done
+echo "all tests passed"

@@ -1,0 +1,50 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/mlskeyd/mlskeyd/keystore"
+	"github.com/mlskeyd/mlskeyd/mls"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// invalid answers INVALID_ARGUMENT naming the request field at fault.
+func invalid(field, format string, args ...any) error {
+	return status.Errorf(codes.InvalidArgument, "%s: %s", field, fmt.Sprintf(format, args...))
+}
+
+// statusOf maps an error from keystore or mls to a gRPC status that names
+// field. Device errors keep their operation and return code (never key
+// material) so operators can act on them.
+func statusOf(field string, err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	code := codes.Internal
+	switch {
+	case errors.Is(err, context.Canceled):
+		code = codes.Canceled
+	case errors.Is(err, context.DeadlineExceeded):
+		code = codes.DeadlineExceeded
+	case errors.Is(err, keystore.ErrNotFound):
+		code = codes.NotFound
+	case errors.Is(err, keystore.ErrNotActive), errors.Is(err, keystore.ErrPolicy),
+		errors.Is(err, keystore.ErrUnsupportedAlgorithm):
+		code = codes.FailedPrecondition
+	case errors.Is(err, keystore.ErrWrongRole), errors.Is(err, keystore.ErrInvalidArgument),
+		errors.Is(err, keystore.ErrInvalidPeerKey), errors.Is(err, mls.ErrMalformed),
+		errors.Is(err, mls.ErrUnknownSuite), errors.Is(err, mls.ErrInvalidKeyPackage):
+		code = codes.InvalidArgument
+	}
+	var de *keystore.DeviceError
+	if code == codes.Internal && errors.As(err, &de) {
+		code = codes.Unavailable
+	}
+	return status.Errorf(code, "%s: %v", field, err)
+}

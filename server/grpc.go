@@ -1,0 +1,69 @@
+package server
+
+import (
+	"context"
+	"log/slog"
+	"runtime/debug"
+	"time"
+
+	pb "github.com/mlskeyd/mlskeyd/proto/mlskey/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
+)
+
+// NewGRPCServer returns a gRPC server with the KeyService, the standard
+// health service and server reflection (so grpcurl works), reading each
+// caller's SO_PEERCRED, logging every call without its payload and turning
+// a panic in a handler into INTERNAL instead of a dead daemon.
+func NewGRPCServer(svc *Service, log *slog.Logger) (*grpc.Server, *health.Server) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	gs := grpc.NewServer(
+		grpc.Creds(PeerCredentials{}),
+		grpc.MaxRecvMsgSize(MaxWelcomeSize+64<<10),
+		grpc.ChainUnaryInterceptor(logCalls(log), recoverPanics(log)),
+	)
+	pb.RegisterKeyServiceServer(gs, svc)
+	hs := health.NewServer()
+	hs.SetServingStatus(pb.KeyService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(gs, hs)
+	reflection.Register(gs)
+	return gs, hs
+}
+
+func logCalls(log *slog.Logger) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		start := time.Now()
+		resp, err := h(ctx, req)
+		attrs := []any{"method", info.FullMethod, "code", status.Code(err).String(), "duration", time.Since(start)}
+		if p, ok := PeerFromContext(ctx); ok {
+			attrs = append(attrs, "uid", p.UID, "pid", p.PID)
+		}
+		if err != nil {
+			// Status messages name fields and device return codes; they
+			// never carry key material or request content.
+			attrs = append(attrs, "error", status.Convert(err).Message())
+			log.Info("call failed", attrs...)
+		} else {
+			log.Debug("call", attrs...)
+		}
+		return resp, err
+	}
+}
+
+func recoverPanics(log *slog.Logger) grpc.UnaryServerInterceptor {
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (resp any, err error) {
+		defer func() {
+			if r := recover(); r != nil {
+				log.Error("handler panic", "method", info.FullMethod, "panic", r, "stack", string(debug.Stack()))
+				err = status.Error(codes.Internal, "internal error")
+			}
+		}()
+		return h(ctx, req)
+	}
+}
