@@ -39,7 +39,9 @@ func statusOf(field string, err error) error {
 		code = codes.FailedPrecondition
 	case errors.Is(err, keystore.ErrWrongRole), errors.Is(err, keystore.ErrInvalidArgument),
 		errors.Is(err, keystore.ErrInvalidPeerKey), errors.Is(err, mls.ErrMalformed),
-		errors.Is(err, mls.ErrUnknownSuite), errors.Is(err, mls.ErrInvalidKeyPackage):
+		errors.Is(err, mls.ErrUnknownSuite), errors.Is(err, mls.ErrInvalidKeyPackage),
+		errors.Is(err, mls.ErrInvalidParams), errors.Is(err, mls.ErrInvalidPublicKey),
+		errors.Is(err, mls.ErrUnsupportedWireFormat), errors.Is(err, mls.ErrUnsupportedVersion):
 		code = codes.InvalidArgument
 	}
 	var de *keystore.DeviceError

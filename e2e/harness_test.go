@@ -1,0 +1,186 @@
+// Package e2e tests the real mlskeyd and mlskeyctl binaries against SoftHSM,
+// and their interoperability with an independent MLS implementation (ts-mls).
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/mlskeyd/mlskeyd/client"
+	"github.com/mlskeyd/mlskeyd/pkcs11"
+	pb "github.com/mlskeyd/mlskeyd/proto/mlskey/v1"
+)
+
+var binDir string
+
+func TestMain(m *testing.M) {
+	if pkcs11.FindSoftHSM() == "" {
+		if os.Getenv("MLSKEYD_REQUIRE_SOFTHSM") == "1" {
+			fmt.Fprintln(os.Stderr, "e2e: SoftHSM is required but not installed")
+			os.Exit(1)
+		}
+		fmt.Println("e2e: SoftHSM not installed; skipping (scripts/test.sh installs it)")
+		os.Exit(0)
+	}
+	dir, err := os.MkdirTemp("", "mlskeyd-e2e-bin")
+	if err != nil {
+		panic(err)
+	}
+	build := exec.Command("go", "build", "-race", "-o", dir, "../cmd/mlskeyd", "../cmd/mlskeyctl")
+	build.Stdout, build.Stderr = os.Stdout, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "e2e: build:", err)
+		os.Exit(1)
+	}
+	binDir = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// daemon is a running mlskeyd in dev mode.
+type daemon struct {
+	t      *testing.T
+	state  string
+	socket string
+	cmd    *exec.Cmd
+	log    *bytes.Buffer
+	exited chan error
+}
+
+func startDaemon(t *testing.T, state string, args ...string) *daemon {
+	t.Helper()
+	d := &daemon{t: t, state: state, socket: filepath.Join(state, "mlskeyd.sock"), log: new(bytes.Buffer), exited: make(chan error, 1)}
+	d.cmd = exec.Command(filepath.Join(binDir, "mlskeyd"), append([]string{"--dev", "--state-dir", state, "--log-level", "debug"}, args...)...)
+	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
+	d.cmd.Env = cleanEnv()
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() { d.exited <- d.cmd.Wait() }()
+	t.Cleanup(func() { d.stop() })
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		select {
+		case err := <-d.exited:
+			d.exited <- err
+			t.Fatalf("mlskeyd exited at start-up: %v\n%s", err, d.log)
+		default:
+		}
+		if _, _, code := d.ctl("status"); code == 0 {
+			return d
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("mlskeyd did not start serving\n%s", d.log)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+}
+
+// cleanEnv keeps the daemon from inheriting settings of the test runner.
+func cleanEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "MLSKEYD_") && !strings.HasPrefix(kv, "SOFTHSM2_CONF=") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+// stop sends SIGTERM and waits; it is a no-op once the daemon has exited.
+func (d *daemon) stop() {
+	if d.cmd.ProcessState != nil {
+		return
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.exited:
+	case <-time.After(30 * time.Second):
+		d.cmd.Process.Kill()
+		<-d.exited
+		d.t.Errorf("mlskeyd did not stop on SIGTERM\n%s", d.log)
+	}
+}
+
+func (d *daemon) kill() {
+	d.cmd.Process.Kill()
+	<-d.exited
+}
+
+// ctl runs mlskeyctl against the daemon: stdout, stderr, exit code.
+func (d *daemon) ctl(args ...string) (string, string, int) {
+	return d.ctlIn(nil, args...)
+}
+
+func (d *daemon) ctlIn(stdin []byte, args ...string) (string, string, int) {
+	cmd := exec.Command(filepath.Join(binDir, "mlskeyctl"), append([]string{"--socket", d.socket}, args...)...)
+	cmd.Env = cleanEnv()
+	var out, errb bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	if stdin != nil {
+		cmd.Stdin = bytes.NewReader(stdin)
+	}
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		d.t.Fatalf("mlskeyctl: %v", err)
+	}
+	return out.String(), errb.String(), code
+}
+
+// ctlJSON runs mlskeyctl --json and decodes its output into v, failing the
+// test on a non-zero exit.
+func (d *daemon) ctlJSON(v any, args ...string) {
+	d.t.Helper()
+	out, errOut, code := d.ctl(append(args, "--json")...)
+	if code != 0 {
+		d.t.Fatalf("mlskeyctl %v: exit %d: %s", args, code, errOut)
+	}
+	if err := json.Unmarshal([]byte(out), v); err != nil {
+		d.t.Fatalf("mlskeyctl %v: bad JSON %q: %v", args, out, err)
+	}
+}
+
+func (d *daemon) client() pb.KeyServiceClient {
+	c, err := client.Dial(context.Background(), d.socket)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	d.t.Cleanup(func() { c.Close() })
+	return c.KeyServiceClient
+}
+
+// startDaemonExpectFailure runs a daemon that must exit with an error at
+// start-up and returns what it printed.
+func startDaemonExpectFailure(t *testing.T, state string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(filepath.Join(binDir, "mlskeyd"), append([]string{"--dev", "--state-dir", state}, args...)...)
+	cmd.Env = cleanEnv()
+	done := make(chan struct{})
+	var out []byte
+	var err error
+	go func() { out, err = cmd.CombinedOutput(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		t.Fatalf("mlskeyd did not exit\n%s", out)
+	}
+	if err == nil {
+		t.Fatalf("mlskeyd exited 0\n%s", out)
+	}
+	return string(out)
+}

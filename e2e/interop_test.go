@@ -1,0 +1,139 @@
+package e2e
+
+import (
+	"bytes"
+	"encoding/hex"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+)
+
+// tsmls runs the ts-mls helper in clients/interop with a JSON request and
+// decodes its JSON answer. The helper is an independent RFC 9420
+// implementation: agreeing with it is the evidence that what the daemon
+// makes and opens is MLS, not just what our own code expects.
+func tsmls(t *testing.T, cmd string, req, resp any) {
+	t.Helper()
+	dir, _ := filepath.Abs("../clients/interop")
+	if _, err := os.Stat(filepath.Join(dir, "node_modules", "ts-mls")); err != nil {
+		if os.Getenv("MLSKEYD_REQUIRE_NODE") == "1" {
+			t.Fatalf("ts-mls is not installed in %s (run npm ci there; scripts/test.sh does)", dir)
+		}
+		t.Skip("ts-mls not installed (scripts/test.sh installs it)")
+	}
+	in, _ := json.Marshal(req)
+	c := exec.Command("node", "tsmls.mjs", cmd)
+	c.Dir = dir
+	c.Stdin = bytes.NewReader(in)
+	var out, errb bytes.Buffer
+	c.Stdout, c.Stderr = &out, &errb
+	if err := c.Run(); err != nil {
+		t.Fatalf("ts-mls %s: %v: %s", cmd, err, errb.String())
+	}
+	if err := json.Unmarshal(out.Bytes(), resp); err != nil {
+		t.Fatalf("ts-mls %s: bad JSON %q", cmd, out.String())
+	}
+}
+
+type createdKP struct {
+	KeyPackageRef       string `json:"key_package_ref"`
+	InitKeyID           string `json:"init_key_id"`
+	LeafEncryptionKeyID string `json:"leaf_encryption_key_id"`
+	SignatureKeyID      string `json:"signature_key_id"`
+	KeyPackage          string `json:"key_package"`
+}
+
+type openedWelcome struct {
+	KeyPackageRef string  `json:"key_package_ref"`
+	CipherSuite   uint16  `json:"cipher_suite"`
+	GroupID       string  `json:"group_id"`
+	Epoch         uint64  `json:"epoch"`
+	JoinerSecret  string  `json:"joiner_secret"`
+	PathSecret    *string `json:"path_secret"`
+}
+
+func TestInteropWithTSMLS(t *testing.T) {
+	d := startDaemon(t, t.TempDir())
+	for _, suite := range []uint16{1, 2, 3, 5, 7} {
+		s := strconv.Itoa(int(suite))
+		t.Run("suite"+s, func(t *testing.T) {
+			var kps []createdKP
+			d.ctlJSON(&kps, "keypackage", "create", "--suite", s, "--identity", "alice@example.org", "--count", "3")
+			if len(kps) != 3 {
+				t.Fatalf("%d KeyPackages", len(kps))
+			}
+			var lr []createdKP
+			d.ctlJSON(&lr, "keypackage", "create", "--suite", s, "--identity", "alice@example.org",
+				"--signature-key", kps[0].SignatureKeyID, "--last-resort", "--lifetime", "30d")
+			all := append(kps, lr...)
+
+			var req struct {
+				KeyPackages []string `json:"key_packages"`
+			}
+			for _, kp := range all {
+				req.KeyPackages = append(req.KeyPackages, kp.KeyPackage)
+			}
+			var verified struct {
+				Results []struct {
+					OK            bool   `json:"ok"`
+					Error         string `json:"error"`
+					CipherSuite   uint16 `json:"cipher_suite"`
+					KeyPackageRef string `json:"key_package_ref"`
+					Identity      string `json:"identity"`
+					LastResort    bool   `json:"last_resort"`
+				} `json:"results"`
+			}
+			tsmls(t, "verify", req, &verified)
+			for i, r := range verified.Results {
+				if !r.OK {
+					t.Fatalf("ts-mls rejects KeyPackage %d: %s", i, r.Error)
+				}
+				if r.CipherSuite != suite || r.KeyPackageRef != all[i].KeyPackageRef ||
+					r.Identity != hex.EncodeToString([]byte("alice@example.org")) || r.LastResort != (i == 3) {
+					t.Fatalf("ts-mls sees KeyPackage %d differently: %+v vs %+v", i, r, all[i])
+				}
+			}
+
+			// ts-mls adds the KeyPackage to its own group; the daemon opens
+			// the Welcome and must agree on group id and epoch.
+			for _, kp := range []createdKP{kps[1], lr[0]} {
+				var added struct {
+					Welcome       string `json:"welcome"`
+					GroupID       string `json:"group_id"`
+					Epoch         uint64 `json:"epoch"`
+					KeyPackageRef string `json:"key_package_ref"`
+				}
+				tsmls(t, "add", map[string]string{"key_package": kp.KeyPackage}, &added)
+				welcome, _ := hex.DecodeString(added.Welcome)
+				file := filepath.Join(t.TempDir(), "welcome")
+				os.WriteFile(file, welcome, 0o600)
+				var opened openedWelcome
+				d.ctlJSON(&opened, "welcome", "open", "--in", file)
+				if opened.GroupID != added.GroupID || opened.Epoch != added.Epoch ||
+					opened.KeyPackageRef != kp.KeyPackageRef || opened.CipherSuite != suite || len(opened.JoinerSecret) == 0 {
+					t.Fatalf("welcome open: %+v, ts-mls made %+v", opened, added)
+				}
+				out, _, code := d.ctl("welcome", "open", "--in", file)
+				if kp.InitKeyID == lr[0].InitKeyID {
+					// Last resort: reusable.
+					if code != 0 || !strings.Contains(out, added.GroupID) {
+						t.Fatalf("last-resort Welcome opened twice: exit %d %s", code, out)
+					}
+					continue
+				}
+				if code == 0 {
+					t.Fatal("a consumed init key opened a second Welcome")
+				}
+				var k keyJSON
+				d.ctlJSON(&k, "key", "show", kp.InitKeyID)
+				if k.State != "consumed" {
+					t.Fatalf("init key after Welcome: %+v", k)
+				}
+			}
+		})
+	}
+}

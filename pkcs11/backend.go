@@ -1,0 +1,250 @@
+package pkcs11
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	p11 "github.com/miekg/pkcs11"
+
+	"github.com/mlskeyd/mlskeyd/keystore"
+)
+
+var (
+	_ keystore.Backend = (*Backend)(nil)
+	_ keystore.Sealer  = (*Backend)(nil)
+	_ keystore.Checker = (*Backend)(nil)
+)
+
+// Config selects the module, the token and the credentials.
+type Config struct {
+	// Module is the path of the PKCS#11 library. Empty means SoftHSM at
+	// /usr/lib/softhsm/libsofthsm2.so or
+	// /usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so.
+	Module string
+	// TokenLabel or TokenSerial selects the token (at least one; if both
+	// are set, both must match).
+	TokenLabel  string
+	TokenSerial string
+	// PIN is the user PIN. The caller reads it from a file or the
+	// environment; this package never logs it or puts it in an error.
+	PIN string
+	// MaxSessions bounds the pooled sessions (and so the concurrent
+	// operations). 0 means 2*GOMAXPROCS+2. Either way it is capped at 64
+	// and by the token's ulMaxRwSessionCount and ulMaxSessionCount-1 (one
+	// read-only session holds the login) when the token states them.
+	MaxSessions int
+}
+
+// Backend is a keystore.Backend, keystore.Sealer and keystore.Checker on one
+// PKCS#11 token. It is safe for concurrent use.
+type Backend struct {
+	mod   *module
+	slot  uint
+	pin   string
+	token p11.TokenInfo
+
+	sem    chan struct{} // one slot per in-flight operation
+	poolMu sync.Mutex
+	idle   []p11.SessionHandle
+
+	loginMu  sync.Mutex
+	anchor   p11.SessionHandle // holds the login; never used for operations
+	relogins atomic.Int64
+	pinErr   error // a PIN failure on re-login; no further attempts
+
+	cache handleCache
+	specs map[keystore.Algorithm]*algSpec // supported algorithms only
+	notes map[keystore.Algorithm]string   // why an algorithm is missing
+
+	sealMu  sync.RWMutex
+	sealIDs []string // CKA_IDs of the sealing keys; sealIDs[0] seals
+
+	done      chan struct{}
+	closeOnce sync.Once
+	closeMu   sync.RWMutex // operations hold it shared; Close exclusive
+	closed    bool
+	closeErr  error
+}
+
+// Open initialises the module, finds the token, logs in once, probes the
+// algorithms (including the X25519/X448 route) and makes sure the sealing
+// key exists.
+func Open(ctx context.Context, cfg Config) (*Backend, error) {
+	if cfg.TokenLabel == "" && cfg.TokenSerial == "" {
+		return nil, errors.New("pkcs11: set TokenLabel or TokenSerial")
+	}
+	if cfg.PIN == "" {
+		return nil, errors.New("pkcs11: no PIN configured")
+	}
+	if cfg.MaxSessions < 0 {
+		return nil, errors.New("pkcs11: MaxSessions must not be negative")
+	}
+	mod, err := acquireModule(cfg.Module)
+	if err != nil {
+		return nil, err
+	}
+	b := &Backend{mod: mod, pin: cfg.PIN, done: make(chan struct{})}
+	ok := false
+	defer func() {
+		if !ok {
+			b.shutdown()
+		}
+	}()
+
+	if b.slot, b.token, err = findToken(mod.ctx, cfg.TokenLabel, cfg.TokenSerial); err != nil {
+		return nil, err
+	}
+	if b.token.Flags&p11.CKF_USER_PIN_LOCKED != 0 {
+		return nil, fmt.Errorf("pkcs11: token %q: user PIN is locked", b.token.Label)
+	}
+
+	n := 2*runtime.GOMAXPROCS(0) + 2
+	if cfg.MaxSessions > 0 {
+		n = cfg.MaxSessions
+	}
+	n = min(n, 64)
+	if m := b.token.MaxRwSessionCount; m != p11.CK_EFFECTIVELY_INFINITE && m != p11.CK_UNAVAILABLE_INFORMATION {
+		n = min(n, int(m))
+	}
+	if m := b.token.MaxSessionCount; m != p11.CK_EFFECTIVELY_INFINITE && m != p11.CK_UNAVAILABLE_INFORMATION {
+		n = min(n, int(m)-1) // one for the anchor
+	}
+	b.sem = make(chan struct{}, max(n, 1))
+
+	// The anchor session keeps the module logged in even when every pool
+	// session is closed (closing the last session logs the user out). It is
+	// read-only, so it does not count against ulMaxRwSessionCount.
+	if b.anchor, err = mod.ctx.OpenSession(b.slot, p11.CKF_SERIAL_SESSION); err != nil {
+		b.anchor = 0
+		return nil, devErr("open", fmt.Errorf("C_OpenSession: %w", err))
+	}
+	if err := b.loginAnchor(); err != nil {
+		return nil, devErr("login", err)
+	}
+	if err := b.probe(ctx); err != nil {
+		return nil, devErr("probe", err)
+	}
+	if err := b.ensureSealKey(ctx); err != nil {
+		return nil, devErr("seal key", err)
+	}
+	ok = true
+	return b, nil
+}
+
+// findToken returns the slot whose initialised token matches.
+func findToken(ctx *p11.Ctx, label, serial string) (uint, p11.TokenInfo, error) {
+	slots, err := ctx.GetSlotList(true)
+	if err != nil {
+		return 0, p11.TokenInfo{}, devErr("open", fmt.Errorf("C_GetSlotList: %w", err))
+	}
+	var avail []string
+	var found []uint
+	var info p11.TokenInfo
+	for _, sl := range slots {
+		ti, err := ctx.GetTokenInfo(sl)
+		if err != nil || ti.Flags&p11.CKF_TOKEN_INITIALIZED == 0 {
+			continue
+		}
+		avail = append(avail, fmt.Sprintf("%q (serial %s)", ti.Label, ti.SerialNumber))
+		if (label == "" || ti.Label == label) && (serial == "" || ti.SerialNumber == serial) {
+			found = append(found, sl)
+			info = ti
+		}
+	}
+	want := fmt.Sprintf("label %q", label)
+	if label == "" {
+		want = fmt.Sprintf("serial %q", serial)
+	} else if serial != "" {
+		want += fmt.Sprintf(" and serial %q", serial)
+	}
+	switch {
+	case len(found) == 0:
+		list := "none"
+		if len(avail) > 0 {
+			list = strings.Join(avail, ", ")
+		}
+		return 0, info, fmt.Errorf("pkcs11: no initialised token with %s; available tokens: %s", want, list)
+	case len(found) > 1:
+		return 0, info, fmt.Errorf("pkcs11: %d tokens with %s; select by serial; available tokens: %s", len(found), want, strings.Join(avail, ", "))
+	}
+	return found[0], info, nil
+}
+
+// Close closes every session and releases the module (the last Backend of
+// a module calls C_Finalize). It waits for operations in flight; callers
+// blocked waiting for a session get ErrClosed. It never calls C_Logout.
+func (b *Backend) Close() error {
+	b.closeOnce.Do(func() {
+		close(b.done)
+		b.closeMu.Lock()
+		b.closed = true
+		b.closeMu.Unlock()
+		b.closeErr = b.shutdown()
+	})
+	return b.closeErr
+}
+
+func (b *Backend) shutdown() error {
+	b.poolMu.Lock()
+	for _, s := range b.idle {
+		_ = b.mod.ctx.CloseSession(s)
+	}
+	b.idle = nil
+	b.poolMu.Unlock()
+	if b.anchor != 0 {
+		_ = b.mod.ctx.CloseSession(b.anchor)
+		b.anchor = 0
+	}
+	return b.mod.release()
+}
+
+// Info describes the token and the X25519/X448 routes chosen by the probe.
+func (b *Backend) Info() keystore.DeviceInfo {
+	d := fmt.Sprintf("%s %s token %q serial %s; x25519=%s x448=%s",
+		b.token.ManufacturerID, b.token.Model, b.token.Label, b.token.SerialNumber,
+		b.Route(keystore.X25519), b.Route(keystore.X448))
+	return keystore.DeviceInfo{Backend: "pkcs11", Device: d}
+}
+
+// Algorithms reports the algorithms that passed the probe at Open, in
+// keystore.Algorithms order.
+func (b *Backend) Algorithms() []keystore.Algorithm {
+	var out []keystore.Algorithm
+	for _, a := range keystore.Algorithms {
+		if b.specs[a] != nil {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// Route reports how alg is implemented: RouteStandard, RouteMontgomery,
+// RouteEdwardsQuirk (X25519/X448 through SoftHSM's Edwards generator) or
+// RouteNone.
+func (b *Backend) Route(alg keystore.Algorithm) string {
+	if s := b.specs[alg]; s != nil {
+		return s.route
+	}
+	return RouteNone
+}
+
+// ProbeNotes explains, for each algorithm the probe rejected, what failed.
+func (b *Backend) ProbeNotes() map[keystore.Algorithm]string {
+	out := make(map[keystore.Algorithm]string, len(b.notes))
+	for k, v := range b.notes {
+		out[k] = v
+	}
+	return out
+}
+
+func (b *Backend) spec(alg keystore.Algorithm) (*algSpec, error) {
+	if s := b.specs[alg]; s != nil {
+		return s, nil
+	}
+	return nil, fmt.Errorf("%w: %s", keystore.ErrUnsupportedAlgorithm, alg)
+}

@@ -1,0 +1,325 @@
+package pkcs11
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+
+	p11 "github.com/miekg/pkcs11"
+
+	"github.com/mlskeyd/mlskeyd/keystore"
+)
+
+const (
+	labelPrefix = "mlskeyd:"
+	refVersion  = 0x01
+	maxIDLen    = 255
+	maxCache    = 8192
+)
+
+// EncodeRef returns the device reference for a catalog id: a version byte
+// (0x01) followed by the id bytes. The reference names the objects by
+// CKA_ID; object handles are not stable across logins or processes.
+func EncodeRef(id string) []byte {
+	return append([]byte{refVersion}, id...)
+}
+
+// DecodeRef is the inverse of EncodeRef.
+func DecodeRef(ref []byte) (string, error) {
+	if len(ref) < 2 || ref[0] != refVersion || len(ref)-1 > maxIDLen {
+		return "", fmt.Errorf("%w: malformed pkcs11 key reference", keystore.ErrInvalidArgument)
+	}
+	return string(ref[1:]), nil
+}
+
+func checkID(id string) error {
+	if id == "" || len(id) > maxIDLen {
+		return fmt.Errorf("%w: key id must be 1 to %d bytes", keystore.ErrInvalidArgument, maxIDLen)
+	}
+	return nil
+}
+
+// objKey names a token object: its class and CKA_ID.
+type objKey struct {
+	class uint
+	id    string
+}
+
+func (k objKey) label() string {
+	if k.class == p11.CKO_SECRET_KEY {
+		return sealLabel
+	}
+	return labelPrefix + k.id
+}
+
+// template matches the object exactly: class, CKA_ID and CKA_LABEL (the
+// label keeps keys of other applications that reuse an id out of reach).
+func (k objKey) template() []*p11.Attribute {
+	return []*p11.Attribute{
+		p11.NewAttribute(p11.CKA_CLASS, k.class),
+		p11.NewAttribute(p11.CKA_TOKEN, true),
+		p11.NewAttribute(p11.CKA_ID, []byte(k.id)),
+		p11.NewAttribute(p11.CKA_LABEL, k.label()),
+	}
+}
+
+// handleCache remembers object handles within this module instance. Entries
+// are dropped on CKR_OBJECT_HANDLE_INVALID, on Destroy and on re-login.
+type handleCache struct {
+	mu sync.Mutex
+	m  map[objKey]p11.ObjectHandle
+}
+
+func (c *handleCache) get(k objKey) (p11.ObjectHandle, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	h, ok := c.m[k]
+	return h, ok
+}
+
+func (c *handleCache) put(k objKey, h p11.ObjectHandle) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= maxCache {
+		c.m = make(map[objKey]p11.ObjectHandle)
+	}
+	c.m[k] = h
+}
+
+func (c *handleCache) drop(k objKey) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	delete(c.m, k)
+}
+
+func (c *handleCache) clear() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.m = nil
+}
+
+// findAll runs a complete C_FindObjects search.
+func (b *Backend) findAll(s p11.SessionHandle, tmpl []*p11.Attribute) ([]p11.ObjectHandle, error) {
+	if err := b.mod.ctx.FindObjectsInit(s, tmpl); err != nil {
+		return nil, fmt.Errorf("C_FindObjectsInit: %w", err)
+	}
+	var all []p11.ObjectHandle
+	var err error
+	for {
+		var hs []p11.ObjectHandle
+		hs, _, err = b.mod.ctx.FindObjects(s, 64)
+		if err != nil {
+			err = fmt.Errorf("C_FindObjects: %w", err)
+			break
+		}
+		if len(hs) == 0 {
+			break
+		}
+		all = append(all, hs...)
+	}
+	if ferr := b.mod.ctx.FindObjectsFinal(s); ferr != nil && err == nil {
+		err = fmt.Errorf("C_FindObjectsFinal: %w", ferr)
+	}
+	return all, err
+}
+
+// lookup returns the handle of object k, from the cache or by searching.
+func (b *Backend) lookup(s p11.SessionHandle, k objKey) (p11.ObjectHandle, error) {
+	if h, ok := b.cache.get(k); ok {
+		return h, nil
+	}
+	hs, err := b.findAll(s, k.template())
+	if err != nil {
+		return 0, err
+	}
+	if len(hs) == 0 {
+		if err := b.requireLogin(s); err != nil {
+			return 0, err
+		}
+		return 0, notFound(k.id)
+	}
+	b.cache.put(k, hs[0])
+	return hs[0], nil
+}
+
+// withKey runs fn on a pooled session with the handle of object k. A stale
+// cached handle is dropped and fn runs again with a fresh one.
+func (b *Backend) withKey(ctx context.Context, k objKey, fn func(s p11.SessionHandle, h p11.ObjectHandle) error) error {
+	return b.withSession(ctx, func(s p11.SessionHandle) error {
+		h, err := b.lookup(s, k)
+		if err != nil {
+			return err
+		}
+		err = fn(s, h)
+		if !handleInvalid(err) {
+			return err
+		}
+		b.cache.drop(k)
+		if h, err = b.lookup(s, k); err != nil {
+			return err
+		}
+		return fn(s, h)
+	})
+}
+
+// List returns every key pair this daemon created on the token: private
+// keys labelled "mlskeyd:"+CKA_ID, and public keys without a private half
+// (so that the caller can destroy them).
+func (b *Backend) List(ctx context.Context) ([]keystore.DeviceKey, error) {
+	ids := map[string]bool{}
+	err := b.withSession(ctx, func(s p11.SessionHandle) error {
+		clear(ids)
+		if err := b.requireLogin(s); err != nil {
+			return err
+		}
+		for _, class := range []uint{p11.CKO_PRIVATE_KEY, p11.CKO_PUBLIC_KEY} {
+			hs, err := b.findAll(s, []*p11.Attribute{
+				p11.NewAttribute(p11.CKA_CLASS, class),
+				p11.NewAttribute(p11.CKA_TOKEN, true),
+			})
+			if err != nil {
+				return err
+			}
+			for _, h := range hs {
+				attrs, err := b.mod.ctx.GetAttributeValue(s, h, []*p11.Attribute{
+					p11.NewAttribute(p11.CKA_LABEL, nil),
+					p11.NewAttribute(p11.CKA_ID, nil),
+				})
+				if handleInvalid(err) {
+					continue // destroyed meanwhile
+				}
+				if err != nil {
+					return fmt.Errorf("C_GetAttributeValue: %w", err)
+				}
+				label, id := string(attrs[0].Value), string(attrs[1].Value)
+				if !strings.HasPrefix(label, labelPrefix) || label != labelPrefix+id || checkID(id) != nil {
+					continue
+				}
+				ids[id] = true
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, devErr("list", err)
+	}
+	out := make([]keystore.DeviceKey, 0, len(ids))
+	for id := range ids {
+		out = append(out, keystore.DeviceKey{ID: id, Ref: EncodeRef(id)})
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
+	return out, nil
+}
+
+// Destroy removes both halves of the key pair (every matching object, in
+// case a crash left duplicates). A key that is already gone is not an error.
+func (b *Backend) Destroy(ctx context.Context, ref []byte) error {
+	id, err := DecodeRef(ref)
+	if err != nil {
+		return err
+	}
+	err = b.withSession(ctx, func(s p11.SessionHandle) error {
+		if err := b.requireLogin(s); err != nil {
+			return err
+		}
+		for _, class := range []uint{p11.CKO_PRIVATE_KEY, p11.CKO_PUBLIC_KEY} {
+			k := objKey{class: class, id: id}
+			b.cache.drop(k)
+			hs, err := b.findAll(s, k.template())
+			if err != nil {
+				return err
+			}
+			for _, h := range hs {
+				if err := b.mod.ctx.DestroyObject(s, h); err != nil && !handleInvalid(err) {
+					return fmt.Errorf("C_DestroyObject: %w", err)
+				}
+			}
+		}
+		return nil
+	})
+	return devErr("destroy", err)
+}
+
+// Check confirms that the private key exists, matches alg, and was
+// generated on the device and never extractable.
+func (b *Backend) Check(ctx context.Context, ref []byte, alg keystore.Algorithm) error {
+	id, err := DecodeRef(ref)
+	if err != nil {
+		return err
+	}
+	spec, err := b.spec(alg)
+	if err != nil {
+		return err
+	}
+	type want struct {
+		name string
+		typ  uint
+		val  bool
+	}
+	wants := []want{
+		{"CKA_ALWAYS_SENSITIVE", p11.CKA_ALWAYS_SENSITIVE, true},
+		{"CKA_NEVER_EXTRACTABLE", p11.CKA_NEVER_EXTRACTABLE, true},
+		{"CKA_SENSITIVE", p11.CKA_SENSITIVE, true},
+		{"CKA_EXTRACTABLE", p11.CKA_EXTRACTABLE, false},
+		{"CKA_LOCAL", p11.CKA_LOCAL, true},
+		{"CKA_PRIVATE", p11.CKA_PRIVATE, true},
+		{"CKA_TOKEN", p11.CKA_TOKEN, true},
+	}
+	if spec.sign {
+		wants = append(wants, want{"CKA_SIGN", p11.CKA_SIGN, true})
+	} else {
+		wants = append(wants, want{"CKA_DERIVE", p11.CKA_DERIVE, true})
+	}
+	var problem error
+	err = b.withKey(ctx, objKey{p11.CKO_PRIVATE_KEY, id}, func(s p11.SessionHandle, h p11.ObjectHandle) error {
+		q := []*p11.Attribute{p11.NewAttribute(p11.CKA_KEY_TYPE, nil), p11.NewAttribute(p11.CKA_EC_PARAMS, nil)}
+		for _, w := range wants {
+			q = append(q, p11.NewAttribute(w.typ, nil))
+		}
+		attrs, err := b.mod.ctx.GetAttributeValue(s, h, q)
+		if err != nil {
+			return fmt.Errorf("C_GetAttributeValue: %w", err)
+		}
+		problem = nil
+		kt := attrUint(attrs[0].Value)
+		okType := kt == spec.keyType
+		if alg == keystore.X25519 || alg == keystore.X448 {
+			// a key made under either route stays usable
+			okType = kt == ckkECMontgomery || kt == ckkECEdwards
+		}
+		if !okType {
+			problem = fmt.Errorf("%w: CKA_KEY_TYPE is 0x%x, not a %s key", keystore.ErrWrongRole, kt, alg)
+			return nil
+		}
+		if !ecParamsMatch(attrs[1].Value, spec.oid) {
+			problem = fmt.Errorf("%w: CKA_EC_PARAMS does not name the %s curve", keystore.ErrWrongRole, alg)
+			return nil
+		}
+		for i, w := range wants {
+			v := attrs[i+2].Value
+			if got := len(v) == 1 && v[0] != 0; len(v) != 1 || got != w.val {
+				problem = fmt.Errorf("%w: %s is not %v", ErrNotProtected, w.name, w.val)
+				return nil
+			}
+		}
+		return nil
+	})
+	if err == nil {
+		err = problem
+	}
+	return devErr("check", err)
+}
+
+// attrUint decodes a CK_ULONG attribute (native byte order).
+func attrUint(v []byte) uint {
+	switch len(v) {
+	case 8:
+		return uint(binary.NativeEndian.Uint64(v))
+	case 4:
+		return uint(binary.NativeEndian.Uint32(v))
+	}
+	return ^uint(0)
+}
