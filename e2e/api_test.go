@@ -12,11 +12,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mlskeyd/mlskeyd/client"
 	"github.com/mlskeyd/mlskeyd/keystore"
 	"github.com/mlskeyd/mlskeyd/mls"
 	"github.com/mlskeyd/mlskeyd/pkcs11"
 	pb "github.com/mlskeyd/mlskeyd/proto/mlskey/v1"
 	"google.golang.org/grpc/codes"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
 	"google.golang.org/grpc/status"
 )
 
@@ -296,4 +299,37 @@ func deviceKeyFiles(t *testing.T, state string) int {
 		return nil
 	})
 	return n
+}
+
+// TestHealthAndReflection checks what grpcurl relies on: the standard
+// health service and server reflection listing the KeyService.
+func TestHealthAndReflection(t *testing.T) {
+	d := startDaemon(t, t.TempDir())
+	c, err := client.Dial(context.Background(), d.socket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	h, err := healthpb.NewHealthClient(c.Conn()).Check(context.Background(), &healthpb.HealthCheckRequest{})
+	if err != nil || h.Status != healthpb.HealthCheckResponse_SERVING {
+		t.Fatalf("health: %v %v", h, err)
+	}
+	stream, err := reflectionpb.NewServerReflectionClient(c.Conn()).ServerReflectionInfo(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.Send(&reflectionpb.ServerReflectionRequest{MessageRequest: &reflectionpb.ServerReflectionRequest_ListServices{}}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, s := range resp.GetListServicesResponse().GetService() {
+		found = found || s.Name == "mlskey.v1.KeyService"
+	}
+	if !found {
+		t.Fatalf("reflection lists %v", resp.GetListServicesResponse().GetService())
+	}
 }
