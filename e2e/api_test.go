@@ -158,7 +158,7 @@ func TestRequestValidation(t *testing.T) {
 	}
 	dec("Welcome label", "label", codes.InvalidArgument, &pb.DecryptWithLabelRequest{KeyId: leaf.Id, Label: "Welcome", KemOutput: kem, Ciphertext: ct})
 	dec("short kem_output", "kem_output", codes.InvalidArgument, &pb.DecryptWithLabelRequest{KeyId: leaf.Id, Label: "UpdatePathNode", KemOutput: kem[:31], Ciphertext: ct})
-	dec("all-zero X25519 kem_output", "", codes.InvalidArgument, &pb.DecryptWithLabelRequest{KeyId: leaf.Id, Label: "UpdatePathNode", KemOutput: make([]byte, 32), Ciphertext: ct})
+	dec("all-zero X25519 kem_output", "kem_output", codes.InvalidArgument, &pb.DecryptWithLabelRequest{KeyId: leaf.Id, Label: "UpdatePathNode", KemOutput: make([]byte, 32), Ciphertext: ct})
 	dec("wrong context", "ciphertext", codes.InvalidArgument, &pb.DecryptWithLabelRequest{KeyId: leaf.Id, Label: "UpdatePathNode", Context: []byte("other"), KemOutput: kem, Ciphertext: ct})
 	dec("init key", "key_id", codes.InvalidArgument, &pb.DecryptWithLabelRequest{KeyId: kp.InitKeyId, Label: "UpdatePathNode", KemOutput: kem, Ciphertext: ct})
 	offCurve := make([]byte, 65)

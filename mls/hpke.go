@@ -59,6 +59,9 @@ func (s *Suite) ValidateHPKEPublicKey(b []byte) error {
 		if len(b) != x448KeySize {
 			return fmt.Errorf("%w: X448 key of %d bytes", ErrInvalidPublicKey, len(b))
 		}
+		if isLowOrder(b) {
+			return fmt.Errorf("%w: X448 point of small order", ErrInvalidPublicKey)
+		}
 		return nil
 	}
 	c := s.kemCurve()
@@ -67,6 +70,9 @@ func (s *Suite) ValidateHPKEPublicKey(b []byte) error {
 	}
 	if _, err := c.NewPublicKey(b); err != nil {
 		return fmt.Errorf("%w: %s HPKE key: %w", ErrInvalidPublicKey, s.KEMAlgorithm, err)
+	}
+	if s.KEM == KEMX25519 && isLowOrder(b) {
+		return fmt.Errorf("%w: X25519 point of small order", ErrInvalidPublicKey)
 	}
 	return nil
 }
