@@ -35,7 +35,7 @@ func wantCode(t *testing.T, what string, err error, code codes.Code, field strin
 	}
 }
 
-func createKPs(t *testing.T, c pb.KeyServiceClient, suite uint32, n uint32) *pb.CreateKeyPackagesResponse {
+func createKPs(t testing.TB, c pb.KeyServiceClient, suite uint32, n uint32) *pb.CreateKeyPackagesResponse {
 	t.Helper()
 	resp, err := c.CreateKeyPackages(context.Background(), &pb.CreateKeyPackagesRequest{
 		CipherSuite: suite, Count: n,
@@ -233,7 +233,7 @@ func TestCrashDuringKeyPackageCreation(t *testing.T) {
 
 	d = startDaemon(t, state)
 	var keys []keyJSON
-	d.ctlJSON(&keys, "key", "list")
+	d.ctlJSON(t, &keys, "key", "list")
 	d.stop()
 
 	// The restarted daemon reconciled; a second reconciliation must find

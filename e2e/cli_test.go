@@ -81,14 +81,14 @@ func TestCLIKeysAndSigning(t *testing.T) {
 			Signature   string `json:"signature"`
 		} `json:"suites"`
 	}
-	d.ctlJSON(&status, "status")
+	d.ctlJSON(t, &status, "status")
 	if status.Backend != "pkcs11" || len(status.Suites) != 7 {
 		t.Fatalf("status: %+v", status)
 	}
 
 	for _, suite := range []string{"1", "0x0002", "MLS_128_DHKEMX25519_CHACHA20POLY1305_SHA256_Ed25519", "4", "5", "6", "7"} {
 		var k keyJSON
-		d.ctlJSON(&k, "key", "create", "--suite", suite)
+		d.ctlJSON(t, &k, "key", "create", "--suite", suite)
 		if k.ID == "" || k.Protection != "hardware" {
 			t.Fatalf("key create --suite %s: %+v", suite, k)
 		}
@@ -101,7 +101,7 @@ func TestCLIKeysAndSigning(t *testing.T) {
 			var sig struct{ Signature string }
 			in := filepath.Join(t.TempDir(), "content")
 			os.WriteFile(in, content, 0o600)
-			d.ctlJSON(&sig, "sign", "--key", k.ID, "--label", label, "--in", in)
+			d.ctlJSON(t, &sig, "sign", "--key", k.ID, "--label", label, "--in", in)
 			s, _ := hex.DecodeString(sig.Signature)
 			verifyStd(t, k.Suite, pub, label, content, s)
 		}
@@ -118,17 +118,17 @@ func TestCLIKeysAndSigning(t *testing.T) {
 	}
 
 	var keys []keyJSON
-	d.ctlJSON(&keys, "key", "list")
+	d.ctlJSON(t, &keys, "key", "list")
 	if len(keys) != 7 {
 		t.Fatalf("key list: %d keys", len(keys))
 	}
 	var shown keyJSON
-	d.ctlJSON(&shown, "key", "show", keys[0].ID)
+	d.ctlJSON(t, &shown, "key", "show", keys[0].ID)
 	if shown.ID != keys[0].ID || shown.Role != "signature" || shown.State != "active" {
 		t.Fatalf("key show: %+v", shown)
 	}
 	var deleted keyJSON
-	d.ctlJSON(&deleted, "key", "delete", keys[0].ID)
+	d.ctlJSON(t, &deleted, "key", "delete", keys[0].ID)
 	if deleted.State != "destroyed" {
 		t.Fatalf("key delete: %+v", deleted)
 	}
@@ -152,7 +152,7 @@ func TestRestartKeepsKeysAndRemovesSocket(t *testing.T) {
 	state := t.TempDir()
 	d := startDaemon(t, state)
 	var k keyJSON
-	d.ctlJSON(&k, "key", "create", "--suite", "2")
+	d.ctlJSON(t, &k, "key", "create", "--suite", "2")
 	d.stop()
 	if _, err := os.Stat(d.socket); !os.IsNotExist(err) {
 		t.Fatalf("socket left after SIGTERM: %v", err)
@@ -169,7 +169,7 @@ func TestRestartKeepsKeysAndRemovesSocket(t *testing.T) {
 	}
 	d = startDaemon(t, state)
 	var sig struct{ Signature string }
-	d.ctlJSON(&sig, "sign", "--key", k.ID, "--label", "GroupInfoTBS", "--in", "/dev/null")
+	d.ctlJSON(t, &sig, "sign", "--key", k.ID, "--label", "GroupInfoTBS", "--in", "/dev/null")
 	s, _ := hex.DecodeString(sig.Signature)
 	pub, _ := hex.DecodeString(k.PublicKey)
 	verifyStd(t, 2, pub, "GroupInfoTBS", nil, s)

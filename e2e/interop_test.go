@@ -62,12 +62,12 @@ func TestInteropWithTSMLS(t *testing.T) {
 		s := strconv.Itoa(int(suite))
 		t.Run("suite"+s, func(t *testing.T) {
 			var kps []createdKP
-			d.ctlJSON(&kps, "keypackage", "create", "--suite", s, "--identity", "alice@example.org", "--count", "3")
+			d.ctlJSON(t, &kps, "keypackage", "create", "--suite", s, "--identity", "alice@example.org", "--count", "3")
 			if len(kps) != 3 {
 				t.Fatalf("%d KeyPackages", len(kps))
 			}
 			var lr []createdKP
-			d.ctlJSON(&lr, "keypackage", "create", "--suite", s, "--identity", "alice@example.org",
+			d.ctlJSON(t, &lr, "keypackage", "create", "--suite", s, "--identity", "alice@example.org",
 				"--signature-key", kps[0].SignatureKeyID, "--last-resort", "--lifetime", "30d")
 			all := append(kps, lr...)
 
@@ -112,7 +112,7 @@ func TestInteropWithTSMLS(t *testing.T) {
 				file := filepath.Join(t.TempDir(), "welcome")
 				os.WriteFile(file, welcome, 0o600)
 				var opened openedWelcome
-				d.ctlJSON(&opened, "welcome", "open", "--in", file)
+				d.ctlJSON(t, &opened, "welcome", "open", "--in", file)
 				if opened.GroupID != added.GroupID || opened.Epoch != added.Epoch ||
 					opened.KeyPackageRef != kp.KeyPackageRef || opened.CipherSuite != suite || len(opened.JoinerSecret) == 0 {
 					t.Fatalf("welcome open: %+v, ts-mls made %+v", opened, added)
@@ -129,7 +129,7 @@ func TestInteropWithTSMLS(t *testing.T) {
 					t.Fatal("a consumed init key opened a second Welcome")
 				}
 				var k keyJSON
-				d.ctlJSON(&k, "key", "show", kp.InitKeyID)
+				d.ctlJSON(t, &k, "key", "show", kp.InitKeyID)
 				if k.State != "consumed" {
 					t.Fatalf("init key after Welcome: %+v", k)
 				}

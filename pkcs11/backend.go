@@ -58,6 +58,12 @@ type Backend struct {
 	pinErr   error // a PIN failure on re-login; no further attempts
 
 	cache handleCache
+	// storeMu serialises creating and destroying token objects. SoftHSM
+	// 2.6's file object store fails about 1% of concurrent token-object
+	// generations with CKR_GENERAL_ERROR (TestParallelGenerate reproduces
+	// it without the lock), and serial generation is barely slower: the
+	// file I/O dominates either way.
+	storeMu sync.Mutex
 	specs map[keystore.Algorithm]*algSpec // supported algorithms only
 	notes map[keystore.Algorithm]string   // why an algorithm is missing
 

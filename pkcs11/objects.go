@@ -221,6 +221,8 @@ func (b *Backend) Destroy(ctx context.Context, ref []byte) error {
 	if err != nil {
 		return err
 	}
+	b.storeMu.Lock()
+	defer b.storeMu.Unlock()
 	err = b.withSession(ctx, func(s p11.SessionHandle) error {
 		if err := b.requireLogin(s); err != nil {
 			return err

@@ -83,6 +83,8 @@ func (b *Backend) Generate(ctx context.Context, id string, alg keystore.Algorith
 		return nil, nil, err
 	}
 	var pub []byte
+	b.storeMu.Lock()
+	defer b.storeMu.Unlock()
 	err = b.withSession(ctx, func(s p11.SessionHandle) error {
 		if err := b.requireLogin(s); err != nil {
 			return err

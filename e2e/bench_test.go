@@ -1,0 +1,103 @@
+package e2e
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/mlskeyd/mlskeyd/mls"
+	pb "github.com/mlskeyd/mlskeyd/proto/mlskey/v1"
+)
+
+// Benchmarks through the real daemon binary over its Unix socket: the
+// figures a client sees, to compare with the raw device figures of the
+// pkcs11 package's benchmarks. scripts/bench.sh runs them.
+
+func benchDaemon(b *testing.B) pb.KeyServiceClient {
+	d := startDaemon(b, b.TempDir())
+	b.Cleanup(d.stop)
+	return d.client()
+}
+
+func BenchmarkDaemonSignWithLabel(b *testing.B) {
+	c := benchDaemon(b)
+	content := make([]byte, 256)
+	for _, suite := range []uint32{1, 2} {
+		k, err := c.CreateSignatureKey(context.Background(), &pb.CreateSignatureKeyRequest{CipherSuite: suite})
+		if err != nil {
+			b.Fatal(err)
+		}
+		req := &pb.SignWithLabelRequest{KeyId: k.Id, Label: "FramedContentTBS", Content: content}
+		name := map[uint32]string{1: "ed25519", 2: "p256"}[suite]
+		b.Run(name+"/serial", func(b *testing.B) {
+			for b.Loop() {
+				if _, err := c.SignWithLabel(context.Background(), req); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+		b.Run(name+"/parallel", func(b *testing.B) {
+			b.SetParallelism(4)
+			b.RunParallel(func(p *testing.PB) {
+				for p.Next() {
+					if _, err := c.SignWithLabel(context.Background(), req); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+		})
+	}
+}
+
+func BenchmarkDaemonDecryptWithLabel(b *testing.B) {
+	c := benchDaemon(b)
+	for _, suite := range []uint32{1, 2} {
+		kp := createKPs(b, c, suite, 1).KeyPackages[0]
+		leaf, err := c.GetKey(context.Background(), &pb.GetKeyRequest{Id: kp.LeafEncryptionKeyId})
+		if err != nil {
+			b.Fatal(err)
+		}
+		su, _ := mls.LookupSuite(mls.CipherSuite(suite))
+		kem, ct, err := su.EncryptWithLabel(leaf.PublicKey, "UpdatePathNode", []byte("ctx"), make([]byte, 32))
+		if err != nil {
+			b.Fatal(err)
+		}
+		req := &pb.DecryptWithLabelRequest{KeyId: leaf.Id, Label: "UpdatePathNode", Context: []byte("ctx"), KemOutput: kem, Ciphertext: ct}
+		name := map[uint32]string{1: "x25519", 2: "p256"}[suite]
+		b.Run(name, func(b *testing.B) {
+			for b.Loop() {
+				if _, err := c.DecryptWithLabel(context.Background(), req); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkDaemonCreateKeyPackages reports the cost per KeyPackage of a
+// batch of 20: two token keys generated, two signatures, one commit.
+func BenchmarkDaemonCreateKeyPackages(b *testing.B) {
+	c := benchDaemon(b)
+	const n = 20
+	for _, suite := range []uint32{1, 2} {
+		sig, err := c.CreateSignatureKey(context.Background(), &pb.CreateSignatureKeyRequest{CipherSuite: suite})
+		if err != nil {
+			b.Fatal(err)
+		}
+		name := map[uint32]string{1: "suite1", 2: "suite2"}[suite]
+		b.Run(name, func(b *testing.B) {
+			start := time.Now()
+			for b.Loop() {
+				_, err := c.CreateKeyPackages(context.Background(), &pb.CreateKeyPackagesRequest{
+					CipherSuite: suite, SignatureKeyId: sig.Id, Count: n,
+					Credential: &pb.Credential{Credential: &pb.Credential_BasicIdentity{BasicIdentity: []byte("bench")}},
+				})
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(b.N*n)/time.Since(start).Seconds(), "keypackages/s")
+		})
+	}
+}
