@@ -101,3 +101,18 @@ func BenchmarkDaemonCreateKeyPackages(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkDaemonGetKey is the floor of every call: a gRPC round trip over
+// the socket and one catalog read, no device work.
+func BenchmarkDaemonGetKey(b *testing.B) {
+	c := benchDaemon(b)
+	k, err := c.CreateSignatureKey(context.Background(), &pb.CreateSignatureKeyRequest{CipherSuite: 1})
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if _, err := c.GetKey(context.Background(), &pb.GetKeyRequest{Id: k.Id}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -64,8 +64,8 @@ type Backend struct {
 	// it without the lock), and serial generation is barely slower: the
 	// file I/O dominates either way.
 	storeMu sync.Mutex
-	specs map[keystore.Algorithm]*algSpec // supported algorithms only
-	notes map[keystore.Algorithm]string   // why an algorithm is missing
+	specs   map[keystore.Algorithm]*algSpec // supported algorithms only
+	notes   map[keystore.Algorithm]string   // why an algorithm is missing
 
 	sealMu  sync.RWMutex
 	sealIDs []string // CKA_IDs of the sealing keys; sealIDs[0] seals
