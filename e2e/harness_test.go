@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -59,13 +60,13 @@ type daemon struct {
 	state  string
 	socket string
 	cmd    *exec.Cmd
-	log    *bytes.Buffer
+	log    *syncBuffer
 	exited chan error
 }
 
 func startDaemon(t testing.TB, state string, args ...string) *daemon {
 	t.Helper()
-	d := &daemon{t: t, state: state, socket: filepath.Join(state, "mlskeyd.sock"), log: new(bytes.Buffer), exited: make(chan error, 1)}
+	d := &daemon{t: t, state: state, socket: filepath.Join(state, "mlskeyd.sock"), log: new(syncBuffer), exited: make(chan error, 1)}
 	d.cmd = exec.Command(filepath.Join(binDir, "mlskeyd"), append([]string{"--dev", "--state-dir", state, "--log-level", "debug"}, args...)...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
 	d.cmd.Env = cleanEnv()
@@ -189,4 +190,23 @@ func startDaemonExpectFailure(t *testing.T, state string, args ...string) string
 		t.Fatalf("mlskeyd exited 0\n%s", out)
 	}
 	return string(out)
+}
+
+// syncBuffer collects the daemon's output; tests read it while the daemon
+// still writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

@@ -117,6 +117,9 @@ func TestInteropWithTSMLS(t *testing.T) {
 					opened.KeyPackageRef != kp.KeyPackageRef || opened.CipherSuite != suite || len(opened.JoinerSecret) == 0 {
 					t.Fatalf("welcome open: %+v, ts-mls made %+v", opened, added)
 				}
+				if strings.Contains(d.log.String(), opened.JoinerSecret) {
+					t.Fatal("the daemon logged a joiner secret")
+				}
 				out, _, code := d.ctl("welcome", "open", "--in", file)
 				if kp.InitKeyID == lr[0].InitKeyID {
 					// Last resort: reusable.

@@ -1,0 +1,117 @@
+package main
+
+import (
+	"io"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func env(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+func TestSettingsPrecedence(t *testing.T) {
+	dir := t.TempDir()
+	cfgFile := filepath.Join(dir, "mlskeyd.json")
+	os.WriteFile(cfgFile, []byte(`{"socket": "/file.sock", "pkcs11_token": "file-token", "log_level": "warn", "pkcs11_max_sessions": 8, "dev": false}`), 0o600)
+
+	s := newSettings()
+	err := s.parse([]string{"--config", cfgFile, "--socket", "/flag.sock"}, env(map[string]string{
+		"MLSKEYD_SOCKET":       "/env.sock",
+		"MLSKEYD_PKCS11_TOKEN": "env-token",
+	}), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, want := range map[string]string{
+		"socket":              "/flag.sock", // flag beats env and file
+		"pkcs11-token":        "env-token",  // env beats file
+		"log-level":           "warn",       // file beats default
+		"pkcs11-max-sessions": "8",
+		"socket-mode":         "0600", // default
+	} {
+		if got := s.str(name); got != want {
+			t.Errorf("%s = %q (from %s), want %q", name, got, s.byName[name].from, want)
+		}
+	}
+
+	// The config file may also come from the environment.
+	s = newSettings()
+	if err := s.parse(nil, env(map[string]string{"MLSKEYD_CONFIG": cfgFile}), io.Discard); err != nil || s.str("socket") != "/file.sock" {
+		t.Fatalf("MLSKEYD_CONFIG: %v %q", err, s.str("socket"))
+	}
+}
+
+func TestSettingsRejects(t *testing.T) {
+	dir := t.TempDir()
+	for name, body := range map[string]string{
+		"pin in file": `{"pkcs11_pin": "1234"}`,
+		"unknown key": `{"sockett": "/x"}`,
+		"bad JSON":    `{`,
+		"bad type":    `{"socket": ["a"]}`,
+	} {
+		f := filepath.Join(dir, "c.json")
+		os.WriteFile(f, []byte(body), 0o600)
+		if err := newSettings().parse([]string{"--config", f}, env(nil), io.Discard); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+	if err := newSettings().parse([]string{"--pkcs11-pin", "1234"}, env(nil), io.Discard); err == nil {
+		t.Error("a PIN flag was accepted")
+	}
+	if err := newSettings().parse([]string{"stray"}, env(nil), io.Discard); err == nil {
+		t.Error("a stray argument was accepted")
+	}
+}
+
+func TestReadPIN(t *testing.T) {
+	dir := t.TempDir()
+	f := filepath.Join(dir, "pin")
+	os.WriteFile(f, []byte("secret-pin\n"), 0o600)
+	if pin, err := readPIN(f, env(nil)); err != nil || pin != "secret-pin" {
+		t.Fatalf("readPIN: %q %v", pin, err)
+	}
+	os.Chmod(f, 0o640)
+	_, err := readPIN(f, env(nil))
+	if err == nil || !strings.Contains(err.Error(), "0640") {
+		t.Fatalf("group-readable PIN file: %v", err)
+	}
+	if err != nil && strings.Contains(err.Error(), "secret-pin") {
+		t.Fatal("the error shows the PIN")
+	}
+	if pin, err := readPIN("", env(map[string]string{"MLSKEYD_PKCS11_PIN": "from-env"})); err != nil || pin != "from-env" {
+		t.Fatalf("PIN from env: %q %v", pin, err)
+	}
+	if _, err := readPIN("", env(nil)); err == nil {
+		t.Fatal("no PIN accepted")
+	}
+}
+
+func TestMinProtection(t *testing.T) {
+	m, err := minProtection("signature, leaf-encryption")
+	if err != nil || len(m) != 2 {
+		t.Fatalf("%v %v", m, err)
+	}
+	if m, err := minProtection("all"); err != nil || len(m) != 3 {
+		t.Fatalf("all: %v %v", m, err)
+	}
+	if _, err := minProtection("signing"); err == nil {
+		t.Fatal("unknown role accepted")
+	}
+}
+
+func TestDurations(t *testing.T) {
+	s := newSettings()
+	s.byName["keypackage-lifetime"].value = "30d"
+	if d, err := s.duration("keypackage-lifetime"); err != nil || d.Hours() != 720 {
+		t.Fatalf("30d: %v %v", d, err)
+	}
+	for _, bad := range []string{"-1h", "0", "soon", "0d"} {
+		s.byName["keypackage-lifetime"].value = bad
+		if _, err := s.duration("keypackage-lifetime"); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+}
