@@ -118,14 +118,22 @@ type Backend interface {
 	// device. Destroying a key that is already gone is not an error.
 	Destroy(ctx context.Context, ref []byte) error
 
-	// List returns every key on the device that this daemon created, as
-	// (id, ref) pairs, so that start-up can reconcile device and catalog.
-	List(ctx context.Context) ([]DeviceKey, error)
-
 	Close() error
 }
 
-// DeviceKey is one key found on the device by Backend.List.
+// Lister is the capability of a device that stores keys itself (a PKCS#11
+// token): List returns every key on the device that this daemon created,
+// as (id, ref) pairs, so that start-up can reconcile device and catalog.
+//
+// A device without it keeps no per-key state (a TPM: the reference is the
+// key's encrypted blob, loadable only by that device). For such a device the
+// reference is the key: retiring a key also erases the reference from the
+// catalog, and there is nothing on the device to reconcile.
+type Lister interface {
+	List(ctx context.Context) ([]DeviceKey, error)
+}
+
+// DeviceKey is one key found on the device by Lister.List.
 type DeviceKey struct {
 	ID  string
 	Ref []byte

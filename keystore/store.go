@@ -272,6 +272,14 @@ func (b *Batch) Abort(ctx context.Context) {
 	b.s.destroyDevice(context.WithoutCancel(ctx), b.recs, "batch aborted")
 }
 
+// destroyRef destroys the device key of a record just retired; ref is its
+// device reference from before retire, which may have erased it.
+func (s *Store) destroyRef(ctx context.Context, r *Record, ref []byte, why string) {
+	c := *r
+	c.DeviceRef = ref
+	s.destroyDevice(ctx, []*Record{&c}, why)
+}
+
 func (s *Store) destroyDevice(ctx context.Context, recs []*Record, why string) {
 	for _, r := range recs {
 		if r == nil || r.Protection != ProtectionHardware {
@@ -304,10 +312,12 @@ func (s *Store) Create(ctx context.Context, sp KeySpec) (*Record, error) {
 func (s *Store) Delete(ctx context.Context, id string) (*Record, error) {
 	unlock := s.locks.lock(id)
 	defer unlock()
+	var ref []byte
 	r, err := s.cat.update(id, func(r *Record) error {
 		if r.State == StateDestroyed {
 			return fmt.Errorf("key %q is already destroyed: %w", id, ErrNotActive)
 		}
+		ref = r.DeviceRef
 		if r.State == StateActive {
 			s.retire(r, StateDestroyed, "deleted")
 		}
@@ -317,7 +327,7 @@ func (s *Store) Delete(ctx context.Context, id string) (*Record, error) {
 	if err != nil {
 		return nil, err
 	}
-	s.destroyDevice(ctx, []*Record{r}, "delete")
+	s.destroyRef(ctx, r, ref, "delete")
 	return r, nil
 }
 
@@ -325,8 +335,12 @@ func (s *Store) retire(r *Record, st State, why string) {
 	r.State = st
 	r.RetiredAt = s.opts.Now().UTC()
 	r.RetiredWhy = why
-	// A sealed blob is the key: dropping it is what destroys it.
+	// A sealed blob is the key: dropping it is what destroys it. So is the
+	// reference of a device that keeps no per-key state (see Lister).
 	r.Sealed = nil
+	if _, ok := s.be.(Lister); !ok {
+		r.DeviceRef = nil
+	}
 }
 
 // UseInitKey runs fn with the HPKE private key of an active init key and,
@@ -357,17 +371,19 @@ func (s *Store) UseInitKey(ctx context.Context, id string, fn func(hpkeKey any) 
 	if r.LastResort {
 		return r, nil
 	}
+	var ref []byte
 	r, err = s.cat.update(id, func(r *Record) error {
 		if r.State != StateActive {
 			return fmt.Errorf("init key %q is %s: %w", id, r.State, ErrNotActive)
 		}
+		ref = r.DeviceRef
 		s.retire(r, StateConsumed, "welcome opened")
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
-	s.destroyDevice(ctx, []*Record{r}, "consume")
+	s.destroyRef(ctx, r, ref, "consume")
 	return r, nil
 }
 
@@ -443,7 +459,11 @@ func (l *keyLocks) lock(id string) (unlock func()) {
 // reconcile restores the invariant "a device key is live iff its record is
 // active" after a crash, and checks that hardware keys are still sound.
 func (s *Store) reconcile(ctx context.Context) error {
-	dev, err := s.be.List(ctx)
+	lister, ok := s.be.(Lister)
+	if !ok {
+		return s.checkHardware(ctx, nil)
+	}
+	dev, err := lister.List(ctx)
 	if err != nil {
 		return &DeviceError{Op: "list keys", Err: err}
 	}
@@ -467,13 +487,24 @@ func (s *Store) reconcile(ctx context.Context) error {
 		}
 		s.log.Info("destroyed stray device key", "key", dk.ID, "why", why)
 	}
+	if err := s.checkHardware(ctx, onDevice); err != nil {
+		return err
+	}
+	s.log.Info("catalog reconciled", "device_keys", len(dev))
+	return nil
+}
+
+// checkHardware marks active hardware records whose device key is missing
+// (when onDevice says what the device has) as destroyed, and has the
+// Checker confirm the others.
+func (s *Store) checkHardware(ctx context.Context, onDevice map[string]bool) error {
 	var lost []string
 	var check []*Record
-	err = s.cat.all(func(r *Record) error {
+	err := s.cat.all(func(r *Record) error {
 		if !r.Live() || r.Protection != ProtectionHardware {
 			return nil
 		}
-		if !onDevice[r.ID] {
+		if onDevice != nil && !onDevice[r.ID] {
 			lost = append(lost, r.ID)
 			return nil
 		}
@@ -500,6 +531,8 @@ func (s *Store) reconcile(ctx context.Context) error {
 			}
 		}
 	}
-	s.log.Info("catalog reconciled", "hardware_keys", len(check), "lost", len(lost), "device_keys", len(dev))
+	if len(check) > 0 || len(lost) > 0 {
+		s.log.Info("hardware keys checked", "checked", len(check), "lost", len(lost))
+	}
 	return nil
 }

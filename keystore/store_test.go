@@ -345,3 +345,41 @@ func TestDeleteKeepsTombstone(t *testing.T) {
 		t.Fatalf("second delete: %v", err)
 	}
 }
+
+// blobBackend hides the fake's List: a device whose references are the
+// keys themselves, like a TPM's blobs.
+type blobBackend struct{ *fakeBackend }
+
+func (blobBackend) List() {} // shadows fakeBackend.List with another signature
+
+func TestBackendWithoutListerErasesReferences(t *testing.T) {
+	ctx := context.Background()
+	be := blobBackend{newFake()}
+	if _, ok := Backend(be).(Lister); ok {
+		t.Fatal("blobBackend is a Lister")
+	}
+	path := filepath.Join(t.TempDir(), "catalog.db")
+	s, err := Open(ctx, path, be, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, _ := s.Create(ctx, KeySpec{Role: RoleInit, Algorithm: X25519})
+	kept, _ := s.Create(ctx, KeySpec{Role: RoleSignature, Algorithm: Ed25519})
+	if _, err := s.UseInitKey(ctx, r.ID, func(any) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := s.Get(r.ID)
+	if got.State != StateConsumed || got.DeviceRef != nil || be.has(r.ID) {
+		t.Fatalf("consumed key keeps its reference: %+v", got)
+	}
+	s.Close()
+	// Without a device listing, start-up leaves active keys alone.
+	s, err = Open(ctx, path, be, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if got, _ := s.Get(kept.ID); got.State != StateActive {
+		t.Fatalf("active key after restart: %s", got.State)
+	}
+}

@@ -18,6 +18,7 @@ var (
 	_ keystore.Backend = (*Backend)(nil)
 	_ keystore.Sealer  = (*Backend)(nil)
 	_ keystore.Checker = (*Backend)(nil)
+	_ keystore.Lister  = (*Backend)(nil)
 )
 
 // Config selects the module, the token and the credentials.
@@ -40,7 +41,7 @@ type Config struct {
 	MaxSessions int
 }
 
-// Backend is a keystore.Backend, keystore.Sealer and keystore.Checker on one
+// Backend is a keystore.Backend, Lister, Sealer and Checker on one
 // PKCS#11 token. It is safe for concurrent use.
 type Backend struct {
 	mod   *module
