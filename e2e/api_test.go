@@ -137,6 +137,11 @@ func TestRequestValidation(t *testing.T) {
 		Credential: &pb.Credential{Credential: &pb.Credential_BasicIdentity{BasicIdentity: []byte("x")}}})
 	wantCode(t, "default proposal in capabilities", err, codes.InvalidArgument, "")
 
+	_, err = c.AttestKey(ctx, &pb.AttestKeyRequest{KeyId: sigID})
+	wantCode(t, "attest without nonce", err, codes.InvalidArgument, "nonce")
+	_, err = c.AttestKey(ctx, &pb.AttestKeyRequest{KeyId: sigID, Nonce: []byte("n")})
+	wantCode(t, "attest on PKCS#11", err, codes.Unimplemented, "key_id")
+
 	// DecryptWithLabel: a real round trip, then each kind of bad input.
 	leaf, err := c.GetKey(ctx, &pb.GetKeyRequest{Id: kp.LeafEncryptionKeyId})
 	if err != nil {

@@ -156,6 +156,23 @@ type Checker interface {
 	Check(ctx context.Context, ref []byte, alg Algorithm) error
 }
 
+// Attester is an optional Backend capability: evidence, signed by the
+// device, that a key lives in it, bound to a verifier's nonce.
+type Attester interface {
+	Attest(ctx context.Context, ref []byte, alg Algorithm, nonce []byte) (*Attestation, error)
+}
+
+// Attestation is device evidence for one key. Its fields are opaque to the
+// keystore; Format says how to read them (see the backend's verifier).
+type Attestation struct {
+	Format         string
+	Statement      []byte
+	Signature      []byte
+	AttestationKey []byte
+	KeyPublicArea  []byte
+	Certificates   [][]byte
+}
+
 // Errors a Backend or the keystore return, matched with errors.Is.
 var (
 	ErrDeviceKeyNotFound    = errors.New("key not found on the device")
@@ -166,6 +183,7 @@ var (
 	ErrNotActive            = errors.New("key is not active")
 	ErrPolicy               = errors.New("refused by policy")
 	ErrInvalidArgument      = errors.New("invalid argument")
+	ErrUnsupported          = errors.New("operation not supported by the device")
 )
 
 // DeviceError wraps a device failure with the operation that failed, so the

@@ -536,3 +536,27 @@ func (s *Store) checkHardware(ctx context.Context, onDevice map[string]bool) err
 	}
 	return nil
 }
+
+// Attest returns the device's evidence for an active hardware key, bound
+// to nonce. ErrUnsupported means the device cannot attest.
+func (s *Store) Attest(ctx context.Context, id string, nonce []byte) (*Attestation, error) {
+	at, ok := s.be.(Attester)
+	if !ok {
+		return nil, fmt.Errorf("%s backend: %w", s.be.Info().Backend, ErrUnsupported)
+	}
+	r, err := s.cat.get(id)
+	if err != nil {
+		return nil, err
+	}
+	if r.State != StateActive {
+		return nil, fmt.Errorf("key %q is %s: %w", id, r.State, ErrNotActive)
+	}
+	if r.Protection != ProtectionHardware {
+		return nil, fmt.Errorf("key %q has protection %s; only hardware keys can be attested: %w", id, r.Protection, ErrNotActive)
+	}
+	a, err := at.Attest(ctx, r.DeviceRef, r.Algorithm, nonce)
+	if err != nil {
+		return nil, &DeviceError{Op: "attest key " + id, Err: err}
+	}
+	return a, nil
+}

@@ -34,6 +34,8 @@ func statusOf(field string, err error) error {
 		code = codes.DeadlineExceeded
 	case errors.Is(err, keystore.ErrNotFound):
 		code = codes.NotFound
+	case errors.Is(err, keystore.ErrUnsupported):
+		code = codes.Unimplemented
 	case errors.Is(err, keystore.ErrNotActive), errors.Is(err, keystore.ErrPolicy),
 		errors.Is(err, keystore.ErrUnsupportedAlgorithm):
 		code = codes.FailedPrecondition

@@ -557,3 +557,28 @@ func extensions(field string, in []*pb.Extension) ([]mls.Extension, error) {
 	}
 	return out, nil
 }
+
+// MaxNonceSize is the largest AttestKey nonce: a TPM's qualifying data holds
+// at most one SHA-512 digest.
+const MaxNonceSize = 64
+
+func (s *Service) AttestKey(ctx context.Context, req *pb.AttestKeyRequest) (*pb.AttestKeyResponse, error) {
+	if err := checkKeyID("key_id", req.GetKeyId()); err != nil {
+		return nil, err
+	}
+	if n := len(req.GetNonce()); n == 0 || n > MaxNonceSize {
+		return nil, invalid("nonce", "%d bytes, want 1..%d", n, MaxNonceSize)
+	}
+	a, err := s.store.Attest(ctx, req.GetKeyId(), req.GetNonce())
+	if err != nil {
+		return nil, statusOf("key_id", err)
+	}
+	return &pb.AttestKeyResponse{
+		Format:                  a.Format,
+		Statement:               a.Statement,
+		Signature:               a.Signature,
+		AttestationKey:          a.AttestationKey,
+		KeyPublicArea:           a.KeyPublicArea,
+		EndorsementCertificates: a.Certificates,
+	}, nil
+}

@@ -1672,6 +1672,152 @@ func (x *DecryptWithLabelResponse) GetPlaintext() []byte {
 	return nil
 }
 
+type AttestKeyRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	KeyId string                 `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// 1..64 bytes chosen by the verifier; it appears in the signed statement.
+	Nonce         []byte `protobuf:"bytes,2,opt,name=nonce,proto3" json:"nonce,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttestKeyRequest) Reset() {
+	*x = AttestKeyRequest{}
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttestKeyRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttestKeyRequest) ProtoMessage() {}
+
+func (x *AttestKeyRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttestKeyRequest.ProtoReflect.Descriptor instead.
+func (*AttestKeyRequest) Descriptor() ([]byte, []int) {
+	return file_mlskey_v1_mlskey_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *AttestKeyRequest) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *AttestKeyRequest) GetNonce() []byte {
+	if x != nil {
+		return x.Nonce
+	}
+	return nil
+}
+
+type AttestKeyResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// "tpm2-certify": TPM2_Certify of the key by an attestation key created
+	// from the standard ECC AK template under the endorsement hierarchy.
+	Format string `protobuf:"bytes,1,opt,name=format,proto3" json:"format,omitempty"`
+	// The signed statement (for tpm2-certify: TPMS_ATTEST, the contents of
+	// the TPM2B_ATTEST the TPM returned).
+	Statement []byte `protobuf:"bytes,2,opt,name=statement,proto3" json:"statement,omitempty"`
+	// The signature over statement (for tpm2-certify: TPMT_SIGNATURE).
+	Signature []byte `protobuf:"bytes,3,opt,name=signature,proto3" json:"signature,omitempty"`
+	// The attestation key's public area (for tpm2-certify: TPMT_PUBLIC).
+	AttestationKey []byte `protobuf:"bytes,4,opt,name=attestation_key,json=attestationKey,proto3" json:"attestation_key,omitempty"`
+	// The certified key's public area (for tpm2-certify: TPMT_PUBLIC), whose
+	// Name the statement certifies and whose point is the MLS public key.
+	KeyPublicArea []byte `protobuf:"bytes,5,opt,name=key_public_area,json=keyPublicArea,proto3" json:"key_public_area,omitempty"`
+	// Certificates for the device's endorsement key, DER, when it has them.
+	EndorsementCertificates [][]byte `protobuf:"bytes,6,rep,name=endorsement_certificates,json=endorsementCertificates,proto3" json:"endorsement_certificates,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
+}
+
+func (x *AttestKeyResponse) Reset() {
+	*x = AttestKeyResponse{}
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttestKeyResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttestKeyResponse) ProtoMessage() {}
+
+func (x *AttestKeyResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttestKeyResponse.ProtoReflect.Descriptor instead.
+func (*AttestKeyResponse) Descriptor() ([]byte, []int) {
+	return file_mlskey_v1_mlskey_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *AttestKeyResponse) GetFormat() string {
+	if x != nil {
+		return x.Format
+	}
+	return ""
+}
+
+func (x *AttestKeyResponse) GetStatement() []byte {
+	if x != nil {
+		return x.Statement
+	}
+	return nil
+}
+
+func (x *AttestKeyResponse) GetSignature() []byte {
+	if x != nil {
+		return x.Signature
+	}
+	return nil
+}
+
+func (x *AttestKeyResponse) GetAttestationKey() []byte {
+	if x != nil {
+		return x.AttestationKey
+	}
+	return nil
+}
+
+func (x *AttestKeyResponse) GetKeyPublicArea() []byte {
+	if x != nil {
+		return x.KeyPublicArea
+	}
+	return nil
+}
+
+func (x *AttestKeyResponse) GetEndorsementCertificates() [][]byte {
+	if x != nil {
+		return x.EndorsementCertificates
+	}
+	return nil
+}
+
 type Credential_X509 struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// DER certificates, end-entity first. Its public key must equal the
@@ -1683,7 +1829,7 @@ type Credential_X509 struct {
 
 func (x *Credential_X509) Reset() {
 	*x = Credential_X509{}
-	mi := &file_mlskey_v1_mlskey_proto_msgTypes[22]
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1695,7 +1841,7 @@ func (x *Credential_X509) String() string {
 func (*Credential_X509) ProtoMessage() {}
 
 func (x *Credential_X509) ProtoReflect() protoreflect.Message {
-	mi := &file_mlskey_v1_mlskey_proto_msgTypes[22]
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1848,7 +1994,17 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"ciphertext\x18\x05 \x01(\fR\n" +
 	"ciphertext\"8\n" +
 	"\x18DecryptWithLabelResponse\x12\x1c\n" +
-	"\tplaintext\x18\x01 \x01(\fR\tplaintext*l\n" +
+	"\tplaintext\x18\x01 \x01(\fR\tplaintext\"?\n" +
+	"\x10AttestKeyRequest\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x14\n" +
+	"\x05nonce\x18\x02 \x01(\fR\x05nonce\"\xf3\x01\n" +
+	"\x11AttestKeyResponse\x12\x16\n" +
+	"\x06format\x18\x01 \x01(\tR\x06format\x12\x1c\n" +
+	"\tstatement\x18\x02 \x01(\fR\tstatement\x12\x1c\n" +
+	"\tsignature\x18\x03 \x01(\fR\tsignature\x12'\n" +
+	"\x0fattestation_key\x18\x04 \x01(\fR\x0eattestationKey\x12&\n" +
+	"\x0fkey_public_area\x18\x05 \x01(\fR\rkeyPublicArea\x129\n" +
+	"\x18endorsement_certificates\x18\x06 \x03(\fR\x17endorsementCertificates*l\n" +
 	"\aKeyRole\x12\x18\n" +
 	"\x14KEY_ROLE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12KEY_ROLE_SIGNATURE\x10\x01\x12\x11\n" +
@@ -1864,7 +2020,7 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\x16PROTECTION_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13PROTECTION_HARDWARE\x10\x01\x12\x16\n" +
 	"\x12PROTECTION_WRAPPED\x10\x02\x12\x15\n" +
-	"\x11PROTECTION_SEALED\x10\x032\xac\x05\n" +
+	"\x11PROTECTION_SEALED\x10\x032\xf4\x05\n" +
 	"\n" +
 	"KeyService\x12@\n" +
 	"\aGetInfo\x12\x19.mlskey.v1.GetInfoRequest\x1a\x1a.mlskey.v1.GetInfoResponse\x12J\n" +
@@ -1875,7 +2031,8 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\rSignWithLabel\x12\x1f.mlskey.v1.SignWithLabelRequest\x1a .mlskey.v1.SignWithLabelResponse\x12^\n" +
 	"\x11CreateKeyPackages\x12#.mlskey.v1.CreateKeyPackagesRequest\x1a$.mlskey.v1.CreateKeyPackagesResponse\x12L\n" +
 	"\vOpenWelcome\x12\x1d.mlskey.v1.OpenWelcomeRequest\x1a\x1e.mlskey.v1.OpenWelcomeResponse\x12[\n" +
-	"\x10DecryptWithLabel\x12\".mlskey.v1.DecryptWithLabelRequest\x1a#.mlskey.v1.DecryptWithLabelResponseB5Z3github.com/mlskeyd/mlskeyd/proto/mlskey/v1;mlskeyv1b\x06proto3"
+	"\x10DecryptWithLabel\x12\".mlskey.v1.DecryptWithLabelRequest\x1a#.mlskey.v1.DecryptWithLabelResponse\x12F\n" +
+	"\tAttestKey\x12\x1b.mlskey.v1.AttestKeyRequest\x1a\x1c.mlskey.v1.AttestKeyResponseB5Z3github.com/mlskeyd/mlskeyd/proto/mlskey/v1;mlskeyv1b\x06proto3"
 
 var (
 	file_mlskey_v1_mlskey_proto_rawDescOnce sync.Once
@@ -1890,7 +2047,7 @@ func file_mlskey_v1_mlskey_proto_rawDescGZIP() []byte {
 }
 
 var file_mlskey_v1_mlskey_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_mlskey_v1_mlskey_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_mlskey_v1_mlskey_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
 var file_mlskey_v1_mlskey_proto_goTypes = []any{
 	(KeyRole)(0),                      // 0: mlskey.v1.KeyRole
 	(KeyState)(0),                     // 1: mlskey.v1.KeyState
@@ -1917,16 +2074,18 @@ var file_mlskey_v1_mlskey_proto_goTypes = []any{
 	(*OpenWelcomeResponse)(nil),       // 22: mlskey.v1.OpenWelcomeResponse
 	(*DecryptWithLabelRequest)(nil),   // 23: mlskey.v1.DecryptWithLabelRequest
 	(*DecryptWithLabelResponse)(nil),  // 24: mlskey.v1.DecryptWithLabelResponse
-	(*Credential_X509)(nil),           // 25: mlskey.v1.Credential.X509
-	(*timestamppb.Timestamp)(nil),     // 26: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 27: google.protobuf.Duration
+	(*AttestKeyRequest)(nil),          // 25: mlskey.v1.AttestKeyRequest
+	(*AttestKeyResponse)(nil),         // 26: mlskey.v1.AttestKeyResponse
+	(*Credential_X509)(nil),           // 27: mlskey.v1.Credential.X509
+	(*timestamppb.Timestamp)(nil),     // 28: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),       // 29: google.protobuf.Duration
 }
 var file_mlskey_v1_mlskey_proto_depIdxs = []int32{
 	0,  // 0: mlskey.v1.Key.role:type_name -> mlskey.v1.KeyRole
 	2,  // 1: mlskey.v1.Key.protection:type_name -> mlskey.v1.Protection
 	1,  // 2: mlskey.v1.Key.state:type_name -> mlskey.v1.KeyState
-	26, // 3: mlskey.v1.Key.created_at:type_name -> google.protobuf.Timestamp
-	26, // 4: mlskey.v1.Key.retired_at:type_name -> google.protobuf.Timestamp
+	28, // 3: mlskey.v1.Key.created_at:type_name -> google.protobuf.Timestamp
+	28, // 4: mlskey.v1.Key.retired_at:type_name -> google.protobuf.Timestamp
 	2,  // 5: mlskey.v1.SuiteSupport.signature:type_name -> mlskey.v1.Protection
 	2,  // 6: mlskey.v1.SuiteSupport.init:type_name -> mlskey.v1.Protection
 	2,  // 7: mlskey.v1.SuiteSupport.leaf_encryption:type_name -> mlskey.v1.Protection
@@ -1934,11 +2093,11 @@ var file_mlskey_v1_mlskey_proto_depIdxs = []int32{
 	0,  // 9: mlskey.v1.ListKeysRequest.role:type_name -> mlskey.v1.KeyRole
 	1,  // 10: mlskey.v1.ListKeysRequest.state:type_name -> mlskey.v1.KeyState
 	3,  // 11: mlskey.v1.ListKeysResponse.keys:type_name -> mlskey.v1.Key
-	25, // 12: mlskey.v1.Credential.x509:type_name -> mlskey.v1.Credential.X509
+	27, // 12: mlskey.v1.Credential.x509:type_name -> mlskey.v1.Credential.X509
 	14, // 13: mlskey.v1.CreateKeyPackagesRequest.credential:type_name -> mlskey.v1.Credential
 	15, // 14: mlskey.v1.CreateKeyPackagesRequest.leaf_extensions:type_name -> mlskey.v1.Extension
 	15, // 15: mlskey.v1.CreateKeyPackagesRequest.key_package_extensions:type_name -> mlskey.v1.Extension
-	27, // 16: mlskey.v1.CreateKeyPackagesRequest.lifetime:type_name -> google.protobuf.Duration
+	29, // 16: mlskey.v1.CreateKeyPackagesRequest.lifetime:type_name -> google.protobuf.Duration
 	3,  // 17: mlskey.v1.CreateKeyPackagesResponse.signature_key:type_name -> mlskey.v1.Key
 	17, // 18: mlskey.v1.CreateKeyPackagesResponse.key_packages:type_name -> mlskey.v1.CreatedKeyPackage
 	20, // 19: mlskey.v1.GroupSecrets.psks:type_name -> mlskey.v1.PreSharedKeyID
@@ -1952,17 +2111,19 @@ var file_mlskey_v1_mlskey_proto_depIdxs = []int32{
 	16, // 27: mlskey.v1.KeyService.CreateKeyPackages:input_type -> mlskey.v1.CreateKeyPackagesRequest
 	19, // 28: mlskey.v1.KeyService.OpenWelcome:input_type -> mlskey.v1.OpenWelcomeRequest
 	23, // 29: mlskey.v1.KeyService.DecryptWithLabel:input_type -> mlskey.v1.DecryptWithLabelRequest
-	6,  // 30: mlskey.v1.KeyService.GetInfo:output_type -> mlskey.v1.GetInfoResponse
-	3,  // 31: mlskey.v1.KeyService.CreateSignatureKey:output_type -> mlskey.v1.Key
-	3,  // 32: mlskey.v1.KeyService.GetKey:output_type -> mlskey.v1.Key
-	10, // 33: mlskey.v1.KeyService.ListKeys:output_type -> mlskey.v1.ListKeysResponse
-	3,  // 34: mlskey.v1.KeyService.DeleteKey:output_type -> mlskey.v1.Key
-	13, // 35: mlskey.v1.KeyService.SignWithLabel:output_type -> mlskey.v1.SignWithLabelResponse
-	18, // 36: mlskey.v1.KeyService.CreateKeyPackages:output_type -> mlskey.v1.CreateKeyPackagesResponse
-	22, // 37: mlskey.v1.KeyService.OpenWelcome:output_type -> mlskey.v1.OpenWelcomeResponse
-	24, // 38: mlskey.v1.KeyService.DecryptWithLabel:output_type -> mlskey.v1.DecryptWithLabelResponse
-	30, // [30:39] is the sub-list for method output_type
-	21, // [21:30] is the sub-list for method input_type
+	25, // 30: mlskey.v1.KeyService.AttestKey:input_type -> mlskey.v1.AttestKeyRequest
+	6,  // 31: mlskey.v1.KeyService.GetInfo:output_type -> mlskey.v1.GetInfoResponse
+	3,  // 32: mlskey.v1.KeyService.CreateSignatureKey:output_type -> mlskey.v1.Key
+	3,  // 33: mlskey.v1.KeyService.GetKey:output_type -> mlskey.v1.Key
+	10, // 34: mlskey.v1.KeyService.ListKeys:output_type -> mlskey.v1.ListKeysResponse
+	3,  // 35: mlskey.v1.KeyService.DeleteKey:output_type -> mlskey.v1.Key
+	13, // 36: mlskey.v1.KeyService.SignWithLabel:output_type -> mlskey.v1.SignWithLabelResponse
+	18, // 37: mlskey.v1.KeyService.CreateKeyPackages:output_type -> mlskey.v1.CreateKeyPackagesResponse
+	22, // 38: mlskey.v1.KeyService.OpenWelcome:output_type -> mlskey.v1.OpenWelcomeResponse
+	24, // 39: mlskey.v1.KeyService.DecryptWithLabel:output_type -> mlskey.v1.DecryptWithLabelResponse
+	26, // 40: mlskey.v1.KeyService.AttestKey:output_type -> mlskey.v1.AttestKeyResponse
+	31, // [31:41] is the sub-list for method output_type
+	21, // [21:31] is the sub-list for method input_type
 	21, // [21:21] is the sub-list for extension type_name
 	21, // [21:21] is the sub-list for extension extendee
 	0,  // [0:21] is the sub-list for field type_name
@@ -1984,7 +2145,7 @@ func file_mlskey_v1_mlskey_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mlskey_v1_mlskey_proto_rawDesc), len(file_mlskey_v1_mlskey_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   23,
+			NumMessages:   25,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -33,6 +33,7 @@ const (
 	KeyService_CreateKeyPackages_FullMethodName  = "/mlskey.v1.KeyService/CreateKeyPackages"
 	KeyService_OpenWelcome_FullMethodName        = "/mlskey.v1.KeyService/OpenWelcome"
 	KeyService_DecryptWithLabel_FullMethodName   = "/mlskey.v1.KeyService/DecryptWithLabel"
+	KeyService_AttestKey_FullMethodName          = "/mlskey.v1.KeyService/AttestKey"
 )
 
 // KeyServiceClient is the client API for KeyService service.
@@ -65,6 +66,10 @@ type KeyServiceClient interface {
 	// info = EncryptContext{"MLS 1.0 " + label, context}. Only the label
 	// "UpdatePathNode" is served.
 	DecryptWithLabel(ctx context.Context, in *DecryptWithLabelRequest, opts ...grpc.CallOption) (*DecryptWithLabelResponse, error)
+	// AttestKey returns the device's evidence that a hardware key lives in
+	// it, bound to the caller's nonce. Backends that cannot attest answer
+	// UNIMPLEMENTED; keys that are not hardware-protected FAILED_PRECONDITION.
+	AttestKey(ctx context.Context, in *AttestKeyRequest, opts ...grpc.CallOption) (*AttestKeyResponse, error)
 }
 
 type keyServiceClient struct {
@@ -165,6 +170,16 @@ func (c *keyServiceClient) DecryptWithLabel(ctx context.Context, in *DecryptWith
 	return out, nil
 }
 
+func (c *keyServiceClient) AttestKey(ctx context.Context, in *AttestKeyRequest, opts ...grpc.CallOption) (*AttestKeyResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AttestKeyResponse)
+	err := c.cc.Invoke(ctx, KeyService_AttestKey_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // KeyServiceServer is the server API for KeyService service.
 // All implementations must embed UnimplementedKeyServiceServer
 // for forward compatibility.
@@ -195,6 +210,10 @@ type KeyServiceServer interface {
 	// info = EncryptContext{"MLS 1.0 " + label, context}. Only the label
 	// "UpdatePathNode" is served.
 	DecryptWithLabel(context.Context, *DecryptWithLabelRequest) (*DecryptWithLabelResponse, error)
+	// AttestKey returns the device's evidence that a hardware key lives in
+	// it, bound to the caller's nonce. Backends that cannot attest answer
+	// UNIMPLEMENTED; keys that are not hardware-protected FAILED_PRECONDITION.
+	AttestKey(context.Context, *AttestKeyRequest) (*AttestKeyResponse, error)
 	mustEmbedUnimplementedKeyServiceServer()
 }
 
@@ -231,6 +250,9 @@ func (UnimplementedKeyServiceServer) OpenWelcome(context.Context, *OpenWelcomeRe
 }
 func (UnimplementedKeyServiceServer) DecryptWithLabel(context.Context, *DecryptWithLabelRequest) (*DecryptWithLabelResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DecryptWithLabel not implemented")
+}
+func (UnimplementedKeyServiceServer) AttestKey(context.Context, *AttestKeyRequest) (*AttestKeyResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AttestKey not implemented")
 }
 func (UnimplementedKeyServiceServer) mustEmbedUnimplementedKeyServiceServer() {}
 func (UnimplementedKeyServiceServer) testEmbeddedByValue()                    {}
@@ -415,6 +437,24 @@ func _KeyService_DecryptWithLabel_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KeyService_AttestKey_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AttestKeyRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).AttestKey(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_AttestKey_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).AttestKey(ctx, req.(*AttestKeyRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // KeyService_ServiceDesc is the grpc.ServiceDesc for KeyService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -457,6 +497,10 @@ var KeyService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DecryptWithLabel",
 			Handler:    _KeyService_DecryptWithLabel_Handler,
+		},
+		{
+			MethodName: "AttestKey",
+			Handler:    _KeyService_AttestKey_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
