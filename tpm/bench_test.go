@@ -1,0 +1,98 @@
+package tpm
+
+import (
+	"context"
+	"crypto/ecdh"
+	"crypto/rand"
+	"testing"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/mlskeyd/mlskeyd/keystore"
+)
+
+// BenchmarkSign signs with a key that stays loaded (an LRU hit).
+func BenchmarkSign(b *testing.B) {
+	for _, alg := range []keystore.Algorithm{keystore.ECDSAP256, keystore.ECDSAP384} {
+		b.Run(string(alg), func(b *testing.B) {
+			eachTPMBench(b, func(b *testing.B, env *tpmEnv) {
+				be := env.open(b)
+				ctx := context.Background()
+				ref, _, err := be.Generate(ctx, "k", alg)
+				if err != nil {
+					b.Fatal(err)
+				}
+				d := digestFor(alg, "m")
+				b.ResetTimer()
+				for b.Loop() {
+					if _, err := be.Sign(ctx, ref, alg, d); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		})
+	}
+}
+
+// BenchmarkECDH derives with a loaded key; each call also starts a salted
+// session for parameter encryption.
+func BenchmarkECDH(b *testing.B) {
+	eachTPMBench(b, func(b *testing.B, env *tpmEnv) {
+		be := env.open(b)
+		ctx := context.Background()
+		ref, _, err := be.Generate(ctx, "k", keystore.ECDHP256)
+		if err != nil {
+			b.Fatal(err)
+		}
+		peer, _ := ecdh.P256().GenerateKey(rand.Reader)
+		pub := peer.PublicKey().Bytes()
+		for b.Loop() {
+			if _, err := be.ECDH(ctx, ref, keystore.ECDHP256, pub); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// BenchmarkSignLoadFlush is the no-cache alternative: TPM2_Load, TPM2_Sign
+// and TPM2_FlushContext per signature.
+func BenchmarkSignLoadFlush(b *testing.B) {
+	eachTPMBench(b, func(b *testing.B, env *tpmEnv) {
+		be := env.open(b)
+		ctx := context.Background()
+		alg := keystore.ECDSAP256
+		ref, _, err := be.Generate(ctx, "k", alg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		s, bl, err := be.keyBlob(ref, alg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		d := digestFor(alg, "m")
+		for b.Loop() {
+			err := be.do(ctx, "bench", func() error {
+				obj, err := be.load(bl)
+				if err != nil {
+					return err
+				}
+				_, err = tpm2.Sign{
+					KeyHandle: tpm2.AuthHandle{Handle: obj.Handle, Name: obj.Name, Auth: tpm2.PasswordAuth(nil)},
+					Digest:    tpm2.TPM2BDigest{Buffer: d},
+					InScheme: tpm2.TPMTSigScheme{
+						Scheme:  tpm2.TPMAlgECDSA,
+						Details: tpm2.NewTPMUSigScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSchemeHash{HashAlg: s.hash}),
+					},
+					Validation: tpm2.TPMTTKHashCheck{Tag: tpm2.TPMSTHashCheck, Hierarchy: tpm2.TPMRHNull},
+				}.Execute(be.tpm)
+				if ferr := be.flush(obj.Handle); err == nil {
+					err = ferr
+				}
+				return err
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}

@@ -1,0 +1,98 @@
+// Package tpm is the TPM 2.0 device backend of mlskeyd: it keeps private
+// keys under a TPM's storage root key and implements keystore.Backend,
+// keystore.Sealer and keystore.Checker (not keystore.Lister: nothing per
+// key lives in the TPM). It talks to /dev/tpmrm0, to swtpm's data channel
+// (tcp:// or unix://, raw TPM commands) or to the in-process go-tpm-tools
+// simulator, through go-tpm's tpm2 direct API. It knows nothing of MLS or
+// gRPC.
+//
+// # Keys and blobs
+//
+// Open re-creates the storage root key (SRK) with tpm2.ECCSRKTemplate under
+// the owner hierarchy and keeps it loaded. A primary key is derived from
+// the hierarchy seed and the template, so it is the same key after every
+// restart and nothing is written to the TPM's NV memory.
+//
+// Generate runs TPM2_Create for an ECC child of the SRK with fixedTPM,
+// fixedParent, sensitiveDataOrigin and userWithAuth (empty auth value), and
+// either sign with the ECDSA scheme and the curve's hash (P-256 SHA-256,
+// P-384 SHA-384, P-521 SHA-512) or decrypt with the ECDH scheme. The key
+// reference is 0x01 || TPM2B_PUBLIC || TPM2B_PRIVATE: the private area is
+// encrypted and integrity-protected under the SRK, so the blob is useless
+// to anyone but this TPM, and its holder (the catalog) is its only store.
+// A blob from another TPM or another SRK fails TPM2_Load with
+// TPM_RC_INTEGRITY, reported as ErrForeignBlob.
+//
+// Sign uses TPM2_Sign with a NULL hash-check ticket (the keys are not
+// restricted) over a digest exactly as long as the scheme's hash and
+// returns r||s at fixed width. ECDH uses TPM2_ECDH_ZGen and returns the
+// x-coordinate; TPM_RC_ECC_POINT becomes keystore.ErrInvalidPeerKey.
+// Check reads the public area (type, curve, scheme, role, fixedTPM,
+// fixedParent, sensitiveDataOrigin) and then loads the key, which proves
+// the blob belongs to this TPM.
+//
+// Seal stores sha256(aad) || plaintext (at most MaxSealInput bytes) in a
+// KEYEDHASH sealed data object under the SRK; the blob is 0x02 ||
+// TPM2B_PUBLIC || TPM2B_PRIVATE. Unseal loads it, runs TPM2_Unseal, flushes
+// it and compares the aad hash in constant time.
+//
+// Secrets never cross the bus in clear: TPM2_ECDH_ZGen and TPM2_Unseal
+// outputs, and the data given to TPM2_Create for sealing, travel under a
+// one-command HMAC session salted with the SRK and AES-128-CFB parameter
+// encryption.
+//
+// # Sessions and concurrency
+//
+// A TPM runs one command at a time, and swtpm serves one client at a
+// time, so the Backend keeps one connection and one queue: every command
+// runs while holding a one-token channel, which also guards the key cache.
+// A caller that does not get its turn before its context deadline or
+// Config.CommandTimeout (default 10s), whichever is first, fails with
+// ErrBusy; a cancelled context returns its error. A command already sent
+// runs to completion.
+//
+// Loaded keys are kept in an LRU cache of Config.LoadedKeys entries
+// (default 2: the SRK and two keys fill the 3 transient slots of swtpm and
+// the simulator), keyed by the SHA-256 of the blob; the least recently used
+// key is flushed to make room. Whenever the TPM answers
+// TPM_RC_OBJECT_MEMORY (TPM2_Load, TPM2_Create), cached keys are flushed
+// one at a time and the command is tried again. Sealed objects are loaded
+// only for one TPM2_Unseal and flushed at once. Destroy flushes a cached
+// key; that is all it has to do.
+//
+// The transport re-sends, after 2, 4, 8, 16 ms, a command answered with
+// TPM_RC_RETRY, TPM_RC_YIELDED or TPM_RC_TESTING (5 sends in all): the TPM
+// did not run it, so the same bytes (session nonces included) are valid
+// again. swtpm answers TPM_RC_RETRY to the first command after it restarts
+// with saved state.
+//
+// Without the kernel resource manager (swtpm, the simulator, /dev/tpm0),
+// Open flushes every transient object and session it finds, since a
+// crashed earlier client leaves them loaded; with /dev/tpmrm0 the kernel
+// does this. Open also sends TPM2_Startup(CLEAR) to swtpm, accepting
+// TPM_RC_INITIALIZE.
+//
+// # Limitations
+//
+//   - Only P-256, P-384 and P-521 (ECDSA and ECDH): TPM 2.0 has no
+//     Ed25519, Ed448, X25519 or X448; the keystore seals those keys.
+//   - The owner hierarchy's auth value must be empty (it is on swtpm, the
+//     simulator and most provisioned machines); clearing the TPM or its
+//     owner hierarchy changes the SRK and makes every blob foreign.
+//   - Sign needs a digest of exactly the scheme hash's size; MLS cipher
+//     suites always match, other combinations are refused.
+//   - If the connection to swtpm breaks, or swtpm restarts under a running
+//     Backend, the Backend does not reconnect: every later call fails, and
+//     it must be closed and opened again.
+//   - The simulator is one per process: a second Backend on "sim" waits
+//     for the first to close (up to CommandTimeout) and then fails with
+//     ErrBusy. SimulatorSeed is hashed to the simulator's int64 seed; it
+//     is for development and tests only.
+//   - Open flushes every transient object and session on a TPM without a
+//     resource manager, including those of any other client.
+//   - Each ECDH, Seal and Unseal starts a salted session (an extra
+//     TPM2_StartAuthSession and an ECDH inside the TPM), which roughly
+//     halves their throughput compared with an unprotected command.
+//   - The key auth value is empty and the blob is the credential: anyone
+//     with a blob and access to the same TPM can use the key.
+package tpm

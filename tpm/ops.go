@@ -1,0 +1,218 @@
+package tpm
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/google/go-tpm/tpm2"
+
+	"github.com/mlskeyd/mlskeyd/keystore"
+)
+
+// spec returns the algorithm's mapping if the TPM supports it.
+func (b *Backend) spec(alg keystore.Algorithm) (algSpec, error) {
+	s, err := specFor(alg)
+	if err != nil {
+		return s, err
+	}
+	for _, a := range b.algs {
+		if a == alg {
+			return s, nil
+		}
+	}
+	return s, fmt.Errorf("%w: %s (%s)", keystore.ErrUnsupportedAlgorithm, alg, b.notes[alg])
+}
+
+// keyBlob parses a key reference and checks it against alg.
+func (b *Backend) keyBlob(ref []byte, alg keystore.Algorithm) (algSpec, *blob, error) {
+	s, err := b.spec(alg)
+	if err != nil {
+		return s, nil, err
+	}
+	if len(ref) == 0 {
+		return s, nil, fmt.Errorf("%w: %w: empty key reference", keystore.ErrDeviceKeyNotFound, ErrBadBlob)
+	}
+	bl, err := parseBlob(ref, blobKey)
+	if err != nil {
+		return s, nil, err
+	}
+	if err := bl.matches(s); err != nil {
+		return s, nil, err
+	}
+	return s, bl, nil
+}
+
+// Generate creates an ECC key under the SRK with TPM2_Create. The TPM
+// returns the public area and the private area encrypted under the SRK;
+// the reference is 0x01 || TPM2B_PUBLIC || TPM2B_PRIVATE and nothing is
+// kept in the TPM. id is not used: the catalog holds the blob.
+func (b *Backend) Generate(ctx context.Context, id string, alg keystore.Algorithm) (ref, pub []byte, err error) {
+	s, err := b.spec(alg)
+	if err != nil {
+		return nil, nil, devErr("generate", err)
+	}
+	err = b.do(ctx, "generate", func() error {
+		var rsp *tpm2.CreateResponse
+		err := b.withObjectSlot(func() error {
+			var err error
+			rsp, err = tpm2.Create{ParentHandle: b.srkAuth(nil), InPublic: tpm2.New2B(s.template())}.Execute(b.tpm)
+			return cmdErr("TPM2_Create", err)
+		})
+		if err != nil {
+			return err
+		}
+		area, err := rsp.OutPublic.Contents()
+		if err != nil {
+			return fmt.Errorf("TPM2_Create: public area: %w", err)
+		}
+		pt, err := area.Unique.ECC()
+		if err != nil {
+			return fmt.Errorf("TPM2_Create: public area: %w", err)
+		}
+		x, err := leftPad(pt.X.Buffer, s.coordSize)
+		if err != nil {
+			return err
+		}
+		y, err := leftPad(pt.Y.Buffer, s.coordSize)
+		if err != nil {
+			return err
+		}
+		pub = append(append([]byte{0x04}, x...), y...)
+		ref = encodeBlob(blobKey, rsp.OutPublic, rsp.OutPrivate)
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	return ref, pub, nil
+}
+
+// Sign signs a digest with TPM2_Sign. The digest must be exactly the size
+// of the key's scheme hash (SHA-256/384/512 for P-256/384/521), as the TPM
+// requires; the NULL hash-check ticket is allowed because the key is not
+// restricted. The result is r || s, each left-padded to the coordinate
+// size.
+func (b *Backend) Sign(ctx context.Context, ref []byte, alg keystore.Algorithm, digest []byte) ([]byte, error) {
+	s, bl, err := b.keyBlob(ref, alg)
+	if err != nil {
+		return nil, devErr("sign", err)
+	}
+	if !s.sign {
+		return nil, devErr("sign", fmt.Errorf("%w: %s is not a signing algorithm", keystore.ErrWrongRole, alg))
+	}
+	if len(digest) != s.hashSize {
+		return nil, devErr("sign", fmt.Errorf("%w: digest is %d bytes; the key's scheme (ECDSA with SHA-%d) needs %d",
+			keystore.ErrInvalidArgument, len(digest), s.hashSize*8, s.hashSize))
+	}
+	key := blobKeyOf(ref)
+	var sig []byte
+	err = b.do(ctx, "sign", func() error {
+		obj, err := b.loaded(bl, key)
+		if err != nil {
+			return err
+		}
+		rsp, err := tpm2.Sign{
+			KeyHandle: tpm2.AuthHandle{Handle: obj.Handle, Name: obj.Name, Auth: tpm2.PasswordAuth(nil)},
+			Digest:    tpm2.TPM2BDigest{Buffer: digest},
+			InScheme: tpm2.TPMTSigScheme{
+				Scheme:  tpm2.TPMAlgECDSA,
+				Details: tpm2.NewTPMUSigScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSchemeHash{HashAlg: s.hash}),
+			},
+			Validation: tpm2.TPMTTKHashCheck{Tag: tpm2.TPMSTHashCheck, Hierarchy: tpm2.TPMRHNull},
+		}.Execute(b.tpm)
+		if err != nil {
+			return cmdErr("TPM2_Sign", err)
+		}
+		e, err := rsp.Signature.Signature.ECDSA()
+		if err != nil {
+			return fmt.Errorf("TPM2_Sign: %w", err)
+		}
+		r, err := leftPad(e.SignatureR.Buffer, s.coordSize)
+		if err != nil {
+			return err
+		}
+		sv, err := leftPad(e.SignatureS.Buffer, s.coordSize)
+		if err != nil {
+			return err
+		}
+		sig = append(r, sv...)
+		return nil
+	})
+	return sig, err
+}
+
+// ECDH computes the x-coordinate of the shared point with TPM2_ECDH_ZGen.
+// The output is a secret, so the command runs under a salted session that
+// encrypts it on the way back.
+func (b *Backend) ECDH(ctx context.Context, ref []byte, alg keystore.Algorithm, peer []byte) ([]byte, error) {
+	s, bl, err := b.keyBlob(ref, alg)
+	if err != nil {
+		return nil, devErr("ecdh", err)
+	}
+	if s.sign {
+		return nil, devErr("ecdh", fmt.Errorf("%w: %s is not a key-agreement algorithm", keystore.ErrWrongRole, alg))
+	}
+	if len(peer) != 1+2*s.coordSize || peer[0] != 0x04 {
+		return nil, devErr("ecdh", fmt.Errorf("%w: want a %d-byte uncompressed point, got %d bytes", keystore.ErrInvalidPeerKey, 1+2*s.coordSize, len(peer)))
+	}
+	in := tpm2.New2B(tpm2.TPMSECCPoint{
+		X: tpm2.TPM2BECCParameter{Buffer: peer[1 : 1+s.coordSize]},
+		Y: tpm2.TPM2BECCParameter{Buffer: peer[1+s.coordSize:]},
+	})
+	key := blobKeyOf(ref)
+	var z []byte
+	err = b.do(ctx, "ecdh", func() error {
+		obj, err := b.loaded(bl, key)
+		if err != nil {
+			return err
+		}
+		rsp, err := tpm2.ECDHZGen{
+			KeyHandle: tpm2.AuthHandle{Handle: obj.Handle, Name: obj.Name,
+				Auth: b.encSession(tpm2.AESEncryption(128, tpm2.EncryptOut))},
+			InPoint: in,
+		}.Execute(b.tpm)
+		if isRC(err, tpm2.TPMRCECCPoint, tpm2.TPMRCNoResult) {
+			return fmt.Errorf("TPM2_ECDH_ZGen: %w: %w", keystore.ErrInvalidPeerKey, err)
+		}
+		if err != nil {
+			return cmdErr("TPM2_ECDH_ZGen", err)
+		}
+		pt, err := rsp.OutPoint.Contents()
+		if err != nil {
+			return fmt.Errorf("TPM2_ECDH_ZGen: %w", err)
+		}
+		z, err = leftPad(pt.X.Buffer, s.coordSize)
+		return err
+	})
+	return z, err
+}
+
+// Destroy flushes the key if it is loaded. Nothing else is on the TPM: the
+// keystore erases the blob, and without it the key cannot be used again.
+func (b *Backend) Destroy(ctx context.Context, ref []byte) error {
+	key := blobKeyOf(ref)
+	return b.do(ctx, "destroy", func() error {
+		if obj, ok := b.lru.remove(key); ok {
+			return b.flush(obj.Handle)
+		}
+		return nil
+	})
+}
+
+// Check confirms from the public area that the key is an ECC key of the
+// right curve, role and scheme for alg, generated inside a TPM and bound
+// to it (fixedTPM, fixedParent, sensitiveDataOrigin), and then loads it:
+// only the TPM whose SRK encrypted the private area can do that (otherwise
+// TPM_RC_INTEGRITY, reported as ErrForeignBlob). The loaded key stays in
+// the cache.
+func (b *Backend) Check(ctx context.Context, ref []byte, alg keystore.Algorithm) error {
+	_, bl, err := b.keyBlob(ref, alg)
+	if err != nil {
+		return devErr("check", err)
+	}
+	key := blobKeyOf(ref)
+	return b.do(ctx, "check", func() error {
+		_, err := b.loaded(bl, key)
+		return err
+	})
+}
