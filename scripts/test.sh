@@ -1,15 +1,16 @@
 #!/usr/bin/env bash
 # Runs every test: formatting, vet, generated-code freshness, unit and
-# device tests against SoftHSM (installed with apt-get when missing), the
+# device tests against SoftHSM and swtpm (installed with apt-get when missing)
+# and the in-process TPM simulator, the
 # end-to-end tests of the real binaries, interoperability with ts-mls (Node.js
 # installed with apt-get when missing), and a short run of every fuzz target.
 #   scripts/test.sh            everything
 #   FUZZTIME=30s scripts/test.sh   longer fuzzing
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export MLSKEYD_REQUIRE_SOFTHSM=1 MLSKEYD_REQUIRE_NODE=1
+export MLSKEYD_REQUIRE_SOFTHSM=1 MLSKEYD_REQUIRE_SWTPM=1 MLSKEYD_REQUIRE_NODE=1
 
-pkgs=(softhsm2 protobuf-compiler)
+pkgs=(softhsm2 swtpm swtpm-tools protobuf-compiler libssl-dev)
 command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
 command -v npm >/dev/null 2>&1 || pkgs+=(npm)
 scripts/apt-install.sh "${pkgs[@]}"

@@ -43,12 +43,16 @@ func newSettings() *settings {
 	add("socket", "", "Unix socket path (default /run/mlskeyd/mlskeyd.sock; STATE/mlskeyd.sock with --dev)", false)
 	add("socket-mode", "0600", "file mode of the socket", false)
 	add("catalog", "", "key catalog file (default STATE/catalog.db)", false)
-	add("backend", "pkcs11", "device backend: pkcs11", false)
+	add("backend", "pkcs11", "device backend: pkcs11 or tpm", false)
 	add("pkcs11-module", "", "PKCS#11 module path (default: SoftHSM)", false)
 	add("pkcs11-token", "", "token label", false)
 	add("pkcs11-serial", "", "token serial number", false)
 	add("pkcs11-pin-file", "", "file holding the user PIN (mode 0600 or stricter); or set MLSKEYD_PKCS11_PIN", false)
 	add("pkcs11-max-sessions", "0", "PKCS#11 sessions, i.e. concurrent device operations (0: from the token's limit)", false)
+	add("tpm", "", "TPM: /dev/tpmrm0 (default), tcp://HOST:PORT or unix://PATH (swtpm), sim (in-process simulator; with --dev the default, its seed kept in STATE)", false)
+	add("tpm-simulator-seed-file", "", "with --tpm sim: file holding the simulator's seed, so its keys survive restarts (dev mode: STATE/tpm-simulator-seed)", false)
+	add("tpm-command-timeout", "10s", "longest a request waits for the TPM before failing with UNAVAILABLE", false)
+	add("tpm-loaded-keys", "2", "MLS keys kept loaded in the TPM (it has about 3 transient slots)", false)
 	add("require-hardware", "", "roles whose keys must have protection hardware: comma list of signature, init, leaf_encryption, or all", false)
 	add("keypackage-lifetime", "2160h", "default KeyPackage lifetime", false)
 	add("keypackage-max-lifetime", "8760h", "longest KeyPackage lifetime a request may ask for", false)
@@ -205,20 +209,30 @@ func readPIN(path string, getenv func(string) string) (string, error) {
 		}
 		return "", errors.New("no PIN: set --pkcs11-pin-file or MLSKEYD_PKCS11_PIN")
 	}
-	fi, err := os.Stat(path)
+	b, err := readSecretFile(path)
 	if err != nil {
 		return "", fmt.Errorf("PIN file: %w", err)
 	}
+	return string(b), nil
+}
+
+// readSecretFile reads a secret from a file that only its owner may read,
+// without the trailing newline.
+func readSecretFile(path string) ([]byte, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
 	if fi.Mode().Perm()&0o077 != 0 {
-		return "", fmt.Errorf("PIN file %s has mode %04o: it must not be readable by group or others (chmod 600 %s)", path, fi.Mode().Perm(), path)
+		return nil, fmt.Errorf("%s has mode %04o: it must not be readable by group or others (chmod 600 %s)", path, fi.Mode().Perm(), path)
 	}
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return "", fmt.Errorf("PIN file: %w", err)
+		return nil, err
 	}
-	pin := strings.TrimRight(string(b), "\r\n")
-	if pin == "" {
-		return "", fmt.Errorf("PIN file %s is empty", path)
+	b = []byte(strings.TrimRight(string(b), "\r\n"))
+	if len(b) == 0 {
+		return nil, fmt.Errorf("%s is empty", path)
 	}
-	return pin, nil
+	return b, nil
 }

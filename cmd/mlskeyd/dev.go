@@ -1,6 +1,8 @@
 package main
 
 import (
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -13,14 +15,53 @@ import (
 
 const devTokenLabel = "mlskeyd-dev"
 
-// setUpDev prepares --dev mode: a private SoftHSM configuration and token
-// inside state, a random PIN in state/pin (mode 0600), and defaults for the
-// socket and catalog inside state. Everything is created only when missing,
-// so a restart on the same directory keeps every key.
-func setUpDev(cfg *settings, state string, log *slog.Logger) error {
+// setUpDev prepares --dev mode: defaults for the socket and catalog inside
+// state, and the device: for pkcs11 a private SoftHSM configuration and
+// token inside state with a random PIN in state/pin (mode 0600); for tpm,
+// unless --tpm names one, the in-process simulator with its seed in
+// state/tpm-simulator-seed. Everything is created only when missing, so a
+// restart on the same directory keeps every key.
+func setUpDev(cfg *settings, state, backend string, log *slog.Logger) error {
 	if err := os.MkdirAll(state, 0o700); err != nil {
 		return fmt.Errorf("state directory: %w", err)
 	}
+	defaults := map[string]string{
+		"socket":  filepath.Join(state, "mlskeyd.sock"),
+		"catalog": filepath.Join(state, "catalog.db"),
+	}
+	var err error
+	if backend == "tpm" {
+		err = setUpDevTPM(cfg, state, defaults)
+	} else {
+		err = setUpDevSoftHSM(state, defaults, log)
+	}
+	if err != nil {
+		return err
+	}
+	for name, v := range defaults {
+		if st := cfg.byName[name]; st.from == "default" {
+			st.value = v
+		}
+	}
+	return nil
+}
+
+func setUpDevTPM(cfg *settings, state string, defaults map[string]string) error {
+	if cfg.byName["tpm"].from != "default" && cfg.str("tpm") != "sim" {
+		return nil // a real or swtpm TPM: dev mode only supplies paths
+	}
+	seedFile := filepath.Join(state, "tpm-simulator-seed")
+	if _, err := os.Stat(seedFile); errors.Is(err, fs.ErrNotExist) {
+		if err := os.WriteFile(seedFile, []byte(randomHex(32)+"\n"), 0o600); err != nil {
+			return err
+		}
+	}
+	defaults["tpm"] = "sim"
+	defaults["tpm-simulator-seed-file"] = seedFile
+	return nil
+}
+
+func setUpDevSoftHSM(state string, defaults map[string]string, log *slog.Logger) error {
 	hsm, err := pkcs11.InitSoftHSM(filepath.Join(state, "softhsm"), devTokenLabel)
 	if err != nil {
 		return fmt.Errorf("dev mode needs SoftHSM (apt-get install softhsm2): %w", err)
@@ -53,17 +94,16 @@ func setUpDev(cfg *settings, state string, log *slog.Logger) error {
 	case !errors.Is(err, pkcs11.ErrTokenExists):
 		return fmt.Errorf("initialise dev token: %w", err)
 	}
-	defaults := map[string]string{
-		"pkcs11-module":   hsm.Module,
-		"pkcs11-token":    devTokenLabel,
-		"pkcs11-pin-file": pinFile,
-		"socket":          filepath.Join(state, "mlskeyd.sock"),
-		"catalog":         filepath.Join(state, "catalog.db"),
-	}
-	for name, v := range defaults {
-		if st := cfg.byName[name]; st.from == "default" {
-			st.value = v
-		}
-	}
+	defaults["pkcs11-module"] = hsm.Module
+	defaults["pkcs11-token"] = devTokenLabel
+	defaults["pkcs11-pin-file"] = pinFile
 	return nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	if _, err := rand.Read(b); err != nil {
+		panic(err) // crypto/rand does not fail on Linux
+	}
+	return hex.EncodeToString(b)
 }

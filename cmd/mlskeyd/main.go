@@ -19,6 +19,7 @@ import (
 	"github.com/mlskeyd/mlskeyd/keystore"
 	"github.com/mlskeyd/mlskeyd/pkcs11"
 	"github.com/mlskeyd/mlskeyd/server"
+	"github.com/mlskeyd/mlskeyd/tpm"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -52,15 +53,16 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if cfg.str("backend") != "pkcs11" {
-		return fmt.Errorf("--backend %q is not supported (want pkcs11)", cfg.str("backend"))
+	backend := cfg.str("backend")
+	if backend != "pkcs11" && backend != "tpm" {
+		return fmt.Errorf("--backend %q is not supported (want pkcs11 or tpm)", backend)
 	}
 	state := cfg.str("state-dir")
 	if dev {
 		if state == "" {
 			return errors.New("--dev needs --state-dir")
 		}
-		if err := setUpDev(cfg, state, log); err != nil {
+		if err := setUpDev(cfg, state, backend, log); err != nil {
 			return err
 		}
 	}
@@ -96,26 +98,11 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 	if lifetime > maxLifetime {
 		return fmt.Errorf("--keypackage-lifetime %v is over --keypackage-max-lifetime %v", lifetime, maxLifetime)
 	}
-	sessions, err := cfg.int("pkcs11-max-sessions")
-	if err != nil {
-		return err
-	}
-	pin, err := readPIN(cfg.str("pkcs11-pin-file"), getenv)
-	if err != nil {
-		return err
-	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	be, err := pkcs11.Open(ctx, pkcs11.Config{
-		Module:      cfg.str("pkcs11-module"),
-		TokenLabel:  cfg.str("pkcs11-token"),
-		TokenSerial: cfg.str("pkcs11-serial"),
-		PIN:         pin,
-		MaxSessions: sessions,
-	})
-	pin = ""
+	be, err := openBackend(ctx, cfg, getenv)
 	if err != nil {
 		return err
 	}
@@ -155,6 +142,42 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 		gs.Stop()
 	}
 	return nil
+}
+
+// openBackend opens the configured device.
+func openBackend(ctx context.Context, cfg *settings, getenv func(string) string) (keystore.Backend, error) {
+	if cfg.str("backend") == "tpm" {
+		timeout, err := cfg.duration("tpm-command-timeout")
+		if err != nil {
+			return nil, err
+		}
+		loaded, err := cfg.int("tpm-loaded-keys")
+		if err != nil {
+			return nil, err
+		}
+		var seed []byte
+		if f := cfg.str("tpm-simulator-seed-file"); f != "" {
+			if seed, err = readSecretFile(f); err != nil {
+				return nil, err
+			}
+		}
+		return tpm.Open(ctx, tpm.Config{Device: cfg.str("tpm"), SimulatorSeed: seed, CommandTimeout: timeout, LoadedKeys: loaded})
+	}
+	sessions, err := cfg.int("pkcs11-max-sessions")
+	if err != nil {
+		return nil, err
+	}
+	pin, err := readPIN(cfg.str("pkcs11-pin-file"), getenv)
+	if err != nil {
+		return nil, err
+	}
+	return pkcs11.Open(ctx, pkcs11.Config{
+		Module:      cfg.str("pkcs11-module"),
+		TokenLabel:  cfg.str("pkcs11-token"),
+		TokenSerial: cfg.str("pkcs11-serial"),
+		PIN:         pin,
+		MaxSessions: sessions,
+	})
 }
 
 func newLogger(cfg *settings, w io.Writer) (*slog.Logger, error) {
