@@ -1,0 +1,156 @@
+package e2e
+
+import (
+	"encoding/hex"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/mlskeyd/mlskeyd/tpm/swtpm"
+)
+
+// TestTPMBackend drives the real binaries on --backend tpm, against the
+// in-process simulator (dev mode's default) and against swtpm.
+func TestTPMBackend(t *testing.T) {
+	t.Run("simulator", func(t *testing.T) {
+		t.Parallel()
+		testTPM(t, nil)
+	})
+	t.Run("swtpm", func(t *testing.T) {
+		t.Parallel()
+		testTPM(t, swtpm.Start(t, t.TempDir()))
+	})
+}
+
+func testTPM(t *testing.T, sw *swtpm.Process) {
+	state := t.TempDir()
+	args := []string{"--backend", "tpm"}
+	if sw != nil {
+		args = append(args, "--tpm", sw.Device())
+	}
+	d := startDaemon(t, state, args...)
+
+	var status struct {
+		Backend string `json:"backend"`
+		Suites  []struct {
+			CipherSuite uint16  `json:"cipher_suite"`
+			Signature   *string `json:"signature"`
+			Init        *string `json:"init"`
+		} `json:"suites"`
+	}
+	d.ctlJSON(t, &status, "status")
+	if status.Backend != "tpm" {
+		t.Fatalf("status: %+v", status)
+	}
+	for _, s := range status.Suites {
+		want := "sealed"
+		if s.CipherSuite == 2 || s.CipherSuite == 5 || s.CipherSuite == 7 {
+			want = "hardware"
+		}
+		if s.Signature == nil || *s.Signature != want || s.Init == nil || *s.Init != want {
+			t.Errorf("suite %d: signature %v init %v, want %s", s.CipherSuite, s.Signature, s.Init, want)
+		}
+	}
+
+	type suiteKeys struct {
+		sig keyJSON
+		kps []createdKP
+	}
+	keys := map[uint16]*suiteKeys{}
+	for _, suite := range []uint16{2, 5, 7, 1} {
+		s := strconv.Itoa(int(suite))
+		sk := &suiteKeys{}
+		d.ctlJSON(t, &sk.kps, "keypackage", "create", "--suite", s, "--identity", "tpm@example.org", "--count", "2")
+		d.ctlJSON(t, &sk.sig, "key", "show", sk.kps[0].SignatureKeyID)
+		want := "hardware"
+		if suite == 1 {
+			want = "sealed"
+		}
+		if sk.sig.Protection != want {
+			t.Fatalf("suite %d signature key is %s, want %s", suite, sk.sig.Protection, want)
+		}
+		keys[suite] = sk
+		signAndVerify(t, d, sk.sig, "before restart")
+
+		// ts-mls checks the KeyPackages and adds the first to its group;
+		// the daemon opens the Welcome with the TPM-held init key.
+		var req struct {
+			KeyPackages []string `json:"key_packages"`
+		}
+		for _, kp := range sk.kps {
+			req.KeyPackages = append(req.KeyPackages, kp.KeyPackage)
+		}
+		var verified struct {
+			Results []struct {
+				OK    bool   `json:"ok"`
+				Error string `json:"error"`
+			} `json:"results"`
+		}
+		tsmls(t, "verify", req, &verified)
+		for i, r := range verified.Results {
+			if !r.OK {
+				t.Fatalf("suite %d: ts-mls rejects KeyPackage %d: %s", suite, i, r.Error)
+			}
+		}
+		openWithTSMLS(t, d, sk.kps[0], suite)
+	}
+
+	// Keys survive a restart of the daemon and of the TPM.
+	d.stop()
+	if sw != nil {
+		sw.Restart(t)
+	}
+	d = startDaemon(t, state, args...)
+	for _, suite := range []uint16{2, 5, 7, 1} {
+		signAndVerify(t, d, keys[suite].sig, "after restart")
+		openWithTSMLS(t, d, keys[suite].kps[1], suite)
+	}
+
+	// With a hardware-only policy, the sealed suites are refused.
+	d.stop()
+	d = startDaemon(t, state, append(args, "--require-hardware", "all")...)
+	if _, errOut, code := d.ctl("key", "create", "--suite", "1"); code == 0 || !strings.Contains(errOut, "failed precondition") {
+		t.Fatalf("suite 1 under --require-hardware all: exit %d, %s", code, errOut)
+	}
+	var k keyJSON
+	d.ctlJSON(t, &k, "key", "create", "--suite", "7")
+	if k.Protection != "hardware" {
+		t.Fatalf("suite 7 key under policy: %+v", k)
+	}
+}
+
+func signAndVerify(t *testing.T, d *daemon, k keyJSON, when string) {
+	t.Helper()
+	in := filepath.Join(t.TempDir(), "content")
+	os.WriteFile(in, []byte("content "+when), 0o600)
+	var sig struct{ Signature string }
+	d.ctlJSON(t, &sig, "sign", "--key", k.ID, "--label", "GroupInfoTBS", "--in", in)
+	s, _ := hex.DecodeString(sig.Signature)
+	pub, _ := hex.DecodeString(k.PublicKey)
+	verifyStd(t, k.Suite, pub, "GroupInfoTBS", []byte("content "+when), s)
+}
+
+// openWithTSMLS has ts-mls add the KeyPackage to a new group and checks
+// that the daemon opens the Welcome to the same group and epoch, once.
+func openWithTSMLS(t *testing.T, d *daemon, kp createdKP, suite uint16) {
+	t.Helper()
+	var added struct {
+		Welcome string `json:"welcome"`
+		GroupID string `json:"group_id"`
+		Epoch   uint64 `json:"epoch"`
+	}
+	tsmls(t, "add", map[string]string{"key_package": kp.KeyPackage}, &added)
+	welcome, _ := hex.DecodeString(added.Welcome)
+	file := filepath.Join(t.TempDir(), "welcome")
+	os.WriteFile(file, welcome, 0o600)
+	var opened openedWelcome
+	d.ctlJSON(t, &opened, "welcome", "open", "--in", file)
+	if opened.GroupID != added.GroupID || opened.Epoch != added.Epoch || opened.KeyPackageRef != kp.KeyPackageRef || opened.CipherSuite != suite {
+		t.Fatalf("suite %d: welcome open %+v, ts-mls made %+v", suite, opened, added)
+	}
+	if _, _, code := d.ctl("welcome", "open", "--in", file); code == 0 {
+		t.Fatalf("suite %d: a consumed init key opened a Welcome again", suite)
+	}
+}
