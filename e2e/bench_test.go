@@ -7,6 +7,7 @@ import (
 
 	"github.com/mlskeyd/mlskeyd/mls"
 	pb "github.com/mlskeyd/mlskeyd/proto/mlskey/v1"
+	"github.com/mlskeyd/mlskeyd/tpm/swtpm"
 )
 
 // Benchmarks through the real daemon binary over its Unix socket: the
@@ -114,5 +115,49 @@ func BenchmarkDaemonGetKey(b *testing.B) {
 		if _, err := c.GetKey(context.Background(), &pb.GetKeyRequest{Id: k.Id}); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// BenchmarkDaemonTPM measures SignWithLabel and DecryptWithLabel (P-256,
+// suite 2) through the daemon on the TPM simulator and on swtpm, to set
+// beside the tpm package's benchmarks of go-tpm on a loaded key and of
+// load–sign–flush.
+func BenchmarkDaemonTPM(b *testing.B) {
+	for _, name := range []string{"simulator", "swtpm"} {
+		b.Run(name, func(b *testing.B) {
+			args := []string{"--backend", "tpm"}
+			if name == "swtpm" {
+				args = append(args, "--tpm", swtpm.Start(b, b.TempDir()).Device())
+			}
+			d := startDaemon(b, b.TempDir(), args...)
+			b.Cleanup(d.stop)
+			c := d.client()
+			kp := createKPs(b, c, 2, 1)
+			sign := &pb.SignWithLabelRequest{KeyId: kp.SignatureKey.Id, Label: "FramedContentTBS", Content: make([]byte, 256)}
+			b.Run("sign-p256", func(b *testing.B) {
+				for b.Loop() {
+					if _, err := c.SignWithLabel(context.Background(), sign); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+			leaf, err := c.GetKey(context.Background(), &pb.GetKeyRequest{Id: kp.KeyPackages[0].LeafEncryptionKeyId})
+			if err != nil {
+				b.Fatal(err)
+			}
+			su, _ := mls.LookupSuite(2)
+			kem, ct, err := su.EncryptWithLabel(leaf.PublicKey, "UpdatePathNode", nil, make([]byte, 32))
+			if err != nil {
+				b.Fatal(err)
+			}
+			dec := &pb.DecryptWithLabelRequest{KeyId: leaf.Id, Label: "UpdatePathNode", KemOutput: kem, Ciphertext: ct}
+			b.Run("decrypt-p256", func(b *testing.B) {
+				for b.Loop() {
+					if _, err := c.DecryptWithLabel(context.Background(), dec); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
+		})
 	}
 }
