@@ -119,6 +119,18 @@ func testTPM(t *testing.T, sw *swtpm.Process) {
 	if k.Protection != "hardware" {
 		t.Fatalf("suite 7 key under policy: %+v", k)
 	}
+
+	// The same catalog against another TPM: its blobs do not load there,
+	// and the daemon says which key and why instead of serving broken keys.
+	if sw == nil {
+		return
+	}
+	d.stop()
+	other := swtpm.Start(t, t.TempDir())
+	out := startDaemonExpectFailure(t, state, "--backend", "tpm", "--tpm", other.Device())
+	if !strings.Contains(out, "another TPM") || !strings.Contains(out, "hardware key") {
+		t.Fatalf("daemon on another TPM: %s", out)
+	}
 }
 
 func signAndVerify(t *testing.T, d *daemon, k keyJSON, when string) {
