@@ -1,7 +1,7 @@
 // Package tpm is the TPM 2.0 device backend of mlskeyd: it keeps private
 // keys under a TPM's storage root key and implements keystore.Backend,
-// keystore.Sealer and keystore.Checker (not keystore.Lister: nothing per
-// key lives in the TPM). It talks to /dev/tpmrm0, to swtpm's data channel
+// keystore.Sealer, keystore.Checker and keystore.Attester (not
+// keystore.Lister: nothing per key lives in the TPM). It talks to /dev/tpmrm0, to swtpm's data channel
 // (tcp:// or unix://, raw TPM commands) or to the in-process go-tpm-tools
 // simulator, through go-tpm's tpm2 direct API. It knows nothing of MLS or
 // gRPC.
@@ -40,6 +40,33 @@
 // outputs, and the data given to TPM2_Create for sealing, travel under a
 // one-command HMAC session salted with the SRK and AES-128-CFB parameter
 // encryption.
+//
+// # Attestation
+//
+// Attest returns evidence, in the "tpm2-certify" format, that a key lives
+// in this TPM: TPM2_Certify over the key, with the verifier's nonce (1 to
+// 64 bytes) as qualifying data, signed by an attestation key (AK). The AK
+// is a primary key of the endorsement hierarchy made from the TCG AK
+// template (ECC P-256, restricted, sign, fixedTPM, fixedParent,
+// sensitiveDataOrigin, ECDSA SHA-256), so it is the same key on every
+// call; it is created for each attestation and flushed afterwards, and
+// cached keys are flushed first so that the SRK, the AK and the key fit
+// in three slots. The attestation holds the TPMS_ATTEST, its signature,
+// the AK's and the key's TPMT_PUBLIC, and any EK certificate found at the
+// TCG NV indices (0x01c0000a ECC, 0x01c00002 RSA).
+//
+// VerifyCertify checks it without a TPM: the AK's attributes, the
+// signature over the statement, TPM_GENERATED_VALUE, the statement type,
+// the nonce, that the certified Name is that of the key's public area,
+// that the key has fixedTPM, fixedParent and sensitiveDataOrigin, and
+// that its point is the MLS public key. A restricted key signs only
+// statements the TPM generated, so this proves that whatever holds the
+// AK vouches, now, for a non-exportable TPM-generated key with that public
+// key. It does not prove that the AK is in a genuine TPM, or in which
+// one: that takes an EK certificate chain and TPM2_ActivateCredential (an
+// AK certificate from a privacy CA), or an AK enrolled beforehand and
+// compared with AttestationKeyPublic. The EK certificates are returned
+// but only parsed, not validated.
 //
 // # Sessions and concurrency
 //
@@ -93,6 +120,9 @@
 //   - Each ECDH, Seal and Unseal starts a salted session (an extra
 //     TPM2_StartAuthSession and an ECDH inside the TPM), which roughly
 //     halves their throughput compared with an unprotected command.
+//   - Attest needs the endorsement hierarchy's auth value to be empty,
+//     and reads EK certificates with the owner's (empty) auth value; an
+//     index it cannot read is left out.
 //   - The key auth value is empty and the blob is the credential: anyone
 //     with a blob and access to the same TPM can use the key.
 package tpm
