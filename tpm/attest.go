@@ -8,12 +8,10 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/mlskeyd/mlskeyd/keystore"
+	"github.com/mlskeyd/mlskeyd/tpm/attest"
 )
 
 var _ keystore.Attester = (*Backend)(nil)
-
-// AttestationFormat is the Format of the attestations Attest returns.
-const AttestationFormat = "tpm2-certify"
 
 // Nonce bounds for Attest: TPM2_Certify's qualifyingData is a TPM2B_DATA,
 // which holds at most 64 bytes (the size of a TPMT_HA with SHA-512).
@@ -67,7 +65,7 @@ func akTemplate() tpm2.TPMTPublic {
 // is re-created for each attestation and flushed afterwards (the same
 // template gives the same key every time), so it never holds a transient
 // slot between calls. Any EK certificate found in NV (ECC, then RSA) is
-// returned as well. Verify the result with VerifyCertify.
+// returned as well. Verify the result with attest.VerifyCertify.
 func (b *Backend) Attest(ctx context.Context, ref []byte, alg keystore.Algorithm, nonce []byte) (*keystore.Attestation, error) {
 	if len(nonce) < MinAttestNonce || len(nonce) > MaxAttestNonce {
 		return nil, devErr("attest", fmt.Errorf("%w: nonce is %d bytes; it must be %d to %d",
@@ -111,7 +109,7 @@ func (b *Backend) Attest(ctx context.Context, ref []byte, alg keystore.Algorithm
 			return err
 		}
 		out = &keystore.Attestation{
-			Format:         AttestationFormat,
+			Format:         attest.Format,
 			Statement:      append([]byte(nil), rsp.CertifyInfo.Bytes()...),
 			Signature:      tpm2.Marshal(rsp.Signature),
 			AttestationKey: tpm2.Marshal(*akPub),

@@ -19,6 +19,7 @@ import (
 	"github.com/google/go-tpm/tpm2"
 
 	"github.com/mlskeyd/mlskeyd/keystore"
+	"github.com/mlskeyd/mlskeyd/tpm/attest"
 )
 
 func nonce(t testing.TB, n int) []byte {
@@ -69,14 +70,14 @@ func cloneAtt(a *keystore.Attestation) *keystore.Attestation {
 	return &c
 }
 
-// wantAttErr checks that err is an ErrAttestation naming what failed.
+// wantAttErr checks that err is an attest.ErrAttestation naming what failed.
 func wantAttErr(t *testing.T, what string, err error, substr string) {
 	t.Helper()
-	if !errors.Is(err, ErrAttestation) {
-		t.Fatalf("%s: VerifyCertify = %v, want ErrAttestation", what, err)
+	if !errors.Is(err, attest.ErrAttestation) {
+		t.Fatalf("%s: attest.VerifyCertify = %v, want attest.ErrAttestation", what, err)
 	}
 	if !strings.Contains(err.Error(), substr) {
-		t.Fatalf("%s: VerifyCertify = %q, want it to mention %q", what, err, substr)
+		t.Fatalf("%s: attest.VerifyCertify = %q, want it to mention %q", what, err, substr)
 	}
 	t.Logf("%s: %v", what, err)
 }
@@ -104,10 +105,10 @@ func TestAttest(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Attest %s: %v", k.alg, err)
 			}
-			if err := VerifyCertify(a, k.pub, n); err != nil {
-				t.Fatalf("VerifyCertify %s: %v", k.alg, err)
+			if err := attest.VerifyCertify(a, k.pub, n); err != nil {
+				t.Fatalf("attest.VerifyCertify %s: %v", k.alg, err)
 			}
-			ak, err := AttestationKeyPublic(a)
+			ak, err := attest.AttestationKeyPublic(a)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -118,17 +119,17 @@ func TestAttest(t *testing.T) {
 			}
 
 			other := keys[(i+1)%len(keys)]
-			wantAttErr(t, "wrong nonce", VerifyCertify(a, k.pub, nonce(t, 32)), "nonce")
-			wantAttErr(t, "empty nonce", VerifyCertify(a, k.pub, nil), "nonce")
-			wantAttErr(t, "another key's public key", VerifyCertify(a, other.pub, n), "not the given public key")
+			wantAttErr(t, "wrong nonce", attest.VerifyCertify(a, k.pub, nonce(t, 32)), "nonce")
+			wantAttErr(t, "empty nonce", attest.VerifyCertify(a, k.pub, nil), "nonce")
+			wantAttErr(t, "another key's public key", attest.VerifyCertify(a, other.pub, n), "not the given public key")
 
 			c := cloneAtt(a)
 			c.Statement[len(c.Statement)/2] ^= 0x01
-			wantAttErr(t, "tampered statement", VerifyCertify(c, k.pub, n), "signature")
+			wantAttErr(t, "tampered statement", attest.VerifyCertify(c, k.pub, n), "signature")
 
 			c = cloneAtt(a)
 			c.Signature[len(c.Signature)-1] ^= 0x01
-			wantAttErr(t, "tampered signature", VerifyCertify(c, k.pub, n), "signature")
+			wantAttErr(t, "tampered signature", attest.VerifyCertify(c, k.pub, n), "signature")
 
 			c = cloneAtt(a)
 			bl, err := parseBlob(other.ref, blobKey)
@@ -136,23 +137,23 @@ func TestAttest(t *testing.T) {
 				t.Fatal(err)
 			}
 			c.KeyPublicArea = bytes.Clone(bl.pub.Bytes())
-			wantAttErr(t, "swapped key public area", VerifyCertify(c, other.pub, n), "Name")
+			wantAttErr(t, "swapped key public area", attest.VerifyCertify(c, other.pub, n), "Name")
 
 			c = cloneAtt(a)
 			c.Format = "tpm2-quote"
-			wantAttErr(t, "wrong format", VerifyCertify(c, k.pub, n), "format")
+			wantAttErr(t, "wrong format", attest.VerifyCertify(c, k.pub, n), "format")
 
 			c = cloneAtt(a)
 			c.AttestationKey[len(c.AttestationKey)-1] ^= 0x01 // Y coordinate
-			if err := VerifyCertify(c, k.pub, n); !errors.Is(err, ErrAttestation) {
-				t.Fatalf("tampered AK: VerifyCertify = %v, want ErrAttestation", err)
+			if err := attest.VerifyCertify(c, k.pub, n); !errors.Is(err, attest.ErrAttestation) {
+				t.Fatalf("tampered AK: attest.VerifyCertify = %v, want attest.ErrAttestation", err)
 			}
 
 			c = cloneAtt(a)
 			c.Certificates = append(c.Certificates, []byte("not a certificate"))
-			wantAttErr(t, "bad certificate", VerifyCertify(c, k.pub, n), "certificate")
+			wantAttErr(t, "bad certificate", attest.VerifyCertify(c, k.pub, n), "certificate")
 
-			if err := VerifyCertify(a, k.pub, n); err != nil {
+			if err := attest.VerifyCertify(a, k.pub, n); err != nil {
 				t.Fatalf("the tests modified the original: %v", err)
 			}
 		}
@@ -181,7 +182,7 @@ func TestAttestNonce(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Attest with a %d-byte nonce: %v", n, err)
 			}
-			if err := VerifyCertify(a, pub, nc); err != nil {
+			if err := attest.VerifyCertify(a, pub, nc); err != nil {
 				t.Fatalf("%d-byte nonce: %v", n, err)
 			}
 		}
@@ -253,7 +254,7 @@ func attestInterleaved(t *testing.T, loadedKeys int) {
 				if err != nil {
 					t.Fatalf("round %d: Attest key %d: %v", round, i, err)
 				}
-				if err := VerifyCertify(a, k.pub, n); err != nil {
+				if err := attest.VerifyCertify(a, k.pub, n); err != nil {
 					t.Fatalf("round %d: key %d: %v", round, i, err)
 				}
 				// Sign with this key (cached now) and with another one.
@@ -302,7 +303,7 @@ func TestAttestEKCert(t *testing.T) {
 		if len(a.Certificates) != 1 || !bytes.Equal(a.Certificates[0], der) {
 			t.Fatalf("got %d certificates, want the %d-byte one stored", len(a.Certificates), len(der))
 		}
-		if err := VerifyCertify(a, pub, n); err != nil {
+		if err := attest.VerifyCertify(a, pub, n); err != nil {
 			t.Fatal(err)
 		}
 	})
@@ -372,7 +373,7 @@ func writeNV(b *Backend, idx tpm2.TPMHandle, data []byte) error {
 	return nil
 }
 
-// TestVerifyCertifySoftware runs VerifyCertify without a TPM on statements
+// TestVerifyCertifySoftware runs attest.VerifyCertify without a TPM on statements
 // re-signed by a software key posing as an AK: it shows what the checks
 // catch, and that a valid result says nothing about the AK's origin.
 func TestVerifyCertifySoftware(t *testing.T) {
@@ -416,7 +417,7 @@ func TestVerifyCertifySoftware(t *testing.T) {
 		a.AttestationKey = tpm2.Marshal(ak)
 		a.KeyPublicArea = tpm2.Marshal(*kp)
 		if ci, err := st.Attested.Certify(); err == nil {
-			name, err := nameOf(kp.NameAlg, a.KeyPublicArea)
+			name, err := testName(kp.NameAlg, a.KeyPublicArea)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -440,29 +441,29 @@ func TestVerifyCertifySoftware(t *testing.T) {
 	}
 	nop := func(*tpm2.TPMTPublic, *tpm2.TPMSAttest, *tpm2.TPMTPublic) {}
 
-	if err := VerifyCertify(forge(nop), pub, n); err != nil {
-		t.Fatalf("software-signed statement: %v (VerifyCertify does not judge the AK's origin, so it should pass)", err)
+	if err := attest.VerifyCertify(forge(nop), pub, n); err != nil {
+		t.Fatalf("software-signed statement: %v (attest.VerifyCertify does not judge the AK's origin, so it should pass)", err)
 	}
-	if err := VerifyCertify(nil, pub, n); !errors.Is(err, ErrAttestation) {
+	if err := attest.VerifyCertify(nil, pub, n); !errors.Is(err, attest.ErrAttestation) {
 		t.Fatalf("nil attestation: %v", err)
 	}
-	wantAttErr(t, "unrestricted AK", VerifyCertify(forge(func(ak *tpm2.TPMTPublic, _ *tpm2.TPMSAttest, _ *tpm2.TPMTPublic) {
+	wantAttErr(t, "unrestricted AK", attest.VerifyCertify(forge(func(ak *tpm2.TPMTPublic, _ *tpm2.TPMSAttest, _ *tpm2.TPMTPublic) {
 		ak.ObjectAttributes.Restricted = false
 	}), pub, n), "attestation key: restricted=false")
-	wantAttErr(t, "AK without fixedTPM", VerifyCertify(forge(func(ak *tpm2.TPMTPublic, _ *tpm2.TPMSAttest, _ *tpm2.TPMTPublic) {
+	wantAttErr(t, "AK without fixedTPM", attest.VerifyCertify(forge(func(ak *tpm2.TPMTPublic, _ *tpm2.TPMSAttest, _ *tpm2.TPMTPublic) {
 		ak.ObjectAttributes.FixedTPM = false
 	}), pub, n), "fixedTPM=false")
-	wantAttErr(t, "bad magic", VerifyCertify(forge(func(_ *tpm2.TPMTPublic, st *tpm2.TPMSAttest, _ *tpm2.TPMTPublic) {
+	wantAttErr(t, "bad magic", attest.VerifyCertify(forge(func(_ *tpm2.TPMTPublic, st *tpm2.TPMSAttest, _ *tpm2.TPMTPublic) {
 		st.Magic = 0x12345678
 	}), pub, n), "magic")
-	wantAttErr(t, "quote statement", VerifyCertify(forge(func(_ *tpm2.TPMTPublic, st *tpm2.TPMSAttest, _ *tpm2.TPMTPublic) {
+	wantAttErr(t, "quote statement", attest.VerifyCertify(forge(func(_ *tpm2.TPMTPublic, st *tpm2.TPMSAttest, _ *tpm2.TPMTPublic) {
 		st.Type = tpm2.TPMSTAttestQuote
 		st.Attested = tpm2.NewTPMUAttest(tpm2.TPMSTAttestQuote, &tpm2.TPMSQuoteInfo{})
 	}), pub, n), "type")
-	wantAttErr(t, "key without sensitiveDataOrigin", VerifyCertify(forge(func(_ *tpm2.TPMTPublic, _ *tpm2.TPMSAttest, kp *tpm2.TPMTPublic) {
+	wantAttErr(t, "key without sensitiveDataOrigin", attest.VerifyCertify(forge(func(_ *tpm2.TPMTPublic, _ *tpm2.TPMSAttest, kp *tpm2.TPMTPublic) {
 		kp.ObjectAttributes.SensitiveDataOrigin = false
 	}), pub, n), "sensitiveDataOrigin=false")
-	wantAttErr(t, "RSA key", VerifyCertify(forge(func(_ *tpm2.TPMTPublic, _ *tpm2.TPMSAttest, kp *tpm2.TPMTPublic) {
+	wantAttErr(t, "RSA key", attest.VerifyCertify(forge(func(_ *tpm2.TPMTPublic, _ *tpm2.TPMSAttest, kp *tpm2.TPMTPublic) {
 		kp.Type = tpm2.TPMAlgRSA
 		kp.Parameters = tpm2.NewTPMUPublicParms(tpm2.TPMAlgRSA, &tpm2.TPMSRSAParms{
 			Symmetric: tpm2.TPMTSymDefObject{Algorithm: tpm2.TPMAlgNull},
@@ -474,5 +475,15 @@ func TestVerifyCertifySoftware(t *testing.T) {
 	// Trailing bytes after an otherwise valid structure are refused.
 	a := forge(nop)
 	a.KeyPublicArea = append(a.KeyPublicArea, 0)
-	wantAttErr(t, "trailing bytes", VerifyCertify(a, pub, n), "key public area")
+	wantAttErr(t, "trailing bytes", attest.VerifyCertify(a, pub, n), "key public area")
+}
+
+// testName is a TPM object Name (nameAlg || H(public area)), for statements
+// the software test builds itself.
+func testName(alg tpm2.TPMIAlgHash, public []byte) ([]byte, error) {
+	if alg != tpm2.TPMAlgSHA256 {
+		return nil, fmt.Errorf("test names only SHA-256 keys, not 0x%04x", uint16(alg))
+	}
+	d := sha256.Sum256(public)
+	return append([]byte{0x00, 0x0b}, d[:]...), nil
 }

@@ -40,7 +40,7 @@ type Config struct {
 	LoadedKeys int
 }
 
-// Backend is a keystore.Backend, Sealer and Checker on one TPM 2.0. It is
+// Backend is a keystore.Backend, Sealer, Checker and Attester on one TPM 2.0. It is
 // safe for concurrent use; TPM commands run one at a time.
 type Backend struct {
 	timeout time.Duration

@@ -55,7 +55,7 @@
 // the AK's and the key's TPMT_PUBLIC, and any EK certificate found at the
 // TCG NV indices (0x01c0000a ECC, 0x01c00002 RSA).
 //
-// VerifyCertify checks it without a TPM: the AK's attributes, the
+// attest.VerifyCertify (package tpm/attest) checks it without a TPM: the AK's attributes, the
 // signature over the statement, TPM_GENERATED_VALUE, the statement type,
 // the nonce, that the certified Name is that of the key's public area,
 // that the key has fixedTPM, fixedParent and sensitiveDataOrigin, and

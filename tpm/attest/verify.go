@@ -1,4 +1,7 @@
-package tpm
+// Package attest verifies the key attestations of mlskeyd's TPM backend
+// without a TPM or the daemon: pure Go, no cgo, so verifiers and mlskeyctl
+// can use it anywhere.
+package attest
 
 import (
 	"bytes"
@@ -22,7 +25,10 @@ import (
 // ErrAttestation is wrapped by VerifyCertify and AttestationKeyPublic for
 // every reason an attestation is rejected; the message says which check
 // failed.
-var ErrAttestation = errors.New("tpm: attestation does not verify")
+var ErrAttestation = errors.New("attestation does not verify")
+
+// Format names TPM2_Certify evidence in keystore.Attestation.Format.
+const Format = "tpm2-certify"
 
 func attErr(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrAttestation}, args...)...)
@@ -59,8 +65,8 @@ func VerifyCertify(a *keystore.Attestation, mlsPublicKey, nonce []byte) error {
 	if a == nil {
 		return attErr("no attestation")
 	}
-	if a.Format != AttestationFormat {
-		return attErr("format %q, want %q", a.Format, AttestationFormat)
+	if a.Format != Format {
+		return attErr("format %q, want %q", a.Format, Format)
 	}
 	ak, err := AttestationKeyPublic(a)
 	if err != nil {
@@ -234,4 +240,14 @@ func nameOf(alg tpm2.TPMIAlgHash, public []byte) ([]byte, error) {
 	}
 	d.Write(public)
 	return d.Sum(binary.BigEndian.AppendUint16(nil, uint16(alg))), nil
+}
+
+// leftPad widens a big-endian coordinate to the curve's fixed size.
+func leftPad(b []byte, n int) ([]byte, error) {
+	if len(b) > n {
+		return nil, fmt.Errorf("%d-byte value for a %d-byte field", len(b), n)
+	}
+	out := make([]byte, n)
+	copy(out[n-len(b):], b)
+	return out, nil
 }
