@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"encoding/hex"
+	"encoding/json"
+	"maps"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -97,6 +99,41 @@ func testTPM(t *testing.T, sw *swtpm.Process) {
 		openWithTSMLS(t, d, sk.kps[0], suite)
 	}
 
+	// Attestation: the daemon's evidence verifies for hardware keys, offline
+	// too, and fails for another nonce or a tampered statement.
+	for _, id := range []string{keys[2].sig.ID, keys[7].kps[1].InitKeyID} {
+		nonce := hex.EncodeToString([]byte("nonce for " + id))[:40]
+		var ev map[string]any
+		d.ctlJSON(t, &ev, "key", "attest", id, "--nonce", nonce)
+		if ev["verified"] != true || ev["format"] != "tpm2-certify" {
+			t.Fatalf("key attest %s: %v", id, ev)
+		}
+		file := filepath.Join(t.TempDir(), "evidence.json")
+		write := func(ev map[string]any) {
+			b, _ := json.Marshal(ev)
+			os.WriteFile(file, b, 0o600)
+		}
+		write(ev)
+		if out, errOut, code := d.ctl("attest", "verify", "--in", file); code != 0 {
+			t.Fatalf("attest verify: %s %s", out, errOut)
+		}
+		for field, bad := range map[string]string{
+			"nonce":     hex.EncodeToString([]byte("another nonce")),
+			"statement": flipHex(ev["statement"].(string)),
+			"signature": flipHex(ev["signature"].(string)),
+		} {
+			tampered := maps.Clone(ev)
+			tampered[field] = bad
+			write(tampered)
+			if _, errOut, code := d.ctl("attest", "verify", "--in", file); code == 0 || !strings.Contains(errOut, "does not verify") {
+				t.Fatalf("attest verify with a changed %s: exit %d %s", field, code, errOut)
+			}
+		}
+	}
+	if _, errOut, code := d.ctl("key", "attest", keys[1].sig.ID, "--nonce", "00"); code == 0 || !strings.Contains(errOut, "failed precondition") {
+		t.Fatalf("attest a sealed key: exit %d %s", code, errOut)
+	}
+
 	// Keys survive a restart of the daemon and of the TPM.
 	d.stop()
 	if sw != nil {
@@ -165,4 +202,11 @@ func openWithTSMLS(t *testing.T, d *daemon, kp createdKP, suite uint16) {
 	if _, _, code := d.ctl("welcome", "open", "--in", file); code == 0 {
 		t.Fatalf("suite %d: a consumed init key opened a Welcome again", suite)
 	}
+}
+
+// flipHex changes one bit in the middle of a hex string's bytes.
+func flipHex(h string) string {
+	b, _ := hex.DecodeString(h)
+	b[len(b)/2] ^= 1
+	return hex.EncodeToString(b)
 }

@@ -106,6 +106,8 @@ Commands:
   key list            list keys
   key show ID         show a key
   key delete ID       delete a key (destroys its private key)
+  key attest ID       get and verify the device's evidence for a key (TPM)
+  attest verify       verify 'key attest --json' evidence without the daemon
   sign                sign content with a signature key (SignWithLabel)
   keypackage create   create KeyPackages
   welcome open        open a Welcome with one of the daemon's init keys
@@ -123,11 +125,17 @@ var groups = map[string]group{
   create   create a signature key
   list     list keys
   show     show a key
-  delete   delete a key (destroys its private key)`, map[string]func(*cli, []string) error{
+  delete   delete a key (destroys its private key)
+  attest   get and verify the device's evidence for a key (TPM)`, map[string]func(*cli, []string) error{
 		"create": (*cli).keyCreate,
 		"list":   (*cli).keyList,
 		"show":   (*cli).keyShow,
 		"delete": (*cli).keyDelete,
+		"attest": (*cli).keyAttest,
+	}},
+	"attest": {`Commands:
+  verify   verify 'mlskeyctl key attest --json' evidence without the daemon`, map[string]func(*cli, []string) error{
+		"verify": (*cli).attestVerify,
 	}},
 	"keypackage": {`Commands:
   create   create KeyPackages`, map[string]func(*cli, []string) error{
