@@ -129,6 +129,18 @@ func (s *Store) List(f Filter, after string, limit int) ([]*Record, string, erro
 	return s.cat.list(f, after, limit)
 }
 
+// Count returns how many records match f and keep (nil keeps all).
+func (s *Store) Count(f Filter, keep func(*Record) bool) (int, error) {
+	n := 0
+	err := s.cat.all(func(r *Record) error {
+		if f.match(r) && (keep == nil || keep(r)) {
+			n++
+		}
+		return nil
+	})
+	return n, err
+}
+
 // KeySpec describes a key to create.
 type KeySpec struct {
 	Role      Role

@@ -49,6 +49,7 @@ func keyToPB(r *keystore.Record) *pb.Key {
 		KeyPackageRef:  r.KeyPackageRef,
 		LastResort:     r.LastResort,
 		SignatureKeyId: r.SignatureKeyID,
+		Owner:          r.Owner,
 		CreatedAt:      timestamppb.New(r.CreatedAt),
 	}
 	if !r.RetiredAt.IsZero() {

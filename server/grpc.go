@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"runtime/debug"
+	"strings"
 	"time"
 
 	pb "github.com/mlskeyd/mlskeyd/proto/mlskey/v1"
@@ -26,7 +27,7 @@ func NewGRPCServer(svc *Service, log *slog.Logger) (*grpc.Server, *health.Server
 	gs := grpc.NewServer(
 		grpc.Creds(PeerCredentials{}),
 		grpc.MaxRecvMsgSize(MaxWelcomeSize+64<<10),
-		grpc.ChainUnaryInterceptor(logCalls(log), recoverPanics(log)),
+		grpc.ChainUnaryInterceptor(logCalls(log), recoverPanics(log), authenticate(svc)),
 	)
 	pb.RegisterKeyServiceServer(gs, svc)
 	hs := health.NewServer()
@@ -53,6 +54,29 @@ func logCalls(log *slog.Logger) grpc.UnaryServerInterceptor {
 			log.Debug("call", attrs...)
 		}
 		return resp, err
+	}
+}
+
+// authenticate admits KeyService calls only from a caller whose process is
+// still the one that connected, and within its rate limit. Health and
+// reflection stay open to anyone who can reach the socket.
+func authenticate(svc *Service) grpc.UnaryServerInterceptor {
+	prefix := "/" + pb.KeyService_ServiceDesc.ServiceName + "/"
+	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		if !strings.HasPrefix(info.FullMethod, prefix) {
+			return h(ctx, req)
+		}
+		p, ok := PeerFromContext(ctx)
+		if !ok {
+			return nil, status.Error(codes.Unauthenticated, "caller: no peer credentials")
+		}
+		if !p.Alive() {
+			return nil, status.Errorf(codes.Unauthenticated, "caller: process %d that opened this connection is gone", p.PID)
+		}
+		if !svc.limit.allow(p.UID) {
+			return nil, status.Errorf(codes.ResourceExhausted, "caller: uid %d is over its rate limit", p.UID)
+		}
+		return h(ctx, req)
 	}
 }
 

@@ -12,20 +12,33 @@ import (
 )
 
 // PeerInfo is the caller's identity as the kernel reports it for the Unix
-// socket connection (SO_PEERCRED). It is what key ownership is recorded
-// against.
+// socket connection (SO_PEERCRED), with the executable and start time of
+// the process read from /proc when the connection was made. It is what key
+// ownership is recorded against.
 type PeerInfo struct {
 	credentials.CommonAuthInfo
 	UID, GID uint32
 	PID      int32
+	// Groups are the supplementary groups of the process.
+	Groups []uint32
+	// Exe is the caller's executable ("" when it could not be read).
+	Exe string
+	// StartTime is the process's start time in clock ticks since boot; with
+	// PID it identifies the process even after the PID is reused.
+	StartTime uint64
+}
+
+// Alive reports whether the process that opened the connection still
+// runs. A PID reused by another process has another start time, so a
+// connection handed to or outliving its creator is not taken for the new
+// process's.
+func (p PeerInfo) Alive() bool {
+	st, err := processStartTime(p.PID)
+	return err == nil && st == p.StartTime
 }
 
 // AuthType implements credentials.AuthInfo.
 func (PeerInfo) AuthType() string { return "peercred" }
-
-// Owner is the owner string recorded in the catalog for keys this caller
-// creates.
-func (p PeerInfo) Owner() string { return fmt.Sprintf("uid:%d", p.UID) }
 
 // PeerCredentials are gRPC transport credentials that read SO_PEERCRED at
 // connection set-up. They add no encryption: the socket never leaves the
@@ -53,10 +66,15 @@ func (PeerCredentials) ServerHandshake(c net.Conn) (net.Conn, credentials.AuthIn
 	if serr != nil {
 		return nil, nil, fmt.Errorf("peercred: SO_PEERCRED: %w", serr)
 	}
-	return c, PeerInfo{
+	info := PeerInfo{
 		CommonAuthInfo: credentials.CommonAuthInfo{SecurityLevel: credentials.PrivacyAndIntegrity},
 		UID:            cred.Uid, GID: cred.Gid, PID: cred.Pid,
-	}, nil
+		Exe: processExe(cred.Pid), Groups: processGroups(cred.Pid),
+	}
+	if info.StartTime, err = processStartTime(cred.Pid); err != nil {
+		return nil, nil, fmt.Errorf("peercred: process %d: %w", cred.Pid, err)
+	}
+	return c, info, nil
 }
 
 func (PeerCredentials) ClientHandshake(_ context.Context, _ string, c net.Conn) (net.Conn, credentials.AuthInfo, error) {

@@ -40,6 +40,9 @@ type Options struct {
 	// applications must bound KeyPackage lifetimes).
 	DefaultLifetime, MaxLifetime time.Duration
 	Now                          func() time.Time
+	// Access names the admins; Policy what callers may do.
+	Access Access
+	Policy Policy
 }
 
 // Service implements mlskey.v1.KeyService over a keystore.
@@ -48,6 +51,7 @@ type Service struct {
 	store *keystore.Store
 	opts  Options
 	log   *slog.Logger
+	limit *limiter
 }
 
 // NewService returns the KeyService for store.
@@ -64,7 +68,14 @@ func NewService(store *keystore.Store, opts Options) *Service {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	return &Service{store: store, opts: opts, log: opts.Logger}
+	if d := time.Duration(opts.Policy.KeyPackageDefaultLifetime); d > 0 {
+		opts.DefaultLifetime = d
+	}
+	if d := time.Duration(opts.Policy.KeyPackageMaxLifetime); d > 0 {
+		opts.MaxLifetime = d
+	}
+	return &Service{store: store, opts: opts, log: opts.Logger,
+		limit: &limiter{rate: opts.Policy.RateLimit, now: opts.Now}}
 }
 
 func lookupSuite(field string, id uint32) (*mls.Suite, error) {
@@ -78,6 +89,18 @@ func lookupSuite(field string, id uint32) (*mls.Suite, error) {
 	return s, nil
 }
 
+// allowedSuite is lookupSuite with the policy's allowed suites applied.
+func (s *Service) allowedSuite(field string, id uint32) (*mls.Suite, error) {
+	su, err := lookupSuite(field, id)
+	if err != nil {
+		return nil, err
+	}
+	if !s.opts.Policy.suiteAllowed(uint16(su.ID)) {
+		return nil, status.Errorf(codes.PermissionDenied, "%s: policy does not allow cipher suite 0x%04x", field, id)
+	}
+	return su, nil
+}
+
 func checkKeyID(field, id string) error {
 	if id == "" {
 		return invalid(field, "required")
@@ -89,13 +112,6 @@ func checkKeyID(field, id string) error {
 		return invalid(field, "%q is not a key id", id)
 	}
 	return nil
-}
-
-func owner(ctx context.Context) string {
-	if p, ok := PeerFromContext(ctx); ok {
-		return p.Owner()
-	}
-	return ""
 }
 
 func (s *Service) GetInfo(ctx context.Context, _ *pb.GetInfoRequest) (*pb.GetInfoResponse, error) {
@@ -121,13 +137,21 @@ func (s *Service) GetInfo(ctx context.Context, _ *pb.GetInfoRequest) (*pb.GetInf
 }
 
 func (s *Service) CreateSignatureKey(ctx context.Context, req *pb.CreateSignatureKeyRequest) (*pb.Key, error) {
-	su, err := lookupSuite("cipher_suite", req.GetCipherSuite())
+	c, err := s.callerOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	su, err := s.allowedSuite("cipher_suite", req.GetCipherSuite())
+	if err != nil {
+		return nil, err
+	}
+	own, err := c.newKeyOwner(req.OwnerUid)
 	if err != nil {
 		return nil, err
 	}
 	r, err := s.store.Create(ctx, keystore.KeySpec{
 		Role: keystore.RoleSignature, Suite: uint16(su.ID),
-		Algorithm: keystore.Algorithm(su.SignatureAlgorithm), Owner: owner(ctx),
+		Algorithm: keystore.Algorithm(su.SignatureAlgorithm), Owner: own,
 	})
 	if err != nil {
 		return nil, statusOf("cipher_suite", err)
@@ -136,18 +160,22 @@ func (s *Service) CreateSignatureKey(ctx context.Context, req *pb.CreateSignatur
 }
 
 func (s *Service) GetKey(ctx context.Context, req *pb.GetKeyRequest) (*pb.Key, error) {
-	if err := checkKeyID("id", req.GetId()); err != nil {
-		return nil, err
-	}
-	r, err := s.store.Get(req.GetId())
+	r, _, err := s.key(ctx, "id", req.GetId())
 	if err != nil {
-		return nil, statusOf("id", err)
+		return nil, err
 	}
 	return keyToPB(r), nil
 }
 
 func (s *Service) ListKeys(ctx context.Context, req *pb.ListKeysRequest) (*pb.ListKeysResponse, error) {
+	c, err := s.callerOf(ctx)
+	if err != nil {
+		return nil, err
+	}
 	var f keystore.Filter
+	if !c.admin {
+		f.Owner = ownerString(c.UID)
+	}
 	if req.GetRole() != pb.KeyRole_KEY_ROLE_UNSPECIFIED {
 		r, ok := roleFromPB[req.GetRole()]
 		if !ok {
@@ -195,7 +223,7 @@ func (s *Service) ListKeys(ctx context.Context, req *pb.ListKeysRequest) (*pb.Li
 }
 
 func (s *Service) DeleteKey(ctx context.Context, req *pb.DeleteKeyRequest) (*pb.Key, error) {
-	if err := checkKeyID("id", req.GetId()); err != nil {
+	if _, _, err := s.key(ctx, "id", req.GetId()); err != nil {
 		return nil, err
 	}
 	r, err := s.store.Delete(ctx, req.GetId())
@@ -206,7 +234,8 @@ func (s *Service) DeleteKey(ctx context.Context, req *pb.DeleteKeyRequest) (*pb.
 }
 
 func (s *Service) SignWithLabel(ctx context.Context, req *pb.SignWithLabelRequest) (*pb.SignWithLabelResponse, error) {
-	if err := checkKeyID("key_id", req.GetKeyId()); err != nil {
+	r, _, err := s.key(ctx, "key_id", req.GetKeyId())
+	if err != nil {
 		return nil, err
 	}
 	if !slices.Contains(mls.SignatureLabels, req.GetLabel()) {
@@ -214,6 +243,9 @@ func (s *Service) SignWithLabel(ctx context.Context, req *pb.SignWithLabelReques
 	}
 	if len(req.GetContent()) > MaxContentSize {
 		return nil, invalid("content", "%d bytes is over the limit of %d", len(req.GetContent()), MaxContentSize)
+	}
+	if !s.opts.Policy.labelAllowed(r, req.GetLabel()) {
+		return nil, status.Errorf(codes.PermissionDenied, "label: policy does not allow %q for key %s", req.GetLabel(), r.ID)
 	}
 	signer, err := s.store.Signer(ctx, req.GetKeyId())
 	if err != nil {
@@ -231,7 +263,8 @@ func (s *Service) SignWithLabel(ctx context.Context, req *pb.SignWithLabelReques
 }
 
 func (s *Service) DecryptWithLabel(ctx context.Context, req *pb.DecryptWithLabelRequest) (*pb.DecryptWithLabelResponse, error) {
-	if err := checkKeyID("key_id", req.GetKeyId()); err != nil {
+	r, _, err := s.key(ctx, "key_id", req.GetKeyId())
+	if err != nil {
 		return nil, err
 	}
 	if req.GetLabel() != mls.LabelUpdatePathNode {
@@ -243,9 +276,8 @@ func (s *Service) DecryptWithLabel(ctx context.Context, req *pb.DecryptWithLabel
 	if len(req.GetCiphertext()) > MaxCiphertextSize {
 		return nil, invalid("ciphertext", "%d bytes is over the limit of %d", len(req.GetCiphertext()), MaxCiphertextSize)
 	}
-	r, err := s.store.Get(req.GetKeyId())
-	if err != nil {
-		return nil, statusOf("key_id", err)
+	if !s.opts.Policy.labelAllowed(r, req.GetLabel()) {
+		return nil, status.Errorf(codes.PermissionDenied, "label: policy does not allow %q for key %s", req.GetLabel(), r.ID)
 	}
 	su, err := mls.LookupSuite(mls.CipherSuite(r.Suite))
 	if err != nil {
@@ -276,6 +308,10 @@ func decryptStatus(field string, err error) error {
 }
 
 func (s *Service) OpenWelcome(ctx context.Context, req *pb.OpenWelcomeRequest) (*pb.OpenWelcomeResponse, error) {
+	c, err := s.callerOf(ctx)
+	if err != nil {
+		return nil, err
+	}
 	if len(req.GetWelcome()) == 0 {
 		return nil, invalid("welcome", "required")
 	}
@@ -305,6 +341,9 @@ func (s *Service) OpenWelcome(ctx context.Context, req *pb.OpenWelcomeRequest) (
 		}
 		if err != nil {
 			return nil, statusOf("welcome", err)
+		}
+		if !c.mayUse(r) {
+			continue // another owner's KeyPackage: as if it were not ours
 		}
 		rec, entry = r, &w.Secrets[i]
 		break
@@ -363,7 +402,11 @@ type errGroupInfo struct{ err error }
 func (e errGroupInfo) Error() string { return e.err.Error() }
 
 func (s *Service) CreateKeyPackages(ctx context.Context, req *pb.CreateKeyPackagesRequest) (*pb.CreateKeyPackagesResponse, error) {
-	su, err := lookupSuite("cipher_suite", req.GetCipherSuite())
+	c, err := s.callerOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	su, err := s.allowedSuite("cipher_suite", req.GetCipherSuite())
 	if err != nil {
 		return nil, err
 	}
@@ -404,14 +447,31 @@ func (s *Service) CreateKeyPackages(ctx context.Context, req *pb.CreateKeyPackag
 		return nil, invalid("credential.x509", "needs signature_key_id: a certificate can only name an existing key")
 	}
 
-	own := owner(ctx)
+	own, err := c.newKeyOwner(req.OwnerUid)
+	if err != nil {
+		return nil, err
+	}
+	if max := s.opts.Policy.MaxOutstandingKeyPackages; max > 0 && !req.GetLastResort() {
+		have, err := s.store.Count(keystore.Filter{Role: keystore.RoleInit, State: keystore.StateActive, Owner: own},
+			func(r *keystore.Record) bool { return !r.LastResort })
+		if err != nil {
+			return nil, statusOf("catalog", err)
+		}
+		if have+n > max {
+			return nil, status.Errorf(codes.ResourceExhausted, "count: %s has %d unused KeyPackages; %d more would pass the policy's maximum of %d", own, have, n, max)
+		}
+	}
 	batch := s.store.NewBatch()
 	defer batch.Abort(ctx)
 	var specs []keystore.KeySpec
 	var sigRec *keystore.Record
 	if id := req.GetSignatureKeyId(); id != "" {
-		if err := checkKeyID("signature_key_id", id); err != nil {
+		r, _, err := s.key(ctx, "signature_key_id", id)
+		if err != nil {
 			return nil, err
+		}
+		if r.Owner != own {
+			return nil, invalid("signature_key_id", "key %s belongs to %s, not to %s", id, r.Owner, own)
 		}
 		signer, err := s.store.Signer(ctx, id)
 		if err != nil {
@@ -563,7 +623,7 @@ func extensions(field string, in []*pb.Extension) ([]mls.Extension, error) {
 const MaxNonceSize = 64
 
 func (s *Service) AttestKey(ctx context.Context, req *pb.AttestKeyRequest) (*pb.AttestKeyResponse, error) {
-	if err := checkKeyID("key_id", req.GetKeyId()); err != nil {
+	if _, _, err := s.key(ctx, "key_id", req.GetKeyId()); err != nil {
 		return nil, err
 	}
 	if n := len(req.GetNonce()); n == 0 || n > MaxNonceSize {

@@ -28,6 +28,9 @@ type setting struct {
 type settings struct {
 	list   []*setting
 	byName map[string]*setting
+	// policy is the config file's "policy" object, kept as JSON for
+	// server.Policy; it has no flag or environment form.
+	policy json.RawMessage
 }
 
 func newSettings() *settings {
@@ -41,7 +44,12 @@ func newSettings() *settings {
 	add("dev", "false", "development mode: SoftHSM token, PIN, catalog and socket inside --state-dir, created when missing", true)
 	add("state-dir", "", "state directory (default /var/lib/mlskeyd; required with --dev)", false)
 	add("socket", "", "Unix socket path (default /run/mlskeyd/mlskeyd.sock; STATE/mlskeyd.sock with --dev)", false)
-	add("socket-mode", "0600", "file mode of the socket", false)
+	add("socket-mode", "0600", "file mode of the socket (e.g. 0660 with --socket-group)", false)
+	add("socket-group", "", "group of the socket: its members may connect when --socket-mode allows the group", false)
+	add("admin-uids", "", "comma list of uids that may see and use every key and create keys for others", false)
+	add("admin-gids", "", "comma list of gids whose members are admins", false)
+	add("audit-log", "", "audit log file (dev default STATE/audit.log)", false)
+	add("audit-fail-closed", "false", "refuse any operation that cannot be written to the audit log", true)
 	add("catalog", "", "key catalog file (default STATE/catalog.db)", false)
 	add("backend", "pkcs11", "device backend: pkcs11 or tpm", false)
 	add("pkcs11-module", "", "PKCS#11 module path (default: SoftHSM)", false)
@@ -132,6 +140,18 @@ func (s *settings) loadFile(path string) error {
 	if err := json.Unmarshal(b, &m); err != nil {
 		return fmt.Errorf("config file %s: %w", path, err)
 	}
+	// "audit": {"log": PATH, "fail_closed": BOOL} is the nested form of
+	// audit_log and audit_fail_closed.
+	if a, ok := m["audit"]; ok {
+		sub, ok := a.(map[string]any)
+		if !ok {
+			return fmt.Errorf("config file %s: \"audit\" must be an object", path)
+		}
+		delete(m, "audit")
+		for sk, v := range sub {
+			m["audit_"+sk] = v
+		}
+	}
 	keys := make([]string, 0, len(m))
 	for k := range m {
 		keys = append(keys, k)
@@ -139,6 +159,11 @@ func (s *settings) loadFile(path string) error {
 	sort.Strings(keys)
 	for _, k := range keys {
 		name := strings.ReplaceAll(k, "_", "-")
+		switch name {
+		case "policy":
+			s.policy, _ = json.Marshal(m[k])
+			continue
+		}
 		if name == "pkcs11-pin" {
 			return fmt.Errorf("config file %s: the PIN does not belong in a config file; use pkcs11_pin_file", path)
 		}
@@ -151,6 +176,16 @@ func (s *settings) loadFile(path string) error {
 			st.value = v
 		case bool, float64:
 			st.value = fmt.Sprint(v)
+		case []any:
+			if name != "admin-uids" && name != "admin-gids" {
+				return fmt.Errorf("config file %s: key %q must be a string, number or boolean", path, k)
+			}
+			// admin_uids: [0, 1000].
+			parts := make([]string, len(v))
+			for i, e := range v {
+				parts[i] = fmt.Sprint(e)
+			}
+			st.value = strings.Join(parts, ",")
 		default:
 			return fmt.Errorf("config file %s: key %q must be a string, number or boolean", path, k)
 		}
@@ -190,6 +225,21 @@ func (s *settings) duration(name string) (time.Duration, error) {
 		return 0, fmt.Errorf("--%s: %q is not a positive duration (e.g. 720h or 30d)", name, v)
 	}
 	return t, nil
+}
+
+func (s *settings) ids(name string) ([]uint32, error) {
+	var out []uint32
+	for _, f := range strings.Split(s.str(name), ",") {
+		if f = strings.TrimSpace(f); f == "" {
+			continue
+		}
+		v, err := strconv.ParseUint(f, 10, 32)
+		if err != nil {
+			return nil, fmt.Errorf("--%s: %q is not a numeric id", name, f)
+		}
+		out = append(out, uint32(v))
+	}
+	return out, nil
 }
 
 func (s *settings) fileMode(name string) (os.FileMode, error) {

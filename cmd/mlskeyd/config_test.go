@@ -115,3 +115,53 @@ func TestDurations(t *testing.T) {
 		}
 	}
 }
+
+func TestPolicyAndAccessFromConfig(t *testing.T) {
+	f := filepath.Join(t.TempDir(), "c.json")
+	os.WriteFile(f, []byte(`{
+		"admin_uids": [0, 1000], "admin_gids": "27",
+		"audit": {"log": "/var/log/mlskeyd/audit.log", "fail_closed": true},
+		"policy": {
+			"allowed_suites": [2, 7],
+			"min_protection": {"init": "hardware"},
+			"allowed_labels": {"signature": ["LeafNodeTBS", "KeyPackageTBS"]},
+			"keypackage_max_lifetime": "30d",
+			"max_outstanding_keypackages": 100,
+			"rate_limit": {"per_second": 50, "burst": 100}
+		}}`), 0o600)
+	s := newSettings()
+	if err := s.parse([]string{"--config", f, "--require-hardware", "signature"}, env(nil), io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	p, err := loadPolicy(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.AllowedSuites) != 2 || p.MinProtection["init"] != "hardware" || p.MinProtection["signature"] != "hardware" ||
+		p.MaxOutstandingKeyPackages != 100 || p.RateLimit.Burst != 100 || p.KeyPackageMaxLifetime == 0 {
+		t.Fatalf("policy: %+v", p)
+	}
+	a, err := loadAccess(s)
+	if err != nil || len(a.AdminUIDs) != 2 || a.AdminGIDs[0] != 27 {
+		t.Fatalf("access: %+v %v", a, err)
+	}
+	if s.str("audit-log") != "/var/log/mlskeyd/audit.log" || s.str("audit-fail-closed") != "true" {
+		t.Fatalf("audit: %q %q", s.str("audit-log"), s.str("audit-fail-closed"))
+	}
+
+	for name, body := range map[string]string{
+		"label outside RFC 9420": `{"policy": {"allowed_labels": {"signature": ["Welcome"]}}}`,
+		"unknown policy field":   `{"policy": {"allowed_suite": [2]}}`,
+		"unknown suite":          `{"policy": {"allowed_suites": [9]}}`,
+		"unknown level":          `{"policy": {"min_protection": {"init": "titanium"}}}`,
+	} {
+		os.WriteFile(f, []byte(body), 0o600)
+		s := newSettings()
+		if err := s.parse([]string{"--config", f}, env(nil), io.Discard); err != nil {
+			continue
+		}
+		if _, err := loadPolicy(s); err == nil {
+			t.Errorf("%s: accepted", name)
+		}
+	}
+}

@@ -4,14 +4,18 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
 	"os/signal"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -83,7 +87,15 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	policy, err := minProtection(cfg.str("require-hardware"))
+	policy, err := loadPolicy(cfg)
+	if err != nil {
+		return err
+	}
+	access, err := loadAccess(cfg)
+	if err != nil {
+		return err
+	}
+	gid, err := socketGroup(cfg.str("socket-group"))
 	if err != nil {
 		return err
 	}
@@ -107,7 +119,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 		return err
 	}
 	defer be.Close()
-	store, err := keystore.Open(ctx, cfg.str("catalog"), be, keystore.Options{MinProtection: policy, Logger: log})
+	store, err := keystore.Open(ctx, cfg.str("catalog"), be, keystore.Options{MinProtection: policy.KeystoreMinProtection(), Logger: log})
 	if err != nil {
 		return err
 	}
@@ -115,9 +127,10 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 
 	svc := server.NewService(store, server.Options{
 		Version: version, Logger: log, DefaultLifetime: lifetime, MaxLifetime: maxLifetime,
+		Policy: policy, Access: access,
 	})
 	gs, hs := server.NewGRPCServer(svc, log)
-	l, err := server.Listen(socket, mode)
+	l, err := server.Listen(socket, mode, gid)
 	if err != nil {
 		return err
 	}
@@ -193,6 +206,54 @@ func newLogger(cfg *settings, w io.Writer) (*slog.Logger, error) {
 		return slog.New(slog.NewJSONHandler(w, opts)), nil
 	}
 	return nil, fmt.Errorf("--log-format %q: want text or json", cfg.str("log-format"))
+}
+
+// loadPolicy reads the config file's "policy" object and adds
+// --require-hardware to its minimum protection levels.
+func loadPolicy(cfg *settings) (server.Policy, error) {
+	var p server.Policy
+	if len(cfg.policy) > 0 {
+		dec := json.NewDecoder(bytes.NewReader(cfg.policy))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&p); err != nil {
+			return p, fmt.Errorf("config file: policy: %w", err)
+		}
+	}
+	hw, err := minProtection(cfg.str("require-hardware"))
+	if err != nil {
+		return p, err
+	}
+	for role, level := range hw {
+		if p.MinProtection == nil {
+			p.MinProtection = map[string]string{}
+		}
+		p.MinProtection[string(role)] = string(level)
+	}
+	return p, p.Check()
+}
+
+func loadAccess(cfg *settings) (server.Access, error) {
+	uids, err := cfg.ids("admin-uids")
+	if err != nil {
+		return server.Access{}, err
+	}
+	gids, err := cfg.ids("admin-gids")
+	return server.Access{AdminUIDs: uids, AdminGIDs: gids}, err
+}
+
+// socketGroup resolves --socket-group (a name or a number); -1 for none.
+func socketGroup(name string) (int, error) {
+	if name == "" {
+		return -1, nil
+	}
+	if gid, err := strconv.Atoi(name); err == nil {
+		return gid, nil
+	}
+	g, err := user.LookupGroup(name)
+	if err != nil {
+		return -1, fmt.Errorf("--socket-group: %w", err)
+	}
+	return strconv.Atoi(g.Gid)
 }
 
 func minProtection(v string) (map[keystore.Role]keystore.Protection, error) {

@@ -209,7 +209,10 @@ type Key struct {
 	SignatureKeyId string                 `protobuf:"bytes,9,opt,name=signature_key_id,json=signatureKeyId,proto3" json:"signature_key_id,omitempty"`
 	CreatedAt      *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
 	// When the key was consumed or destroyed.
-	RetiredAt     *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=retired_at,json=retiredAt,proto3" json:"retired_at,omitempty"`
+	RetiredAt *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=retired_at,json=retiredAt,proto3" json:"retired_at,omitempty"`
+	// The owner: "uid:N" of the caller that created the key, or the uid an
+	// admin named. Only the owner and admins see and use a key.
+	Owner         string `protobuf:"bytes,12,opt,name=owner,proto3" json:"owner,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -319,6 +322,13 @@ func (x *Key) GetRetiredAt() *timestamppb.Timestamp {
 		return x.RetiredAt
 	}
 	return nil
+}
+
+func (x *Key) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
 }
 
 type GetInfoRequest struct {
@@ -502,8 +512,10 @@ func (x *GetInfoResponse) GetSuites() []*SuiteSupport {
 }
 
 type CreateSignatureKeyRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	CipherSuite   uint32                 `protobuf:"varint,1,opt,name=cipher_suite,json=cipherSuite,proto3" json:"cipher_suite,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	CipherSuite uint32                 `protobuf:"varint,1,opt,name=cipher_suite,json=cipherSuite,proto3" json:"cipher_suite,omitempty"`
+	// Admins only: create the key for this uid instead of the caller.
+	OwnerUid      *uint32 `protobuf:"varint,2,opt,name=owner_uid,json=ownerUid,proto3,oneof" json:"owner_uid,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -541,6 +553,13 @@ func (*CreateSignatureKeyRequest) Descriptor() ([]byte, []int) {
 func (x *CreateSignatureKeyRequest) GetCipherSuite() uint32 {
 	if x != nil {
 		return x.CipherSuite
+	}
+	return 0
+}
+
+func (x *CreateSignatureKeyRequest) GetOwnerUid() uint32 {
+	if x != nil && x.OwnerUid != nil {
+		return *x.OwnerUid
 	}
 	return 0
 }
@@ -1026,7 +1045,9 @@ type CreateKeyPackagesRequest struct {
 	Count uint32 `protobuf:"varint,11,opt,name=count,proto3" json:"count,omitempty"`
 	// Adds the last_resort_key_package extension (0x000A): its init key is
 	// not consumed by OpenWelcome.
-	LastResort    bool `protobuf:"varint,12,opt,name=last_resort,json=lastResort,proto3" json:"last_resort,omitempty"`
+	LastResort bool `protobuf:"varint,12,opt,name=last_resort,json=lastResort,proto3" json:"last_resort,omitempty"`
+	// Admins only: create the keys for this uid instead of the caller.
+	OwnerUid      *uint32 `protobuf:"varint,13,opt,name=owner_uid,json=ownerUid,proto3,oneof" json:"owner_uid,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1143,6 +1164,13 @@ func (x *CreateKeyPackagesRequest) GetLastResort() bool {
 		return x.LastResort
 	}
 	return false
+}
+
+func (x *CreateKeyPackagesRequest) GetOwnerUid() uint32 {
+	if x != nil && x.OwnerUid != nil {
+		return *x.OwnerUid
+	}
+	return 0
 }
 
 type CreatedKeyPackage struct {
@@ -1868,7 +1896,7 @@ var File_mlskey_v1_mlskey_proto protoreflect.FileDescriptor
 
 const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\n" +
-	"\x16mlskey/v1/mlskey.proto\x12\tmlskey.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xca\x03\n" +
+	"\x16mlskey/v1/mlskey.proto\x12\tmlskey.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xe0\x03\n" +
 	"\x03Key\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12!\n" +
 	"\fcipher_suite\x18\x02 \x01(\rR\vcipherSuite\x12&\n" +
@@ -1887,7 +1915,8 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"created_at\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\x129\n" +
 	"\n" +
-	"retired_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tretiredAt\"\x10\n" +
+	"retired_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tretiredAt\x12\x14\n" +
+	"\x05owner\x18\f \x01(\tR\x05owner\"\x10\n" +
 	"\x0eGetInfoRequest\"\xe5\x01\n" +
 	"\fSuiteSupport\x12!\n" +
 	"\fcipher_suite\x18\x01 \x01(\rR\vcipherSuite\x12\x12\n" +
@@ -1899,9 +1928,12 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\abackend\x18\x01 \x01(\tR\abackend\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\tR\aversion\x12/\n" +
-	"\x06suites\x18\x04 \x03(\v2\x17.mlskey.v1.SuiteSupportR\x06suites\">\n" +
+	"\x06suites\x18\x04 \x03(\v2\x17.mlskey.v1.SuiteSupportR\x06suites\"n\n" +
 	"\x19CreateSignatureKeyRequest\x12!\n" +
-	"\fcipher_suite\x18\x01 \x01(\rR\vcipherSuite\"\x1f\n" +
+	"\fcipher_suite\x18\x01 \x01(\rR\vcipherSuite\x12 \n" +
+	"\towner_uid\x18\x02 \x01(\rH\x00R\bownerUid\x88\x01\x01B\f\n" +
+	"\n" +
+	"_owner_uid\"\x1f\n" +
 	"\rGetKeyRequest\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\"\xc3\x01\n" +
 	"\x0fListKeysRequest\x12&\n" +
@@ -1932,7 +1964,7 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"credential\"3\n" +
 	"\tExtension\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\rR\x04type\x12\x12\n" +
-	"\x04data\x18\x02 \x01(\fR\x04data\"\xc8\x04\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"\xf8\x04\n" +
 	"\x18CreateKeyPackagesRequest\x12!\n" +
 	"\fcipher_suite\x18\x01 \x01(\rR\vcipherSuite\x12(\n" +
 	"\x10signature_key_id\x18\x02 \x01(\tR\x0esignatureKeyId\x125\n" +
@@ -1949,7 +1981,10 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	" \x01(\v2\x19.google.protobuf.DurationR\blifetime\x12\x14\n" +
 	"\x05count\x18\v \x01(\rR\x05count\x12\x1f\n" +
 	"\vlast_resort\x18\f \x01(\bR\n" +
-	"lastResort\"\xb1\x01\n" +
+	"lastResort\x12 \n" +
+	"\towner_uid\x18\r \x01(\rH\x00R\bownerUid\x88\x01\x01B\f\n" +
+	"\n" +
+	"_owner_uid\"\xb1\x01\n" +
 	"\x11CreatedKeyPackage\x12\x1f\n" +
 	"\vkey_package\x18\x01 \x01(\fR\n" +
 	"keyPackage\x12&\n" +
@@ -2134,10 +2169,12 @@ func file_mlskey_v1_mlskey_proto_init() {
 	if File_mlskey_v1_mlskey_proto != nil {
 		return
 	}
+	file_mlskey_v1_mlskey_proto_msgTypes[4].OneofWrappers = []any{}
 	file_mlskey_v1_mlskey_proto_msgTypes[11].OneofWrappers = []any{
 		(*Credential_BasicIdentity)(nil),
 		(*Credential_X509_)(nil),
 	}
+	file_mlskey_v1_mlskey_proto_msgTypes[13].OneofWrappers = []any{}
 	file_mlskey_v1_mlskey_proto_msgTypes[18].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
