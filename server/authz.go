@@ -71,6 +71,7 @@ func (s *Service) key(ctx context.Context, field, id string) (*keystore.Record, 
 		return nil, c, statusOf(field, err)
 	}
 	if !c.mayUse(r) {
+		noteDenied(ctx, "key belongs to "+r.Owner)
 		return nil, c, errNoKey(field, id)
 	}
 	return r, c, nil

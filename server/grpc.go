@@ -20,14 +20,26 @@ import (
 // health service and server reflection (so grpcurl works), reading each
 // caller's SO_PEERCRED, logging every call without its payload and turning
 // a panic in a handler into INTERNAL instead of a dead daemon.
-func NewGRPCServer(svc *Service, log *slog.Logger) (*grpc.Server, *health.Server) {
+//
+// With an Auditor, every KeyService call is recorded in the audit log,
+// denied ones included; authentication runs inside it so that refused
+// callers are recorded too.
+func NewGRPCServer(svc *Service, log *slog.Logger, aud *Auditor) (*grpc.Server, *health.Server) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	chain := []grpc.UnaryServerInterceptor{logCalls(log), recoverPanics(log)}
+	if aud != nil {
+		if aud.Logger == nil {
+			aud.Logger = log
+		}
+		chain = append(chain, aud.interceptor())
+	}
+	chain = append(chain, authenticate(svc))
 	gs := grpc.NewServer(
 		grpc.Creds(PeerCredentials{}),
 		grpc.MaxRecvMsgSize(MaxWelcomeSize+64<<10),
-		grpc.ChainUnaryInterceptor(logCalls(log), recoverPanics(log), authenticate(svc)),
+		grpc.ChainUnaryInterceptor(chain...),
 	)
 	pb.RegisterKeyServiceServer(gs, svc)
 	hs := health.NewServer()

@@ -156,6 +156,7 @@ func (s *Service) CreateSignatureKey(ctx context.Context, req *pb.CreateSignatur
 	if err != nil {
 		return nil, statusOf("cipher_suite", err)
 	}
+	noteKeys(ctx, r.ID)
 	return keyToPB(r), nil
 }
 
@@ -343,6 +344,7 @@ func (s *Service) OpenWelcome(ctx context.Context, req *pb.OpenWelcomeRequest) (
 			return nil, statusOf("welcome", err)
 		}
 		if !c.mayUse(r) {
+			noteDenied(ctx, "KeyPackage belongs to "+r.Owner)
 			continue // another owner's KeyPackage: as if it were not ours
 		}
 		rec, entry = r, &w.Secrets[i]
@@ -383,6 +385,7 @@ func (s *Service) OpenWelcome(ctx context.Context, req *pb.OpenWelcomeRequest) (
 		}
 		return nil, decryptStatus("welcome.secrets", err)
 	}
+	noteKeys(ctx, rec.ID)
 	resp := &pb.OpenWelcomeResponse{
 		KeyPackageRef: rec.KeyPackageRef,
 		InitKeyId:     rec.ID,
@@ -538,6 +541,12 @@ func (s *Service) CreateKeyPackages(ctx context.Context, req *pb.CreateKeyPackag
 	}
 	if err := batch.Commit(); err != nil {
 		return nil, statusOf("catalog", err)
+	}
+	if req.GetSignatureKeyId() == "" {
+		noteKeys(ctx, sigRec.ID)
+	}
+	for _, kp := range resp.KeyPackages {
+		noteKeys(ctx, kp.InitKeyId, kp.LeafEncryptionKeyId)
 	}
 	resp.SignatureKey = keyToPB(sigRec)
 	return resp, nil

@@ -108,6 +108,7 @@ Commands:
   key delete ID       delete a key (destroys its private key)
   key attest ID       get and verify the device's evidence for a key (TPM)
   attest verify       verify 'key attest --json' evidence without the daemon
+  audit verify FILE   verify the audit log's hash chain without the daemon
   sign                sign content with a signature key (SignWithLabel)
   keypackage create   create KeyPackages
   welcome open        open a Welcome with one of the daemon's init keys
@@ -132,6 +133,10 @@ var groups = map[string]group{
 		"show":   (*cli).keyShow,
 		"delete": (*cli).keyDelete,
 		"attest": (*cli).keyAttest,
+	}},
+	"audit": {`Commands:
+  verify   verify the audit log's hash chain without the daemon`, map[string]func(*cli, []string) error{
+		"verify": (*cli).auditVerify,
 	}},
 	"attest": {`Commands:
   verify   verify 'mlskeyctl key attest --json' evidence without the daemon`, map[string]func(*cli, []string) error{

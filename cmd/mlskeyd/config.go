@@ -48,7 +48,7 @@ func newSettings() *settings {
 	add("socket-group", "", "group of the socket: its members may connect when --socket-mode allows the group", false)
 	add("admin-uids", "", "comma list of uids that may see and use every key and create keys for others", false)
 	add("admin-gids", "", "comma list of gids whose members are admins", false)
-	add("audit-log", "", "audit log file (dev default STATE/audit.log)", false)
+	add("audit-log", "", "audit log file (default STATE/audit.log)", false)
 	add("audit-fail-closed", "false", "refuse any operation that cannot be written to the audit log", true)
 	add("catalog", "", "key catalog file (default STATE/catalog.db)", false)
 	add("backend", "pkcs11", "device backend: pkcs11 or tpm", false)

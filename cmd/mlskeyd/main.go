@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/mlskeyd/mlskeyd/audit"
 	"github.com/mlskeyd/mlskeyd/keystore"
 	"github.com/mlskeyd/mlskeyd/pkcs11"
 	"github.com/mlskeyd/mlskeyd/server"
@@ -129,7 +130,26 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 		Version: version, Logger: log, DefaultLifetime: lifetime, MaxLifetime: maxLifetime,
 		Policy: policy, Access: access,
 	})
-	gs, hs := server.NewGRPCServer(svc, log)
+	auditPath := cfg.str("audit-log")
+	if auditPath == "" {
+		auditPath = filepath.Join(state, "audit.log")
+	}
+	failClosed, err := cfg.bool("audit-fail-closed")
+	if err != nil {
+		return err
+	}
+	alog, err := audit.Open(auditPath, audit.Options{OnError: func(err error) { log.Error("audit log rotation", "err", err) }})
+	if err != nil {
+		return fmt.Errorf("audit log: %w", err)
+	}
+	// The last hash, kept in the daemon's own log, lets an operator detect
+	// a truncated audit log later (see mlskeyctl audit verify).
+	log.Info("audit log", "path", auditPath, "fail_closed", failClosed, "last_seq", alog.LastSeq(), "last_hash", alog.LastHash())
+	defer func() {
+		log.Info("audit log closed", "last_seq", alog.LastSeq(), "last_hash", alog.LastHash())
+		alog.Close()
+	}()
+	gs, hs := server.NewGRPCServer(svc, log, &server.Auditor{Log: alog, FailClosed: failClosed, Logger: log})
 	l, err := server.Listen(socket, mode, gid)
 	if err != nil {
 		return err
