@@ -67,6 +67,11 @@ type daemon struct {
 func startDaemon(t testing.TB, state string, args ...string) *daemon {
 	t.Helper()
 	d := &daemon{t: t, state: state, socket: filepath.Join(state, "mlskeyd.sock"), log: new(syncBuffer), exited: make(chan error, 1)}
+	for i, a := range args {
+		if a == "--socket" && i+1 < len(args) {
+			d.socket = args[i+1]
+		}
+	}
 	// Tests log every call; benchmarks measure the daemon as it runs by
 	// default.
 	level := "debug"

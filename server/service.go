@@ -74,6 +74,8 @@ func NewService(store *keystore.Store, opts Options) *Service {
 	if d := time.Duration(opts.Policy.KeyPackageMaxLifetime); d > 0 {
 		opts.MaxLifetime = d
 	}
+	// A maximum below the default lowers the default with it.
+	opts.DefaultLifetime = min(opts.DefaultLifetime, opts.MaxLifetime)
 	return &Service{store: store, opts: opts, log: opts.Logger,
 		limit: &limiter{rate: opts.Policy.RateLimit, now: opts.Now}}
 }
