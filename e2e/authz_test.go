@@ -17,13 +17,17 @@ import (
 
 // ctlAs runs mlskeyctl as another user against the daemon.
 func (d *daemon) ctlAs(uid uint32, args ...string) (string, string, int) {
+	return d.ctlAsIn(uid, []byte("content"), args...)
+}
+
+func (d *daemon) ctlAsIn(uid uint32, stdin []byte, args ...string) (string, string, int) {
 	cmd := exec.Command(filepath.Join(binDir, "mlskeyctl"), append([]string{"--socket", d.socket}, args...)...)
 	cmd.Env = cleanEnv()
 	cmd.Dir = "/"
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
-	cmd.Stdin = strings.NewReader("content")
+	cmd.Stdin = bytes.NewReader(stdin)
 	err := cmd.Run()
 	code := 0
 	if ee, ok := err.(*exec.ExitError); ok {
@@ -136,7 +140,9 @@ func TestOwnershipAndAdmins(t *testing.T) {
 	if code != 0 || json.Unmarshal([]byte(out), &all) != nil || len(all) != len(rootKeys)+1 {
 		t.Fatalf("admin key list: exit %d, %d keys (root has %d): %s", code, len(all), len(rootKeys), errOut)
 	}
-	if _, errOut, code := d.ctlAs(1001, "sign", "--key", sig, "--label", "FramedContentTBS"); code != 0 {
+	var rootSig keyJSON
+	d.ctlJSON(t, &rootSig, "key", "show", sig)
+	if _, errOut, code := d.ctlAsIn(1001, tbs(t, "FramedContentTBS", 1, mustHex(t, rootSig.PublicKey), "admin"), "sign", "--key", sig, "--label", "FramedContentTBS"); code != 0 {
 		t.Fatalf("admin signs with root's key: %s", errOut)
 	}
 	if _, errOut, code := d.ctlAs(1001, "welcome", "open", "--in", wfile); code != 0 {
@@ -297,4 +303,54 @@ func (d *daemon) listKeys(t *testing.T) []keyJSON {
 	nd.ctlJSON(t, &keys, "key", "list")
 	nd.stop()
 	return keys
+}
+
+func TestStrictContent(t *testing.T) {
+	state := t.TempDir()
+	d := startDaemon(t, state)
+	var k, other keyJSON
+	d.ctlJSON(t, &k, "key", "create", "--suite", "2")
+	d.ctlJSON(t, &other, "key", "create", "--suite", "2")
+	pub, otherPub := mustHex(t, k.PublicKey), mustHex(t, other.PublicKey)
+
+	refusals := 0
+	refuse := func(what, label string, content []byte) {
+		t.Helper()
+		refusals++
+		if _, errOut, code := d.ctlIn(content, "sign", "--key", k.ID, "--label", label); code != 1 || !strings.Contains(errOut, "strict content") {
+			t.Errorf("%s under %s: exit %d %q", what, label, code, errOut)
+		}
+	}
+	for _, label := range []string{"FramedContentTBS", "LeafNodeTBS", "KeyPackageTBS", "GroupInfoTBS"} {
+		refuse("non-MLS bytes", label, []byte("GET / HTTP/1.1\r\nHost: example.org\r\n\r\n"))
+		valid := tbs(t, label, 2, pub, "x")
+		refuse("trailing bytes", label, append(valid, 0))
+		if _, errOut, code := d.ctlIn(valid, "sign", "--key", k.ID, "--label", label); code != 0 {
+			t.Errorf("valid %s refused: %s", label, errOut)
+		}
+	}
+	refuse("another key's LeafNode", "LeafNodeTBS", tbs(t, "LeafNodeTBS", 2, otherPub, "x"))
+	refuse("another key's KeyPackage", "KeyPackageTBS", tbs(t, "KeyPackageTBS", 2, otherPub, "x"))
+	refuse("another suite's GroupInfo", "GroupInfoTBS", tbs(t, "GroupInfoTBS", 7, pub, "x"))
+
+	d.stop()
+	logged := 0
+	for _, r := range readAudit(t, filepath.Join(state, "audit.log")) {
+		if r.Operation == "SignWithLabel" && r.Outcome == "denied" && strings.HasPrefix(r.Reason, "strict content") {
+			logged++
+		}
+	}
+	if logged != refusals {
+		t.Errorf("%d strict-content refusals, %d audited as denied", refusals, logged)
+	}
+
+	// A policy can turn strict content off for one key.
+	cfg := writeConfig(t, map[string]any{"policy": map[string]any{"keys": map[string]any{k.ID: map[string]any{"strict_content": false}}}})
+	d = startDaemon(t, state, "--config", cfg)
+	if _, errOut, code := d.ctlIn([]byte("anything"), "sign", "--key", k.ID, "--label", "FramedContentTBS"); code != 0 {
+		t.Errorf("strict content off for the key: %s", errOut)
+	}
+	if _, _, code := d.ctlIn([]byte("anything"), "sign", "--key", other.ID, "--label", "FramedContentTBS"); code != 1 {
+		t.Error("strict content off for one key turned it off for another")
+	}
 }

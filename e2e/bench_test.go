@@ -22,12 +22,12 @@ func benchDaemon(b *testing.B) pb.KeyServiceClient {
 
 func BenchmarkDaemonSignWithLabel(b *testing.B) {
 	c := benchDaemon(b)
-	content := make([]byte, 256)
 	for _, suite := range []uint32{1, 2} {
 		k, err := c.CreateSignatureKey(context.Background(), &pb.CreateSignatureKeyRequest{CipherSuite: suite})
 		if err != nil {
 			b.Fatal(err)
 		}
+		content := tbs(b, "FramedContentTBS", uint16(suite), k.PublicKey, string(make([]byte, 200)))
 		req := &pb.SignWithLabelRequest{KeyId: k.Id, Label: "FramedContentTBS", Content: content}
 		name := map[uint32]string{1: "ed25519", 2: "p256"}[suite]
 		b.Run(name+"/serial", func(b *testing.B) {
@@ -133,7 +133,8 @@ func BenchmarkDaemonTPM(b *testing.B) {
 			b.Cleanup(d.stop)
 			c := d.client()
 			kp := createKPs(b, c, 2, 1)
-			sign := &pb.SignWithLabelRequest{KeyId: kp.SignatureKey.Id, Label: "FramedContentTBS", Content: make([]byte, 256)}
+			sign := &pb.SignWithLabelRequest{KeyId: kp.SignatureKey.Id, Label: "FramedContentTBS",
+				Content: tbs(b, "FramedContentTBS", 2, kp.SignatureKey.PublicKey, string(make([]byte, 200)))}
 			b.Run("sign-p256", func(b *testing.B) {
 				for b.Loop() {
 					if _, err := c.SignWithLabel(context.Background(), sign); err != nil {

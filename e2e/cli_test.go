@@ -101,7 +101,7 @@ func TestCLIKeysAndSigning(t *testing.T) {
 			t.Fatal(err)
 		}
 		for _, label := range mls.SignatureLabels {
-			content := []byte("content for " + label)
+			content := tbs(t, label, k.Suite, pub, "content for "+label)
 			var sig struct{ Signature string }
 			in := filepath.Join(t.TempDir(), "content")
 			os.WriteFile(in, content, 0o600)
@@ -110,7 +110,8 @@ func TestCLIKeysAndSigning(t *testing.T) {
 			verifyStd(t, k.Suite, pub, label, content, s)
 		}
 		// Content from stdin, text output.
-		out, errOut, code := d.ctlIn([]byte("stdin content"), "sign", "--key", k.ID, "--label", "FramedContentTBS")
+		stdin := tbs(t, "FramedContentTBS", k.Suite, pub, "stdin")
+		out, errOut, code := d.ctlIn(stdin, "sign", "--key", k.ID, "--label", "FramedContentTBS")
 		if code != 0 {
 			t.Fatalf("sign from stdin: %s", errOut)
 		}
@@ -118,7 +119,7 @@ func TestCLIKeysAndSigning(t *testing.T) {
 		if err != nil {
 			t.Fatalf("sign prints %q", out)
 		}
-		verifyStd(t, k.Suite, pub, "FramedContentTBS", []byte("stdin content"), s)
+		verifyStd(t, k.Suite, pub, "FramedContentTBS", stdin, s)
 	}
 
 	var keys []keyJSON
@@ -172,11 +173,14 @@ func TestRestartKeepsKeysAndRemovesSocket(t *testing.T) {
 		t.Skip("socket vanished after kill; nothing to test")
 	}
 	d = startDaemon(t, state)
-	var sig struct{ Signature string }
-	d.ctlJSON(t, &sig, "sign", "--key", k.ID, "--label", "GroupInfoTBS", "--in", "/dev/null")
-	s, _ := hex.DecodeString(sig.Signature)
 	pub, _ := hex.DecodeString(k.PublicKey)
-	verifyStd(t, 2, pub, "GroupInfoTBS", nil, s)
+	content := tbs(t, "GroupInfoTBS", 2, pub, "after restart")
+	in := filepath.Join(t.TempDir(), "content")
+	os.WriteFile(in, content, 0o600)
+	var sig struct{ Signature string }
+	d.ctlJSON(t, &sig, "sign", "--key", k.ID, "--label", "GroupInfoTBS", "--in", in)
+	s, _ := hex.DecodeString(sig.Signature)
+	verifyStd(t, 2, pub, "GroupInfoTBS", content, s)
 
 	// A live daemon's socket is refused.
 	second := startDaemonExpectFailure(t, state)

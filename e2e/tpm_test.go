@@ -172,13 +172,14 @@ func testTPM(t *testing.T, sw *swtpm.Process) {
 
 func signAndVerify(t *testing.T, d *daemon, k keyJSON, when string) {
 	t.Helper()
+	pub, _ := hex.DecodeString(k.PublicKey)
+	content := tbs(t, "GroupInfoTBS", k.Suite, pub, when)
 	in := filepath.Join(t.TempDir(), "content")
-	os.WriteFile(in, []byte("content "+when), 0o600)
+	os.WriteFile(in, content, 0o600)
 	var sig struct{ Signature string }
 	d.ctlJSON(t, &sig, "sign", "--key", k.ID, "--label", "GroupInfoTBS", "--in", in)
 	s, _ := hex.DecodeString(sig.Signature)
-	pub, _ := hex.DecodeString(k.PublicKey)
-	verifyStd(t, k.Suite, pub, "GroupInfoTBS", []byte("content "+when), s)
+	verifyStd(t, k.Suite, pub, "GroupInfoTBS", content, s)
 }
 
 // openWithTSMLS has ts-mls add the KeyPackage to a new group and checks

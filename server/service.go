@@ -250,6 +250,11 @@ func (s *Service) SignWithLabel(ctx context.Context, req *pb.SignWithLabelReques
 	if !s.opts.Policy.labelAllowed(r, req.GetLabel()) {
 		return nil, status.Errorf(codes.PermissionDenied, "label: policy does not allow %q for key %s", req.GetLabel(), r.ID)
 	}
+	if r.Role == keystore.RoleSignature && s.opts.Policy.strict(r.ID) {
+		if err := checkContent(ctx, r, req.GetLabel(), req.GetContent()); err != nil {
+			return nil, err
+		}
+	}
 	signer, err := s.store.Signer(ctx, req.GetKeyId())
 	if err != nil {
 		return nil, statusOf("key_id", err)
