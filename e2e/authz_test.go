@@ -149,6 +149,19 @@ func TestOwnershipAndAdmins(t *testing.T) {
 		t.Fatalf("admin opens root's Welcome: %s", errOut)
 	}
 
+	// An admin may create a key for another owner; nobody else may.
+	out, errOut, code = d.ctlAs(1001, "key", "create", "--suite", "1", "--owner-uid", "65534", "--json")
+	var given keyJSON
+	if code != 0 || json.Unmarshal([]byte(out), &given) != nil {
+		t.Fatalf("admin creates a key for nobody: %s", errOut)
+	}
+	if _, errOut, code := d.ctlAs(65534, "key", "show", given.ID); code != 0 {
+		t.Errorf("nobody cannot see the key made for them: %s", errOut)
+	}
+	if _, errOut, code := d.ctlAs(65534, "key", "create", "--suite", "1", "--owner-uid", "0"); code != 1 || !strings.Contains(errOut, "permission denied") {
+		t.Errorf("nobody creates a key for root: exit %d %s", code, errOut)
+	}
+
 	// Every denied attempt is in the audit log with the real reason.
 	d.stop()
 	denied := 0

@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"flag"
+	"fmt"
+	"strconv"
 
 	"github.com/mlskeyd/mlskeyd/client"
 	mlskeyv1 "github.com/mlskeyd/mlskeyd/proto/mlskey/v1"
@@ -12,8 +14,10 @@ const suiteUsage = "cipher suite: a number (1, 0x0001) or an RFC 9420 name\n(MLS
 
 func (c *cli) keyCreate(args []string) error {
 	var suite suiteFlag
+	var owner ownerFlag
 	fs := c.newFlagSet("key create", "--suite S [flags]", "Create a signature key for a cipher suite and print it.", func(fs *flag.FlagSet) {
 		fs.Var(&suite, "suite", "`S`, the "+suiteUsage+" (required)")
+		fs.Var(&owner, "owner-uid", "admins only: create the key for `UID` instead of yourself")
 	})
 	if err := c.parseNoArgs(fs, args); err != nil {
 		return err
@@ -22,7 +26,7 @@ func (c *cli) keyCreate(args []string) error {
 		return usageErrorf("key create: --suite is required")
 	}
 	return c.withClient(func(ctx context.Context, cl *client.Client) error {
-		k, err := cl.CreateSignatureKey(ctx, &mlskeyv1.CreateSignatureKeyRequest{CipherSuite: uint32(suite)})
+		k, err := cl.CreateSignatureKey(ctx, &mlskeyv1.CreateSignatureKeyRequest{CipherSuite: uint32(suite), OwnerUid: owner.uid})
 		if err != nil {
 			return err
 		}
@@ -86,4 +90,24 @@ state destroyed. Print the deleted key.`, nil)
 		}
 		return c.printKey(k)
 	})
+}
+
+// ownerFlag is an optional uid: unset means the caller.
+type ownerFlag struct{ uid *uint32 }
+
+func (o *ownerFlag) String() string {
+	if o.uid == nil {
+		return ""
+	}
+	return strconv.FormatUint(uint64(*o.uid), 10)
+}
+
+func (o *ownerFlag) Set(v string) error {
+	n, err := strconv.ParseUint(v, 10, 32)
+	if err != nil {
+		return fmt.Errorf("%q is not a uid", v)
+	}
+	u := uint32(n)
+	o.uid = &u
+	return nil
 }

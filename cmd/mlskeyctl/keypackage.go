@@ -49,6 +49,7 @@ func (c *cli) keyPackageCreate(args []string) error {
 		count                        uint
 		lastResort                   bool
 		lifetime                     lifetimeFlag
+		owner                        ownerFlag
 	)
 	fs := c.newFlagSet("keypackage create", "--suite S (--identity NAME | --x509-chain FILE) [flags]", `Create KeyPackages, each with a fresh init key and a fresh leaf encryption
 key, signed in the daemon by a new or an existing signature key.
@@ -63,6 +64,7 @@ MLSMessage), bytes in hex.`, func(fs *flag.FlagSet) {
 		fs.StringVar(&chain, "x509-chain", "", "use an X.509 credential with the PEM certificates in `FILE`,\nend-entity first; its public key must be the signature key's")
 		fs.StringVar(&sigKey, "signature-key", "", "sign with the existing signature key `ID` (default: create one)")
 		fs.UintVar(&count, "count", 1, "create `N` KeyPackages, 1 to 1000")
+		fs.Var(&owner, "owner-uid", "admins only: create the keys for `UID` instead of yourself")
 		fs.BoolVar(&lastResort, "last-resort", false, "mark the KeyPackages last-resort: opening a Welcome does not\nconsume their init keys")
 		fs.Var(&lifetime, "lifetime", "validity from now, a Go `duration` or days like 90d\n(default: the daemon's, 90 days)")
 		fs.StringVar(&out, "out", "", "write the KeyPackages, MLSMessage encodings concatenated, to `FILE`\n(\"-\": stdout, instead of the text lines)")
@@ -111,6 +113,7 @@ MLSMessage), bytes in hex.`, func(fs *flag.FlagSet) {
 			Credential:     cred,
 			Count:          uint32(count),
 			LastResort:     lastResort,
+			OwnerUid:       owner.uid,
 		}
 		if lifetime > 0 {
 			req.Lifetime = durationpb.New(time.Duration(lifetime))

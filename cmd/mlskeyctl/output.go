@@ -115,6 +115,7 @@ type keyJSON struct {
 	SignatureKeyID string `json:"signature_key_id,omitempty"`
 	// For init keys.
 	LastResort *bool  `json:"last_resort,omitempty"`
+	Owner      string `json:"owner,omitempty"`
 	CreatedAt  string `json:"created_at,omitempty"`
 	RetiredAt  string `json:"retired_at,omitempty"`
 }
@@ -129,6 +130,7 @@ func newKeyJSON(k *mlskeyv1.Key) keyJSON {
 		Protection:     protectionName(k.GetProtection()),
 		KeyPackageRef:  hex.EncodeToString(k.GetKeyPackageRef()),
 		SignatureKeyID: k.GetSignatureKeyId(),
+		Owner:          k.GetOwner(),
 		CreatedAt:      formatTime(k.GetCreatedAt()),
 		RetiredAt:      formatTime(k.GetRetiredAt()),
 	}
@@ -161,6 +163,7 @@ func (c *cli) printKey(k *mlskeyv1.Key) error {
 	if k.GetRole() == mlskeyv1.KeyRole_KEY_ROLE_INIT {
 		line("last resort", fmt.Sprint(k.GetLastResort()))
 	}
+	line("owner", k.GetOwner())
 	line("created", formatTime(k.GetCreatedAt()))
 	line("retired", formatTime(k.GetRetiredAt()))
 	return tw.Flush()

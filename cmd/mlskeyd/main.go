@@ -138,7 +138,11 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	alog, err := audit.Open(auditPath, audit.Options{OnError: func(err error) { log.Error("audit log rotation", "err", err) }})
+	maxSize, err := cfg.int("audit-max-size")
+	if err != nil {
+		return err
+	}
+	alog, err := audit.Open(auditPath, audit.Options{MaxSize: int64(maxSize), OnError: func(err error) { log.Error("audit log rotation", "err", err) }})
 	if err != nil {
 		return fmt.Errorf("audit log: %w", err)
 	}
