@@ -2,11 +2,9 @@ package e2e
 
 import (
 	"bufio"
-	"bytes"
 	"encoding/hex"
 	"encoding/json"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -21,21 +19,7 @@ func (d *daemon) ctlAs(uid uint32, args ...string) (string, string, int) {
 }
 
 func (d *daemon) ctlAsIn(uid uint32, stdin []byte, args ...string) (string, string, int) {
-	cmd := exec.Command(filepath.Join(binDir, "mlskeyctl"), append([]string{"--socket", d.socket}, args...)...)
-	cmd.Env = cleanEnv()
-	cmd.Dir = "/"
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: uid, Gid: uid}}
-	var out, errb bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &errb
-	cmd.Stdin = bytes.NewReader(stdin)
-	err := cmd.Run()
-	code := 0
-	if ee, ok := err.(*exec.ExitError); ok {
-		code = ee.ExitCode()
-	} else if err != nil {
-		d.t.Fatalf("mlskeyctl as %d: %v", uid, err)
-	}
-	return out.String(), errb.String(), code
+	return d.run(&syscall.Credential{Uid: uid, Gid: uid}, stdin, args...)
 }
 
 // sharedDaemon starts a daemon whose socket other users can reach: the

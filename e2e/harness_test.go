@@ -141,8 +141,17 @@ func (d *daemon) ctl(args ...string) (string, string, int) {
 }
 
 func (d *daemon) ctlIn(stdin []byte, args ...string) (string, string, int) {
+	return d.run(nil, stdin, args...)
+}
+
+// run runs mlskeyctl, as another user when cred is set.
+func (d *daemon) run(cred *syscall.Credential, stdin []byte, args ...string) (string, string, int) {
 	cmd := exec.Command(filepath.Join(binDir, "mlskeyctl"), append([]string{"--socket", d.socket}, args...)...)
 	cmd.Env = cleanEnv()
+	if cred != nil {
+		cmd.Dir = "/"
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred}
+	}
 	var out, errb bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	if stdin != nil {

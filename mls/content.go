@@ -238,8 +238,8 @@ func (t *LeafNodeTBS) Marshal() []byte {
 }
 
 // decodeLeafNodeContent reads the LeafNode fields covered by the signature,
-// in the order LeafNode.encodeContent writes them. It mirrors decodeLeafNode
-// without the trailing signature.
+// in the order LeafNode.encodeContent writes them; decodeLeafNode adds the
+// signature.
 func decodeLeafNodeContent(d *decoder) LeafNode {
 	var ln LeafNode
 	ln.EncryptionKey = d.vec("LeafNode.encryption_key")

@@ -134,27 +134,7 @@ func (ln *LeafNode) VerifySignature(s *Suite, groupID []byte, leafIndex uint32) 
 }
 
 func decodeLeafNode(d *decoder) LeafNode {
-	var ln LeafNode
-	ln.EncryptionKey = d.vec("LeafNode.encryption_key")
-	ln.SignatureKey = d.vec("LeafNode.signature_key")
-	if d.err == nil {
-		ln.Credential = decodeCredential(d)
-	}
-	if d.err == nil {
-		ln.Capabilities = decodeCapabilities(d)
-	}
-	ln.Source = d.u8("LeafNode.leaf_node_source")
-	switch {
-	case d.err != nil:
-	case ln.Source == LeafNodeSourceKeyPackage:
-		ln.Lifetime = &Lifetime{NotBefore: d.u64("Lifetime.not_before"), NotAfter: d.u64("Lifetime.not_after")}
-	case ln.Source == LeafNodeSourceUpdate:
-	case ln.Source == LeafNodeSourceCommit:
-		ln.ParentHash = d.vec("LeafNode.parent_hash")
-	default:
-		d.failf("LeafNode.leaf_node_source", "invalid value %d", ln.Source)
-	}
-	ln.Extensions = decodeExtensions(d, "LeafNode.extensions")
+	ln := decodeLeafNodeContent(d)
 	ln.Signature = d.vec("LeafNode.signature")
 	return ln
 }
