@@ -2,14 +2,22 @@ package e2e
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
+	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // tsmls runs the ts-mls helper in clients/interop with a JSON request and
@@ -138,5 +146,55 @@ func TestInteropWithTSMLS(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestX509Credential: a CA certifies the daemon's signature key, and the
+// daemon's KeyPackages carry that chain; ts-mls accepts them. A chain for
+// another key is refused.
+func TestX509Credential(t *testing.T) {
+	d := startDaemon(t, t.TempDir())
+	var sig, other keyJSON
+	d.ctlJSON(t, &sig, "key", "create", "--suite", "2")
+	d.ctlJSON(t, &other, "key", "create", "--suite", "2")
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	ca := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), IsCA: true,
+		BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, err := x509.CreateCertificate(rand.Reader, ca, ca, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chainFor := func(k keyJSON) string {
+		pub, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), mustHex(t, k.PublicKey))
+		if err != nil {
+			t.Fatal(err)
+		}
+		leaf := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "alice@example.org"},
+			NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature}
+		der, err := x509.CreateCertificate(rand.Reader, leaf, ca, pub, caKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := filepath.Join(t.TempDir(), "chain.pem")
+		pemBytes := append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+			pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER})...)
+		os.WriteFile(f, pemBytes, 0o600)
+		return f
+	}
+	var kps []createdKP
+	d.ctlJSON(t, &kps, "keypackage", "create", "--signature-key", sig.ID, "--x509-chain", chainFor(sig))
+	var verified struct {
+		Results []struct {
+			OK    bool   `json:"ok"`
+			Error string `json:"error"`
+		} `json:"results"`
+	}
+	tsmls(t, "verify", map[string][]string{"key_packages": {kps[0].KeyPackage}}, &verified)
+	if len(verified.Results) != 1 || !verified.Results[0].OK {
+		t.Fatalf("ts-mls rejects the X.509 KeyPackage: %+v", verified)
+	}
+	if _, errOut, code := d.ctl("keypackage", "create", "--signature-key", sig.ID, "--x509-chain", chainFor(other)); code != 1 || !strings.Contains(errOut, "invalid argument") {
+		t.Fatalf("a certificate for another key: exit %d %s", code, errOut)
 	}
 }
