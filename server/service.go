@@ -360,6 +360,9 @@ func (s *Service) OpenWelcome(ctx context.Context, req *pb.OpenWelcomeRequest) (
 	if rec == nil {
 		return nil, status.Error(codes.NotFound, "welcome: no entry is addressed to a KeyPackage of this daemon")
 	}
+	if !s.opts.Policy.labelAllowed(rec, mls.LabelWelcome) {
+		return nil, status.Errorf(codes.PermissionDenied, "welcome: policy does not allow %q for init key %s", mls.LabelWelcome, rec.ID)
+	}
 	if rec.Suite != uint16(w.CipherSuite) {
 		return nil, invalid("welcome.cipher_suite", "0x%04x, but the KeyPackage was made for 0x%04x", uint16(w.CipherSuite), rec.Suite)
 	}
