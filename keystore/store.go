@@ -420,18 +420,30 @@ func (s *Store) DecryptionKey(ctx context.Context, id string) (any, error) {
 	return s.hpkeKey(ctx, r)
 }
 
+// DecryptionKeyFor is DecryptionKey for a record the caller has already
+// read and checked with Usable, sparing a second catalog read.
+func (s *Store) DecryptionKeyFor(ctx context.Context, r *Record) (any, error) {
+	return s.hpkeKey(ctx, r)
+}
+
 func (s *Store) active(id string, role Role) (*Record, error) {
 	r, err := s.cat.get(id)
 	if err != nil {
 		return nil, err
 	}
+	return r, r.Usable(role)
+}
+
+// Usable reports whether the key can serve as a key of role now: it must
+// have that role (ErrWrongRole) and be active (ErrNotActive).
+func (r *Record) Usable(role Role) error {
 	if r.Role != role {
-		return nil, fmt.Errorf("key %q is a %s key, not a %s key: %w", id, r.Role, role, ErrWrongRole)
+		return fmt.Errorf("key %q is a %s key, not a %s key: %w", r.ID, r.Role, role, ErrWrongRole)
 	}
 	if r.State != StateActive {
-		return nil, fmt.Errorf("key %q is %s: %w", id, r.State, ErrNotActive)
+		return fmt.Errorf("key %q is %s: %w", r.ID, r.State, ErrNotActive)
 	}
-	return r, nil
+	return nil
 }
 
 // keyLocks serialises operations that retire a key.

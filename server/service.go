@@ -255,11 +255,14 @@ func (s *Service) SignWithLabel(ctx context.Context, req *pb.SignWithLabelReques
 			return nil, err
 		}
 	}
-	signer, err := s.store.Signer(ctx, req.GetKeyId())
+	if err := r.Usable(keystore.RoleSignature); err != nil {
+		return nil, statusOf("key_id", err)
+	}
+	signer, err := s.store.SignerFor(ctx, r)
 	if err != nil {
 		return nil, statusOf("key_id", err)
 	}
-	su, err := mls.LookupSuite(mls.CipherSuite(signer.Record().Suite))
+	su, err := mls.LookupSuite(mls.CipherSuite(r.Suite))
 	if err != nil {
 		return nil, statusOf("key_id", err)
 	}
@@ -294,7 +297,10 @@ func (s *Service) DecryptWithLabel(ctx context.Context, req *pb.DecryptWithLabel
 	if err := su.ValidateHPKEPublicKey(req.GetKemOutput()); err != nil {
 		return nil, invalid("kem_output", "%v", err)
 	}
-	k, err := s.store.DecryptionKey(ctx, r.ID)
+	if err := r.Usable(keystore.RoleLeafEncryption); err != nil {
+		return nil, statusOf("key_id", err)
+	}
+	k, err := s.store.DecryptionKeyFor(ctx, r)
 	if err != nil {
 		return nil, statusOf("key_id", err)
 	}
@@ -486,11 +492,10 @@ func (s *Service) CreateKeyPackages(ctx context.Context, req *pb.CreateKeyPackag
 		if r.Owner != own {
 			return nil, invalid("signature_key_id", "key %s belongs to %s, not to %s", id, r.Owner, own)
 		}
-		signer, err := s.store.Signer(ctx, id)
-		if err != nil {
+		if err := r.Usable(keystore.RoleSignature); err != nil {
 			return nil, statusOf("signature_key_id", err)
 		}
-		sigRec = signer.Record()
+		sigRec = r
 		if sigRec.Suite != uint16(su.ID) {
 			return nil, invalid("signature_key_id", "key %s is for cipher suite 0x%04x, not 0x%04x", id, sigRec.Suite, uint16(su.ID))
 		}
