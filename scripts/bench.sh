@@ -4,6 +4,7 @@
 #   scripts/bench.sh [go test -bench flags, e.g. -benchtime=5s -count=3]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/apt-install.sh softhsm2 swtpm swtpm-tools
+scripts/prereqs.sh
+scripts/apt-install.sh softhsm2 swtpm swtpm-tools libssl-dev
 export MLSKEYD_BENCH=1
 go test -run '^$' -bench . -benchtime "${BENCHTIME:-2s}" "$@" ./pkcs11/ ./tpm/ ./e2e/

@@ -9,6 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 state=${1:-.dev-state}
 [ $# -gt 0 ] && shift
+scripts/prereqs.sh
 scripts/apt-install.sh softhsm2
 mkdir -p bin
 go build -o bin/ ./cmd/mlskeyd ./cmd/mlskeyctl

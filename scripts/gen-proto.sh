@@ -10,9 +10,9 @@ cd "$(dirname "$0")/.."
 PROTOC_GEN_GO=google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
 PROTOC_GEN_GO_GRPC=google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.6.2
 
-if ! command -v protoc >/dev/null 2>&1; then
-  scripts/apt-install.sh protobuf-compiler
-fi
+# libprotobuf-dev holds google/protobuf/*.proto; it is only a recommendation
+# of protobuf-compiler, so it is named explicitly.
+scripts/apt-install.sh protobuf-compiler libprotobuf-dev
 bin=$(pwd)/.cache/bin
 mkdir -p "$bin"
 [ -x "$bin/protoc-gen-go" ] || GOBIN=$bin go install "$PROTOC_GEN_GO"

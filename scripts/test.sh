@@ -10,7 +10,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export MLSKEYD_REQUIRE_SOFTHSM=1 MLSKEYD_REQUIRE_SWTPM=1 MLSKEYD_REQUIRE_NODE=1
 
-pkgs=(softhsm2 swtpm swtpm-tools protobuf-compiler libssl-dev)
+scripts/prereqs.sh
+# Every package is named: apt-install.sh uses --no-install-recommends, so a
+# package that is only recommended (libprotobuf-dev by protobuf-compiler:
+# the well-known .proto files) would otherwise be missing on a fresh machine.
+pkgs=(softhsm2 swtpm swtpm-tools protobuf-compiler libprotobuf-dev libssl-dev git)
 command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
 command -v npm >/dev/null 2>&1 || pkgs+=(npm)
 scripts/apt-install.sh "${pkgs[@]}"
