@@ -212,3 +212,30 @@ func TestAttestAnchored(t *testing.T) {
 		t.Fatalf("another TPM's EK: %v", err)
 	}
 }
+
+// BenchmarkAttestAnchored is one EK-anchored attestation: TPM2_Certify,
+// then credential activation (AK and RSA EK re-created each time).
+func BenchmarkAttestAnchored(b *testing.B) {
+	sw, ca := swtpm.StartManufactured(b, b.TempDir())
+	be := openCfg(b, Config{Device: sw.Device()})
+	ctx := context.Background()
+	ref, pub, err := be.Generate(ctx, "k", keystore.ECDSAP256)
+	if err != nil {
+		b.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(ca.Bundle())
+	for b.Loop() {
+		n := nonce(b, 32)
+		a, err := be.Attest(ctx, ref, keystore.ECDSAP256, n)
+		if err != nil {
+			b.Fatal(err)
+		}
+		_, err = attest.Verify(a, pub, n, attest.Trust{EKRoots: roots, Activate: func(blob, secret []byte) ([]byte, error) {
+			return be.ActivateCredential(ctx, a.EndorsementKey, blob, secret)
+		}})
+		if err != nil {
+			b.Fatal(err)
+		}
+	}
+}
