@@ -60,7 +60,7 @@ func newSettings() *settings {
 	add("pkcs11-serial", "", "token serial number", false)
 	add("pkcs11-pin-file", "", "file holding the user PIN (mode 0600 or stricter); or set MLSKEYD_PKCS11_PIN", false)
 	add("pkcs11-max-sessions", "0", "PKCS#11 sessions, i.e. concurrent device operations (0: from the token's limit)", false)
-	add("tpm", "", "TPM: /dev/tpmrm0 (default), tcp://HOST:PORT or unix://PATH (swtpm), sim (in-process simulator; with --dev the default, its seed kept in STATE)", false)
+	add("tpm", "", "TPM: /dev/tpmrm0 (default), tcp://HOST:PORT or unix://PATH (swtpm), sim (in-process simulator, --dev only, where it is the default with its seed kept in STATE)", false)
 	add("tpm-simulator-seed-file", "", "with --tpm sim: file holding the simulator's seed, so its keys survive restarts (dev mode: STATE/tpm-simulator-seed)", false)
 	add("tpm-command-timeout", "10s", "longest a request waits for the TPM before failing with UNAVAILABLE", false)
 	add("tpm-loaded-keys", "2", "MLS keys kept loaded in the TPM (it has about 3 transient slots)", false)
