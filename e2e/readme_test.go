@@ -257,3 +257,38 @@ func TestShapeMatch(t *testing.T) {
 		t.Errorf("no output: %s", msg)
 	}
 }
+
+// TestMakeWelcomeScript: scripts/make-welcome.sh picks the N-th KeyPackage
+// of a file of several, and the daemon opens the Welcome with that
+// KeyPackage's init key.
+func TestMakeWelcomeScript(t *testing.T) {
+	d := startDaemon(t, t.TempDir())
+	var kps []createdKP
+	dir := t.TempDir()
+	file := filepath.Join(dir, "kps.bin")
+	d.ctlJSON(t, &kps, "keypackage", "create", "--suite", "2", "--identity", "bob@example.org", "--count", "3", "--out", file)
+	// Skips like the interop tests when ts-mls is missing.
+	tsmls(t, "verify", map[string][]string{"key_packages": {}}, &struct{}{})
+	run := func(args ...string) (string, error) {
+		cmd := exec.Command("../scripts/make-welcome.sh", args...)
+		cmd.Env = cleanEnv()
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	welcome := filepath.Join(dir, "welcome.bin")
+	out, err := run(file, welcome, "2")
+	if err != nil || !strings.Contains(out, "for KeyPackage "+kps[1].KeyPackageRef) {
+		t.Fatalf("make-welcome.sh N=2: %v: %s", err, out)
+	}
+	var opened openedWelcome
+	d.ctlJSON(t, &opened, "welcome", "open", "--in", welcome)
+	if opened.KeyPackageRef != kps[1].KeyPackageRef {
+		t.Fatalf("the Welcome is for %s, want the second KeyPackage %s", opened.KeyPackageRef, kps[1].KeyPackageRef)
+	}
+	if out, err := run(file, welcome, "4"); err == nil || !strings.Contains(out, "holds 3 KeyPackage(s), not 4") {
+		t.Fatalf("make-welcome.sh N=4 of 3: %v: %s", err, out)
+	}
+	if out, err := run(welcome, filepath.Join(dir, "w2")); err == nil || !strings.Contains(out, "no MLSMessage(KeyPackage) at byte 0") {
+		t.Fatalf("make-welcome.sh on a Welcome: %v: %s", err, out)
+	}
+}

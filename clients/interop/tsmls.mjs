@@ -300,8 +300,9 @@ async function cmdWelcome(args) {
     if (decoded === undefined || decoded[0].wireformat !== "mls_key_package") {
       throw new CliError(`welcome: ${kpFile}: no MLSMessage(KeyPackage) at byte ${off} (want the file 'mlskeyctl keypackage create --out' writes)`);
     }
-    kps.push(bytes.slice(off, decoded[1]));
-    off = decoded[1];
+    // decodeMlsMessage returns how many bytes from off it read.
+    kps.push(bytes.slice(off, off + decoded[1]));
+    off += decoded[1];
   }
   if (kps.length < n) throw new CliError(`welcome: ${kpFile} holds ${kps.length} KeyPackage(s), not ${n}`);
   const added = await cmdAdd({ key_package: toHex(kps[n - 1]) });
