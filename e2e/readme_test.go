@@ -292,3 +292,88 @@ func TestMakeWelcomeScript(t *testing.T) {
 		t.Fatalf("make-welcome.sh on a Welcome: %v: %s", err, out)
 	}
 }
+
+// TestREADMECommandTable: the README's table of mlskeyctl commands names
+// every command 'mlskeyctl --help' lists, every flag of each, and every
+// field of the key objects --json prints.
+func TestREADMECommandTable(t *testing.T) {
+	readme, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []string
+	for _, l := range strings.Split(string(readme), "\n") {
+		if strings.HasPrefix(l, "| `mlskeyctl ") {
+			rows = append(rows, l)
+		}
+	}
+	ctl := func(args ...string) string {
+		out, err := exec.Command(filepath.Join(binDir, "mlskeyctl"), args...).Output()
+		if err != nil {
+			t.Fatalf("mlskeyctl %q: %v", args, err)
+		}
+		return string(out)
+	}
+	// The Commands section of the help: "  key show ID    show a key"; a
+	// command too long for the column has its description on the next line.
+	help := ctl("--help")
+	_, section, _ := strings.Cut(help, "Commands:\n")
+	section, _, _ = strings.Cut(section, "\n\n")
+	var commands []string
+	for _, l := range strings.Split(section, "\n") {
+		if !strings.HasPrefix(l, "  ") || strings.HasPrefix(l, "      ") {
+			continue
+		}
+		var words []string
+		for _, w := range strings.Fields(strings.SplitN(strings.TrimSpace(l), "  ", 2)[0]) {
+			if w == strings.ToUpper(w) { // an argument: ID, FILE
+				break
+			}
+			words = append(words, w)
+		}
+		commands = append(commands, strings.Join(words, " "))
+	}
+	if len(commands) < 10 {
+		t.Fatalf("found only %q in mlskeyctl --help:\n%s", commands, help)
+	}
+	flagRE := regexp.MustCompile(`(?m)^  (--[a-z0-9-]+)`)
+	for _, cmd := range commands {
+		var row string
+		for _, r := range rows {
+			if regexp.MustCompile("`mlskeyctl " + regexp.QuoteMeta(cmd) + "[ `]").MatchString(r) {
+				row = r
+			}
+		}
+		if row == "" {
+			t.Errorf("README's command table lacks mlskeyctl %s", cmd)
+			continue
+		}
+		_, flags, _ := strings.Cut(ctl(append(strings.Fields(cmd), "--help")...), "\nFlags:\n")
+		flags, _, _ = strings.Cut(flags, "\nGlobal flags:\n")
+		for _, m := range flagRE.FindAllStringSubmatch(flags, -1) {
+			if !strings.Contains(row, m[1]) {
+				t.Errorf("README's row for mlskeyctl %s lacks %s", cmd, m[1])
+			}
+		}
+	}
+
+	// Every field of the key objects, for every role and state.
+	d := startDaemon(t, t.TempDir())
+	var kps []createdKP
+	d.ctlJSON(t, &kps, "keypackage", "create", "--suite", "2", "--identity", "a", "--last-resort")
+	d.ctlJSON(t, &struct{}{}, "key", "delete", kps[0].InitKeyID)
+	var keys []map[string]any
+	d.ctlJSON(t, &keys, "key", "list")
+	table := strings.Join(rows, "\n")
+	missing := map[string]bool{}
+	for _, k := range keys {
+		for field := range k {
+			missing[field] = missing[field] || !strings.Contains(table, "`"+field+"`")
+		}
+	}
+	for field, m := range missing {
+		if m {
+			t.Errorf("README's command table does not name the key field %s", field)
+		}
+	}
+}
