@@ -551,6 +551,10 @@ func (s *Store) checkHardware(ctx context.Context, onDevice map[string]bool) err
 	if c, ok := s.be.(Checker); ok {
 		for _, r := range check {
 			if err := c.Check(ctx, r.DeviceRef, r.Algorithm); err != nil {
+				var fe *ForeignKeyError
+				if errors.As(err, &fe) {
+					return fmt.Errorf("key %s's %w; use the state directory that %s was set up with", r.ID, fe, fe.Device)
+				}
 				return fmt.Errorf("hardware key %q failed its start-up check: %w", r.ID, err)
 			}
 		}

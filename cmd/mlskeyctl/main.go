@@ -112,6 +112,8 @@ Commands:
   sign                sign content with a signature key (SignWithLabel)
   keypackage create   create KeyPackages
   welcome open        open a Welcome with one of the daemon's init keys
+  sample framed-content
+                      print a FramedContentTBS to try 'sign' with
   version             print mlskeyctl's version
 
 Run 'mlskeyctl <command> --help' for a command's flags.`
