@@ -165,16 +165,29 @@ func (s *Store) Sweep(ctx context.Context) (int, error) {
 }
 
 func (s *Store) sweepOne(ctx context.Context, dk DeviceKey) (bool, error) {
+	// Read first, lock only retired keys: waiting for the exclusive lock
+	// of an active key would hold up every new user of it behind a long
+	// holder, such as a KeyPackage batch signing with it.
+	retired := func() (*Record, error) {
+		r, err := s.cat.get(dk.ID)
+		switch {
+		case errors.Is(err, ErrNotFound):
+			return nil, nil
+		case err != nil:
+			return nil, err
+		case r.Live():
+			return nil, nil
+		}
+		return r, nil
+	}
+	if r, err := retired(); r == nil {
+		return false, err
+	}
 	unlock := s.locks.lock(dk.ID)
 	defer unlock()
-	r, err := s.cat.get(dk.ID)
-	switch {
-	case errors.Is(err, ErrNotFound):
-		return false, nil
-	case err != nil:
+	r, err := retired()
+	if r == nil {
 		return false, err
-	case r.Live():
-		return false, nil
 	}
 	why := "sweep: catalog says " + string(r.State)
 	dctx, cancel := s.destroyContext(ctx)
