@@ -7,6 +7,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/mlskeyd/mlskeyd/keystore"
 	"github.com/mlskeyd/mlskeyd/pkcs11"
@@ -79,6 +80,8 @@ func TestShutdownAbortsBatch(t *testing.T) {
 		default:
 		}
 	}
+	made := deviceKeyFiles(t, state) - base
+	sent := time.Now()
 	d.cmd.Process.Signal(syscall.SIGTERM)
 	err := <-done
 	if st, _ := status.FromError(err); st.Code() != codes.Unavailable || st.Message() != "daemon shutting down; batch aborted, nothing was created" {
@@ -87,6 +90,7 @@ func TestShutdownAbortsBatch(t *testing.T) {
 	if err := <-d.exited; err != nil {
 		t.Fatalf("daemon exit: %v\n%s", err, d.log)
 	}
+	t.Logf("SIGTERM with at least %d token objects of the batch made; daemon exited %v later", made, time.Since(sent).Round(time.Millisecond))
 	d.exited <- nil
 	log := d.log.String()
 	for _, bad := range []string{"could not destroy", "audit record lost", "did not finish"} {
