@@ -26,6 +26,9 @@ func statusOf(field string, err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
+	if errors.Is(err, keystore.ErrShuttingDown) {
+		return status.Error(codes.Unavailable, "daemon shutting down; batch aborted, nothing was created")
+	}
 	code := codes.Internal
 	switch {
 	case errors.Is(err, context.Canceled):
@@ -36,7 +39,7 @@ func statusOf(field string, err error) error {
 		code = codes.NotFound
 	case errors.Is(err, keystore.ErrUnsupported):
 		code = codes.Unimplemented
-	case errors.Is(err, keystore.ErrNotActive), errors.Is(err, keystore.ErrPolicy),
+	case errors.Is(err, keystore.ErrNotActive), errors.Is(err, keystore.ErrPolicy), errors.Is(err, keystore.ErrInUse),
 		errors.Is(err, keystore.ErrUnsupportedAlgorithm):
 		code = codes.FailedPrecondition
 	case errors.Is(err, keystore.ErrWrongRole), errors.Is(err, keystore.ErrInvalidArgument),

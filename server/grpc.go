@@ -40,6 +40,9 @@ func NewGRPCServer(svc *Service, log *slog.Logger, aud *Auditor) (*grpc.Server, 
 		grpc.Creds(PeerCredentials{}),
 		grpc.MaxRecvMsgSize(MaxWelcomeSize+64<<10),
 		grpc.ChainUnaryInterceptor(chain...),
+		// Stop returns only when every handler has, so the daemon closes
+		// the device and the audit log after the last call used them.
+		grpc.WaitForHandlers(true),
 	)
 	pb.RegisterKeyServiceServer(gs, svc)
 	hs := health.NewServer()

@@ -229,14 +229,19 @@ func (s *Service) DeleteKey(ctx context.Context, req *pb.DeleteKeyRequest) (*pb.
 	if _, _, err := s.key(ctx, "id", req.GetId()); err != nil {
 		return nil, err
 	}
-	r, err := s.store.Delete(ctx, req.GetId())
+	r, cascaded, err := s.store.Delete(ctx, req.GetId(), req.GetCascade())
 	if err != nil {
 		return nil, statusOf("id", err)
+	}
+	for _, c := range cascaded {
+		noteKeys(ctx, c.ID)
 	}
 	return keyToPB(r), nil
 }
 
 func (s *Service) SignWithLabel(ctx context.Context, req *pb.SignWithLabelRequest) (*pb.SignWithLabelResponse, error) {
+	// Held shared until the signature is made: a DeleteKey waits for it.
+	defer s.store.Share(req.GetKeyId())()
 	r, _, err := s.key(ctx, "key_id", req.GetKeyId())
 	if err != nil {
 		return nil, err
@@ -274,6 +279,7 @@ func (s *Service) SignWithLabel(ctx context.Context, req *pb.SignWithLabelReques
 }
 
 func (s *Service) DecryptWithLabel(ctx context.Context, req *pb.DecryptWithLabelRequest) (*pb.DecryptWithLabelResponse, error) {
+	defer s.store.Share(req.GetKeyId())()
 	r, _, err := s.key(ctx, "key_id", req.GetKeyId())
 	if err != nil {
 		return nil, err
@@ -397,6 +403,9 @@ func (s *Service) OpenWelcome(ctx context.Context, req *pb.OpenWelcomeRequest) (
 			return nil, status.Errorf(codes.InvalidArgument, "welcome.encrypted_group_info: %v", ge.err)
 		}
 		if errors.Is(err, keystore.ErrNotActive) {
+			if cur, gerr := s.store.Get(rec.ID); gerr == nil && cur.State == keystore.StateDestroyed {
+				return nil, status.Errorf(codes.FailedPrecondition, "welcome: the init key of KeyPackage %x was deleted", rec.KeyPackageRef)
+			}
 			return nil, status.Errorf(codes.FailedPrecondition, "welcome: the init key of KeyPackage %x was already used", rec.KeyPackageRef)
 		}
 		return nil, decryptStatus("welcome.secrets", err)
@@ -485,6 +494,9 @@ func (s *Service) CreateKeyPackages(ctx context.Context, req *pb.CreateKeyPackag
 	var specs []keystore.KeySpec
 	var sigRec *keystore.Record
 	if id := req.GetSignatureKeyId(); id != "" {
+		// Held shared until the KeyPackages are committed, so a DeleteKey
+		// of the key sees them (and refuses or cascades) or they fail.
+		defer s.store.Share(id)()
 		r, _, err := s.key(ctx, "signature_key_id", id)
 		if err != nil {
 			return nil, err
@@ -647,6 +659,7 @@ func extensions(field string, in []*pb.Extension) ([]mls.Extension, error) {
 const MaxNonceSize = 64
 
 func (s *Service) AttestKey(ctx context.Context, req *pb.AttestKeyRequest) (*pb.AttestKeyResponse, error) {
+	defer s.store.Share(req.GetKeyId())()
 	if _, _, err := s.key(ctx, "key_id", req.GetKeyId()); err != nil {
 		return nil, err
 	}

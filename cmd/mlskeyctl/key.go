@@ -78,13 +78,18 @@ func (c *cli) keyShow(args []string) error {
 
 func (c *cli) keyDelete(args []string) error {
 	fs := c.newFlagSet("key delete", "ID [flags]", `Delete a key: destroy its private key in the device. The catalog keeps it in
-state destroyed. Print the deleted key.`, nil)
+state destroyed. Print the deleted key.
+
+A signature key that unused KeyPackages use is refused unless --cascade is
+given, which destroys those KeyPackages' init and leaf encryption keys too.`, nil)
+	var cascade bool
+	fs.BoolVar(&cascade, "cascade", false, "also destroy the keys of the unused KeyPackages that use this key\n(for an init key: its KeyPackage's leaf encryption key)")
 	id, err := c.parseID(fs, args)
 	if err != nil {
 		return err
 	}
 	return c.withClient(func(ctx context.Context, cl *client.Client) error {
-		k, err := cl.DeleteKey(ctx, &mlskeyv1.DeleteKeyRequest{Id: id})
+		k, err := cl.DeleteKey(ctx, &mlskeyv1.DeleteKeyRequest{Id: id, Cascade: cascade})
 		if err != nil {
 			return err
 		}

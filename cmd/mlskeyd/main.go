@@ -41,7 +41,7 @@ func main() {
 
 var errUsage = errors.New("usage")
 
-func run(args []string, getenv func(string) string, stderr io.Writer) error {
+func run(args []string, getenv func(string) string, stderr io.Writer) (err error) {
 	getenv = takePINFromEnv(getenv)
 	cfg := newSettings()
 	if err := cfg.parse(args, getenv, stderr); err != nil {
@@ -118,24 +118,14 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 		return fmt.Errorf("--keypackage-lifetime %v is over --keypackage-max-lifetime %v", lifetime, maxLifetime)
 	}
 
+	sweepEvery, err := cfg.duration("sweep-interval")
+	if err != nil {
+		return err
+	}
+
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	be, err := openBackend(ctx, cfg, getenv)
-	if err != nil {
-		return err
-	}
-	defer be.Close()
-	store, err := keystore.Open(ctx, cfg.str("catalog"), be, keystore.Options{MinProtection: policy.KeystoreMinProtection(), Logger: log})
-	if err != nil {
-		return err
-	}
-	defer store.Close()
-
-	svc := server.NewService(store, server.Options{
-		Version: version, Logger: log, DefaultLifetime: lifetime, MaxLifetime: maxLifetime,
-		Policy: policy, Access: access,
-	})
 	auditPath := cfg.str("audit-log")
 	if auditPath == "" {
 		auditPath = filepath.Join(state, "audit.log")
@@ -163,10 +153,45 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 	// The last hash, kept in the daemon's own log, lets an operator detect
 	// a truncated audit log later (see mlskeyctl audit verify).
 	log.Info("audit log", "path", auditPath, "fail_closed", failClosed, "last_seq", alog.LastSeq(), "last_hash", alog.LastHash())
+	// Closed last, after the store and the device, so that every call and
+	// every destruction of the shutdown is recorded.
 	defer func() {
 		log.Info("audit log closed", "last_seq", alog.LastSeq(), "last_hash", alog.LastHash())
 		alog.Close()
 	}()
+	be, err := openBackend(ctx, cfg, getenv)
+	if err != nil {
+		return err
+	}
+	// hung is set when calls are still running at exit: then the store
+	// and the device stay open under them, and the next start reconciles.
+	hung := false
+	defer func() {
+		if !hung {
+			be.Close()
+		}
+	}()
+	store, err := keystore.Open(ctx, cfg.str("catalog"), be, keystore.Options{
+		MinProtection: policy.KeystoreMinProtection(), Logger: log,
+		OnDestroy: func(d keystore.Destruction) { auditDestruction(alog, log, d) },
+	})
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if hung {
+			return
+		}
+		if cerr := store.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("shutdown: %w", cerr)
+		}
+	}()
+	store.StartSweeper(sweepEvery)
+
+	svc := server.NewService(store, server.Options{
+		Version: version, Logger: log, DefaultLifetime: lifetime, MaxLifetime: maxLifetime,
+		Policy: policy, Access: access,
+	})
 	gs, hs := server.NewGRPCServer(svc, log, &server.Auditor{Log: alog, FailClosed: failClosed, Logger: log})
 	l, err := server.Listen(socket, mode, gid)
 	if err != nil {
@@ -182,17 +207,45 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
-	log.Info("shutting down: finishing in-flight requests")
+	// Shutdown: KeyPackage batches still generating are aborted (their
+	// device keys destroyed, the caller told UNAVAILABLE), other calls
+	// finish; then the store retries what it failed to destroy, the device
+	// closes, and the audit log closes last.
+	log.Info("shutting down: aborting key generation, finishing other calls")
 	hs.Shutdown()
+	store.Shutdown()
 	done := make(chan struct{})
 	go func() { gs.GracefulStop(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(30 * time.Second):
-		log.Warn("in-flight requests did not finish in 30s; stopping")
-		gs.Stop()
+	case <-time.After(shutdownGrace):
+		log.Warn("in-flight calls did not finish; cancelling them", "after", shutdownGrace)
+		go gs.Stop() // returns when every handler has (grpc.WaitForHandlers)
+		select {
+		case <-done:
+		case <-time.After(shutdownGrace):
+			hung = true
+			return fmt.Errorf("calls still running %v after shutdown began; exiting without closing the device (the next start reconciles)", 2*shutdownGrace)
+		}
 	}
 	return nil
+}
+
+// shutdownGrace is how long shutdown waits for in-flight calls, and then
+// again for cancelled ones.
+const shutdownGrace = 30 * time.Second
+
+// auditDestruction records a device key the daemon destroyed on its own
+// authority (the sweep), as the daemon's own call.
+func auditDestruction(alog *audit.Log, log *slog.Logger, d keystore.Destruction) {
+	rec := audit.Record{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid()),
+		Operation: "Sweep", KeyID: d.KeyID, Outcome: audit.OutcomeOK, Code: "OK", Reason: d.Reason}
+	if d.Err != nil {
+		rec.Outcome, rec.Code = audit.OutcomeError, "Unavailable"
+	}
+	if err := alog.Append(rec); err != nil {
+		log.Error("audit record lost", "operation", rec.Operation, "key", d.KeyID, "err", err)
+	}
 }
 
 // openBackend opens the configured device.
