@@ -22,6 +22,15 @@ type Auditor struct {
 	// outcome record after.
 	FailClosed bool
 	Logger     *slog.Logger
+	// OnWriteFailure, when set, is told of every record that could not be
+	// written (for the metrics).
+	OnWriteFailure func()
+}
+
+func (a *Auditor) writeFailed() {
+	if a.OnWriteFailure != nil {
+		a.OnWriteFailure()
+	}
 }
 
 // auditEntry collects what a handler learns about a call (the keys it
@@ -112,6 +121,7 @@ func (a *Auditor) interceptor() grpc.UnaryServerInterceptor {
 			started := rec
 			started.Outcome = "started"
 			if err := a.Log.Append(started); err != nil {
+				a.writeFailed()
 				a.Logger.Error("audit log unwritable; refusing the call", "method", info.FullMethod, "err", err)
 				return nil, status.Error(codes.Unavailable, "audit: the audit log cannot be written; operations are refused (audit fail_closed)")
 			}
@@ -128,6 +138,7 @@ func (a *Auditor) interceptor() grpc.UnaryServerInterceptor {
 			// The operation has run; fail-closed already ensured the log
 			// was writable when it started.
 			a.Logger.Error("audit record lost", "method", info.FullMethod, "err", aerr)
+			a.writeFailed()
 		}
 		return resp, err
 	}

@@ -23,12 +23,13 @@ import (
 //
 // With an Auditor, every KeyService call is recorded in the audit log,
 // denied ones included; authentication runs inside it so that refused
-// callers are recorded too.
-func NewGRPCServer(svc *Service, log *slog.Logger, aud *Auditor) (*grpc.Server, *health.Server) {
+// callers are recorded too. The outer interceptors (the metrics) run
+// before all of these and so see every call, refused ones included.
+func NewGRPCServer(svc *Service, log *slog.Logger, aud *Auditor, outer ...grpc.UnaryServerInterceptor) (*grpc.Server, *health.Server) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	chain := []grpc.UnaryServerInterceptor{logCalls(log), recoverPanics(log)}
+	chain := append(append([]grpc.UnaryServerInterceptor(nil), outer...), logCalls(log), recoverPanics(log))
 	if aud != nil {
 		if aud.Logger == nil {
 			aud.Logger = log
@@ -88,7 +89,10 @@ func authenticate(svc *Service) grpc.UnaryServerInterceptor {
 		if !p.Alive() {
 			return nil, status.Errorf(codes.Unauthenticated, "caller: process %d that opened this connection is gone", p.PID)
 		}
-		if !svc.limit.allow(p.UID) {
+		if !svc.pol().limit.allow(p.UID) {
+			if svc.opts.OnRateLimited != nil {
+				svc.opts.OnRateLimited()
+			}
 			return nil, status.Errorf(codes.ResourceExhausted, "caller: uid %d is over its rate limit", p.UID)
 		}
 		return h(ctx, req)

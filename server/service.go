@@ -7,6 +7,7 @@ import (
 	"errors"
 	"log/slog"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/mlskeyd/mlskeyd/keystore"
@@ -43,6 +44,9 @@ type Options struct {
 	// Access names the admins; Policy what callers may do.
 	Access Access
 	Policy Policy
+	// OnRateLimited, when set, is told of every call refused by the rate
+	// limit (for the metrics).
+	OnRateLimited func()
 }
 
 // Service implements mlskey.v1.KeyService over a keystore.
@@ -51,7 +55,8 @@ type Service struct {
 	store *keystore.Store
 	opts  Options
 	log   *slog.Logger
-	limit *limiter
+	// policy is replaced whole on reload (SetPolicy).
+	policy atomic.Pointer[policyState]
 }
 
 // NewService returns the KeyService for store.
@@ -68,16 +73,9 @@ func NewService(store *keystore.Store, opts Options) *Service {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	if d := time.Duration(opts.Policy.KeyPackageDefaultLifetime); d > 0 {
-		opts.DefaultLifetime = d
-	}
-	if d := time.Duration(opts.Policy.KeyPackageMaxLifetime); d > 0 {
-		opts.MaxLifetime = d
-	}
-	// A maximum below the default lowers the default with it.
-	opts.DefaultLifetime = min(opts.DefaultLifetime, opts.MaxLifetime)
-	return &Service{store: store, opts: opts, log: opts.Logger,
-		limit: &limiter{rate: opts.Policy.RateLimit, now: opts.Now}}
+	s := &Service{store: store, opts: opts, log: opts.Logger}
+	s.policy.Store(newPolicyState(opts.Policy, opts.DefaultLifetime, opts.MaxLifetime, opts.Now, nil))
+	return s
 }
 
 func lookupSuite(field string, id uint32) (*mls.Suite, error) {
@@ -97,7 +95,7 @@ func (s *Service) allowedSuite(field string, id uint32) (*mls.Suite, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !s.opts.Policy.suiteAllowed(uint16(su.ID)) {
+	if !s.pol().Policy.suiteAllowed(uint16(su.ID)) {
 		return nil, status.Errorf(codes.PermissionDenied, "%s: policy does not allow cipher suite 0x%04x", field, id)
 	}
 	return su, nil
@@ -252,10 +250,10 @@ func (s *Service) SignWithLabel(ctx context.Context, req *pb.SignWithLabelReques
 	if len(req.GetContent()) > MaxContentSize {
 		return nil, invalid("content", "%d bytes is over the limit of %d", len(req.GetContent()), MaxContentSize)
 	}
-	if !s.opts.Policy.labelAllowed(r, req.GetLabel()) {
+	if !s.pol().Policy.labelAllowed(r, req.GetLabel()) {
 		return nil, status.Errorf(codes.PermissionDenied, "label: policy does not allow %q for key %s", req.GetLabel(), r.ID)
 	}
-	if r.Role == keystore.RoleSignature && s.opts.Policy.strict(r.ID) {
+	if r.Role == keystore.RoleSignature && s.pol().Policy.strict(r.ID) {
 		if err := checkContent(ctx, r, req.GetLabel(), req.GetContent()); err != nil {
 			return nil, err
 		}
@@ -293,7 +291,7 @@ func (s *Service) DecryptWithLabel(ctx context.Context, req *pb.DecryptWithLabel
 	if len(req.GetCiphertext()) > MaxCiphertextSize {
 		return nil, invalid("ciphertext", "%d bytes is over the limit of %d", len(req.GetCiphertext()), MaxCiphertextSize)
 	}
-	if !s.opts.Policy.labelAllowed(r, req.GetLabel()) {
+	if !s.pol().Policy.labelAllowed(r, req.GetLabel()) {
 		return nil, status.Errorf(codes.PermissionDenied, "label: policy does not allow %q for key %s", req.GetLabel(), r.ID)
 	}
 	su, err := mls.LookupSuite(mls.CipherSuite(r.Suite))
@@ -372,7 +370,7 @@ func (s *Service) OpenWelcome(ctx context.Context, req *pb.OpenWelcomeRequest) (
 	if rec == nil {
 		return nil, status.Error(codes.NotFound, "welcome: no entry is addressed to a KeyPackage of this daemon")
 	}
-	if !s.opts.Policy.labelAllowed(rec, mls.LabelWelcome) {
+	if !s.pol().Policy.labelAllowed(rec, mls.LabelWelcome) {
 		return nil, status.Errorf(codes.PermissionDenied, "welcome: policy does not allow %q for init key %s", mls.LabelWelcome, rec.ID)
 	}
 	if rec.Suite != uint16(w.CipherSuite) {
@@ -446,7 +444,7 @@ func (s *Service) CreateKeyPackages(ctx context.Context, req *pb.CreateKeyPackag
 	if err != nil {
 		return nil, err
 	}
-	lifetime := s.opts.DefaultLifetime
+	lifetime := s.pol().defaultLifetime
 	if d := req.GetLifetime(); d != nil {
 		if err := d.CheckValid(); err != nil {
 			return nil, invalid("lifetime", "%v", err)
@@ -456,8 +454,8 @@ func (s *Service) CreateKeyPackages(ctx context.Context, req *pb.CreateKeyPackag
 			return nil, invalid("lifetime", "must be positive")
 		}
 	}
-	if lifetime > s.opts.MaxLifetime {
-		return nil, invalid("lifetime", "%v is over the maximum of %v", lifetime, s.opts.MaxLifetime)
+	if max := s.pol().maxLifetime; lifetime > max {
+		return nil, invalid("lifetime", "%v is over the maximum of %v", lifetime, max)
 	}
 	caps, err := extraCapabilities(req)
 	if err != nil {
@@ -479,7 +477,7 @@ func (s *Service) CreateKeyPackages(ctx context.Context, req *pb.CreateKeyPackag
 	if err != nil {
 		return nil, err
 	}
-	if max := s.opts.Policy.MaxOutstandingKeyPackages; max > 0 && !req.GetLastResort() {
+	if max := s.pol().Policy.MaxOutstandingKeyPackages; max > 0 && !req.GetLastResort() {
 		have, err := s.store.Count(keystore.Filter{Role: keystore.RoleInit, State: keystore.StateActive, Owner: own},
 			func(r *keystore.Record) bool { return !r.LastResort })
 		if err != nil {
