@@ -70,6 +70,7 @@ func newSettings() *settings {
 	add("sweep-interval", "10m", "how often to destroy device keys whose catalog record is consumed or destroyed but which a failed destruction left (0: never)", false)
 	add("log-level", "info", "debug, info, warn or error", false)
 	add("log-format", "text", "text or json", false)
+	add("metrics-listen", "", "serve Prometheus metrics on HOST:PORT (e.g. 127.0.0.1:9464) or unix:PATH; off by default", false)
 	add("version", "false", "print the version and exit", true)
 	return s
 }

@@ -125,6 +125,13 @@ func run(args []string, getenv func(string) string, stderr io.Writer) (err error
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	hup := catchHUP()
+	notify := newNotifier(getenv, log)
+	obs, err := newObservability(cfg, log)
+	if err != nil {
+		return err
+	}
+	defer obs.stop()
 
 	auditPath := cfg.str("audit-log")
 	if auditPath == "" {
@@ -163,6 +170,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) (err error
 	if err != nil {
 		return err
 	}
+	be = obs.backend(be)
 	// hung is set when calls are still running at exit: then the store
 	// and the device stay open under them, and the next start reconciles.
 	hung := false
@@ -173,7 +181,11 @@ func run(args []string, getenv func(string) string, stderr io.Writer) (err error
 	}()
 	store, err := keystore.Open(ctx, cfg.str("catalog"), be, keystore.Options{
 		MinProtection: policy.KeystoreMinProtection(), Logger: log,
-		OnDestroy: func(d keystore.Destruction) { auditDestruction(alog, log, d) },
+		OnDestroy: func(d keystore.Destruction) {
+			if !auditDestruction(alog, log, d) {
+				obs.auditWriteFailed()
+			}
+		},
 	})
 	if err != nil {
 		return err
@@ -190,10 +202,13 @@ func run(args []string, getenv func(string) string, stderr io.Writer) (err error
 
 	svc := server.NewService(store, server.Options{
 		Version: version, Logger: log, DefaultLifetime: lifetime, MaxLifetime: maxLifetime,
-		Policy: policy, Access: access,
+		Policy: policy, Access: access, OnRateLimited: obs.rateLimited,
 	})
-	gs, hs := server.NewGRPCServer(svc, log, &server.Auditor{Log: alog, FailClosed: failClosed, Logger: log})
-	l, err := server.Listen(socket, mode, gid)
+	obs.watchStore(store)
+	gs, hs := server.NewGRPCServer(svc, log,
+		&server.Auditor{Log: alog, FailClosed: failClosed, Logger: log, OnWriteFailure: obs.auditWriteFailed},
+		obs.interceptors()...)
+	l, err := listen(socket, mode, gid, log)
 	if err != nil {
 		return err
 	}
@@ -202,6 +217,9 @@ func run(args []string, getenv func(string) string, stderr io.Writer) (err error
 		"catalog", cfg.str("catalog"), "version", version, "dev", dev)
 	served := make(chan error, 1)
 	go func() { served <- gs.Serve(l) }()
+	notify.ready("serving on " + l.Addr().String())
+	rl := &reloader{args: args, getenv: getenv, svc: svc, alog: alog, log: log, notify: notify, auditFailed: obs.auditWriteFailed}
+	go rl.run(ctx, hup)
 	select {
 	case err := <-served:
 		return fmt.Errorf("serve: %w", err)
@@ -211,6 +229,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) (err error
 	// device keys destroyed, the caller told UNAVAILABLE), other calls
 	// finish; then the store retries what it failed to destroy, the device
 	// closes, and the audit log closes last.
+	notify.stopping()
 	log.Info("shutting down: aborting key generation, finishing other calls")
 	hs.Shutdown()
 	store.Shutdown()
@@ -236,8 +255,9 @@ func run(args []string, getenv func(string) string, stderr io.Writer) (err error
 const shutdownGrace = 30 * time.Second
 
 // auditDestruction records a device key the daemon destroyed on its own
-// authority (the sweep), as the daemon's own call.
-func auditDestruction(alog *audit.Log, log *slog.Logger, d keystore.Destruction) {
+// authority (the sweep), as the daemon's own call; false if the record was
+// lost.
+func auditDestruction(alog *audit.Log, log *slog.Logger, d keystore.Destruction) bool {
 	rec := audit.Record{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid()),
 		Operation: "Sweep", KeyID: d.KeyID, Outcome: audit.OutcomeOK, Code: "OK", Reason: d.Reason}
 	if d.Err != nil {
@@ -245,7 +265,9 @@ func auditDestruction(alog *audit.Log, log *slog.Logger, d keystore.Destruction)
 	}
 	if err := alog.Append(rec); err != nil {
 		log.Error("audit record lost", "operation", rec.Operation, "key", d.KeyID, "err", err)
+		return false
 	}
+	return true
 }
 
 // openBackend opens the configured device.
