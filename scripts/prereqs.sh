@@ -18,7 +18,7 @@ if [ "$(printf '%s\n%s\n' "$need" "$have" | sort -V | head -1)" != "$need" ]; th
   exit 1
 fi
 if ! command -v dpkg >/dev/null 2>&1 || ! command -v apt-get >/dev/null 2>&1; then
-  echo "unsupported system: the scripts install packages with apt-get (Debian 12); install softhsm2, swtpm, swtpm-tools, protobuf-compiler, libprotobuf-dev, gcc, libc6-dev, libssl-dev and nodejs/npm by hand" >&2
+  echo "unsupported system: the scripts install packages with apt-get (Debian 12); install softhsm2, swtpm, swtpm-tools, protobuf-compiler, libprotobuf-dev, gcc, libc6-dev, libssl-dev, systemd and nodejs/npm by hand" >&2
   exit 1
 fi
 if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null 2>&1; then

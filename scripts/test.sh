@@ -8,13 +8,15 @@
 #   FUZZTIME=30s scripts/test.sh   longer fuzzing
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export MLSKEYD_REQUIRE_SOFTHSM=1 MLSKEYD_REQUIRE_SWTPM=1 MLSKEYD_REQUIRE_NODE=1
+export MLSKEYD_REQUIRE_SOFTHSM=1 MLSKEYD_REQUIRE_SWTPM=1 MLSKEYD_REQUIRE_NODE=1 MLSKEYD_REQUIRE_SYSTEMD=1
 
 scripts/prereqs.sh
 # Every package is named: apt-install.sh uses --no-install-recommends, so a
 # package that is only recommended (libprotobuf-dev by protobuf-compiler:
 # the well-known .proto files) would otherwise be missing on a fresh machine.
-pkgs=(softhsm2 swtpm swtpm-tools protobuf-compiler libprotobuf-dev libssl-dev git)
+# systemd brings systemd-analyze and systemd-socket-activate, which the
+# tests of contrib/systemd use offline (no systemd needs to run).
+pkgs=(softhsm2 swtpm swtpm-tools protobuf-compiler libprotobuf-dev libssl-dev git systemd)
 command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
 command -v npm >/dev/null 2>&1 || pkgs+=(npm)
 scripts/apt-install.sh "${pkgs[@]}"
