@@ -80,6 +80,9 @@ func (p Protection) Rank() int {
 type DeviceInfo struct {
 	Backend string // "pkcs11", "tpm"
 	Device  string // e.g. token label, manufacturer and model
+	// URI names the device the way its ecosystem does (a PKCS#11 token's
+	// RFC 7512 URI); empty where there is none.
+	URI string
 }
 
 // Backend is the small interface each device implements. It knows keys only

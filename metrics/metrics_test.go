@@ -99,7 +99,9 @@ func TestInterceptorCountsByMethodAndCode(t *testing.T) {
 	ic := m.UnaryInterceptor()
 	info := &grpc.UnaryServerInfo{FullMethod: "/mlskey.v1.KeyService/GetKey"}
 	ok := func(context.Context, any) (any, error) { return "x", nil }
-	notFound := func(context.Context, any) (any, error) { return nil, status.Error(codes.NotFound, "id: key 0123 not found") }
+	notFound := func(context.Context, any) (any, error) {
+		return nil, status.Error(codes.NotFound, "id: key 0123 not found")
+	}
 	ic(context.Background(), nil, info, ok)
 	ic(context.Background(), nil, info, notFound)
 	ic(context.Background(), nil, info, notFound)

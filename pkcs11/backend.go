@@ -31,6 +31,9 @@ type Config struct {
 	// are set, both must match).
 	TokenLabel  string
 	TokenSerial string
+	// TokenManufacturer and TokenModel narrow the choice further (a
+	// PKCS#11 URI's manufacturer and model); empty matches any.
+	TokenManufacturer, TokenModel string
 	// PIN is the user PIN. The caller reads it from a file or the
 	// environment; this package never logs it or puts it in an error.
 	PIN string
@@ -45,6 +48,7 @@ type Config struct {
 // PKCS#11 token. It is safe for concurrent use.
 type Backend struct {
 	mod   *module
+	path  string // the module's path as configured ("" for SoftHSM's default)
 	slot  uint
 	pin   string
 	token p11.TokenInfo
@@ -82,7 +86,7 @@ type Backend struct {
 // algorithms (including the X25519/X448 route) and makes sure the sealing
 // key exists.
 func Open(ctx context.Context, cfg Config) (*Backend, error) {
-	if cfg.TokenLabel == "" && cfg.TokenSerial == "" {
+	if cfg.TokenLabel == "" && cfg.TokenSerial == "" && cfg.TokenManufacturer == "" && cfg.TokenModel == "" {
 		return nil, errors.New("pkcs11: set TokenLabel or TokenSerial")
 	}
 	if cfg.PIN == "" {
@@ -95,7 +99,7 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &Backend{mod: mod, pin: cfg.PIN, done: make(chan struct{})}
+	b := &Backend{mod: mod, path: cfg.Module, pin: cfg.PIN, done: make(chan struct{})}
 	ok := false
 	defer func() {
 		if !ok {
@@ -103,7 +107,7 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 		}
 	}()
 
-	if b.slot, b.token, err = findToken(mod.ctx, cfg.TokenLabel, cfg.TokenSerial); err != nil {
+	if b.slot, b.token, err = findToken(mod.ctx, cfg); err != nil {
 		return nil, err
 	}
 	if b.token.Flags&p11.CKF_USER_PIN_LOCKED != 0 {
@@ -144,7 +148,8 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 }
 
 // findToken returns the slot whose initialised token matches.
-func findToken(ctx *p11.Ctx, label, serial string) (uint, p11.TokenInfo, error) {
+func findToken(ctx *p11.Ctx, cfg Config) (uint, p11.TokenInfo, error) {
+	label, serial := cfg.TokenLabel, cfg.TokenSerial
 	slots, err := ctx.GetSlotList(true)
 	if err != nil {
 		return 0, p11.TokenInfo{}, devErr("open", fmt.Errorf("C_GetSlotList: %w", err))
@@ -158,17 +163,19 @@ func findToken(ctx *p11.Ctx, label, serial string) (uint, p11.TokenInfo, error) 
 			continue
 		}
 		avail = append(avail, fmt.Sprintf("%q (serial %s)", ti.Label, ti.SerialNumber))
-		if (label == "" || ti.Label == label) && (serial == "" || ti.SerialNumber == serial) {
+		if (label == "" || ti.Label == label) && (serial == "" || ti.SerialNumber == serial) &&
+			(cfg.TokenManufacturer == "" || ti.ManufacturerID == cfg.TokenManufacturer) && (cfg.TokenModel == "" || ti.Model == cfg.TokenModel) {
 			found = append(found, sl)
 			info = ti
 		}
 	}
-	want := fmt.Sprintf("label %q", label)
-	if label == "" {
-		want = fmt.Sprintf("serial %q", serial)
-	} else if serial != "" {
-		want += fmt.Sprintf(" and serial %q", serial)
+	var wants []string
+	for _, w := range [][2]string{{"label", label}, {"serial", serial}, {"manufacturer", cfg.TokenManufacturer}, {"model", cfg.TokenModel}} {
+		if w[1] != "" {
+			wants = append(wants, fmt.Sprintf("%s %q", w[0], w[1]))
+		}
 	}
+	want := strings.Join(wants, " and ")
 	switch {
 	case len(found) == 0:
 		list := "none"
@@ -215,7 +222,17 @@ func (b *Backend) Info() keystore.DeviceInfo {
 	d := fmt.Sprintf("%s %s token %q serial %s; x25519=%s x448=%s",
 		b.token.ManufacturerID, b.token.Model, b.token.Label, b.token.SerialNumber,
 		b.Route(keystore.X25519), b.Route(keystore.X448))
-	return keystore.DeviceInfo{Backend: "pkcs11", Device: d}
+	return keystore.DeviceInfo{Backend: "pkcs11", Device: d, URI: b.URI()}
+}
+
+// URI is the token's PKCS#11 URI (RFC 7512) with the module's path:
+// what --pkcs11-uri takes to select this token again.
+func (b *Backend) URI() string {
+	module := b.path
+	if module == "" {
+		module = b.mod.path
+	}
+	return TokenURI(b.token.Model, b.token.ManufacturerID, b.token.SerialNumber, b.token.Label, module)
 }
 
 // Algorithms reports the algorithms that passed the probe at Open, in

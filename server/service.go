@@ -116,7 +116,7 @@ func checkKeyID(field, id string) error {
 
 func (s *Service) GetInfo(ctx context.Context, _ *pb.GetInfoRequest) (*pb.GetInfoResponse, error) {
 	dev := s.store.Device()
-	resp := &pb.GetInfoResponse{Backend: dev.Backend, Device: dev.Device, Version: s.opts.Version}
+	resp := &pb.GetInfoResponse{Backend: dev.Backend, Device: dev.Device, Version: s.opts.Version, DeviceUri: dev.URI}
 	level := func(role keystore.Role, alg string) pb.Protection {
 		p, err := s.store.ProtectionFor(role, keystore.Algorithm(alg))
 		if err != nil {

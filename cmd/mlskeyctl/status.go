@@ -12,6 +12,7 @@ import (
 type statusJSON struct {
 	Backend string      `json:"backend"`
 	Device  string      `json:"device"`
+	URI     string      `json:"device_uri,omitempty"`
 	Version string      `json:"version"`
 	Suites  []suiteJSON `json:"suites"`
 }
@@ -30,6 +31,7 @@ func newStatusJSON(info *mlskeyv1.GetInfoResponse) statusJSON {
 	out := statusJSON{
 		Backend: info.GetBackend(),
 		Device:  info.GetDevice(),
+		URI:     info.GetDeviceUri(),
 		Version: info.GetVersion(),
 		Suites:  []suiteJSON{},
 	}
@@ -75,6 +77,9 @@ func (c *cli) printStatus(info *mlskeyv1.GetInfoResponse) error {
 	tw := tabwriter.NewWriter(c.stdout, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "backend:\t%s\n", oneLine(st.Backend))
 	fmt.Fprintf(tw, "device:\t%s\n", oneLine(st.Device))
+	if st.URI != "" {
+		fmt.Fprintf(tw, "uri:\t%s\n", oneLine(st.URI))
+	}
 	fmt.Fprintf(tw, "version:\t%s\n", oneLine(st.Version))
 	if err := tw.Flush(); err != nil {
 		return err

@@ -55,6 +55,7 @@ func newSettings() *settings {
 	add("audit-fail-closed", "false", "refuse any operation that cannot be written to the audit log", true)
 	add("catalog", "", "key catalog file (default STATE/catalog.db)", false)
 	add("backend", "pkcs11", "device backend: pkcs11 or tpm", false)
+	add("pkcs11-uri", "", "PKCS#11 URI (RFC 7512) of the token: pkcs11:token=…;serial=…?module-path=…&pin-source=file:… (the pkcs11-* settings below are shorthands)", false)
 	add("pkcs11-module", "", "PKCS#11 module path (default: SoftHSM)", false)
 	add("pkcs11-token", "", "token label", false)
 	add("pkcs11-serial", "", "token serial number", false)

@@ -293,17 +293,16 @@ func openBackend(ctx context.Context, cfg *settings, getenv func(string) string)
 	if err != nil {
 		return nil, err
 	}
-	pin, err := readPIN(cfg.str("pkcs11-pin-file"), getenv)
+	pc, pinFile, err := pkcs11Selection(cfg)
 	if err != nil {
 		return nil, err
 	}
-	return pkcs11.Open(ctx, pkcs11.Config{
-		Module:      cfg.str("pkcs11-module"),
-		TokenLabel:  cfg.str("pkcs11-token"),
-		TokenSerial: cfg.str("pkcs11-serial"),
-		PIN:         pin,
-		MaxSessions: sessions,
-	})
+	pin, err := readPIN(pinFile, getenv)
+	if err != nil {
+		return nil, err
+	}
+	pc.PIN, pc.MaxSessions = pin, sessions
+	return pkcs11.Open(ctx, pc)
 }
 
 func newLogger(cfg *settings, w io.Writer) (*slog.Logger, error) {

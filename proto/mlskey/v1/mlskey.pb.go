@@ -444,11 +444,15 @@ func (x *SuiteSupport) GetLeafEncryption() Protection {
 }
 
 type GetInfoResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Backend       string                 `protobuf:"bytes,1,opt,name=backend,proto3" json:"backend,omitempty"`
-	Device        string                 `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
-	Version       string                 `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
-	Suites        []*SuiteSupport        `protobuf:"bytes,4,rep,name=suites,proto3" json:"suites,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Backend string                 `protobuf:"bytes,1,opt,name=backend,proto3" json:"backend,omitempty"`
+	Device  string                 `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
+	Version string                 `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
+	Suites  []*SuiteSupport        `protobuf:"bytes,4,rep,name=suites,proto3" json:"suites,omitempty"`
+	// The device's URI where its ecosystem has one: a PKCS#11 token's RFC
+	// 7512 URI (pkcs11:model=…;manufacturer=…;serial=…;token=…?module-path=…),
+	// which mlskeyd --pkcs11-uri takes. Empty for a TPM.
+	DeviceUri     string `protobuf:"bytes,5,opt,name=device_uri,json=deviceUri,proto3" json:"device_uri,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -509,6 +513,13 @@ func (x *GetInfoResponse) GetSuites() []*SuiteSupport {
 		return x.Suites
 	}
 	return nil
+}
+
+func (x *GetInfoResponse) GetDeviceUri() string {
+	if x != nil {
+		return x.DeviceUri
+	}
+	return ""
 }
 
 type CreateSignatureKeyRequest struct {
@@ -2063,12 +2074,14 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x123\n" +
 	"\tsignature\x18\x03 \x01(\x0e2\x15.mlskey.v1.ProtectionR\tsignature\x12)\n" +
 	"\x04init\x18\x04 \x01(\x0e2\x15.mlskey.v1.ProtectionR\x04init\x12>\n" +
-	"\x0fleaf_encryption\x18\x05 \x01(\x0e2\x15.mlskey.v1.ProtectionR\x0eleafEncryption\"\x8e\x01\n" +
+	"\x0fleaf_encryption\x18\x05 \x01(\x0e2\x15.mlskey.v1.ProtectionR\x0eleafEncryption\"\xad\x01\n" +
 	"\x0fGetInfoResponse\x12\x18\n" +
 	"\abackend\x18\x01 \x01(\tR\abackend\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\tR\aversion\x12/\n" +
-	"\x06suites\x18\x04 \x03(\v2\x17.mlskey.v1.SuiteSupportR\x06suites\"n\n" +
+	"\x06suites\x18\x04 \x03(\v2\x17.mlskey.v1.SuiteSupportR\x06suites\x12\x1d\n" +
+	"\n" +
+	"device_uri\x18\x05 \x01(\tR\tdeviceUri\"n\n" +
 	"\x19CreateSignatureKeyRequest\x12!\n" +
 	"\fcipher_suite\x18\x01 \x01(\rR\vcipherSuite\x12 \n" +
 	"\towner_uid\x18\x02 \x01(\rH\x00R\bownerUid\x88\x01\x01B\f\n" +
