@@ -69,6 +69,13 @@ func TestContribConfigLoads(t *testing.T) {
 	if _, err := loadPolicy(cfg); err != nil {
 		t.Fatal(err)
 	}
+	pc, pinFile, err := pkcs11Selection(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if pc.TokenLabel != "mlskeyd" || pinFile != "/etc/mlskeyd/pin" || pc.Module == "" {
+		t.Fatalf("token %+v, PIN file %q", pc, pinFile)
+	}
 	if cfg.str("audit-log") != "/var/log/mlskeyd/audit.log" {
 		t.Fatalf("audit log %q: the unit's LogsDirectory is /var/log/mlskeyd", cfg.str("audit-log"))
 	}
