@@ -251,7 +251,7 @@ func TestSoak(t *testing.T) {
 			t.Errorf("init key %s is %s after its Welcome was opened", k.ID, k.State)
 		case k.Role == "init":
 			init++
-		case (k.Role == "leaf-encryption" || k.Role == "leaf_encryption") && k.State == "active":
+		case k.Role == "leaf-encryption" && k.State == "active":
 			leaf++
 		}
 	}

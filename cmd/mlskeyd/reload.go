@@ -39,7 +39,9 @@ func catchHUP() chan os.Signal {
 }
 
 func (r *reloader) run(ctx context.Context, hup chan os.Signal) {
-	defer signal.Stop(hup)
+	// Once shutdown has begun there is nothing to reload, but SIGHUP's
+	// default action must not cut the shutdown short.
+	defer signal.Ignore(syscall.SIGHUP)
 	for {
 		select {
 		case <-ctx.Done():
