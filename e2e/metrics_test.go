@@ -135,3 +135,38 @@ func TestMetricsAuditWriteFailures(t *testing.T) {
 		t.Fatalf("audit write failures %v, want at least 1", got)
 	}
 }
+
+// On a TPM the metrics wrap a device with other capabilities (attestation,
+// no Lister): attestation still works through them and is counted, and a
+// TPM has no PKCS#11 URI.
+func TestMetricsTPM(t *testing.T) {
+	state := t.TempDir()
+	msock := filepath.Join(state, "metrics.sock")
+	d := startDaemon(t, state, "--backend", "tpm", "--metrics-listen", "unix:"+msock)
+	c := d.client()
+	ctx := context.Background()
+	info, err := c.GetInfo(ctx, &pb.GetInfoRequest{})
+	if err != nil || info.GetDeviceUri() != "" {
+		t.Fatalf("TPM device URI %q, %v", info.GetDeviceUri(), err)
+	}
+	key, err := c.CreateSignatureKey(ctx, &pb.CreateSignatureKeyRequest{CipherSuite: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.AttestKey(ctx, &pb.AttestKeyRequest{KeyId: key.GetId(), Nonce: []byte("metrics nonce")}); err != nil {
+		t.Fatalf("attest through the metrics wrapper: %v", err)
+	}
+	text := scrape(t, msock)
+	for series, want := range map[string]float64{
+		`mlskeyd_device_operations_total{operation="attest"}`:                         1,
+		`mlskeyd_keys{protection="hardware",role="signature",state="active"}`:         1,
+		`mlskeyd_grpc_calls_total{code="OK",method="mlskey.v1.KeyService/AttestKey"}`: 1,
+	} {
+		if got := metricValue(text, series); got != want {
+			t.Errorf("%s = %v, want %v", series, got, want)
+		}
+	}
+	if metricValue(text, `mlskeyd_device_operations_total{operation="generate"}`) < 1 {
+		t.Error("no generate counted")
+	}
+}
