@@ -243,6 +243,14 @@ func TestSoak(t *testing.T) {
 	t.Logf("%d clients × %d operations = %d calls in %v (%.0f calls/s); RSS %.1f → %.1f MiB, goroutines %.0f → %.0f (first → last tenth)",
 		clients, opsPerClient, calls.Load(), elapsed.Round(time.Millisecond), float64(calls.Load())/elapsed.Seconds(),
 		first.rss/(1<<20), last.rss/(1<<20), first.goroutines, last.goroutines)
+	// Mean latency per method, for docs/performance.md.
+	text := scrape(t, msock)
+	for _, m := range []string{"SignWithLabel", "CreateKeyPackages", "OpenWelcome", "DecryptWithLabel", "DeleteKey", "ListKeys"} {
+		sel := `{method="mlskey.v1.KeyService/` + m + `"}`
+		if n := metricValue(text, "mlskeyd_grpc_call_duration_seconds_count"+sel); n > 0 {
+			t.Logf("%-18s %6.0f calls, mean %.1f ms", m, n, 1000*metricValue(text, "mlskeyd_grpc_call_duration_seconds_sum"+sel)/n)
+		}
+	}
 	// Flat, generously: a leak of a goroutine or a few KiB per call would
 	// pass these only over far fewer calls than the soak makes.
 	if last.goroutines > first.goroutines*1.5+20 {
