@@ -116,11 +116,12 @@ func TestSoak(t *testing.T) {
 
 	total := int64(clients * opsPerClient)
 	var done atomic.Int64
-	type sample struct{ rss, goroutines float64 }
+	type sample struct{ rss, heap, goroutines float64 }
 	samples := make([]sample, 0, 11)
 	sampleNow := func() sample {
 		text := scrape(t, msock)
-		return sample{metricValue(text, "process_resident_memory_bytes"), metricValue(text, "go_goroutines")}
+		return sample{metricValue(text, "process_resident_memory_bytes"), metricValue(text, "go_memstats_heap_inuse_bytes"),
+			metricValue(text, "go_goroutines")}
 	}
 	// A sample as each tenth of the operations completes.
 	tenth := make(chan struct{}, 10)
@@ -240,9 +241,14 @@ func TestSoak(t *testing.T) {
 		t.Fatalf("opened %d Welcomes and decrypted %d times, want %d each", opened.Load(), decrypted.Load(), rounds)
 	}
 	first, last := samples[0], samples[len(samples)-1]
-	t.Logf("%d clients × %d operations = %d calls in %v (%.0f calls/s); RSS %.1f → %.1f MiB, goroutines %.0f → %.0f (first → last tenth)",
+	t.Logf("%d clients × %d operations = %d calls in %v (%.0f calls/s); RSS %.1f → %.1f MiB, Go heap in use %.1f → %.1f MiB, goroutines %.0f → %.0f (first → last tenth)",
 		clients, opsPerClient, calls.Load(), elapsed.Round(time.Millisecond), float64(calls.Load())/elapsed.Seconds(),
-		first.rss/(1<<20), last.rss/(1<<20), first.goroutines, last.goroutines)
+		first.rss/(1<<20), last.rss/(1<<20), first.heap/(1<<20), last.heap/(1<<20), first.goroutines, last.goroutines)
+	var rss []string
+	for _, s := range samples {
+		rss = append(rss, fmt.Sprintf("%.1f", s.rss/(1<<20)))
+	}
+	t.Logf("RSS at each tenth (MiB): %s", strings.Join(rss, " "))
 	// Mean latency per method, for docs/performance.md.
 	text := scrape(t, msock)
 	for _, m := range []string{"SignWithLabel", "CreateKeyPackages", "OpenWelcome", "DecryptWithLabel", "DeleteKey", "ListKeys"} {
