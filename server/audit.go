@@ -77,6 +77,8 @@ func requestFacts(req any) (keyID, label string) {
 		return r.GetSignatureKeyId(), ""
 	case *pb.OpenWelcomeRequest:
 		return "", "Welcome"
+	case *pb.CreateCSRRequest:
+		return r.GetKeyId(), "CSR"
 	}
 	return "", ""
 }

@@ -1974,6 +1974,155 @@ func (x *ActivateCredentialResponse) GetCertInfo() []byte {
 	return nil
 }
 
+type CreateCSRRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A signature key the caller may use.
+	KeyId string `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// The subject's distinguished name; at least one of common_name and
+	// the alternative names must be set.
+	CommonName         string   `protobuf:"bytes,2,opt,name=common_name,json=commonName,proto3" json:"common_name,omitempty"`
+	Organization       []string `protobuf:"bytes,3,rep,name=organization,proto3" json:"organization,omitempty"`
+	OrganizationalUnit []string `protobuf:"bytes,4,rep,name=organizational_unit,json=organizationalUnit,proto3" json:"organizational_unit,omitempty"`
+	Country            []string `protobuf:"bytes,5,rep,name=country,proto3" json:"country,omitempty"`
+	// Subject alternative names.
+	DnsNames       []string `protobuf:"bytes,6,rep,name=dns_names,json=dnsNames,proto3" json:"dns_names,omitempty"`
+	EmailAddresses []string `protobuf:"bytes,7,rep,name=email_addresses,json=emailAddresses,proto3" json:"email_addresses,omitempty"`
+	Uris           []string `protobuf:"bytes,8,rep,name=uris,proto3" json:"uris,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *CreateCSRRequest) Reset() {
+	*x = CreateCSRRequest{}
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateCSRRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateCSRRequest) ProtoMessage() {}
+
+func (x *CreateCSRRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateCSRRequest.ProtoReflect.Descriptor instead.
+func (*CreateCSRRequest) Descriptor() ([]byte, []int) {
+	return file_mlskey_v1_mlskey_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *CreateCSRRequest) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *CreateCSRRequest) GetCommonName() string {
+	if x != nil {
+		return x.CommonName
+	}
+	return ""
+}
+
+func (x *CreateCSRRequest) GetOrganization() []string {
+	if x != nil {
+		return x.Organization
+	}
+	return nil
+}
+
+func (x *CreateCSRRequest) GetOrganizationalUnit() []string {
+	if x != nil {
+		return x.OrganizationalUnit
+	}
+	return nil
+}
+
+func (x *CreateCSRRequest) GetCountry() []string {
+	if x != nil {
+		return x.Country
+	}
+	return nil
+}
+
+func (x *CreateCSRRequest) GetDnsNames() []string {
+	if x != nil {
+		return x.DnsNames
+	}
+	return nil
+}
+
+func (x *CreateCSRRequest) GetEmailAddresses() []string {
+	if x != nil {
+		return x.EmailAddresses
+	}
+	return nil
+}
+
+func (x *CreateCSRRequest) GetUris() []string {
+	if x != nil {
+		return x.Uris
+	}
+	return nil
+}
+
+type CreateCSRResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The CertificationRequest, DER.
+	Csr           []byte `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateCSRResponse) Reset() {
+	*x = CreateCSRResponse{}
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateCSRResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateCSRResponse) ProtoMessage() {}
+
+func (x *CreateCSRResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateCSRResponse.ProtoReflect.Descriptor instead.
+func (*CreateCSRResponse) Descriptor() ([]byte, []int) {
+	return file_mlskey_v1_mlskey_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *CreateCSRResponse) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
 type Credential_X509 struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// DER certificates, end-entity first. Its public key must equal the
@@ -1985,7 +2134,7 @@ type Credential_X509 struct {
 
 func (x *Credential_X509) Reset() {
 	*x = Credential_X509{}
-	mi := &file_mlskey_v1_mlskey_proto_msgTypes[26]
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1997,7 +2146,7 @@ func (x *Credential_X509) String() string {
 func (*Credential_X509) ProtoMessage() {}
 
 func (x *Credential_X509) ProtoReflect() protoreflect.Message {
-	mi := &file_mlskey_v1_mlskey_proto_msgTypes[26]
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2175,7 +2324,19 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\x0fcredential_blob\x18\x03 \x01(\fR\x0ecredentialBlob\x12\x16\n" +
 	"\x06secret\x18\x04 \x01(\fR\x06secret\"9\n" +
 	"\x1aActivateCredentialResponse\x12\x1b\n" +
-	"\tcert_info\x18\x01 \x01(\fR\bcertInfo*l\n" +
+	"\tcert_info\x18\x01 \x01(\fR\bcertInfo\"\x93\x02\n" +
+	"\x10CreateCSRRequest\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x1f\n" +
+	"\vcommon_name\x18\x02 \x01(\tR\n" +
+	"commonName\x12\"\n" +
+	"\forganization\x18\x03 \x03(\tR\forganization\x12/\n" +
+	"\x13organizational_unit\x18\x04 \x03(\tR\x12organizationalUnit\x12\x18\n" +
+	"\acountry\x18\x05 \x03(\tR\acountry\x12\x1b\n" +
+	"\tdns_names\x18\x06 \x03(\tR\bdnsNames\x12'\n" +
+	"\x0femail_addresses\x18\a \x03(\tR\x0eemailAddresses\x12\x12\n" +
+	"\x04uris\x18\b \x03(\tR\x04uris\"%\n" +
+	"\x11CreateCSRResponse\x12\x10\n" +
+	"\x03csr\x18\x01 \x01(\fR\x03csr*l\n" +
 	"\aKeyRole\x12\x18\n" +
 	"\x14KEY_ROLE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12KEY_ROLE_SIGNATURE\x10\x01\x12\x11\n" +
@@ -2191,7 +2352,7 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\x16PROTECTION_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13PROTECTION_HARDWARE\x10\x01\x12\x16\n" +
 	"\x12PROTECTION_WRAPPED\x10\x02\x12\x15\n" +
-	"\x11PROTECTION_SEALED\x10\x032\xd7\x06\n" +
+	"\x11PROTECTION_SEALED\x10\x032\x9f\a\n" +
 	"\n" +
 	"KeyService\x12@\n" +
 	"\aGetInfo\x12\x19.mlskey.v1.GetInfoRequest\x1a\x1a.mlskey.v1.GetInfoResponse\x12J\n" +
@@ -2204,7 +2365,8 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\vOpenWelcome\x12\x1d.mlskey.v1.OpenWelcomeRequest\x1a\x1e.mlskey.v1.OpenWelcomeResponse\x12[\n" +
 	"\x10DecryptWithLabel\x12\".mlskey.v1.DecryptWithLabelRequest\x1a#.mlskey.v1.DecryptWithLabelResponse\x12F\n" +
 	"\tAttestKey\x12\x1b.mlskey.v1.AttestKeyRequest\x1a\x1c.mlskey.v1.AttestKeyResponse\x12a\n" +
-	"\x12ActivateCredential\x12$.mlskey.v1.ActivateCredentialRequest\x1a%.mlskey.v1.ActivateCredentialResponseB5Z3github.com/mlskeyd/mlskeyd/proto/mlskey/v1;mlskeyv1b\x06proto3"
+	"\x12ActivateCredential\x12$.mlskey.v1.ActivateCredentialRequest\x1a%.mlskey.v1.ActivateCredentialResponse\x12F\n" +
+	"\tCreateCSR\x12\x1b.mlskey.v1.CreateCSRRequest\x1a\x1c.mlskey.v1.CreateCSRResponseB5Z3github.com/mlskeyd/mlskeyd/proto/mlskey/v1;mlskeyv1b\x06proto3"
 
 var (
 	file_mlskey_v1_mlskey_proto_rawDescOnce sync.Once
@@ -2219,7 +2381,7 @@ func file_mlskey_v1_mlskey_proto_rawDescGZIP() []byte {
 }
 
 var file_mlskey_v1_mlskey_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_mlskey_v1_mlskey_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_mlskey_v1_mlskey_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_mlskey_v1_mlskey_proto_goTypes = []any{
 	(KeyRole)(0),                       // 0: mlskey.v1.KeyRole
 	(KeyState)(0),                      // 1: mlskey.v1.KeyState
@@ -2250,16 +2412,18 @@ var file_mlskey_v1_mlskey_proto_goTypes = []any{
 	(*AttestKeyResponse)(nil),          // 26: mlskey.v1.AttestKeyResponse
 	(*ActivateCredentialRequest)(nil),  // 27: mlskey.v1.ActivateCredentialRequest
 	(*ActivateCredentialResponse)(nil), // 28: mlskey.v1.ActivateCredentialResponse
-	(*Credential_X509)(nil),            // 29: mlskey.v1.Credential.X509
-	(*timestamppb.Timestamp)(nil),      // 30: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),        // 31: google.protobuf.Duration
+	(*CreateCSRRequest)(nil),           // 29: mlskey.v1.CreateCSRRequest
+	(*CreateCSRResponse)(nil),          // 30: mlskey.v1.CreateCSRResponse
+	(*Credential_X509)(nil),            // 31: mlskey.v1.Credential.X509
+	(*timestamppb.Timestamp)(nil),      // 32: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),        // 33: google.protobuf.Duration
 }
 var file_mlskey_v1_mlskey_proto_depIdxs = []int32{
 	0,  // 0: mlskey.v1.Key.role:type_name -> mlskey.v1.KeyRole
 	2,  // 1: mlskey.v1.Key.protection:type_name -> mlskey.v1.Protection
 	1,  // 2: mlskey.v1.Key.state:type_name -> mlskey.v1.KeyState
-	30, // 3: mlskey.v1.Key.created_at:type_name -> google.protobuf.Timestamp
-	30, // 4: mlskey.v1.Key.retired_at:type_name -> google.protobuf.Timestamp
+	32, // 3: mlskey.v1.Key.created_at:type_name -> google.protobuf.Timestamp
+	32, // 4: mlskey.v1.Key.retired_at:type_name -> google.protobuf.Timestamp
 	2,  // 5: mlskey.v1.SuiteSupport.signature:type_name -> mlskey.v1.Protection
 	2,  // 6: mlskey.v1.SuiteSupport.init:type_name -> mlskey.v1.Protection
 	2,  // 7: mlskey.v1.SuiteSupport.leaf_encryption:type_name -> mlskey.v1.Protection
@@ -2267,11 +2431,11 @@ var file_mlskey_v1_mlskey_proto_depIdxs = []int32{
 	0,  // 9: mlskey.v1.ListKeysRequest.role:type_name -> mlskey.v1.KeyRole
 	1,  // 10: mlskey.v1.ListKeysRequest.state:type_name -> mlskey.v1.KeyState
 	3,  // 11: mlskey.v1.ListKeysResponse.keys:type_name -> mlskey.v1.Key
-	29, // 12: mlskey.v1.Credential.x509:type_name -> mlskey.v1.Credential.X509
+	31, // 12: mlskey.v1.Credential.x509:type_name -> mlskey.v1.Credential.X509
 	14, // 13: mlskey.v1.CreateKeyPackagesRequest.credential:type_name -> mlskey.v1.Credential
 	15, // 14: mlskey.v1.CreateKeyPackagesRequest.leaf_extensions:type_name -> mlskey.v1.Extension
 	15, // 15: mlskey.v1.CreateKeyPackagesRequest.key_package_extensions:type_name -> mlskey.v1.Extension
-	31, // 16: mlskey.v1.CreateKeyPackagesRequest.lifetime:type_name -> google.protobuf.Duration
+	33, // 16: mlskey.v1.CreateKeyPackagesRequest.lifetime:type_name -> google.protobuf.Duration
 	3,  // 17: mlskey.v1.CreateKeyPackagesResponse.signature_key:type_name -> mlskey.v1.Key
 	17, // 18: mlskey.v1.CreateKeyPackagesResponse.key_packages:type_name -> mlskey.v1.CreatedKeyPackage
 	20, // 19: mlskey.v1.GroupSecrets.psks:type_name -> mlskey.v1.PreSharedKeyID
@@ -2287,19 +2451,21 @@ var file_mlskey_v1_mlskey_proto_depIdxs = []int32{
 	23, // 29: mlskey.v1.KeyService.DecryptWithLabel:input_type -> mlskey.v1.DecryptWithLabelRequest
 	25, // 30: mlskey.v1.KeyService.AttestKey:input_type -> mlskey.v1.AttestKeyRequest
 	27, // 31: mlskey.v1.KeyService.ActivateCredential:input_type -> mlskey.v1.ActivateCredentialRequest
-	6,  // 32: mlskey.v1.KeyService.GetInfo:output_type -> mlskey.v1.GetInfoResponse
-	3,  // 33: mlskey.v1.KeyService.CreateSignatureKey:output_type -> mlskey.v1.Key
-	3,  // 34: mlskey.v1.KeyService.GetKey:output_type -> mlskey.v1.Key
-	10, // 35: mlskey.v1.KeyService.ListKeys:output_type -> mlskey.v1.ListKeysResponse
-	3,  // 36: mlskey.v1.KeyService.DeleteKey:output_type -> mlskey.v1.Key
-	13, // 37: mlskey.v1.KeyService.SignWithLabel:output_type -> mlskey.v1.SignWithLabelResponse
-	18, // 38: mlskey.v1.KeyService.CreateKeyPackages:output_type -> mlskey.v1.CreateKeyPackagesResponse
-	22, // 39: mlskey.v1.KeyService.OpenWelcome:output_type -> mlskey.v1.OpenWelcomeResponse
-	24, // 40: mlskey.v1.KeyService.DecryptWithLabel:output_type -> mlskey.v1.DecryptWithLabelResponse
-	26, // 41: mlskey.v1.KeyService.AttestKey:output_type -> mlskey.v1.AttestKeyResponse
-	28, // 42: mlskey.v1.KeyService.ActivateCredential:output_type -> mlskey.v1.ActivateCredentialResponse
-	32, // [32:43] is the sub-list for method output_type
-	21, // [21:32] is the sub-list for method input_type
+	29, // 32: mlskey.v1.KeyService.CreateCSR:input_type -> mlskey.v1.CreateCSRRequest
+	6,  // 33: mlskey.v1.KeyService.GetInfo:output_type -> mlskey.v1.GetInfoResponse
+	3,  // 34: mlskey.v1.KeyService.CreateSignatureKey:output_type -> mlskey.v1.Key
+	3,  // 35: mlskey.v1.KeyService.GetKey:output_type -> mlskey.v1.Key
+	10, // 36: mlskey.v1.KeyService.ListKeys:output_type -> mlskey.v1.ListKeysResponse
+	3,  // 37: mlskey.v1.KeyService.DeleteKey:output_type -> mlskey.v1.Key
+	13, // 38: mlskey.v1.KeyService.SignWithLabel:output_type -> mlskey.v1.SignWithLabelResponse
+	18, // 39: mlskey.v1.KeyService.CreateKeyPackages:output_type -> mlskey.v1.CreateKeyPackagesResponse
+	22, // 40: mlskey.v1.KeyService.OpenWelcome:output_type -> mlskey.v1.OpenWelcomeResponse
+	24, // 41: mlskey.v1.KeyService.DecryptWithLabel:output_type -> mlskey.v1.DecryptWithLabelResponse
+	26, // 42: mlskey.v1.KeyService.AttestKey:output_type -> mlskey.v1.AttestKeyResponse
+	28, // 43: mlskey.v1.KeyService.ActivateCredential:output_type -> mlskey.v1.ActivateCredentialResponse
+	30, // 44: mlskey.v1.KeyService.CreateCSR:output_type -> mlskey.v1.CreateCSRResponse
+	33, // [33:45] is the sub-list for method output_type
+	21, // [21:33] is the sub-list for method input_type
 	21, // [21:21] is the sub-list for extension type_name
 	21, // [21:21] is the sub-list for extension extendee
 	0,  // [0:21] is the sub-list for field type_name
@@ -2323,7 +2489,7 @@ func file_mlskey_v1_mlskey_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mlskey_v1_mlskey_proto_rawDesc), len(file_mlskey_v1_mlskey_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   27,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
