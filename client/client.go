@@ -62,8 +62,8 @@ type Client struct {
 // Like grpc.NewClient, Dial does not wait for the daemon: a missing or
 // unreachable daemon shows up as codes.Unavailable on the first call. ctx is
 // only checked for cancellation. opts are appended to the defaults
-// (insecure transport credentials and a 64 MiB receive limit), so they can
-// override them.
+// (insecure transport credentials, a 64 MiB receive limit and TypedErrors),
+// so they can override them; CallTimeout bounds calls without a deadline.
 func Dial(ctx context.Context, socket string, opts ...grpc.DialOption) (*Client, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -81,6 +81,7 @@ func Dial(ctx context.Context, socket string, opts ...grpc.DialOption) (*Client,
 	all := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMsgSize)),
+		TypedErrors(),
 	}
 	all = append(all, opts...)
 	conn, err := grpc.NewClient(target, all...)
