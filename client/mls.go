@@ -38,6 +38,9 @@ type KeyPackageOptions struct {
 	// Count is 1..1000; 0 means 1.
 	Count      int
 	LastResort bool
+	// NoGrease leaves out the GREASE values the daemon otherwise adds to
+	// the capabilities (RFC 9420 §13.5).
+	NoGrease bool
 }
 
 // KeyPackage is one KeyPackage the daemon created.
@@ -88,6 +91,7 @@ func (c *Client) CreateMLSKeyPackages(ctx context.Context, o KeyPackageOptions) 
 		KeyPackageExtensions: extensions(o.KeyPackageExtensions),
 		Count:                uint32(count),
 		LastResort:           o.LastResort,
+		NoGrease:             o.NoGrease,
 	}
 	for _, s := range o.CipherSuites {
 		if s != suite {

@@ -39,6 +39,9 @@ type Policy struct {
 	StrictContent *bool `json:"strict_content,omitempty"`
 	// Keys holds per-key rules, by key id.
 	Keys map[string]KeyPolicy `json:"keys,omitempty"`
+	// KeyPackageDefaults is the capabilities profile added to every
+	// CreateKeyPackages request.
+	KeyPackageDefaults KeyPackageDefaults `json:"keypackage_defaults,omitzero"`
 }
 
 // KeyPolicy narrows the global policy for one key.
@@ -145,7 +148,7 @@ func (p *Policy) Check() error {
 	if p.MaxOutstandingKeyPackages < 0 || p.RateLimit.PerSecond < 0 || p.RateLimit.Burst < 0 {
 		return fmt.Errorf("policy: limits must not be negative")
 	}
-	return nil
+	return p.KeyPackageDefaults.check()
 }
 
 // KeystoreMinProtection converts MinProtection for keystore.Options.

@@ -533,7 +533,7 @@ func (s *Service) CreateKeyPackages(ctx context.Context, req *pb.CreateKeyPackag
 			EncryptionKey:  leafRec.PublicKey,
 			SignatureKey:   sigRec.PublicKey,
 			Credential:     cred,
-			Capabilities:   caps,
+			Capabilities:   s.capabilitiesFor(req, caps),
 			LeafExtensions: leafExt,
 			Extensions:     kpExt,
 			Lifetime:       lt,

@@ -50,6 +50,7 @@ func (c *cli) keyPackageCreate(args []string) error {
 		lastResort                   bool
 		lifetime                     lifetimeFlag
 		owner                        ownerFlag
+		caps                         capabilityFlags
 	)
 	fs := c.newFlagSet("keypackage create", "--suite S (--identity NAME | --x509-chain FILE) [flags]", `Create KeyPackages, each with a fresh init key and a fresh leaf encryption
 key, signed in the daemon by a new or an existing signature key.
@@ -68,6 +69,7 @@ MLSMessage), bytes in hex.`, func(fs *flag.FlagSet) {
 		fs.BoolVar(&lastResort, "last-resort", false, "mark the KeyPackages last-resort: opening a Welcome does not\nconsume their init keys")
 		fs.Var(&lifetime, "lifetime", "validity from now, a Go `duration` or days like 90d\n(default: the daemon's, 90 days)")
 		fs.StringVar(&out, "out", "", "write the KeyPackages, MLSMessage encodings concatenated, to `FILE`\n(\"-\": stdout, instead of the text lines)")
+		caps.register(fs)
 	})
 	if err := c.parseNoArgs(fs, args); err != nil {
 		return err
@@ -115,6 +117,7 @@ MLSMessage), bytes in hex.`, func(fs *flag.FlagSet) {
 			LastResort:     lastResort,
 			OwnerUid:       owner.uid,
 		}
+		caps.apply(req)
 		if lifetime > 0 {
 			req.Lifetime = durationpb.New(time.Duration(lifetime))
 		}

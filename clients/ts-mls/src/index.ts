@@ -240,6 +240,8 @@ export interface CreateKeyPackageOptions {
   lastResort?: boolean;
   /** Sign with this existing daemon signature key (default: a new one). */
   signatureKeyId?: string;
+  /** false leaves out the GREASE values the daemon adds by default (RFC 9420 §13.5). */
+  grease?: boolean;
 }
 
 /** A KeyPackage made by the daemon, in the shapes ts-mls uses. */
@@ -372,6 +374,7 @@ export class MlskeydClient {
       extra_credentials: (caps.credentials ?? []).map((c) => credentialTypeIds[c] ?? Number(c)),
       count: 1,
       last_resort: o.lastResort ?? false,
+      no_grease: o.grease === false,
     };
     if (o.lifetimeSeconds !== undefined) req.lifetime = { seconds: String(Math.floor(o.lifetimeSeconds)), nanos: 0 };
     const r = await this.call("CreateKeyPackages", req);

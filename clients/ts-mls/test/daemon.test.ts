@@ -2,6 +2,18 @@
 import { after, before, describe, test } from "node:test";
 import assert from "node:assert/strict";
 
+import {
+  createCommit,
+  createGroup,
+  decodeMlsMessage,
+  defaultCapabilities,
+  defaultLifetime,
+  encodeRequiredCapabilities,
+  generateKeyPackage,
+  getCiphersuiteFromName,
+  getCiphersuiteImpl,
+} from "ts-mls";
+
 import { ConsumedError, NotFoundError, decodeHandle, isHandle } from "../src/index.js";
 import { runConversation } from "../examples/conversation.js";
 import { skipReason, startDaemon, type Daemon } from "./daemons.js";
@@ -67,5 +79,33 @@ describe("with mlskeyd", { skip }, () => {
       r.bobClient.close();
       r.carolClient?.close();
     }
+  });
+
+  // A group whose required_capabilities demand X.509 support accepts the
+  // daemon's KeyPackage only when it lists x509 among its credential types,
+  // which keypackage create --credential-types does.
+  test("required_capabilities: --credential-types basic,x509 is accepted, the default refused", async () => {
+    const suite = "MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519" as const;
+    const cs = await getCiphersuiteImpl(getCiphersuiteFromName(suite));
+    const kpFrom = (...flags: string[]) => {
+      const out = d1.ctl("keypackage", "create", "--suite", "1", "--identity", "bob", "--json", ...flags);
+      assert.equal(out.status, 0, out.stderr);
+      const m = decodeMlsMessage(new Uint8Array(Buffer.from(JSON.parse(out.stdout)[0].key_package, "hex")), 0);
+      assert.ok(m !== undefined && m[0].wireformat === "mls_key_package");
+      return m[0].keyPackage;
+    };
+    const addTo = async (keyPackage: ReturnType<typeof kpFrom>) => {
+      const alice = await generateKeyPackage({ credentialType: "basic", identity: new TextEncoder().encode("alice") }, defaultCapabilities(), defaultLifetime, [], cs);
+      const required = { extensionType: "required_capabilities" as const, extensionData: encodeRequiredCapabilities({ extensionTypes: [], proposalTypes: [], credentialTypes: ["x509"] }) };
+      const state = await createGroup(crypto.getRandomValues(new Uint8Array(16)), alice.publicPackage, alice.privatePackage, [required], cs);
+      return createCommit({ state, cipherSuite: cs }, { extraProposals: [{ proposalType: "add", add: { keyPackage } }], ratchetTreeExtension: true });
+    };
+    const withX509 = kpFrom("--credential-types", "basic,x509");
+    assert.ok(withX509.leafNode.capabilities.credentials.includes("x509"));
+    const r = await addTo(withX509);
+    assert.ok(r.welcome !== undefined);
+    const basicOnly = kpFrom();
+    assert.ok(!basicOnly.leafNode.capabilities.credentials.includes("x509"));
+    await assert.rejects(addTo(basicOnly), /capabilit/i);
   });
 });

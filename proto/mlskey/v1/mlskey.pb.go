@@ -1047,7 +1047,11 @@ type CreateKeyPackagesRequest struct {
 	// not consumed by OpenWelcome.
 	LastResort bool `protobuf:"varint,12,opt,name=last_resort,json=lastResort,proto3" json:"last_resort,omitempty"`
 	// Admins only: create the keys for this uid instead of the caller.
-	OwnerUid      *uint32 `protobuf:"varint,13,opt,name=owner_uid,json=ownerUid,proto3,oneof" json:"owner_uid,omitempty"`
+	OwnerUid *uint32 `protobuf:"varint,13,opt,name=owner_uid,json=ownerUid,proto3,oneof" json:"owner_uid,omitempty"`
+	// By default the daemon adds GREASE values (RFC 9420 §13.5) to the
+	// capabilities' credentials, extensions and proposals, as engines do so
+	// peers keep ignoring unknown values; true leaves them out.
+	NoGrease      bool `protobuf:"varint,14,opt,name=no_grease,json=noGrease,proto3" json:"no_grease,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1171,6 +1175,13 @@ func (x *CreateKeyPackagesRequest) GetOwnerUid() uint32 {
 		return *x.OwnerUid
 	}
 	return 0
+}
+
+func (x *CreateKeyPackagesRequest) GetNoGrease() bool {
+	if x != nil {
+		return x.NoGrease
+	}
+	return false
 }
 
 type CreatedKeyPackage struct {
@@ -2241,7 +2252,7 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"credential\"3\n" +
 	"\tExtension\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\rR\x04type\x12\x12\n" +
-	"\x04data\x18\x02 \x01(\fR\x04data\"\xf8\x04\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"\x95\x05\n" +
 	"\x18CreateKeyPackagesRequest\x12!\n" +
 	"\fcipher_suite\x18\x01 \x01(\rR\vcipherSuite\x12(\n" +
 	"\x10signature_key_id\x18\x02 \x01(\tR\x0esignatureKeyId\x125\n" +
@@ -2259,7 +2270,8 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\x05count\x18\v \x01(\rR\x05count\x12\x1f\n" +
 	"\vlast_resort\x18\f \x01(\bR\n" +
 	"lastResort\x12 \n" +
-	"\towner_uid\x18\r \x01(\rH\x00R\bownerUid\x88\x01\x01B\f\n" +
+	"\towner_uid\x18\r \x01(\rH\x00R\bownerUid\x88\x01\x01\x12\x1b\n" +
+	"\tno_grease\x18\x0e \x01(\bR\bnoGreaseB\f\n" +
 	"\n" +
 	"_owner_uid\"\xb1\x01\n" +
 	"\x11CreatedKeyPackage\x12\x1f\n" +
