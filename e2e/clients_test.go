@@ -240,4 +240,16 @@ func TestKeyCSRCommand(t *testing.T) {
 			t.Errorf("key csr %v: exit %d %q, want exit %d with %q", tc.args, code, errOut, tc.code, tc.want)
 		}
 	}
+
+	// Each request is audited with its key, as the label CSR.
+	d.stop()
+	signed := 0
+	for _, r := range readAudit(t, filepath.Join(d.state, "audit.log")) {
+		if r.Operation == "CreateCSR" && r.Label == "CSR" && r.KeyID != "" && r.Outcome == "ok" {
+			signed++
+		}
+	}
+	if signed != 3 {
+		t.Errorf("%d audited CSRs, want 3", signed)
+	}
 }
