@@ -185,6 +185,10 @@ export async function runConversation(o: ConversationOptions): Promise<Conversat
   epoch = await commit("Bob");
   const afterBobCommit = snap(bobClient);
   log(`Bob: committed an update with a path; epoch ${epoch}. Alice decrypted his path secret; the daemon signed it (sign calls so far: ${afterBobCommit.sign})`);
+  // Bob's new leaf key replaced the daemon's: the old one decrypts nothing
+  // any more, so it is destroyed (forward secrecy).
+  await bobClient.deleteKey(bob.leafEncryptionKeyId);
+  log(`Bob: his KeyPackage leaf key ${bob.leafEncryptionKeyId} is replaced; destroyed in the daemon`);
 
   await say("Alice", "still hearing you after your update");
   await say("Bob", "and you after yours");

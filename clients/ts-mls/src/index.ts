@@ -342,6 +342,15 @@ export class MlskeydClient {
   }
 
   /**
+   * Destroys a key in the device. An engine deletes its KeyPackage's leaf
+   * encryption key once its own first commit has replaced that leaf
+   * (RFC 9420 §9.2's deletion schedule applies to the device too).
+   */
+  async deleteKey(id: string): Promise<any> {
+    return this.call("DeleteKey", { id });
+  }
+
+  /**
    * Has the daemon create a KeyPackage: init key, leaf encryption key and
    * (unless signatureKeyId is given) signature key are all made in the
    * device. The private package holds handles only.

@@ -58,6 +58,8 @@ describe("with mlskeyd", { skip }, () => {
         // The daemon consumed Bob's init key: the Welcome does not open twice.
         const init = await r.bobClient.getKey(r.bob.initKeyId);
         assert.equal(init.state, "KEY_STATE_CONSUMED");
+        // Replaced by Bob's own commit, his KeyPackage leaf key is gone too.
+        assert.equal((await r.bobClient.getKey(r.bob.leafEncryptionKeyId)).state, "KEY_STATE_DESTROYED");
         await assert.rejects(r.bobClient.openWelcome(r.welcome), ConsumedError);
       } finally {
         r.bobClient.close();
