@@ -48,10 +48,11 @@ type Options struct {
 // Service implements mlskey.v1.KeyService over a keystore.
 type Service struct {
 	pb.UnimplementedKeyServiceServer
-	store *keystore.Store
-	opts  Options
-	log   *slog.Logger
-	limit *limiter
+	store  *keystore.Store
+	opts   Options
+	log    *slog.Logger
+	limit  *limiter
+	owners *ownerLocks
 }
 
 // NewService returns the KeyService for store.
@@ -77,7 +78,7 @@ func NewService(store *keystore.Store, opts Options) *Service {
 	// A maximum below the default lowers the default with it.
 	opts.DefaultLifetime = min(opts.DefaultLifetime, opts.MaxLifetime)
 	return &Service{store: store, opts: opts, log: opts.Logger,
-		limit: &limiter{rate: opts.Policy.RateLimit, now: opts.Now}}
+		limit: &limiter{rate: opts.Policy.RateLimit, now: opts.Now}, owners: newOwnerLocks()}
 }
 
 func lookupSuite(field string, id uint32) (*mls.Suite, error) {
@@ -127,6 +128,12 @@ func (s *Service) GetInfo(ctx context.Context, _ *pb.GetInfoRequest) (*pb.GetInf
 		return protectionToPB[p]
 	}
 	for _, su := range mls.Suites() {
+		// A suite the policy forbids is listed, so callers learn why it
+		// cannot be used, but with no role available.
+		if !s.opts.Policy.suiteAllowed(uint16(su.ID)) {
+			resp.Suites = append(resp.Suites, &pb.SuiteSupport{CipherSuite: uint32(su.ID), Name: su.Name, RefusedByPolicy: true})
+			continue
+		}
 		resp.Suites = append(resp.Suites, &pb.SuiteSupport{
 			CipherSuite:    uint32(su.ID),
 			Name:           su.Name,
@@ -470,19 +477,17 @@ func (s *Service) CreateKeyPackages(ctx context.Context, req *pb.CreateKeyPackag
 	if err != nil {
 		return nil, err
 	}
-	if max := s.opts.Policy.MaxOutstandingKeyPackages; max > 0 && !req.GetLastResort() {
-		have, err := s.store.Count(keystore.Filter{Role: keystore.RoleInit, State: keystore.StateActive, Owner: own},
-			func(r *keystore.Record) bool { return !r.LastResort })
-		if err != nil {
-			return nil, statusOf("catalog", err)
-		}
-		if have+n > max {
-			return nil, status.Errorf(codes.ResourceExhausted, "count: %s has %d unused KeyPackages; %d more would pass the policy's maximum of %d", own, have, n, max)
-		}
+	// The count of outstanding KeyPackages and the commit of new ones
+	// happen under the owner's lock: concurrent requests could otherwise
+	// each see room for their batch and together pass the maximum.
+	unlock, err := s.owners.lock(ctx, own)
+	if err != nil {
+		return nil, statusOf("count", err)
 	}
-	batch := s.store.NewBatch()
-	defer batch.Abort(ctx)
-	var specs []keystore.KeySpec
+	defer unlock()
+	if err := s.checkOutstanding(own, n, req.GetLastResort()); err != nil {
+		return nil, err
+	}
 	var sigRec *keystore.Record
 	if id := req.GetSignatureKeyId(); id != "" {
 		r, _, err := s.key(ctx, "signature_key_id", id)
@@ -499,7 +504,27 @@ func (s *Service) CreateKeyPackages(ctx context.Context, req *pb.CreateKeyPackag
 		if sigRec.Suite != uint16(su.ID) {
 			return nil, invalid("signature_key_id", "key %s is for cipher suite 0x%04x, not 0x%04x", id, sigRec.Suite, uint16(su.ID))
 		}
-	} else {
+	}
+	// The signature key signs a LeafNodeTBS and a KeyPackageTBS for every
+	// KeyPackage, so both labels must be allowed for it (for a new key, by
+	// the role's list) exactly as if it were asked through SignWithLabel.
+	policyKey := sigRec
+	if policyKey == nil {
+		policyKey = &keystore.Record{Role: keystore.RoleSignature}
+	}
+	for _, l := range []string{mls.LabelLeafNodeTBS, mls.LabelKeyPackageTBS} {
+		if !s.opts.Policy.labelAllowed(policyKey, l) {
+			what := "new signature keys"
+			if sigRec != nil {
+				what = "key " + sigRec.ID
+			}
+			return nil, status.Errorf(codes.PermissionDenied, "signature_key_id: policy does not allow %q for %s, and a KeyPackage needs it", l, what)
+		}
+	}
+	batch := s.store.NewBatch()
+	defer batch.Abort(ctx)
+	var specs []keystore.KeySpec
+	if sigRec == nil {
 		specs = append(specs, keystore.KeySpec{Role: keystore.RoleSignature, Suite: uint16(su.ID),
 			Algorithm: keystore.Algorithm(su.SignatureAlgorithm), Owner: own})
 	}
@@ -565,6 +590,29 @@ func (s *Service) CreateKeyPackages(ctx context.Context, req *pb.CreateKeyPackag
 	}
 	resp.SignatureKey = keyToPB(sigRec)
 	return resp, nil
+}
+
+// checkOutstanding applies the policy's bounds on unused KeyPackages: the
+// ordinary ones, and the last-resort ones against their own, small limit
+// (they are reusable, so a client needs one per suite, not dozens). The
+// caller holds the owner's lock.
+func (s *Service) checkOutstanding(own string, n int, lastResort bool) error {
+	max, kind := s.opts.Policy.MaxOutstandingKeyPackages, "unused KeyPackages"
+	if lastResort {
+		max, kind = s.opts.Policy.lastResortLimit(), "unused last-resort KeyPackages"
+	}
+	if max <= 0 {
+		return nil
+	}
+	have, err := s.store.Count(keystore.Filter{Role: keystore.RoleInit, State: keystore.StateActive, Owner: own},
+		func(r *keystore.Record) bool { return r.LastResort == lastResort })
+	if err != nil {
+		return statusOf("catalog", err)
+	}
+	if have+n > max {
+		return status.Errorf(codes.ResourceExhausted, "count: %s has %d %s; %d more would pass the policy's maximum of %d", own, have, kind, n, max)
+	}
+	return nil
 }
 
 func (s *Service) credential(c *pb.Credential) (mls.Credential, error) {
