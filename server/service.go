@@ -26,6 +26,19 @@ const (
 	MaxCertChainSize  = 64 << 10
 	MaxExtensionsSize = 64 << 10
 	MaxKeyPackages    = 1000
+	// MaxRequestSize is the gRPC receive limit: the largest field (a
+	// Welcome) with room for the rest of its message. A larger request is
+	// refused by gRPC before it reaches a handler, so clients should check
+	// their inputs against the field limits first (mlskeyctl does).
+	MaxRequestSize = MaxWelcomeSize + 64<<10
+	// MaxResponseSize bounds a response, CreateKeyPackages' in particular
+	// (its size is checked before any key is made); it is the gRPC send
+	// limit and a quarter of the Go client's receive limit.
+	MaxResponseSize = 16 << 20
+	// MaxStreamsPerConn bounds concurrent calls on one connection, and
+	// MaxInFlightPerUID those of one uid over all its connections.
+	MaxStreamsPerConn = 16
+	MaxInFlightPerUID = 32
 	maxKeyIDLen       = 64
 	defaultPageSize   = 100
 	maxPageSize       = 1000
@@ -48,11 +61,12 @@ type Options struct {
 // Service implements mlskey.v1.KeyService over a keystore.
 type Service struct {
 	pb.UnimplementedKeyServiceServer
-	store  *keystore.Store
-	opts   Options
-	log    *slog.Logger
-	limit  *limiter
-	owners *ownerLocks
+	store    *keystore.Store
+	opts     Options
+	log      *slog.Logger
+	limit    *limiter
+	owners   *ownerLocks
+	inflight *inflight
 }
 
 // NewService returns the KeyService for store.
@@ -78,7 +92,8 @@ func NewService(store *keystore.Store, opts Options) *Service {
 	// A maximum below the default lowers the default with it.
 	opts.DefaultLifetime = min(opts.DefaultLifetime, opts.MaxLifetime)
 	return &Service{store: store, opts: opts, log: opts.Logger,
-		limit: &limiter{rate: opts.Policy.RateLimit, now: opts.Now}, owners: newOwnerLocks()}
+		limit: &limiter{rate: opts.Policy.RateLimit, now: opts.Now}, owners: newOwnerLocks(),
+		inflight: &inflight{max: MaxInFlightPerUID}}
 }
 
 func lookupSuite(field string, id uint32) (*mls.Suite, error) {
@@ -353,15 +368,21 @@ func (s *Service) OpenWelcome(ctx context.Context, req *pb.OpenWelcomeRequest) (
 	}
 	// The first entry addressed to one of our KeyPackages wins; a Welcome
 	// names each new member once.
+	// All entries are looked up in one catalog transaction: the decoder
+	// caps them at mls.MaxWelcomeSecrets.
+	refs := make([][]byte, len(w.Secrets))
+	for i := range w.Secrets {
+		refs[i] = w.Secrets[i].NewMember
+	}
+	found, err := s.store.ByKeyPackageRefs(refs)
+	if err != nil {
+		return nil, statusOf("welcome", err)
+	}
 	var rec *keystore.Record
 	var entry *mls.EncryptedGroupSecrets
-	for i := range w.Secrets {
-		r, err := s.store.ByKeyPackageRef(w.Secrets[i].NewMember)
-		if errors.Is(err, keystore.ErrNotFound) {
+	for i, r := range found {
+		if r == nil {
 			continue
-		}
-		if err != nil {
-			return nil, statusOf("welcome", err)
 		}
 		if !c.mayUse(r) {
 			noteDenied(ctx, "KeyPackage belongs to "+r.Owner)
@@ -469,6 +490,9 @@ func (s *Service) CreateKeyPackages(ctx context.Context, req *pb.CreateKeyPackag
 	if err != nil {
 		return nil, err
 	}
+	if err := checkResponseSize(n, cred, caps, leafExt, kpExt); err != nil {
+		return nil, err
+	}
 	if cred.Type == mls.CredentialTypeX509 && req.GetSignatureKeyId() == "" {
 		return nil, invalid("credential.x509", "needs signature_key_id: a certificate can only name an existing key")
 	}
@@ -551,6 +575,9 @@ func (s *Service) CreateKeyPackages(ctx context.Context, req *pb.CreateKeyPackag
 	lt := mls.Lifetime{NotBefore: uint64(now.Add(-time.Hour).Unix()), NotAfter: uint64(now.Add(lifetime).Unix())}
 	resp := &pb.CreateKeyPackagesResponse{}
 	for i := range n {
+		if err := ctx.Err(); err != nil {
+			return nil, statusOf("count", err)
+		}
 		initRec, leafRec := recs[2*i], recs[2*i+1]
 		kp, err := mls.NewKeyPackage(mls.KeyPackageParams{
 			Suite:          su.ID,
@@ -646,6 +673,10 @@ func (s *Service) credential(c *pb.Credential) (mls.Credential, error) {
 }
 
 func u16s(field string, vs []uint32) ([]uint16, error) {
+	// Required entries are added to the caller's, so a few places are kept.
+	if len(vs) > mls.MaxCapabilityEntries-8 {
+		return nil, invalid(field, "%d entries, more than %d", len(vs), mls.MaxCapabilityEntries-8)
+	}
 	out := make([]uint16, 0, len(vs))
 	for _, v := range vs {
 		if v > 0xffff {
@@ -674,7 +705,64 @@ func extraCapabilities(req *pb.CreateKeyPackagesRequest) (mls.Capabilities, erro
 	return c, nil
 }
 
+// keyPackageOverhead bounds what a KeyPackage and its response entry hold
+// besides the caller's credential, extensions and capabilities: three
+// public keys (at most 133 bytes each), two signatures (at most 139), the
+// KeyPackageRef, two key ids, the lifetime, the required capabilities and
+// every length prefix and protobuf tag, with room to spare.
+const keyPackageOverhead = 2048
+
+// keyPackageSize is an upper bound of one CreatedKeyPackage's encoded
+// size, from the request alone.
+func keyPackageSize(cred mls.Credential, caps mls.Capabilities, leafExt, kpExt []mls.Extension) int {
+	size := keyPackageOverhead + len(cred.Identity)
+	for _, c := range cred.Certificates {
+		size += len(c) + 4
+	}
+	for _, list := range [][]mls.Extension{leafExt, kpExt} {
+		for _, e := range list {
+			// The type, the data's length prefix, and the type again in
+			// capabilities.extensions.
+			size += len(e.Data) + 8
+		}
+	}
+	size += 2 * (len(caps.CipherSuites) + len(caps.Extensions) + len(caps.Proposals) + len(caps.Credentials))
+	return size
+}
+
+// checkResponseSize refuses, before any key is made, a batch whose
+// response could pass MaxResponseSize: gRPC would refuse to send it, and
+// the keys, made and committed, would reach nobody.
+func checkResponseSize(n int, cred mls.Credential, caps mls.Capabilities, leafExt, kpExt []mls.Extension) error {
+	each := keyPackageSize(cred, caps, leafExt, kpExt)
+	if total := n * each; total+keyPackageOverhead > MaxResponseSize {
+		return invalid("count", "%d KeyPackages of up to %d bytes each (credential %d, extensions %d+%d) make a response of up to %d bytes, over the limit of %d; ask for at most %d",
+			n, each, credSize(cred), extSize(leafExt), extSize(kpExt), total, MaxResponseSize, (MaxResponseSize-keyPackageOverhead)/each)
+	}
+	return nil
+}
+
+func credSize(c mls.Credential) int {
+	n := len(c.Identity)
+	for _, der := range c.Certificates {
+		n += len(der)
+	}
+	return n
+}
+
+func extSize(exts []mls.Extension) int {
+	n := 0
+	for _, e := range exts {
+		n += len(e.Data)
+	}
+	return n
+}
+
 func extensions(field string, in []*pb.Extension) ([]mls.Extension, error) {
+	if len(in) > mls.MaxExtensions-1 {
+		// One place is kept for last_resort_key_package.
+		return nil, invalid(field, "%d extensions, more than %d", len(in), mls.MaxExtensions-1)
+	}
 	var out []mls.Extension
 	total := 0
 	for _, e := range in {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	mlskeyv1 "github.com/mlskeyd/mlskeyd/proto/mlskey/v1"
+	"github.com/mlskeyd/mlskeyd/server"
 )
 
 // These tests run commands in-process against the fake server.
@@ -226,5 +227,20 @@ func TestWelcomeCommand(t *testing.T) {
 	code, _, stderr = runCLI(t, sock, "", "welcome", "open")
 	if code != 1 || stderr != "mlskeyctl: empty Welcome\n" {
 		t.Errorf("empty Welcome: exit %d, stderr %q", code, stderr)
+	}
+}
+
+// An input over the daemon's limit is refused before it is sent, naming
+// the field, not by gRPC's message-size check.
+func TestOversizeInputIsAFieldError(t *testing.T) {
+	_, sock := startFake(t)
+	big := strings.Repeat("x", server.MaxWelcomeSize+1)
+	code, _, stderr := runCLI(t, sock, big, "welcome", "open")
+	if code != 1 || !strings.Contains(stderr, "welcome: more than 4194304 bytes, over the daemon's limit") {
+		t.Errorf("oversize Welcome: exit %d, stderr %q", code, stderr)
+	}
+	code, _, stderr = runCLI(t, sock, strings.Repeat("x", server.MaxContentSize+1), "sign", "--key", "sig-1", "--label", "FramedContentTBS")
+	if code != 1 || !strings.Contains(stderr, "content: more than 1048576 bytes") {
+		t.Errorf("oversize content: exit %d, stderr %q", code, stderr)
 	}
 }
