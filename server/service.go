@@ -5,8 +5,10 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/mlskeyd/mlskeyd/keystore"
@@ -117,6 +119,17 @@ func (s *Service) allowedSuite(field string, id uint32) (*mls.Suite, error) {
 		return nil, status.Errorf(codes.PermissionDenied, "%s: policy does not allow cipher suite 0x%04x", field, id)
 	}
 	return su, nil
+}
+
+// quoteShort quotes a caller's string for an error message, cut to a
+// few dozen bytes: the message goes to the caller, the daemon's log and
+// the audit record.
+func quoteShort(v string) string {
+	const max = 40
+	if len(v) <= max {
+		return fmt.Sprintf("%q", v)
+	}
+	return fmt.Sprintf("%q… (%d bytes)", strings.ToValidUTF8(v[:max], ""), len(v))
 }
 
 func checkKeyID(field, id string) error {
@@ -264,7 +277,7 @@ func (s *Service) SignWithLabel(ctx context.Context, req *pb.SignWithLabelReques
 		return nil, err
 	}
 	if !slices.Contains(mls.SignatureLabels, req.GetLabel()) {
-		return nil, invalid("label", "%q is not an RFC 9420 signature label (want one of %v)", req.GetLabel(), mls.SignatureLabels)
+		return nil, invalid("label", "%s is not an RFC 9420 signature label (want one of %v)", quoteShort(req.GetLabel()), mls.SignatureLabels)
 	}
 	if len(req.GetContent()) > MaxContentSize {
 		return nil, invalid("content", "%d bytes is over the limit of %d", len(req.GetContent()), MaxContentSize)
@@ -301,7 +314,7 @@ func (s *Service) DecryptWithLabel(ctx context.Context, req *pb.DecryptWithLabel
 		return nil, err
 	}
 	if req.GetLabel() != mls.LabelUpdatePathNode {
-		return nil, invalid("label", "%q is not served (only %q; Welcome secrets are opened with OpenWelcome)", req.GetLabel(), mls.LabelUpdatePathNode)
+		return nil, invalid("label", "%s is not served (only %q; Welcome secrets are opened with OpenWelcome)", quoteShort(req.GetLabel()), mls.LabelUpdatePathNode)
 	}
 	if len(req.GetContext()) > MaxCiphertextSize {
 		return nil, invalid("context", "%d bytes is over the limit of %d", len(req.GetContext()), MaxCiphertextSize)

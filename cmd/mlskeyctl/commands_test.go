@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mlskeyd/mlskeyd/audit"
 	mlskeyv1 "github.com/mlskeyd/mlskeyd/proto/mlskey/v1"
 	"github.com/mlskeyd/mlskeyd/server"
 )
@@ -242,5 +243,29 @@ func TestOversizeInputIsAFieldError(t *testing.T) {
 	code, _, stderr = runCLI(t, sock, strings.Repeat("x", server.MaxContentSize+1), "sign", "--key", "sig-1", "--label", "FramedContentTBS")
 	if code != 1 || !strings.Contains(stderr, "content: more than 1048576 bytes") {
 		t.Errorf("oversize content: exit %d, stderr %q", code, stderr)
+	}
+}
+
+// A log pruned by --audit-keep verifies with --from-rotation; without it,
+// the error names the flag, not a Go API.
+func TestAuditVerifyFromRotation(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	l, err := audit.Open(path, audit.Options{Sync: audit.SyncNever, MaxSize: 2000, Keep: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 50 {
+		if err := l.Append(audit.Record{Operation: "SignWithLabel", Outcome: audit.OutcomeOK}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.Close()
+	code, _, stderr := runCLI(t, "", "", "audit", "verify", path)
+	if code != 1 || !strings.Contains(stderr, "--from-rotation") || strings.Contains(stderr, "AllowNonGenesisStart") {
+		t.Errorf("pruned log without --from-rotation: exit %d, %q", code, stderr)
+	}
+	out := mustRun(t, "", "", "audit", "verify", "--from-rotation", path)
+	if !strings.HasPrefix(out, "ok: ") || !strings.Contains(out, "as the log recorded") {
+		t.Errorf("--from-rotation: %q", out)
 	}
 }
