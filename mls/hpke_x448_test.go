@@ -71,3 +71,36 @@ func TestX448AgainstRFC9180Vectors(t *testing.T) {
 		}
 	}
 }
+
+// keepingX448 remembers the shared secrets it hands out.
+type keepingX448 struct {
+	k    *X448PrivateKey
+	gave [][]byte
+}
+
+func (o *keepingX448) X448PublicKey() []byte { return o.k.X448PublicKey() }
+func (o *keepingX448) X448(peer []byte) ([]byte, error) {
+	z, err := o.k.X448(peer)
+	o.gave = append(o.gave, z)
+	return z, err
+}
+
+// The X448 shared secret is wiped once the HPKE context is derived.
+func TestX448SharedSecretWiped(t *testing.T) {
+	s := mustSuite(t, 6)
+	k, err := GenerateX448Key()
+	if err != nil {
+		t.Fatal(err)
+	}
+	kem, ct, err := s.EncryptWithLabel(k.X448PublicKey(), LabelWelcome, []byte("c"), []byte("secret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := &keepingX448{k: k}
+	if pt, err := s.DecryptWithLabel(o, LabelWelcome, []byte("c"), kem, ct); err != nil || string(pt) != "secret" {
+		t.Fatalf("decrypt: %q %v", pt, err)
+	}
+	if len(o.gave) != 1 || !isZero(o.gave[0]) {
+		t.Fatalf("shared secret not wiped: %x", o.gave)
+	}
+}

@@ -207,18 +207,23 @@ func (s *Suite) DecryptGroupInfo(w *Welcome, gs *GroupSecrets, pskSecret []byte)
 	if pskSecret == nil {
 		pskSecret = make([]byte, s.HashSize())
 	}
+	// The intermediate secrets are wiped: the caller gets the joiner
+	// secret and the GroupInfo, nothing derived on the way.
 	member, err := s.Extract(gs.JoinerSecret, pskSecret)
 	if err != nil {
 		return nil, err
 	}
+	defer clear(member)
 	welcomeSecret, err := s.DeriveSecret(member, "welcome")
 	if err != nil {
 		return nil, err
 	}
+	defer clear(welcomeSecret)
 	key, err := s.ExpandWithLabel(welcomeSecret, "key", nil, s.AEADKeySize())
 	if err != nil {
 		return nil, err
 	}
+	defer clear(key)
 	nonce, err := s.ExpandWithLabel(welcomeSecret, "nonce", nil, s.AEADNonceSize())
 	if err != nil {
 		return nil, err
