@@ -514,16 +514,19 @@ func (s *Service) CreateKeyPackages(ctx context.Context, req *pb.CreateKeyPackag
 	if err != nil {
 		return nil, err
 	}
-	// The count of outstanding KeyPackages and the commit of new ones
-	// happen under the owner's lock: concurrent requests could otherwise
-	// each see room for their batch and together pass the maximum.
-	unlock, err := s.owners.lock(ctx, own)
-	if err != nil {
-		return nil, statusOf("count", err)
-	}
-	defer unlock()
-	if err := s.checkOutstanding(own, n, req.GetLastResort()); err != nil {
-		return nil, err
+	// Where the policy bounds outstanding KeyPackages, the count and the
+	// commit of new ones happen under the owner's lock: concurrent
+	// requests could otherwise each see room for their batch and together
+	// pass the maximum.
+	if s.opts.Policy.MaxOutstandingKeyPackages > 0 || s.opts.Policy.lastResortLimit() > 0 {
+		unlock, err := s.owners.lock(ctx, own)
+		if err != nil {
+			return nil, statusOf("count", err)
+		}
+		defer unlock()
+		if err := s.checkOutstanding(own, n, req.GetLastResort()); err != nil {
+			return nil, err
+		}
 	}
 	var sigRec *keystore.Record
 	if id := req.GetSignatureKeyId(); id != "" {
