@@ -269,3 +269,20 @@ func TestAuditVerifyFromRotation(t *testing.T) {
 		t.Errorf("--from-rotation: %q", out)
 	}
 }
+
+// A suite the daemon's policy forbids reads "policy", not as available.
+func TestStatusShowsSuitesRefusedByPolicy(t *testing.T) {
+	var out bytes.Buffer
+	c := &cli{stdout: &out}
+	err := c.printStatus(&mlskeyv1.GetInfoResponse{Backend: "b", Suites: []*mlskeyv1.SuiteSupport{
+		{CipherSuite: 2, Name: "MLS_128_DHKEMP256_AES128GCM_SHA256_P256", RefusedByPolicy: true},
+	}})
+	if err != nil || !strings.Contains(out.String(), "2      MLS_128_DHKEMP256_AES128GCM_SHA256_P256  policy     policy  policy") {
+		t.Errorf("status: %v\n%s", err, out.String())
+	}
+	out.Reset()
+	c.g.json = true
+	if err := c.printStatus(&mlskeyv1.GetInfoResponse{Suites: []*mlskeyv1.SuiteSupport{{CipherSuite: 2, RefusedByPolicy: true}}}); err != nil || !strings.Contains(out.String(), `"refused_by_policy": true`) {
+		t.Errorf("status --json: %v\n%s", err, out.String())
+	}
+}
