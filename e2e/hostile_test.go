@@ -32,7 +32,6 @@ func (d *daemon) peakRSS() string {
 	return "?"
 }
 
-
 func fileSize(path string) int64 {
 	fi, err := os.Stat(path)
 	if err != nil {
