@@ -198,3 +198,27 @@ func TestRequestCostBounded(t *testing.T) {
 		t.Errorf("response of %d bytes, over its estimate of %d", size, est)
 	}
 }
+
+// Extension types used and listed together over the capabilities limit
+// are refused before any key is made.
+func TestCapabilitiesUnionRefusedEarly(t *testing.T) {
+	svc, ctx := policyService(t, Policy{})
+	var extra []uint32
+	for i := range 600 {
+		extra = append(extra, uint32(0x2000+i))
+	}
+	var exts []*pb.Extension
+	for i := range 600 {
+		exts = append(exts, &pb.Extension{Type: uint32(0x3000 + i)})
+	}
+	_, err := svc.CreateKeyPackages(ctx, &pb.CreateKeyPackagesRequest{CipherSuite: 1, Count: 1, Credential: basicCred(),
+		ExtraExtensions: extra, LeafExtensions: exts})
+	wantStatus(t, "1200 extension types", err, codes.InvalidArgument)
+	if msg := status.Convert(err).Message(); !strings.HasPrefix(msg, "extra_extensions: ") {
+		t.Errorf("message %q", msg)
+	}
+	keys, _ := svc.ListKeys(ctx, &pb.ListKeysRequest{})
+	if len(keys.Keys) != 0 {
+		t.Fatalf("a refused request created %d keys", len(keys.Keys))
+	}
+}

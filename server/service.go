@@ -503,6 +503,21 @@ func (s *Service) CreateKeyPackages(ctx context.Context, req *pb.CreateKeyPackag
 	if err != nil {
 		return nil, err
 	}
+	// Every extension type used is also listed in capabilities, so the
+	// union must fit the decoders' limit; checked here, before any key is
+	// made, rather than by NewKeyPackage after.
+	listed := map[uint16]bool{mls.ExtensionLastResort: true}
+	for _, t := range caps.Extensions {
+		listed[t] = true
+	}
+	for _, list := range [][]mls.Extension{leafExt, kpExt} {
+		for _, e := range list {
+			listed[e.Type] = true
+		}
+	}
+	if len(listed) > mls.MaxCapabilityEntries {
+		return nil, invalid("extra_extensions", "with the extensions used, %d extension types would be listed in capabilities, more than %d", len(listed), mls.MaxCapabilityEntries)
+	}
 	if err := checkResponseSize(n, cred, caps, leafExt, kpExt); err != nil {
 		return nil, err
 	}
