@@ -222,7 +222,7 @@ func (b *Batch) Generate(ctx context.Context, specs []KeySpec) ([]*Record, error
 		})
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	if err := aggregate(errs, len(specs)); err != nil {
 		var made []*Record
 		for _, r := range recs {
 			if r != nil {

@@ -52,6 +52,7 @@ func newSettings() *settings {
 	add("admin-gids", "", "comma list of gids whose members are admins", false)
 	add("audit-log", "", "audit log file (default STATE/audit.log)", false)
 	add("audit-max-size", "67108864", "rotate the audit log when it passes this many bytes (0: never); the chain continues in the next file", false)
+	add("audit-keep", "0", "keep this many rotated audit log files, removing older ones at rotation (0: keep all); verify what remains with mlskeyctl audit verify --from-rotation", false)
 	add("audit-fail-closed", "false", "refuse any operation that cannot be written to the audit log", true)
 	add("catalog", "", "key catalog file (default STATE/catalog.db)", false)
 	add("backend", "pkcs11", "device backend: pkcs11 or tpm", false)

@@ -138,6 +138,13 @@ func run(args []string, getenv func(string) string, stderr io.Writer) (err error
 	if err != nil {
 		return err
 	}
+	keep, err := cfg.int("audit-keep")
+	if err != nil {
+		return err
+	}
+	if keep < 0 {
+		return fmt.Errorf("--audit-keep %d: must not be negative", keep)
+	}
 	// Every record is written with one write(2) as the call happens, so a
 	// crash of the daemon loses none. fsync per record, which a machine
 	// crash needs, costs a disk flush on every signature: it is what
@@ -146,7 +153,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) (err error
 	if failClosed {
 		sync = audit.SyncAlways
 	}
-	alog, err := audit.Open(auditPath, audit.Options{Sync: sync, MaxSize: int64(maxSize), OnError: func(err error) { log.Error("audit log rotation", "err", err) }})
+	alog, err := audit.Open(auditPath, audit.Options{Sync: sync, MaxSize: int64(maxSize), Keep: keep, OnError: func(err error) { log.Error("audit log rotation", "err", err) }})
 	if err != nil {
 		return fmt.Errorf("audit log: %w", err)
 	}

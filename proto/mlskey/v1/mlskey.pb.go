@@ -374,8 +374,11 @@ type SuiteSupport struct {
 	Signature      Protection             `protobuf:"varint,3,opt,name=signature,proto3,enum=mlskey.v1.Protection" json:"signature,omitempty"`
 	Init           Protection             `protobuf:"varint,4,opt,name=init,proto3,enum=mlskey.v1.Protection" json:"init,omitempty"`
 	LeafEncryption Protection             `protobuf:"varint,5,opt,name=leaf_encryption,json=leafEncryption,proto3,enum=mlskey.v1.Protection" json:"leaf_encryption,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The policy's allowed_suites excludes this suite: keys cannot be created
+	// for it, whatever the device could do, and the roles read UNSPECIFIED.
+	RefusedByPolicy bool `protobuf:"varint,6,opt,name=refused_by_policy,json=refusedByPolicy,proto3" json:"refused_by_policy,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *SuiteSupport) Reset() {
@@ -441,6 +444,13 @@ func (x *SuiteSupport) GetLeafEncryption() Protection {
 		return x.LeafEncryption
 	}
 	return Protection_PROTECTION_UNSPECIFIED
+}
+
+func (x *SuiteSupport) GetRefusedByPolicy() bool {
+	if x != nil {
+		return x.RefusedByPolicy
+	}
+	return false
 }
 
 type GetInfoResponse struct {
@@ -2057,13 +2067,14 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\n" +
 	"retired_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tretiredAt\x12\x14\n" +
 	"\x05owner\x18\f \x01(\tR\x05owner\"\x10\n" +
-	"\x0eGetInfoRequest\"\xe5\x01\n" +
+	"\x0eGetInfoRequest\"\x91\x02\n" +
 	"\fSuiteSupport\x12!\n" +
 	"\fcipher_suite\x18\x01 \x01(\rR\vcipherSuite\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x123\n" +
 	"\tsignature\x18\x03 \x01(\x0e2\x15.mlskey.v1.ProtectionR\tsignature\x12)\n" +
 	"\x04init\x18\x04 \x01(\x0e2\x15.mlskey.v1.ProtectionR\x04init\x12>\n" +
-	"\x0fleaf_encryption\x18\x05 \x01(\x0e2\x15.mlskey.v1.ProtectionR\x0eleafEncryption\"\x8e\x01\n" +
+	"\x0fleaf_encryption\x18\x05 \x01(\x0e2\x15.mlskey.v1.ProtectionR\x0eleafEncryption\x12*\n" +
+	"\x11refused_by_policy\x18\x06 \x01(\bR\x0frefusedByPolicy\"\x8e\x01\n" +
 	"\x0fGetInfoResponse\x12\x18\n" +
 	"\abackend\x18\x01 \x01(\tR\abackend\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x18\n" +
