@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func env(m map[string]string) func(string) string {
@@ -105,13 +106,16 @@ func TestMinProtection(t *testing.T) {
 func TestDurations(t *testing.T) {
 	s := newSettings()
 	s.byName["keypackage-lifetime"].value = "30d"
-	if d, err := s.duration("keypackage-lifetime"); err != nil || d.Hours() != 720 {
+	if d, err := s.duration("keypackage-lifetime", time.Hour, maxLifetimeBound); err != nil || d.Hours() != 720 {
 		t.Fatalf("30d: %v %v", d, err)
 	}
-	for _, bad := range []string{"-1h", "0", "soon", "0d"} {
+	for _, bad := range []string{"-1h", "0", "soon", "0d", "1ns", "59m", "99999d", "999999999999999999999d"} {
 		s.byName["keypackage-lifetime"].value = bad
-		if _, err := s.duration("keypackage-lifetime"); err == nil {
+		_, err := s.duration("keypackage-lifetime", time.Hour, maxLifetimeBound)
+		if err == nil {
 			t.Errorf("%q accepted", bad)
+		} else if !strings.Contains(err.Error(), "from 1h0m0s to") {
+			t.Errorf("%q: the error does not give the valid range: %v", bad, err)
 		}
 	}
 }
