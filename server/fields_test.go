@@ -106,3 +106,33 @@ func TestLifetimeRange(t *testing.T) {
 		t.Fatalf("refused requests created keys: %d → %d (%v)", len(before.Keys), len(after.Keys), err)
 	}
 }
+
+// TestListKeysOwnerFilter: admins list one owner's keys with owner_uid;
+// others may name only themselves.
+func TestListKeysOwnerFilter(t *testing.T) {
+	e := env(t)
+	admin := NewService(e.svc.store, Options{Access: Access{AdminUIDs: []uint32{0}}})
+	other := uint32(4242)
+	k, err := admin.CreateSignatureKey(e.ctx, &pb.CreateSignatureKeyRequest{CipherSuite: 1, OwnerUid: &other})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := admin.ListKeys(e.ctx, &pb.ListKeysRequest{OwnerUid: &other})
+	if err != nil || len(resp.Keys) != 1 || resp.Keys[0].Id != k.Id {
+		t.Fatalf("admin, owner_uid %d: %v %v", other, resp, err)
+	}
+	all, err := admin.ListKeys(e.ctx, &pb.ListKeysRequest{PageSize: 1000})
+	if err != nil || len(all.Keys) < 2 {
+		t.Fatalf("admin, no filter: %v %v", all, err)
+	}
+	// uid 0 is no admin of e.svc: its own keys only, and no one else's.
+	self := uint32(0)
+	mine, err := e.svc.ListKeys(e.ctx, &pb.ListKeysRequest{OwnerUid: &self, PageSize: 1000})
+	if err != nil || len(mine.Keys) != len(all.Keys)-1 {
+		t.Fatalf("own keys: %d of %d, %v", len(mine.Keys), len(all.Keys), err)
+	}
+	_, err = e.svc.ListKeys(e.ctx, &pb.ListKeysRequest{OwnerUid: &other})
+	if st, _ := status.FromError(err); st.Code() != codes.PermissionDenied || !strings.HasPrefix(st.Message(), "owner_uid: ") {
+		t.Fatalf("non-admin listing another owner: %v", err)
+	}
+}

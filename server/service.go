@@ -184,6 +184,12 @@ func (s *Service) ListKeys(ctx context.Context, req *pb.ListKeysRequest) (*pb.Li
 	if !c.admin {
 		f.Owner = ownerString(c.UID)
 	}
+	if req.OwnerUid != nil {
+		if !c.admin && req.GetOwnerUid() != c.UID {
+			return nil, status.Error(codes.PermissionDenied, "owner_uid: only admins may list another owner's keys")
+		}
+		f.Owner = ownerString(req.GetOwnerUid())
+	}
 	if req.GetRole() != pb.KeyRole_KEY_ROLE_UNSPECIFIED {
 		r, ok := roleFromPB[req.GetRole()]
 		if !ok {
