@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
 	"flag"
@@ -73,20 +74,28 @@ func verifyEvidence(a *keystore.Attestation, pub, nonce []byte) error {
 
 func (c *cli) keyAttest(args []string) error {
 	var nonceHex string
-	fs := c.newFlagSet("key attest", "ID --nonce HEX [flags]", `Ask the device for evidence that key ID lives in it, bound to a nonce you
-choose, and verify it: for a TPM, TPM2_Certify of the key by an attestation
+	fs := c.newFlagSet("key attest", "ID [--nonce HEX] [flags]", `Ask the device for evidence that key ID lives in it, bound to a nonce (yours,
+or 32 random bytes), and verify it: for a TPM, TPM2_Certify of the key by an attestation
 key under the endorsement hierarchy. The check proves the key is a
 non-exportable key of the TPM that made the attestation key; that this TPM
 is genuine needs its endorsement certificate chain, which is printed when
 the TPM has one. --json prints the evidence for 'mlskeyctl attest verify'.`, func(fs *flag.FlagSet) {
-		fs.StringVar(&nonceHex, "nonce", "", "the `HEX` nonce, 1 to 64 bytes (required)")
+		fs.StringVar(&nonceHex, "nonce", "", "the `HEX` nonce, 1 to 64 bytes (default: 32 random bytes)")
 	})
 	id, err := c.parseID(fs, args)
 	if err != nil {
 		return err
 	}
+	if nonceHex == "" {
+		// A fresh random nonce proves the evidence was made now; one of
+		// the verifier's own choice is only needed when a third party
+		// checks the --json evidence.
+		b := make([]byte, 32)
+		rand.Read(b) // never fails on Linux
+		nonceHex = hex.EncodeToString(b)
+	}
 	nonce, err := hex.DecodeString(nonceHex)
-	if err != nil || len(nonce) == 0 {
+	if err != nil || len(nonce) == 0 || len(nonce) > 64 {
 		return usageErrorf("key attest: --nonce must be 1 to 64 bytes of hex")
 	}
 	return c.withClient(func(ctx context.Context, cl *client.Client) error {
