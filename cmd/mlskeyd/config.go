@@ -32,6 +32,8 @@ type settings struct {
 	// policy is the config file's "policy" object, kept as JSON for
 	// server.Policy; it has no flag or environment form.
 	policy json.RawMessage
+	// configPath is the config file read, for messages.
+	configPath string
 }
 
 func newSettings() *settings {
@@ -185,10 +187,20 @@ func (s *settings) flagError(err error) error {
 // nearest returns the setting name closest to name in edit distance, or ""
 // when none is close enough to be a likely typo.
 func (s *settings) nearest(name string) string {
+	names := make([]string, len(s.list))
+	for i, st := range s.list {
+		names[i] = st.name
+	}
+	return nearestName(name, names)
+}
+
+// nearestName returns the one of names closest to name in edit distance,
+// or "" when none is close enough to be a likely typo.
+func nearestName(name string, names []string) string {
 	best, bestD := "", 0
-	for _, st := range s.list {
-		if d := editDistance(name, st.name); best == "" || d < bestD {
-			best, bestD = st.name, d
+	for _, n := range names {
+		if d := editDistance(name, n); best == "" || d < bestD {
+			best, bestD = n, d
 		}
 	}
 	if bestD > max(2, len(name)/3) {
@@ -219,6 +231,7 @@ func editDistance(a, b string) int {
 }
 
 func (s *settings) loadFile(path string) error {
+	s.configPath = path
 	b, err := os.ReadFile(path)
 	if err != nil {
 		var pe *os.PathError

@@ -168,4 +168,12 @@ func TestPolicyAndAccessFromConfig(t *testing.T) {
 			t.Errorf("%s: accepted", name)
 		}
 	}
+	os.WriteFile(f, []byte(`{"policy": {"allowed_suite": [2]}}`), 0o600)
+	s = newSettings()
+	if err := s.parse([]string{"--config", f}, env(nil), io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := loadPolicy(s); err == nil || err.Error() != "config file "+f+`: policy: unknown key "allowed_suite" (did you mean "allowed_suites"?)` {
+		t.Errorf("unknown policy key: %v", err)
+	}
 }

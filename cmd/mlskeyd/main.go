@@ -16,6 +16,7 @@ import (
 	"os/signal"
 	"os/user"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"syscall"
@@ -276,6 +277,17 @@ func newLogger(cfg *settings, w io.Writer) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format %q: want text or json", cfg.str("log-format"))
 }
 
+// jsonNames lists the JSON member names of struct type t.
+func jsonNames(t reflect.Type) []string {
+	var out []string
+	for f := range t.Fields() {
+		if name, _, _ := strings.Cut(f.Tag.Get("json"), ","); name != "" && name != "-" {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
 // loadPolicy reads the config file's "policy" object and adds
 // --require-hardware to its minimum protection levels.
 func loadPolicy(cfg *settings) (server.Policy, error) {
@@ -284,7 +296,16 @@ func loadPolicy(cfg *settings) (server.Policy, error) {
 		dec := json.NewDecoder(bytes.NewReader(cfg.policy))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&p); err != nil {
-			return p, fmt.Errorf("config file: policy: %w", err)
+			msg := err.Error()
+			// encoding/json names an unknown field without the valid ones.
+			if name, ok := strings.CutPrefix(msg, `json: unknown field "`); ok {
+				name = strings.TrimSuffix(name, `"`)
+				msg = fmt.Sprintf("unknown key %q", name)
+				if near := nearestName(name, jsonNames(reflect.TypeFor[server.Policy]())); near != "" {
+					msg += fmt.Sprintf(" (did you mean %q?)", near)
+				}
+			}
+			return p, fmt.Errorf("config file %s: policy: %s", cfg.configPath, msg)
 		}
 	}
 	hw, err := minProtection(cfg.str("require-hardware"))

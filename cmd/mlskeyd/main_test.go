@@ -32,7 +32,7 @@ func TestRefusalsSpeak(t *testing.T) {
 	}
 	malformed := write("malformed.json", "{\n  \"socket\": \"/x\",\n  \"log_level\" \"debug\"\n}")
 	unknown := write("unknown.json", `{"sockett": "/x"}`)
-	pin := write("pin.json", `{"pkcs11_pin": "1234"}`)
+	pin := write("pin.json", `{"pkcs11_pin": "s3cr3t-PIN"}`)
 	array := write("array.json", `[1, 2]`)
 	truncated := write("truncated.json", `{"socket": `)
 	for _, tt := range []struct {
@@ -50,7 +50,7 @@ func TestRefusalsSpeak(t *testing.T) {
 		{"config from env", map[string]string{"MLSKEYD_CONFIG": unknown}, nil, []string{`unknown key "sockett"`}},
 		{"unknown flag", nil, []string{"--sockett", "/x"}, []string{"unknown flag --sockett", "did you mean --socket?"}},
 		{"far-off flag", nil, []string{"--zzzzzzzz"}, []string{"unknown flag --zzzzzzzz; see mlskeyd --help"}},
-		{"PIN flag", nil, []string{"--pkcs11-pin", "1234"}, []string{"--pkcs11-pin-file"}},
+		{"PIN flag", nil, []string{"--pkcs11-pin", "s3cr3t-PIN"}, []string{"--pkcs11-pin-file"}},
 		{"flag without value", nil, []string{"--socket"}, []string{"flag needs an argument: --socket"}},
 		{"stray argument", nil, []string{"serve"}, []string{`unexpected argument "serve"`}},
 		{"bad backend", nil, []string{"--backend", "hsm"}, []string{`--backend "hsm"`}},
@@ -77,7 +77,7 @@ func TestRefusalsSpeak(t *testing.T) {
 				t.Errorf("%s: %q does not say %q", tt.name, stderr, w)
 			}
 		}
-		if strings.Contains(stderr, "1234") {
+		if strings.Contains(stderr, "s3cr3t-PIN") {
 			t.Errorf("%s: the error shows the PIN: %q", tt.name, stderr)
 		}
 	}
