@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"bufio"
+	"context"
+	"encoding/hex"
 	"errors"
 	"os"
 	"os/exec"
@@ -10,6 +12,9 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/mlskeyd/mlskeyd/mls"
+	pb "github.com/mlskeyd/mlskeyd/proto/mlskey/v1"
 )
 
 // TestDaemonSurvivesClosedLogPipe: under "mlskeyd 2>&1 | tee log", Ctrl-C
@@ -157,5 +162,60 @@ func TestDaemonRefusalsSpeak(t *testing.T) {
 	out, err := exec.Command(filepath.Join(binDir, "mlskeyd"), "--help").Output()
 	if err != nil || !strings.HasPrefix(string(out), "usage: mlskeyd") {
 		t.Errorf("mlskeyd --help: %v %.40q", err, out)
+	}
+}
+
+// TestCLIDecryptOwnerAndCase: decrypt, key list --owner and upper-case key
+// ids through the real binaries.
+func TestCLIDecryptOwnerAndCase(t *testing.T) {
+	d := startDaemon(t, t.TempDir(), "--admin-uids", "0")
+	c := d.client()
+	kp := createKPs(t, c, 1, 1).KeyPackages[0]
+	leaf, err := c.GetKey(context.Background(), &pb.GetKeyRequest{Id: kp.LeafEncryptionKeyId})
+	if err != nil {
+		t.Fatal(err)
+	}
+	su, _ := mls.LookupSuite(1)
+	gc := []byte("group context")
+	kem, ct, err := su.EncryptWithLabel(leaf.PublicKey, "UpdatePathNode", gc, []byte("path secret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, errOut, code := d.ctl("decrypt", "--key", strings.ToUpper(leaf.Id), "--kem-output", hex.EncodeToString(kem),
+		"--ciphertext", hex.EncodeToString(ct), "--context", hex.EncodeToString(gc))
+	if code != 0 || out != hex.EncodeToString([]byte("path secret"))+"\n" {
+		t.Fatalf("decrypt: exit %d %q %q", code, out, errOut)
+	}
+	_, errOut, code = d.ctl("decrypt", "--key", leaf.Id, "--kem-output", hex.EncodeToString(kem),
+		"--ciphertext", hex.EncodeToString(ct), "--context", "00", "--json")
+	if code != 1 || errOut != `{"error":{"code":"invalid_argument","field":"ciphertext","message":"ciphertext: decryption failed"}}`+"\n" {
+		t.Errorf("decrypt with the wrong context: exit %d %q", code, errOut)
+	}
+	_, errOut, code = d.ctl("sign", "--key", strings.ToUpper(kp.InitKeyId), "--label", "LeafNodeTBS")
+	if code != 1 || !strings.Contains(errOut, "is an init key, not a signature key") {
+		t.Errorf("sign with an init key: exit %d %q", code, errOut)
+	}
+
+	// An admin's KeyPackages for uid 4242, listed alone with --owner.
+	out, errOut, code = d.ctl("keypackage", "create", "--suite", "1", "--identity", "carol", "--owner-uid", "4242", "--count", "2")
+	if code != 0 {
+		t.Fatalf("keypackage create --owner-uid: exit %d %s", code, errOut)
+	}
+	var keys []struct {
+		ID, Owner string
+	}
+	d.ctlJSON(t, &keys, "key", "list", "--owner", "4242")
+	if len(keys) != 5 {
+		t.Fatalf("key list --owner 4242: %d keys, want 5 (signature, 2 init, 2 leaf)", len(keys))
+	}
+	for _, k := range keys {
+		if k.Owner != "uid:4242" {
+			t.Errorf("key list --owner 4242 shows %+v", k)
+		}
+	}
+	out, _, _ = d.ctl("key", "list", "--owner", "4242", "--role", "init")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	if len(lines) != 3 || !strings.Contains(lines[0], "OWNER") || !strings.Contains(lines[1], "uid:4242") || !strings.Contains(lines[1], " no ") {
+		t.Errorf("key list text:\n%s", out)
 	}
 }
