@@ -57,6 +57,14 @@ func connectError(sock string, err error) error {
 	return &localError{code: "unavailable", msg: fmt.Sprintf("cannot reach mlskeyd at %s: %s (%s)", sock, reason, hint)}
 }
 
+// isTransportError reports whether err is gRPC's own UNAVAILABLE for a
+// broken connection rather than one the daemon answered with.
+func isTransportError(err error) bool {
+	msg := status.Convert(err).Message()
+	return strings.HasPrefix(msg, "connection error") || strings.HasPrefix(msg, "error reading from server") ||
+		strings.Contains(msg, "transport is closing")
+}
+
 // fieldPrefix is the "field: " a server message starts with when a
 // request field is at fault.
 var fieldPrefix = regexp.MustCompile(`^([a-z][a-z0-9_]*(?:\.[a-z0-9_]+)*): `)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -12,6 +13,10 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc"
+
+	mlskeyv1 "github.com/mlskeyd/mlskeyd/proto/mlskey/v1"
 )
 
 // runCLIWith runs mlskeyctl in-process like runCLI, with c adjusted by set.
@@ -350,3 +355,57 @@ func TestDecryptCommand(t *testing.T) {
 		t.Errorf("bad kem_output: exit %d %q", code, stderr)
 	}
 }
+
+// TestLostConnection: a daemon that goes away mid-call is reported in one
+// line, not as gRPC's transport text.
+func TestLostConnection(t *testing.T) {
+	dir, err := os.MkdirTemp("", "mlskeyctl")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "s.sock")
+	ln, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	started := make(chan struct{})
+	fake := &fakeServer{started: started}
+	srv := grpc.NewServer()
+	mlskeyv1.RegisterKeyServiceServer(srv, fake)
+	go srv.Serve(ln)
+	go func() {
+		<-started
+		srv.Stop()
+	}()
+	code, _, stderr := runCLI(t, sock, "", "keypackage", "create", "--suite", "1", "--identity", "slow")
+	if code != 1 || !strings.HasPrefix(stderr, "mlskeyctl: lost the connection to mlskeyd at "+sock+": it stopped or restarted (see its log); the daemon may still have created the 1 KeyPackage(s)") {
+		t.Errorf("exit %d, %q", code, stderr)
+	}
+	checkOneErrorLine(t, stderr)
+}
+
+// TestDeleteConfirmInterrupted: Ctrl-C at the prompt is a no, at once.
+func TestDeleteConfirmInterrupted(t *testing.T) {
+	fake, sock := startFake(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stdin, w := io.Pipe() // never answered
+	defer w.Close()
+	var errb bytes.Buffer
+	c := &cli{ctx: ctx, stdin: stdin, stdout: io.Discard, defaultSocket: sock,
+		stderr:      writerFunc(func(p []byte) (int, error) { cancel(); return errb.Write(p) }),
+		isTerminal:  func() bool { return true },
+		interrupted: func() syscall.Signal { return syscall.SIGINT },
+	}
+	if code := c.run([]string{"key", "delete", "sig-1"}); code != 130 || !strings.HasSuffix(errb.String(), "mlskeyctl: interrupted\n") {
+		t.Errorf("exit %d, stderr %q", code, errb.String())
+	}
+	if len(fake.deleted) != 0 {
+		t.Error("deleted after Ctrl-C")
+	}
+}
+
+type writerFunc func([]byte) (int, error)
+
+func (f writerFunc) Write(p []byte) (int, error) { return f(p) }

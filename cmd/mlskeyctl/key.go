@@ -113,13 +113,22 @@ state destroyed. Print the deleted key. On a terminal, ask first.`, func(fs *fla
 }
 
 // confirm asks question on stderr and reads the answer from stdin: true
-// for y or yes.
+// for y or yes. Ctrl-C while it waits is a no.
 func (c *cli) confirm(question string) bool {
 	fmt.Fprint(c.stderr, question)
-	line, _ := bufio.NewReader(c.stdin).ReadString('\n')
-	switch strings.ToLower(strings.TrimSpace(line)) {
-	case "y", "yes":
-		return true
+	answer := make(chan string, 1)
+	go func() {
+		line, _ := bufio.NewReader(c.stdin).ReadString('\n')
+		answer <- line
+	}()
+	select {
+	case line := <-answer:
+		switch strings.ToLower(strings.TrimSpace(line)) {
+		case "y", "yes":
+			return true
+		}
+	case <-c.ctx.Done():
+		fmt.Fprintln(c.stderr)
 	}
 	return false
 }

@@ -323,10 +323,12 @@ func (c *cli) withClient(fn func(context.Context, *client.Client) error) error {
 	// text; the dialer keeps the system's error to say what happened.
 	var dialMu sync.Mutex
 	var dialErr error
+	connected := false
 	dialer := func(ctx context.Context, _ string) (net.Conn, error) {
 		conn, err := (&net.Dialer{}).DialContext(ctx, "unix", abs)
 		dialMu.Lock()
 		dialErr = err
+		connected = connected || err == nil
 		dialMu.Unlock()
 		return conn, err
 	}
@@ -337,11 +339,19 @@ func (c *cli) withClient(fn func(context.Context, *client.Client) error) error {
 	defer cl.Close()
 	err = fn(ctx, cl)
 	dialMu.Lock()
-	de := dialErr
+	de, wasConnected := dialErr, connected
 	dialMu.Unlock()
 	switch code := status.Code(err); {
-	case code == codes.Unavailable && de != nil:
+	case code == codes.Unavailable && de != nil && !wasConnected:
 		return connectError(sock, de)
+	case code == codes.Unavailable && isTransportError(err):
+		// Connected, then the connection went: the daemon stopped or
+		// crashed mid-call.
+		msg := fmt.Sprintf("lost the connection to mlskeyd at %s: it stopped or restarted (see its log)", sock)
+		if c.unsure != "" {
+			msg += "; " + c.unsure
+		}
+		return &localError{code: "unavailable", msg: msg}
 	case code == codes.DeadlineExceeded && c.g.timeout > 0:
 		// The daemon gets the deadline too and may give up a little
 		// before the client does.
