@@ -32,7 +32,7 @@ func (c *cli) newFlagSet(name, synopsis, help string, register func(*flag.FlagSe
 	}
 	fs.StringVar(&c.g.socket, "socket", c.defaultSocket, "mlskeyd's Unix socket `path`; $MLSKEYD_SOCKET sets the default")
 	fs.BoolVar(&c.g.json, "json", false, "print JSON instead of text")
-	fs.DurationVar(&c.g.timeout, "timeout", defaultTimeout, "give up after `duration`; 0 waits forever (keypackage create: 30s\nplus 250ms per KeyPackage unless given)")
+	fs.DurationVar(&c.g.timeout, "timeout", defaultTimeout, "give up after `duration`; 0 waits forever (keypackage create: 30s\nplus 1s per KeyPackage unless given)")
 	for n, v := range c.topSet {
 		fs.Set(n, v)
 	}
