@@ -207,10 +207,14 @@ func TestKeyPackageOutCheckedFirst(t *testing.T) {
 	if code != 1 || stdout != "" || stderr != "mlskeyctl: keypackage create: cannot write --out /nonexistent/dir/kp.bin: no such file or directory; nothing created\n" {
 		t.Errorf("exit %d, stdout %q, stderr %q", code, stdout, stderr)
 	}
+	dir := t.TempDir()
+	code, _, stderr = runCLI(t, sock, "", "keypackage", "create", "--suite", "1", "--identity", "a", "--out", dir)
+	if code != 1 || stderr != "mlskeyctl: keypackage create: cannot write --out "+dir+": is a directory; nothing created\n" {
+		t.Errorf("--out DIR: exit %d, stderr %q", code, stderr)
+	}
 	if fake.lastKeyPackageRequest() != nil {
 		t.Fatal("keys were created before the output path was checked")
 	}
-	dir := t.TempDir()
 	out := filepath.Join(dir, "kp.bin")
 	mustRun(t, sock, "", "keypackage", "create", "--suite", "1", "--identity", "a", "--count", "2", "--out", out)
 	b, err := os.ReadFile(out)

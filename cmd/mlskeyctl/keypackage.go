@@ -94,6 +94,9 @@ MLSMessage), bytes in hex.`, func(fs *flag.FlagSet) {
 	// keys created and then not saved are keys nobody can use.
 	var outFile *os.File
 	if out != "" && out != "-" {
+		if fi, err := os.Stat(out); err == nil && fi.IsDir() {
+			return fmt.Errorf("keypackage create: cannot write --out %s: is a directory; nothing created", out)
+		}
 		f, err := os.CreateTemp(filepath.Dir(out), "."+filepath.Base(out)+".*")
 		if err != nil {
 			var pe *os.PathError
