@@ -223,6 +223,8 @@ func TestHelp(t *testing.T) {
 		{"keypackage", "create", "--help"},
 		{"welcome", "open", "--help"},
 		{"--json", "welcome", "open", "--help"},
+		{"decrypt", "--help"},
+		{"key", "attest", "--help"},
 	} {
 		code, stdout, stderr := runCLI(t, "/nonexistent/mlskeyd.sock", "", args...)
 		if code != 0 || stderr != "" || !strings.HasPrefix(stdout, "Usage: mlskeyctl") {
