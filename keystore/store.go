@@ -554,7 +554,7 @@ func (s *Store) UseInitKey(ctx context.Context, id string, fn func(hpkeKey any) 
 		return nil, err
 	}
 	if r.Role != RoleInit {
-		return nil, fmt.Errorf("key %q is a %s key, not an init key: %w", id, r.Role, ErrWrongRole)
+		return nil, fmt.Errorf("key %q is %s key, not an init key: %w", id, aRole(r.Role), ErrWrongRole)
 	}
 	if r.State != StateActive {
 		return nil, fmt.Errorf("init key %q is %s: %w", id, r.State, ErrNotActive)
@@ -622,11 +622,19 @@ func (s *Store) active(id string, role Role) (*Record, error) {
 	return r, r.Usable(role)
 }
 
+// aRole is the role with its indefinite article: "an init", "a signature".
+func aRole(r Role) string {
+	if r == RoleInit {
+		return "an " + string(r)
+	}
+	return "a " + string(r)
+}
+
 // Usable reports whether the key can serve as a key of role now: it must
 // have that role (ErrWrongRole) and be active (ErrNotActive).
 func (r *Record) Usable(role Role) error {
 	if r.Role != role {
-		return fmt.Errorf("key %q is a %s key, not a %s key: %w", r.ID, r.Role, role, ErrWrongRole)
+		return fmt.Errorf("key %q is %s key, not %s key: %w", r.ID, aRole(r.Role), aRole(role), ErrWrongRole)
 	}
 	if r.State != StateActive {
 		return fmt.Errorf("key %q is %s: %w", r.ID, r.State, ErrNotActive)

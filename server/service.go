@@ -41,9 +41,14 @@ const (
 	// MaxInFlightPerUID those of one uid over all its connections.
 	MaxStreamsPerConn = 16
 	MaxInFlightPerUID = 32
-	maxKeyIDLen       = 64
-	defaultPageSize   = 100
-	maxPageSize       = 1000
+	// MinKeyPackageLifetime is the shortest KeyPackage lifetime served: a
+	// KeyPackage must outlive its upload and a peer's fetch, and lifetimes
+	// are whole seconds, so a nanosecond would make one that is already
+	// expired.
+	MinKeyPackageLifetime = time.Hour
+	maxKeyIDLen           = 64
+	defaultPageSize       = 100
+	maxPageSize           = 1000
 )
 
 // Options configure the service.
@@ -214,6 +219,12 @@ func (s *Service) ListKeys(ctx context.Context, req *pb.ListKeysRequest) (*pb.Li
 	if !c.admin {
 		f.Owner = ownerString(c.UID)
 	}
+	if req.OwnerUid != nil {
+		if !c.admin && req.GetOwnerUid() != c.UID {
+			return nil, status.Error(codes.PermissionDenied, "owner_uid: only admins may list another owner's keys")
+		}
+		f.Owner = ownerString(req.GetOwnerUid())
+	}
 	if req.GetRole() != pb.KeyRole_KEY_ROLE_UNSPECIFIED {
 		r, ok := roleFromPB[req.GetRole()]
 		if !ok {
@@ -261,10 +272,11 @@ func (s *Service) ListKeys(ctx context.Context, req *pb.ListKeysRequest) (*pb.Li
 }
 
 func (s *Service) DeleteKey(ctx context.Context, req *pb.DeleteKeyRequest) (*pb.Key, error) {
-	if _, _, err := s.key(ctx, "id", req.GetId()); err != nil {
+	k, _, err := s.key(ctx, "id", req.GetId())
+	if err != nil {
 		return nil, err
 	}
-	r, cascaded, err := s.store.Delete(ctx, req.GetId(), req.GetCascade())
+	r, cascaded, err := s.store.Delete(ctx, k.ID, req.GetCascade())
 	if err != nil {
 		return nil, statusOf("id", err)
 	}
@@ -493,12 +505,12 @@ func (s *Service) CreateKeyPackages(ctx context.Context, req *pb.CreateKeyPackag
 			return nil, invalid("lifetime", "%v", err)
 		}
 		lifetime = d.AsDuration()
-		if lifetime <= 0 {
-			return nil, invalid("lifetime", "must be positive")
+		if lifetime < MinKeyPackageLifetime {
+			return nil, invalid("lifetime", "%v is under the minimum of %v (valid: %v to %v)", lifetime, MinKeyPackageLifetime, MinKeyPackageLifetime, s.opts.MaxLifetime)
 		}
 	}
 	if lifetime > s.opts.MaxLifetime {
-		return nil, invalid("lifetime", "%v is over the maximum of %v", lifetime, s.opts.MaxLifetime)
+		return nil, invalid("lifetime", "%v is over the maximum of %v (valid: %v to %v)", lifetime, s.opts.MaxLifetime, MinKeyPackageLifetime, s.opts.MaxLifetime)
 	}
 	caps, err := extraCapabilities(req)
 	if err != nil {
@@ -826,14 +838,15 @@ func extensions(field string, in []*pb.Extension) ([]mls.Extension, error) {
 const MaxNonceSize = 64
 
 func (s *Service) AttestKey(ctx context.Context, req *pb.AttestKeyRequest) (*pb.AttestKeyResponse, error) {
-	defer s.store.Share(req.GetKeyId())()
-	if _, _, err := s.key(ctx, "key_id", req.GetKeyId()); err != nil {
+	k, _, err := s.key(ctx, "key_id", req.GetKeyId())
+	if err != nil {
 		return nil, err
 	}
+	defer s.store.Share(k.ID)()
 	if n := len(req.GetNonce()); n == 0 || n > MaxNonceSize {
 		return nil, invalid("nonce", "%d bytes, want 1..%d", n, MaxNonceSize)
 	}
-	a, err := s.store.Attest(ctx, req.GetKeyId(), req.GetNonce())
+	a, err := s.store.Attest(ctx, k.ID, req.GetNonce())
 	if err != nil {
 		return nil, statusOf("key_id", err)
 	}

@@ -625,8 +625,11 @@ type ListKeysRequest struct {
 	State       KeyState `protobuf:"varint,2,opt,name=state,proto3,enum=mlskey.v1.KeyState" json:"state,omitempty"`
 	CipherSuite uint32   `protobuf:"varint,3,opt,name=cipher_suite,json=cipherSuite,proto3" json:"cipher_suite,omitempty"`
 	// At most 1000; 0 means 100.
-	PageSize      int32  `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	PageToken     string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	PageSize  int32  `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Only keys of this uid. Admins may name anyone; others only
+	// themselves (they see only their own keys anyway).
+	OwnerUid      *uint32 `protobuf:"varint,6,opt,name=owner_uid,json=ownerUid,proto3,oneof" json:"owner_uid,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -694,6 +697,13 @@ func (x *ListKeysRequest) GetPageToken() string {
 		return x.PageToken
 	}
 	return ""
+}
+
+func (x *ListKeysRequest) GetOwnerUid() uint32 {
+	if x != nil && x.OwnerUid != nil {
+		return *x.OwnerUid
+	}
+	return 0
 }
 
 type ListKeysResponse struct {
@@ -2086,14 +2096,17 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\n" +
 	"_owner_uid\"\x1f\n" +
 	"\rGetKeyRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\xc3\x01\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\xf3\x01\n" +
 	"\x0fListKeysRequest\x12&\n" +
 	"\x04role\x18\x01 \x01(\x0e2\x12.mlskey.v1.KeyRoleR\x04role\x12)\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x13.mlskey.v1.KeyStateR\x05state\x12!\n" +
 	"\fcipher_suite\x18\x03 \x01(\rR\vcipherSuite\x12\x1b\n" +
 	"\tpage_size\x18\x04 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x05 \x01(\tR\tpageToken\"^\n" +
+	"page_token\x18\x05 \x01(\tR\tpageToken\x12 \n" +
+	"\towner_uid\x18\x06 \x01(\rH\x00R\bownerUid\x88\x01\x01B\f\n" +
+	"\n" +
+	"_owner_uid\"^\n" +
 	"\x10ListKeysResponse\x12\"\n" +
 	"\x04keys\x18\x01 \x03(\v2\x0e.mlskey.v1.KeyR\x04keys\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"<\n" +
@@ -2335,6 +2348,7 @@ func file_mlskey_v1_mlskey_proto_init() {
 		return
 	}
 	file_mlskey_v1_mlskey_proto_msgTypes[4].OneofWrappers = []any{}
+	file_mlskey_v1_mlskey_proto_msgTypes[6].OneofWrappers = []any{}
 	file_mlskey_v1_mlskey_proto_msgTypes[11].OneofWrappers = []any{
 		(*Credential_BasicIdentity)(nil),
 		(*Credential_X509_)(nil),
