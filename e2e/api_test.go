@@ -194,6 +194,9 @@ func TestRequestValidation(t *testing.T) {
 		t.Fatal(err)
 	}
 	ow("Welcome for a deleted init key", "welcome", codes.FailedPrecondition, w)
+	if _, err := c.OpenWelcome(ctx, &pb.OpenWelcomeRequest{Welcome: w}); !strings.Contains(status.Convert(err).Message(), "was deleted") {
+		t.Errorf("Welcome for a deleted init key: %v, want it to say the key was deleted", err)
+	}
 
 	// Nothing above changed the first KeyPackage's keys.
 	for _, id := range []string{kp.InitKeyId, kp.LeafEncryptionKeyId, sigID} {

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -202,7 +203,9 @@ func testTPM(t *testing.T, sw *swtpm.Process, ekRoots ...string) {
 	d.stop()
 	other := swtpm.Start(t, t.TempDir())
 	out := startDaemonExpectFailure(t, state, "--backend", "tpm", "--tpm", other.Device())
-	if !strings.Contains(out, "another TPM") || !strings.Contains(out, "hardware key") {
+	want := regexp.MustCompile(`(?m)^mlskeyd: key [0-9a-f]{32}'s blob does not load on this TPM \(TPM_RC_INTEGRITY\): ` +
+		`this catalog belongs to another TPM or storage root key; use the state directory that TPM was set up with$`)
+	if !want.MatchString(out) {
 		t.Fatalf("daemon on another TPM: %s", out)
 	}
 }

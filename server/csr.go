@@ -16,6 +16,10 @@ import (
 	pb "github.com/mlskeyd/mlskeyd/proto/mlskey/v1"
 )
 
+// csrLabel names CreateCSR's signature in audit records, beside the MLS
+// labels of the other signing and decrypting calls.
+const csrLabel = "CSR"
+
 // Bounds for CreateCSR: names are short strings, and a handful of them is
 // all a credential for one MLS client needs.
 const (

@@ -21,7 +21,9 @@
 // encrypted and integrity-protected under the SRK, so the blob is useless
 // to anyone but this TPM, and its holder (the catalog) is its only store.
 // A blob from another TPM or another SRK fails TPM2_Load with
-// TPM_RC_INTEGRITY, reported as ErrForeignBlob.
+// TPM_RC_INTEGRITY, reported as ErrForeignBlob (and, from Check, inside a
+// keystore.ForeignKeyError, so that start-up can say the catalog belongs to
+// another TPM).
 //
 // Sign uses TPM2_Sign with a NULL hash-check ticket (the keys are not
 // restricted) over a digest exactly as long as the scheme's hash and

@@ -12,15 +12,6 @@ import (
 	mlskeyv1 "github.com/mlskeyd/mlskeyd/proto/mlskey/v1"
 )
 
-// The command is registered here rather than in main.go's table so that it
-// stays one self-contained file.
-func init() {
-	g := groups["key"]
-	g.help += "\n  csr      have a signature key sign an X.509 request (PKCS#10) for itself"
-	g.cmds["csr"] = (*cli).keyCSR
-	groups["key"] = g
-}
-
 // listFlag collects a repeatable flag.
 type listFlag []string
 

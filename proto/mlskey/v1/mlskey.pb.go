@@ -374,8 +374,11 @@ type SuiteSupport struct {
 	Signature      Protection             `protobuf:"varint,3,opt,name=signature,proto3,enum=mlskey.v1.Protection" json:"signature,omitempty"`
 	Init           Protection             `protobuf:"varint,4,opt,name=init,proto3,enum=mlskey.v1.Protection" json:"init,omitempty"`
 	LeafEncryption Protection             `protobuf:"varint,5,opt,name=leaf_encryption,json=leafEncryption,proto3,enum=mlskey.v1.Protection" json:"leaf_encryption,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The policy's allowed_suites excludes this suite: keys cannot be created
+	// for it, whatever the device could do, and the roles read UNSPECIFIED.
+	RefusedByPolicy bool `protobuf:"varint,6,opt,name=refused_by_policy,json=refusedByPolicy,proto3" json:"refused_by_policy,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *SuiteSupport) Reset() {
@@ -441,6 +444,13 @@ func (x *SuiteSupport) GetLeafEncryption() Protection {
 		return x.LeafEncryption
 	}
 	return Protection_PROTECTION_UNSPECIFIED
+}
+
+func (x *SuiteSupport) GetRefusedByPolicy() bool {
+	if x != nil {
+		return x.RefusedByPolicy
+	}
+	return false
 }
 
 type GetInfoResponse struct {
@@ -615,8 +625,11 @@ type ListKeysRequest struct {
 	State       KeyState `protobuf:"varint,2,opt,name=state,proto3,enum=mlskey.v1.KeyState" json:"state,omitempty"`
 	CipherSuite uint32   `protobuf:"varint,3,opt,name=cipher_suite,json=cipherSuite,proto3" json:"cipher_suite,omitempty"`
 	// At most 1000; 0 means 100.
-	PageSize      int32  `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	PageToken     string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	PageSize  int32  `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Only keys of this uid. Admins may name anyone; others only
+	// themselves (they see only their own keys anyway).
+	OwnerUid      *uint32 `protobuf:"varint,6,opt,name=owner_uid,json=ownerUid,proto3,oneof" json:"owner_uid,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -686,6 +699,13 @@ func (x *ListKeysRequest) GetPageToken() string {
 	return ""
 }
 
+func (x *ListKeysRequest) GetOwnerUid() uint32 {
+	if x != nil && x.OwnerUid != nil {
+		return *x.OwnerUid
+	}
+	return 0
+}
+
 type ListKeysResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Keys          []*Key                 `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
@@ -739,8 +759,13 @@ func (x *ListKeysResponse) GetNextPageToken() string {
 }
 
 type DeleteKeyRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Deleting a signature key that unused KeyPackages use (their init keys
+	// are active) is refused unless cascade is set; with it, the init and
+	// leaf encryption keys of those KeyPackages are destroyed too. For an
+	// init key, cascade also destroys its KeyPackage's leaf encryption key.
+	Cascade       bool `protobuf:"varint,2,opt,name=cascade,proto3" json:"cascade,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -780,6 +805,13 @@ func (x *DeleteKeyRequest) GetId() string {
 		return x.Id
 	}
 	return ""
+}
+
+func (x *DeleteKeyRequest) GetCascade() bool {
+	if x != nil {
+		return x.Cascade
+	}
+	return false
 }
 
 type SignWithLabelRequest struct {
@@ -2205,13 +2237,14 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\n" +
 	"retired_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tretiredAt\x12\x14\n" +
 	"\x05owner\x18\f \x01(\tR\x05owner\"\x10\n" +
-	"\x0eGetInfoRequest\"\xe5\x01\n" +
+	"\x0eGetInfoRequest\"\x91\x02\n" +
 	"\fSuiteSupport\x12!\n" +
 	"\fcipher_suite\x18\x01 \x01(\rR\vcipherSuite\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x123\n" +
 	"\tsignature\x18\x03 \x01(\x0e2\x15.mlskey.v1.ProtectionR\tsignature\x12)\n" +
 	"\x04init\x18\x04 \x01(\x0e2\x15.mlskey.v1.ProtectionR\x04init\x12>\n" +
-	"\x0fleaf_encryption\x18\x05 \x01(\x0e2\x15.mlskey.v1.ProtectionR\x0eleafEncryption\"\x8e\x01\n" +
+	"\x0fleaf_encryption\x18\x05 \x01(\x0e2\x15.mlskey.v1.ProtectionR\x0eleafEncryption\x12*\n" +
+	"\x11refused_by_policy\x18\x06 \x01(\bR\x0frefusedByPolicy\"\x8e\x01\n" +
 	"\x0fGetInfoResponse\x12\x18\n" +
 	"\abackend\x18\x01 \x01(\tR\abackend\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x18\n" +
@@ -2223,19 +2256,23 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\n" +
 	"_owner_uid\"\x1f\n" +
 	"\rGetKeyRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\xc3\x01\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\xf3\x01\n" +
 	"\x0fListKeysRequest\x12&\n" +
 	"\x04role\x18\x01 \x01(\x0e2\x12.mlskey.v1.KeyRoleR\x04role\x12)\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x13.mlskey.v1.KeyStateR\x05state\x12!\n" +
 	"\fcipher_suite\x18\x03 \x01(\rR\vcipherSuite\x12\x1b\n" +
 	"\tpage_size\x18\x04 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x05 \x01(\tR\tpageToken\"^\n" +
+	"page_token\x18\x05 \x01(\tR\tpageToken\x12 \n" +
+	"\towner_uid\x18\x06 \x01(\rH\x00R\bownerUid\x88\x01\x01B\f\n" +
+	"\n" +
+	"_owner_uid\"^\n" +
 	"\x10ListKeysResponse\x12\"\n" +
 	"\x04keys\x18\x01 \x03(\v2\x0e.mlskey.v1.KeyR\x04keys\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\"\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"<\n" +
 	"\x10DeleteKeyRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"]\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
+	"\acascade\x18\x02 \x01(\bR\acascade\"]\n" +
 	"\x14SignWithLabelRequest\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x14\n" +
 	"\x05label\x18\x02 \x01(\tR\x05label\x12\x18\n" +
@@ -2489,6 +2526,7 @@ func file_mlskey_v1_mlskey_proto_init() {
 		return
 	}
 	file_mlskey_v1_mlskey_proto_msgTypes[4].OneofWrappers = []any{}
+	file_mlskey_v1_mlskey_proto_msgTypes[6].OneofWrappers = []any{}
 	file_mlskey_v1_mlskey_proto_msgTypes[11].OneofWrappers = []any{
 		(*Credential_BasicIdentity)(nil),
 		(*Credential_X509_)(nil),

@@ -51,7 +51,10 @@ type KeyServiceClient interface {
 	// ListKeys pages through the catalog, newest last.
 	ListKeys(ctx context.Context, in *ListKeysRequest, opts ...grpc.CallOption) (*ListKeysResponse, error)
 	// DeleteKey destroys the device object and keeps a tombstone (state
-	// DESTROYED) in the catalog.
+	// DESTROYED) in the catalog. A signature key that unused KeyPackages use
+	// fails with FAILED_PRECONDITION unless cascade is set (see
+	// DeleteKeyRequest). The destruction completes even if the caller
+	// cancels once the call has begun it.
 	DeleteKey(ctx context.Context, in *DeleteKeyRequest, opts ...grpc.CallOption) (*Key, error)
 	// SignWithLabel signs SignContent{"MLS 1.0 " + label, content} with a
 	// signature key. Only RFC 9420's signature labels are served.
@@ -228,7 +231,10 @@ type KeyServiceServer interface {
 	// ListKeys pages through the catalog, newest last.
 	ListKeys(context.Context, *ListKeysRequest) (*ListKeysResponse, error)
 	// DeleteKey destroys the device object and keeps a tombstone (state
-	// DESTROYED) in the catalog.
+	// DESTROYED) in the catalog. A signature key that unused KeyPackages use
+	// fails with FAILED_PRECONDITION unless cascade is set (see
+	// DeleteKeyRequest). The destruction completes even if the caller
+	// cancels once the call has begun it.
 	DeleteKey(context.Context, *DeleteKeyRequest) (*Key, error)
 	// SignWithLabel signs SignContent{"MLS 1.0 " + label, content} with a
 	// signature key. Only RFC 9420's signature labels are served.
