@@ -279,8 +279,8 @@ func TestReconcileAfterCrash(t *testing.T) {
 	if be.has(retired.ID) {
 		t.Error("consumed key still on the device")
 	}
-	if r, _ := s.Get(lost.ID); r.State != StateDestroyed {
-		t.Errorf("lost key is %s", r.State)
+	if r, _ := s.Get(lost.ID); r.State != StateMissing {
+		t.Errorf("lost key is %s, want missing", r.State)
 	}
 	if r, _ := s.Get(kept.ID); r.State != StateActive || !be.has(kept.ID) {
 		t.Error("kept key damaged")
