@@ -120,16 +120,6 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 		return err
 	}
 	defer be.Close()
-	store, err := keystore.Open(ctx, cfg.str("catalog"), be, keystore.Options{MinProtection: policy.KeystoreMinProtection(), Logger: log})
-	if err != nil {
-		return err
-	}
-	defer store.Close()
-
-	svc := server.NewService(store, server.Options{
-		Version: version, Logger: log, DefaultLifetime: lifetime, MaxLifetime: maxLifetime,
-		Policy: policy, Access: access,
-	})
 	auditPath := cfg.str("audit-log")
 	if auditPath == "" {
 		auditPath = filepath.Join(state, "audit.log")
@@ -161,6 +151,35 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 		log.Info("audit log closed", "last_seq", alog.LastSeq(), "last_hash", alog.LastHash())
 		alog.Close()
 	}()
+	adopt, err := cfg.bool("adopt-device")
+	if err != nil {
+		return err
+	}
+	// The audit log is open before the catalog, so that what start-up does
+	// to keys on its own (reconciliation) is recorded like every call.
+	onEvent := auditEvents(alog, log)
+	store, err := keystore.Open(ctx, cfg.str("catalog"), be, keystore.Options{
+		MinProtection: policy.KeystoreMinProtection(), Logger: log,
+		AdoptDevice: adopt, OnEvent: onEvent,
+	})
+	if err != nil {
+		var berr *keystore.BindingError
+		if errors.As(err, &berr) {
+			onEvent(keystore.Event{Kind: "refused", Reason: berr.Error()})
+			hint := "; check --catalog and the device (--pkcs11-module, --pkcs11-token, --pkcs11-serial or --tpm)"
+			if berr.AdoptPossible {
+				hint += ", or start once with --adopt-device if this is the right pair (see docs/operations.md)"
+			}
+			return fmt.Errorf("refusing to start: %w%s", err, hint)
+		}
+		return err
+	}
+	defer store.Close()
+
+	svc := server.NewService(store, server.Options{
+		Version: version, Logger: log, DefaultLifetime: lifetime, MaxLifetime: maxLifetime,
+		Policy: policy, Access: access,
+	})
 	gs, hs := server.NewGRPCServer(svc, log, &server.Auditor{Log: alog, FailClosed: failClosed, Logger: log})
 	l, err := server.Listen(socket, mode, gid)
 	if err != nil {
@@ -306,4 +325,29 @@ func minProtection(v string) (map[keystore.Role]keystore.Protection, error) {
 		}
 	}
 	return out, nil
+}
+
+// auditEvents writes what the keystore does to keys on its own authority
+// into the audit log: one record per event, as the daemon's own operation
+// "Keystore<Kind>" (e.g. KeystoreDestroyed, KeystoreQuarantined), with the
+// keys and the reason.
+func auditEvents(alog *audit.Log, log *slog.Logger) func(keystore.Event) {
+	exe, _ := os.Executable()
+	return func(ev keystore.Event) {
+		kind := string(ev.Kind)
+		rec := audit.Record{
+			UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid()), Exe: exe,
+			Operation: "Keystore" + strings.ToUpper(kind[:1]) + kind[1:],
+			Outcome:   audit.OutcomeOK, Code: "OK", Reason: ev.Reason,
+		}
+		if ev.Kind == "refused" {
+			rec.Outcome, rec.Code = audit.OutcomeError, "FailedPrecondition"
+		}
+		if len(ev.KeyIDs) > 0 {
+			rec.KeyID, rec.KeyIDs = ev.KeyIDs[0], ev.KeyIDs[1:]
+		}
+		if err := alog.Append(rec); err != nil {
+			log.Error("audit record lost", "event", kind, "keys", len(ev.KeyIDs), "err", err)
+		}
+	}
 }
