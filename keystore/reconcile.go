@@ -66,10 +66,35 @@ type Stray struct {
 	Why string
 }
 
-// strays is the last list of stray objects, from start-up or repair.
+// strays is the last list of stray objects, from start-up or repair, and
+// of the keys start-up found missing.
 type strays struct {
-	mu   sync.Mutex
-	list []Stray
+	mu      sync.Mutex
+	list    []Stray
+	missing []string
+}
+
+// Missing returns the ids of the keys still missing since start-up. Keys
+// become missing only at start-up, so the list is kept from there and
+// checked against the catalog, which a delete or a repair may have changed.
+func (s *Store) Missing() ([]string, error) {
+	s.strays.mu.Lock()
+	ids := slices.Clone(s.strays.missing)
+	s.strays.mu.Unlock()
+	out := ids[:0]
+	for _, id := range ids {
+		r, err := s.cat.get(id)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		if r.State == StateMissing {
+			out = append(out, id)
+		}
+	}
+	return out, nil
 }
 
 // Strays returns the stray device objects found by the last start-up or
@@ -202,9 +227,12 @@ func (s *Store) setState(ids []string, from, to State) error {
 // identity was just adopted) as missing, and has the Checker confirm the
 // others.
 func (s *Store) checkHardware(ctx context.Context, onDevice map[string]bool) error {
-	var lost []string
+	var lost, missing []string
 	var check []*Record
 	err := s.cat.all(func(r *Record) error {
+		if r.State == StateMissing {
+			missing = append(missing, r.ID)
+		}
 		if r.State != StateActive || r.Protection != ProtectionHardware {
 			return nil
 		}
@@ -224,6 +252,9 @@ func (s *Store) checkHardware(ctx context.Context, onDevice map[string]bool) err
 		}
 		s.event(EventQuarantined, "catalog key not found on the device; marked missing, retire with repair after checking", lost...)
 	}
+	s.strays.mu.Lock()
+	s.strays.missing = append(missing, lost...)
+	s.strays.mu.Unlock()
 	if c, ok := s.be.(Checker); ok {
 		for _, r := range check {
 			if err := c.Check(ctx, r.DeviceRef, r.Algorithm); err != nil {

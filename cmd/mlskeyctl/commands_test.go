@@ -29,9 +29,12 @@ func TestStatusCommand(t *testing.T) {
 	_, sock := startFake(t)
 	out := mustRun(t, sock, "", "status")
 	for _, want := range []string{
-		"backend:  fake\n",
-		"device:   test device\n",
-		"version:  0.0.0-test\n",
+		"backend:            fake\n",
+		"device:             test device\n",
+		"version:            0.0.0-test\n",
+		"installation:       00112233445566778899aabbccddeeff\n",
+		"missing keys:       1 (0190aa); retire with 'mlskeyctl repair --retire-missing' once the device is known to be right\n",
+		"stray device keys:  0\n",
 		"SUITE  NAME                                          SIGNATURE  INIT     LEAF ENCRYPTION\n",
 		"1      MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519  hardware   wrapped  sealed\n",
 		"4      MLS_256_DHKEMX448_AES256GCM_SHA512_Ed448      -          sealed   sealed\n",

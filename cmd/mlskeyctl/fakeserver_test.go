@@ -67,9 +67,12 @@ func notFound(id string) error { return status.Errorf(codes.NotFound, "key %q no
 
 func (s *fakeServer) GetInfo(context.Context, *mlskeyv1.GetInfoRequest) (*mlskeyv1.GetInfoResponse, error) {
 	return &mlskeyv1.GetInfoResponse{
-		Backend: "fake",
-		Device:  "test device",
-		Version: "0.0.0-test",
+		Backend:        "fake",
+		Device:         "test device",
+		Version:        "0.0.0-test",
+		InstallationId: "00112233445566778899aabbccddeeff",
+		MissingKeys:    1,
+		MissingKeyIds:  []string{"0190aa"},
 		Suites: []*mlskeyv1.SuiteSupport{
 			{CipherSuite: 1, Name: "MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519", Signature: mlskeyv1.Protection_PROTECTION_HARDWARE, Init: mlskeyv1.Protection_PROTECTION_WRAPPED, LeafEncryption: mlskeyv1.Protection_PROTECTION_SEALED},
 			{CipherSuite: 4, Init: mlskeyv1.Protection_PROTECTION_SEALED, LeafEncryption: mlskeyv1.Protection_PROTECTION_SEALED},

@@ -42,7 +42,7 @@ func (c *cli) keyList(args []string) error {
 	)
 	fs := c.newFlagSet("key list", "[flags]", "List the daemon's keys, oldest first.", func(fs *flag.FlagSet) {
 		fs.Var(&role, "role", "only keys of `ROLE`: signature, init or leaf-encryption")
-		fs.Var(&state, "state", "only keys in `STATE`: active, consumed or destroyed")
+		fs.Var(&state, "state", "only keys in `STATE`: active, consumed, destroyed or missing")
 		fs.Var(&suite, "suite", "only keys of the `S` "+suiteUsage)
 	})
 	if err := c.parseNoArgs(fs, args); err != nil {

@@ -112,6 +112,7 @@ Commands:
   sign                sign content with a signature key (SignWithLabel)
   keypackage create   create KeyPackages
   welcome open        open a Welcome with one of the daemon's init keys
+  repair              act on quarantined keys: destroy strays, retire missing keys (admins)
   version             print mlskeyctl's version
 
 Run 'mlskeyctl <command> --help' for a command's flags.`
@@ -158,6 +159,8 @@ func (c *cli) dispatch(name string, args []string) error {
 		return c.status(args)
 	case "sign":
 		return c.sign(args)
+	case "repair":
+		return c.repair(args)
 	case "version":
 		return c.version(args)
 	case "help":

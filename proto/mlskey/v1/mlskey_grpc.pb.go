@@ -34,6 +34,7 @@ const (
 	KeyService_OpenWelcome_FullMethodName        = "/mlskey.v1.KeyService/OpenWelcome"
 	KeyService_DecryptWithLabel_FullMethodName   = "/mlskey.v1.KeyService/DecryptWithLabel"
 	KeyService_AttestKey_FullMethodName          = "/mlskey.v1.KeyService/AttestKey"
+	KeyService_Repair_FullMethodName             = "/mlskey.v1.KeyService/Repair"
 )
 
 // KeyServiceClient is the client API for KeyService service.
@@ -70,6 +71,11 @@ type KeyServiceClient interface {
 	// it, bound to the caller's nonce. Backends that cannot attest answer
 	// UNIMPLEMENTED; keys that are not hardware-protected FAILED_PRECONDITION.
 	AttestKey(ctx context.Context, in *AttestKeyRequest, opts ...grpc.CallOption) (*AttestKeyResponse, error)
+	// Repair acts on what start-up quarantined, after an administrator has
+	// looked (admins only): destroys stray device objects the catalog cannot
+	// account for, and/or retires keys missing from the device. Without
+	// either flag it changes nothing and only reports.
+	Repair(ctx context.Context, in *RepairRequest, opts ...grpc.CallOption) (*RepairResponse, error)
 }
 
 type keyServiceClient struct {
@@ -180,6 +186,16 @@ func (c *keyServiceClient) AttestKey(ctx context.Context, in *AttestKeyRequest, 
 	return out, nil
 }
 
+func (c *keyServiceClient) Repair(ctx context.Context, in *RepairRequest, opts ...grpc.CallOption) (*RepairResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RepairResponse)
+	err := c.cc.Invoke(ctx, KeyService_Repair_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // KeyServiceServer is the server API for KeyService service.
 // All implementations must embed UnimplementedKeyServiceServer
 // for forward compatibility.
@@ -214,6 +230,11 @@ type KeyServiceServer interface {
 	// it, bound to the caller's nonce. Backends that cannot attest answer
 	// UNIMPLEMENTED; keys that are not hardware-protected FAILED_PRECONDITION.
 	AttestKey(context.Context, *AttestKeyRequest) (*AttestKeyResponse, error)
+	// Repair acts on what start-up quarantined, after an administrator has
+	// looked (admins only): destroys stray device objects the catalog cannot
+	// account for, and/or retires keys missing from the device. Without
+	// either flag it changes nothing and only reports.
+	Repair(context.Context, *RepairRequest) (*RepairResponse, error)
 	mustEmbedUnimplementedKeyServiceServer()
 }
 
@@ -253,6 +274,9 @@ func (UnimplementedKeyServiceServer) DecryptWithLabel(context.Context, *DecryptW
 }
 func (UnimplementedKeyServiceServer) AttestKey(context.Context, *AttestKeyRequest) (*AttestKeyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method AttestKey not implemented")
+}
+func (UnimplementedKeyServiceServer) Repair(context.Context, *RepairRequest) (*RepairResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Repair not implemented")
 }
 func (UnimplementedKeyServiceServer) mustEmbedUnimplementedKeyServiceServer() {}
 func (UnimplementedKeyServiceServer) testEmbeddedByValue()                    {}
@@ -455,6 +479,24 @@ func _KeyService_AttestKey_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KeyService_Repair_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RepairRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).Repair(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_Repair_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).Repair(ctx, req.(*RepairRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // KeyService_ServiceDesc is the grpc.ServiceDesc for KeyService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -501,6 +543,10 @@ var KeyService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "AttestKey",
 			Handler:    _KeyService_AttestKey_Handler,
+		},
+		{
+			MethodName: "Repair",
+			Handler:    _KeyService_Repair_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
