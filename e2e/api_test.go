@@ -199,8 +199,11 @@ func TestRequestValidation(t *testing.T) {
 }
 
 // countingBackend fails the test if reconciliation has anything to repair.
+// It embeds the PKCS#11 backend itself, not the Backend interface, so that
+// its capabilities (Lister, Binder, Checker) reach the keystore and the
+// second start reconciles and checks the binding for real.
 type countingBackend struct {
-	keystore.Backend
+	*pkcs11.Backend
 	mu        sync.Mutex
 	destroyed int
 }

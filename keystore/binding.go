@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // A catalog and a device belong together: the catalog's records name device
@@ -53,6 +54,7 @@ type BindingError struct {
 	CatalogID     string // installation id in the catalog, "" if none
 	Device        string // the device's description
 	DeviceID      string // installation id or identity on the device, "" if none
+	Identity      bool   // DeviceID is the device's identity (Identifier)
 	Problem       string // what is wrong, in words
 	AdoptPossible bool   // whether adopting the device would be allowed
 }
@@ -64,9 +66,12 @@ func (e *BindingError) Error() string {
 		}
 		return s
 	}
-	msg := fmt.Sprintf("catalog %s (installation %s) and device %s (installation %s): %s",
-		e.Catalog, orNone(e.CatalogID), e.Device, orNone(e.DeviceID), e.Problem)
-	return msg
+	kind := "installation"
+	if e.Identity {
+		kind = "identity"
+	}
+	return fmt.Sprintf("catalog %s (installation %s) and device %s (%s %s) %s",
+		e.Catalog, orNone(e.CatalogID), e.Device, kind, orNone(e.DeviceID), e.Problem)
 }
 
 func (e *BindingError) Unwrap() error { return ErrBinding }
@@ -94,7 +99,10 @@ func (s *Store) bind(ctx context.Context) error {
 		return err
 	}
 	info := s.be.Info()
-	devDesc := info.Backend + " " + info.Device
+	// The first clause of Device names the device; the rest (PKCS#11
+	// mechanism routes) would only lengthen the message.
+	dev, _, _ := strings.Cut(info.Device, "; ")
+	devDesc := info.Backend + " " + dev
 	refuse := func(devID, problem string, adopt bool) error {
 		return &BindingError{Catalog: s.path, CatalogID: catID, Device: devDesc, DeviceID: devID, Problem: problem, AdoptPossible: adopt}
 	}
@@ -106,10 +114,10 @@ func (s *Store) bind(ctx context.Context) error {
 		switch {
 		case catID != "" && devID == catID:
 		case catID != "" && devID != "":
-			return refuse(devID, "they belong to different installations; check the catalog path and the device selection (module, token label or serial)", false)
+			return refuse(devID, "belong to different installations", false)
 		case catID != "":
 			if !s.opts.AdoptDevice {
-				return refuse("", "the device carries no installation marker, so it is not the device this catalog was used with; check the device selection (module, token label or serial), or adopt the device if its marker was lost", true)
+				return refuse("", "do not match: the device carries no installation marker, so it is not the device this catalog was used with (or its marker was lost)", true)
 			}
 			if err := b.Bind(ctx, catID); err != nil {
 				return &DeviceError{Op: "write the installation marker", Err: err}
@@ -125,7 +133,7 @@ func (s *Store) bind(ctx context.Context) error {
 			s.event(EventBound, "installation bound to "+devDesc)
 		case devID != "":
 			if !s.opts.AdoptDevice {
-				return refuse(devID, "the catalog is new (or predates installation ids) but the device belongs to an installation; check the catalog path, or adopt the device to take over its keys with this catalog", true)
+				return refuse(devID, "do not match: the catalog is new (or older than installation ids) and the device belongs to an installation", true)
 			}
 			if err := s.cat.metaPut(map[string]string{metaInstallation: devID, metaPending: "", metaDevice: devDesc}); err != nil {
 				return err
@@ -137,7 +145,7 @@ func (s *Store) bind(ctx context.Context) error {
 				if problem, err := s.disagreement(ctx); err != nil {
 					return err
 				} else if problem != "" {
-					return refuse("", problem+"; check the catalog path and the device selection, or adopt the device", true)
+					return refuse("", "do not match: "+problem, true)
 				}
 			}
 			id := pending
@@ -178,7 +186,8 @@ func (s *Store) bind(ctx context.Context) error {
 			}
 		case !s.opts.AdoptDevice:
 			was, _ := s.cat.metaGet(metaDevice)
-			e := refuse(ident, fmt.Sprintf("the catalog's keys were made on device %s (identity %s), which is not this device; check the device selection, or adopt this device (the hardware keys of the catalog then count as missing)", was, catIdent), true)
+			e := refuse(ident, fmt.Sprintf("do not match: the catalog's keys were made on %s (identity %s), another device or one whose owner hierarchy was cleared", was, catIdent), true)
+			e.(*BindingError).Identity = true
 			return e
 		default:
 			if err := s.cat.metaPut(map[string]string{metaIdentity: ident, metaDevice: devDesc}); err != nil {

@@ -39,9 +39,10 @@ func TestCatalogBoundToTPM(t *testing.T) {
 		}
 		_, err = keystore.Open(ctx, path, other, keystore.Options{})
 		var be *keystore.BindingError
-		if !errors.As(err, &be) || be.DeviceID != id2 {
+		if !errors.As(err, &be) || be.DeviceID != id2 || !be.Identity {
 			t.Fatalf("catalog on another TPM: %v", err)
 		}
+		t.Log(err)
 		other.Close()
 
 		env.restart(t)

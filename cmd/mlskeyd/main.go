@@ -166,9 +166,9 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 		var berr *keystore.BindingError
 		if errors.As(err, &berr) {
 			onEvent(keystore.Event{Kind: "refused", Reason: berr.Error()})
-			hint := "; check --catalog and the device (--pkcs11-module, --pkcs11-token, --pkcs11-serial or --tpm)"
+			hint := "; check --catalog and the device selection (--pkcs11-module, --pkcs11-token, --pkcs11-serial or --tpm)"
 			if berr.AdoptPossible {
-				hint += ", or start once with --adopt-device if this is the right pair (see docs/operations.md)"
+				hint += ", or, if this is the right pair, start once with --adopt-device (docs/operations.md)"
 			}
 			return fmt.Errorf("refusing to start: %w%s", err, hint)
 		}
