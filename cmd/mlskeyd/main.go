@@ -168,7 +168,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 			onEvent(keystore.Event{Kind: "refused", Reason: berr.Error()})
 			hint := "; check --catalog and the device selection (--pkcs11-module, --pkcs11-token, --pkcs11-serial or --tpm)"
 			if berr.AdoptPossible {
-				hint += ", or, if this is the right pair, start once with --adopt-device (docs/operations.md)"
+				hint += ", or, if this is the right pair, start once with --adopt-device (README: Catalog and device)"
 			}
 			return fmt.Errorf("refusing to start: %w%s", err, hint)
 		}
