@@ -17,7 +17,7 @@ import (
 	"github.com/cloudflare/circl/sign/ed448"
 )
 
-func openStore(t *testing.T, be Backend, opts Options) (*Store, string) {
+func openStore(t testing.TB, be Backend, opts Options) (*Store, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "catalog.db")
 	s, err := Open(context.Background(), path, be, opts)
