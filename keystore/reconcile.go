@@ -228,15 +228,21 @@ func (s *Store) setState(ids []string, from, to State) error {
 // others.
 func (s *Store) checkHardware(ctx context.Context, onDevice map[string]bool) error {
 	var lost, missing []string
-	var check []*Record
+	var check, recheck []*Record
 	err := s.cat.all(func(r *Record) error {
 		if r.State == StateMissing {
+			if onDevice == nil && r.Protection == ProtectionHardware && len(r.DeviceRef) > 0 {
+				// No listing: only loading the key tells whether it is back
+				// (a TPM adopted by mistake, then the right one again).
+				recheck = append(recheck, r)
+				return nil
+			}
 			missing = append(missing, r.ID)
 		}
 		if r.State != StateActive || r.Protection != ProtectionHardware {
 			return nil
 		}
-		if (onDevice != nil && !onDevice[r.ID]) || s.adoptedIdentity {
+		if onDevice != nil && !onDevice[r.ID] {
 			lost = append(lost, r.ID)
 			return nil
 		}
@@ -246,16 +252,44 @@ func (s *Store) checkHardware(ctx context.Context, onDevice map[string]bool) err
 	if err != nil {
 		return err
 	}
+	c, _ := s.be.(Checker)
+	if s.adoptedIdentity && c != nil {
+		// Keys made under another identity do not load on this device;
+		// they are quarantined, not a reason to refuse the adopted device.
+		kept := check[:0]
+		for _, r := range check {
+			if err := c.Check(ctx, r.DeviceRef, r.Algorithm); err != nil {
+				lost = append(lost, r.ID)
+				continue
+			}
+			kept = append(kept, r)
+		}
+		check = kept
+	}
 	if len(lost) > 0 {
 		if err := s.setState(lost, StateActive, StateMissing); err != nil {
 			return err
 		}
 		s.event(EventQuarantined, "catalog key not found on the device; marked missing, retire with repair after checking", lost...)
 	}
+	var restored []string
+	for _, r := range recheck {
+		if c != nil && c.Check(ctx, r.DeviceRef, r.Algorithm) == nil {
+			restored = append(restored, r.ID)
+		} else {
+			missing = append(missing, r.ID)
+		}
+	}
+	if len(restored) > 0 {
+		if err := s.setState(restored, StateMissing, StateActive); err != nil {
+			return err
+		}
+		s.event(EventRestored, "missing key usable on the device again", restored...)
+	}
 	s.strays.mu.Lock()
 	s.strays.missing = append(missing, lost...)
 	s.strays.mu.Unlock()
-	if c, ok := s.be.(Checker); ok {
+	if c != nil {
 		for _, r := range check {
 			if err := c.Check(ctx, r.DeviceRef, r.Algorithm); err != nil {
 				return fmt.Errorf("hardware key %q failed its start-up check: %w", r.ID, err)

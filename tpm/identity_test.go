@@ -62,3 +62,48 @@ func TestCatalogBoundToTPM(t *testing.T) {
 		}
 	})
 }
+
+// TestAdoptedTPMThenTheRightOne: adopting another TPM by mistake marks the
+// hardware keys missing, destroying nothing; adopting the right TPM again
+// makes them usable.
+func TestAdoptedTPMThenTheRightOne(t *testing.T) {
+	env := simEnv(t)
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "catalog.db")
+	b := env.open(t)
+	s, err := keystore.Open(ctx, path, b, keystore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	k, err := s.Create(ctx, keystore.KeySpec{Role: keystore.RoleSignature, Algorithm: keystore.ECDSAP256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	b.Close()
+
+	other := openCfg(t, env.foreign(t))
+	s, err = keystore.Open(ctx, path, other, keystore.Options{AdoptDevice: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := s.Get(k.ID); r.State != keystore.StateMissing || len(r.DeviceRef) == 0 {
+		t.Fatalf("key after adopting another TPM: %s", r.State)
+	}
+	s.Close()
+	other.Close()
+
+	b = env.open(t)
+	s, err = keystore.Open(ctx, path, b, keystore.Options{AdoptDevice: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	sg, err := s.Signer(ctx, k.ID)
+	if err != nil {
+		t.Fatalf("key back on its TPM: %v", err)
+	}
+	if _, err := sg.Sign(nil, digestFor(keystore.ECDSAP256, "m"), crypto.SHA256); err != nil {
+		t.Fatal(err)
+	}
+}
