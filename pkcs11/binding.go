@@ -26,6 +26,7 @@ func markerTemplate() []*p11.Attribute {
 		p11.NewAttribute(p11.CKA_CLASS, p11.CKO_DATA),
 		p11.NewAttribute(p11.CKA_TOKEN, true),
 		p11.NewAttribute(p11.CKA_LABEL, markerLabel),
+		p11.NewAttribute(p11.CKA_APPLICATION, markerApp),
 	}
 }
 
@@ -94,7 +95,6 @@ func (b *Backend) Bind(ctx context.Context, id string) error {
 		tmpl := append(markerTemplate(),
 			p11.NewAttribute(p11.CKA_PRIVATE, true),
 			p11.NewAttribute(p11.CKA_MODIFIABLE, false),
-			p11.NewAttribute(p11.CKA_APPLICATION, markerApp),
 			p11.NewAttribute(p11.CKA_VALUE, []byte(id)),
 		)
 		if _, err := b.mod.ctx.CreateObject(s, tmpl); err != nil {
