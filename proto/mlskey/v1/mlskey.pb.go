@@ -87,7 +87,8 @@ const (
 	KeyState_KEY_STATE_ACTIVE      KeyState = 1
 	// An init key whose Welcome was opened: its private key is destroyed.
 	KeyState_KEY_STATE_CONSUMED KeyState = 2
-	// Deleted by a caller: its private key is destroyed.
+	// Deleted by a caller, or retired by an administrator's Repair after it
+	// went missing: its private key is destroyed.
 	KeyState_KEY_STATE_DESTROYED KeyState = 3
 	// Active in the catalog, but its device object was not found at start-up:
 	// unusable until it is back (the next start restores it) or an
