@@ -363,7 +363,7 @@ func (s *Store) Delete(ctx context.Context, id string) (*Record, error) {
 			return fmt.Errorf("key %q is already destroyed: %w", id, ErrNotActive)
 		}
 		ref = r.DeviceRef
-		if r.State == StateActive || r.State == StateMissing {
+		if r.State == StateActive {
 			s.retire(r, StateDestroyed, "deleted")
 		}
 		r.State = StateDestroyed
