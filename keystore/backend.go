@@ -171,6 +171,20 @@ type Attestation struct {
 	AttestationKey []byte
 	KeyPublicArea  []byte
 	Certificates   [][]byte
+	// EndorsementKey is the public key a verifier encrypts a credential
+	// to (for a TPM: the TPMT_PUBLIC of the endorsement key whose
+	// certificate is among Certificates), so that CredentialActivator can
+	// prove the attestation key lives beside it.
+	EndorsementKey []byte
+}
+
+// CredentialActivator is an optional Backend capability: it decrypts a
+// credential a verifier made for the attestation key of an Attestation,
+// encrypted to its endorsement key (TPM2_ActivateCredential). Only the
+// device holding both keys can, which ties the attestation key to the
+// endorsement key and its certificate.
+type CredentialActivator interface {
+	ActivateCredential(ctx context.Context, endorsementKey, credentialBlob, secret []byte) ([]byte, error)
 }
 
 // Errors a Backend or the keystore return, matched with errors.Is.

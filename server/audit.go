@@ -71,6 +71,8 @@ func requestFacts(req any) (keyID, label string) {
 		return r.GetKeyId(), r.GetLabel()
 	case *pb.AttestKeyRequest:
 		return r.GetKeyId(), ""
+	case *pb.ActivateCredentialRequest:
+		return r.GetKeyId(), ""
 	case *pb.CreateKeyPackagesRequest:
 		return r.GetSignatureKeyId(), ""
 	case *pb.OpenWelcomeRequest:

@@ -674,5 +674,6 @@ func (s *Service) AttestKey(ctx context.Context, req *pb.AttestKeyRequest) (*pb.
 		AttestationKey:          a.AttestationKey,
 		KeyPublicArea:           a.KeyPublicArea,
 		EndorsementCertificates: a.Certificates,
+		EndorsementKey:          a.EndorsementKey,
 	}, nil
 }

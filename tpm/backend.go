@@ -60,6 +60,9 @@ type Backend struct {
 	srkPub tpm2.TPMTPublic
 	lru    lru
 	closed bool
+	// ekPub is the endorsement key's TPMT_PUBLIC once Attest made it (the
+	// same for the life of the endorsement seed).
+	ekPub []byte
 
 	// hookLocked, when set (by tests), runs each time the queue is taken.
 	hookLocked func()

@@ -11,6 +11,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Every setting has one name, used as the flag (--name), the environment
@@ -59,7 +61,7 @@ func newSettings() *settings {
 	add("pkcs11-serial", "", "token serial number", false)
 	add("pkcs11-pin-file", "", "file holding the user PIN (mode 0600 or stricter); or set MLSKEYD_PKCS11_PIN", false)
 	add("pkcs11-max-sessions", "0", "PKCS#11 sessions, i.e. concurrent device operations (0: from the token's limit)", false)
-	add("tpm", "", "TPM: /dev/tpmrm0 (default), tcp://HOST:PORT or unix://PATH (swtpm), sim (in-process simulator; with --dev the default, its seed kept in STATE)", false)
+	add("tpm", "", "TPM: /dev/tpmrm0 (default), tcp://HOST:PORT or unix://PATH (swtpm), sim (in-process simulator, --dev only, where it is the default with its seed kept in STATE)", false)
 	add("tpm-simulator-seed-file", "", "with --tpm sim: file holding the simulator's seed, so its keys survive restarts (dev mode: STATE/tpm-simulator-seed)", false)
 	add("tpm-command-timeout", "10s", "longest a request waits for the TPM before failing with UNAVAILABLE", false)
 	add("tpm-loaded-keys", "2", "MLS keys kept loaded in the TPM (it has about 3 transient slots)", false)
@@ -252,11 +254,31 @@ func (s *settings) fileMode(name string) (os.FileMode, error) {
 	return os.FileMode(v), nil
 }
 
+// pinEnv is the environment variable that may hold the PKCS#11 user PIN.
+const pinEnv = "MLSKEYD_PKCS11_PIN"
+
+// takePINFromEnv removes MLSKEYD_PKCS11_PIN from the process environment
+// (and the C library's, which the PKCS#11 module shares) and returns a
+// getenv that still answers it from the value taken, so no later reader
+// of the environment and no child process of a module sees the PIN. The
+// kernel's copy in /proc/PID/environ, readable by the daemon's user and
+// root only, is not rewritten: a PIN file is the better choice.
+func takePINFromEnv(getenv func(string) string) func(string) string {
+	pin := getenv(pinEnv)
+	os.Unsetenv(pinEnv)
+	return func(name string) string {
+		if name == pinEnv {
+			return pin
+		}
+		return getenv(name)
+	}
+}
+
 // readPIN reads the PIN from a file that only its owner may read, or from
 // MLSKEYD_PKCS11_PIN.
 func readPIN(path string, getenv func(string) string) (string, error) {
 	if path == "" {
-		if pin := getenv("MLSKEYD_PKCS11_PIN"); pin != "" {
+		if pin := getenv(pinEnv); pin != "" {
 			return pin, nil
 		}
 		return "", errors.New("no PIN: set --pkcs11-pin-file or MLSKEYD_PKCS11_PIN")
@@ -268,19 +290,38 @@ func readPIN(path string, getenv func(string) string) (string, error) {
 	return string(b), nil
 }
 
-// readSecretFile reads a secret from a file that only its owner may read,
-// without the trailing newline.
+// readSecretFile reads a secret, without the trailing newline, from a
+// regular file that belongs to the daemon's user (or root) and that only
+// its owner may read. The file is opened without following a symbolic
+// link and checked on the open descriptor, so it cannot be swapped
+// between the check and the read.
 func readSecretFile(path string) ([]byte, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, err
+	// O_NONBLOCK: a FIFO put in the file's place must not hang the start.
+	fd, err := unix.Open(path, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if errors.Is(err, unix.ELOOP) {
+		return nil, fmt.Errorf("%s is a symbolic link; name the file itself", path)
 	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("%s has mode %04o: it must not be readable by group or others (chmod 600 %s)", path, fi.Mode().Perm(), path)
-	}
-	b, err := os.ReadFile(path)
 	if err != nil {
-		return nil, err
+		return nil, &os.PathError{Op: "open", Path: path, Err: err}
+	}
+	f := os.NewFile(uintptr(fd), path)
+	defer f.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, &os.PathError{Op: "fstat", Path: path, Err: err}
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return nil, fmt.Errorf("%s is not a regular file", path)
+	}
+	if euid := uint32(os.Geteuid()); st.Uid != euid && st.Uid != 0 {
+		return nil, fmt.Errorf("%s belongs to uid %d: it must belong to the daemon's user (uid %d) or root (chown %d %s)", path, st.Uid, euid, euid, path)
+	}
+	if perm := st.Mode & 0o777; perm&0o077 != 0 {
+		return nil, fmt.Errorf("%s has mode %04o: it must not be readable by group or others (chmod 600 %s)", path, perm, path)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, 64<<10))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
 	}
 	b = []byte(strings.TrimRight(string(b), "\r\n"))
 	if len(b) == 0 {

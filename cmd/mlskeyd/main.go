@@ -42,6 +42,7 @@ func main() {
 var errUsage = errors.New("usage")
 
 func run(args []string, getenv func(string) string, stderr io.Writer) error {
+	getenv = takePINFromEnv(getenv)
 	cfg := newSettings()
 	if err := cfg.parse(args, getenv, stderr); err != nil {
 		return errUsage
@@ -61,6 +62,11 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 	backend := cfg.str("backend")
 	if backend != "pkcs11" && backend != "tpm" {
 		return fmt.Errorf("--backend %q is not supported (want pkcs11 or tpm)", backend)
+	}
+	// The simulator's keys live in the daemon's memory (its seed in a
+	// file): they would be served, and attested, as hardware keys.
+	if backend == "tpm" && cfg.str("tpm") == "sim" && !dev {
+		return errors.New("--tpm sim is the in-process TPM simulator, whose keys are not protected by any hardware: it is for --dev only")
 	}
 	state := cfg.str("state-dir")
 	if dev {

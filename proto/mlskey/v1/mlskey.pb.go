@@ -1822,8 +1822,12 @@ type AttestKeyResponse struct {
 	KeyPublicArea []byte `protobuf:"bytes,5,opt,name=key_public_area,json=keyPublicArea,proto3" json:"key_public_area,omitempty"`
 	// Certificates for the device's endorsement key, DER, when it has them.
 	EndorsementCertificates [][]byte `protobuf:"bytes,6,rep,name=endorsement_certificates,json=endorsementCertificates,proto3" json:"endorsement_certificates,omitempty"`
-	unknownFields           protoimpl.UnknownFields
-	sizeCache               protoimpl.SizeCache
+	// The endorsement key's public area (for tpm2-certify: TPMT_PUBLIC of
+	// the EK made from the TCG default template whose certificate is among
+	// endorsement_certificates), to make a credential for ActivateCredential.
+	EndorsementKey []byte `protobuf:"bytes,7,opt,name=endorsement_key,json=endorsementKey,proto3" json:"endorsement_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *AttestKeyResponse) Reset() {
@@ -1898,6 +1902,130 @@ func (x *AttestKeyResponse) GetEndorsementCertificates() [][]byte {
 	return nil
 }
 
+func (x *AttestKeyResponse) GetEndorsementKey() []byte {
+	if x != nil {
+		return x.EndorsementKey
+	}
+	return nil
+}
+
+type ActivateCredentialRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A key the caller may use, whose attestation is being checked.
+	KeyId string `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// The endorsement_key of AttestKeyResponse the credential is encrypted to.
+	EndorsementKey []byte `protobuf:"bytes,2,opt,name=endorsement_key,json=endorsementKey,proto3" json:"endorsement_key,omitempty"`
+	// TPM2B_ID_OBJECT contents (the credential blob) and TPM2B_ENCRYPTED_SECRET
+	// contents, as TPM2_MakeCredential returns them.
+	CredentialBlob []byte `protobuf:"bytes,3,opt,name=credential_blob,json=credentialBlob,proto3" json:"credential_blob,omitempty"`
+	Secret         []byte `protobuf:"bytes,4,opt,name=secret,proto3" json:"secret,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ActivateCredentialRequest) Reset() {
+	*x = ActivateCredentialRequest{}
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ActivateCredentialRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ActivateCredentialRequest) ProtoMessage() {}
+
+func (x *ActivateCredentialRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ActivateCredentialRequest.ProtoReflect.Descriptor instead.
+func (*ActivateCredentialRequest) Descriptor() ([]byte, []int) {
+	return file_mlskey_v1_mlskey_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ActivateCredentialRequest) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *ActivateCredentialRequest) GetEndorsementKey() []byte {
+	if x != nil {
+		return x.EndorsementKey
+	}
+	return nil
+}
+
+func (x *ActivateCredentialRequest) GetCredentialBlob() []byte {
+	if x != nil {
+		return x.CredentialBlob
+	}
+	return nil
+}
+
+func (x *ActivateCredentialRequest) GetSecret() []byte {
+	if x != nil {
+		return x.Secret
+	}
+	return nil
+}
+
+type ActivateCredentialResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The credential's value, decrypted.
+	CertInfo      []byte `protobuf:"bytes,1,opt,name=cert_info,json=certInfo,proto3" json:"cert_info,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ActivateCredentialResponse) Reset() {
+	*x = ActivateCredentialResponse{}
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ActivateCredentialResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ActivateCredentialResponse) ProtoMessage() {}
+
+func (x *ActivateCredentialResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ActivateCredentialResponse.ProtoReflect.Descriptor instead.
+func (*ActivateCredentialResponse) Descriptor() ([]byte, []int) {
+	return file_mlskey_v1_mlskey_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ActivateCredentialResponse) GetCertInfo() []byte {
+	if x != nil {
+		return x.CertInfo
+	}
+	return nil
+}
+
 type RepairRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Destroy every device object the catalog cannot account for.
@@ -1910,7 +2038,7 @@ type RepairRequest struct {
 
 func (x *RepairRequest) Reset() {
 	*x = RepairRequest{}
-	mi := &file_mlskey_v1_mlskey_proto_msgTypes[24]
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1922,7 +2050,7 @@ func (x *RepairRequest) String() string {
 func (*RepairRequest) ProtoMessage() {}
 
 func (x *RepairRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlskey_v1_mlskey_proto_msgTypes[24]
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1935,7 +2063,7 @@ func (x *RepairRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairRequest.ProtoReflect.Descriptor instead.
 func (*RepairRequest) Descriptor() ([]byte, []int) {
-	return file_mlskey_v1_mlskey_proto_rawDescGZIP(), []int{24}
+	return file_mlskey_v1_mlskey_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *RepairRequest) GetDestroyStrays() bool {
@@ -1965,7 +2093,7 @@ type RepairResponse struct {
 
 func (x *RepairResponse) Reset() {
 	*x = RepairResponse{}
-	mi := &file_mlskey_v1_mlskey_proto_msgTypes[25]
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1977,7 +2105,7 @@ func (x *RepairResponse) String() string {
 func (*RepairResponse) ProtoMessage() {}
 
 func (x *RepairResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlskey_v1_mlskey_proto_msgTypes[25]
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1990,7 +2118,7 @@ func (x *RepairResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairResponse.ProtoReflect.Descriptor instead.
 func (*RepairResponse) Descriptor() ([]byte, []int) {
-	return file_mlskey_v1_mlskey_proto_rawDescGZIP(), []int{25}
+	return file_mlskey_v1_mlskey_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *RepairResponse) GetDestroyedStrays() []string {
@@ -2032,7 +2160,7 @@ type Credential_X509 struct {
 
 func (x *Credential_X509) Reset() {
 	*x = Credential_X509{}
-	mi := &file_mlskey_v1_mlskey_proto_msgTypes[26]
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2044,7 +2172,7 @@ func (x *Credential_X509) String() string {
 func (*Credential_X509) ProtoMessage() {}
 
 func (x *Credential_X509) ProtoReflect() protoreflect.Message {
-	mi := &file_mlskey_v1_mlskey_proto_msgTypes[26]
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2213,14 +2341,22 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\tplaintext\x18\x01 \x01(\fR\tplaintext\"?\n" +
 	"\x10AttestKeyRequest\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x14\n" +
-	"\x05nonce\x18\x02 \x01(\fR\x05nonce\"\xf3\x01\n" +
+	"\x05nonce\x18\x02 \x01(\fR\x05nonce\"\x9c\x02\n" +
 	"\x11AttestKeyResponse\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\tR\x06format\x12\x1c\n" +
 	"\tstatement\x18\x02 \x01(\fR\tstatement\x12\x1c\n" +
 	"\tsignature\x18\x03 \x01(\fR\tsignature\x12'\n" +
 	"\x0fattestation_key\x18\x04 \x01(\fR\x0eattestationKey\x12&\n" +
 	"\x0fkey_public_area\x18\x05 \x01(\fR\rkeyPublicArea\x129\n" +
-	"\x18endorsement_certificates\x18\x06 \x03(\fR\x17endorsementCertificates\"]\n" +
+	"\x18endorsement_certificates\x18\x06 \x03(\fR\x17endorsementCertificates\x12'\n" +
+	"\x0fendorsement_key\x18\a \x01(\fR\x0eendorsementKey\"\x9c\x01\n" +
+	"\x19ActivateCredentialRequest\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12'\n" +
+	"\x0fendorsement_key\x18\x02 \x01(\fR\x0eendorsementKey\x12'\n" +
+	"\x0fcredential_blob\x18\x03 \x01(\fR\x0ecredentialBlob\x12\x16\n" +
+	"\x06secret\x18\x04 \x01(\fR\x06secret\"9\n" +
+	"\x1aActivateCredentialResponse\x12\x1b\n" +
+	"\tcert_info\x18\x01 \x01(\fR\bcertInfo\"]\n" +
 	"\rRepairRequest\x12%\n" +
 	"\x0edestroy_strays\x18\x01 \x01(\bR\rdestroyStrays\x12%\n" +
 	"\x0eretire_missing\x18\x02 \x01(\bR\rretireMissing\"\xb0\x01\n" +
@@ -2245,7 +2381,7 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\x16PROTECTION_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13PROTECTION_HARDWARE\x10\x01\x12\x16\n" +
 	"\x12PROTECTION_WRAPPED\x10\x02\x12\x15\n" +
-	"\x11PROTECTION_SEALED\x10\x032\xb3\x06\n" +
+	"\x11PROTECTION_SEALED\x10\x032\x96\a\n" +
 	"\n" +
 	"KeyService\x12@\n" +
 	"\aGetInfo\x12\x19.mlskey.v1.GetInfoRequest\x1a\x1a.mlskey.v1.GetInfoResponse\x12J\n" +
@@ -2257,7 +2393,8 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\x11CreateKeyPackages\x12#.mlskey.v1.CreateKeyPackagesRequest\x1a$.mlskey.v1.CreateKeyPackagesResponse\x12L\n" +
 	"\vOpenWelcome\x12\x1d.mlskey.v1.OpenWelcomeRequest\x1a\x1e.mlskey.v1.OpenWelcomeResponse\x12[\n" +
 	"\x10DecryptWithLabel\x12\".mlskey.v1.DecryptWithLabelRequest\x1a#.mlskey.v1.DecryptWithLabelResponse\x12F\n" +
-	"\tAttestKey\x12\x1b.mlskey.v1.AttestKeyRequest\x1a\x1c.mlskey.v1.AttestKeyResponse\x12=\n" +
+	"\tAttestKey\x12\x1b.mlskey.v1.AttestKeyRequest\x1a\x1c.mlskey.v1.AttestKeyResponse\x12a\n" +
+	"\x12ActivateCredential\x12$.mlskey.v1.ActivateCredentialRequest\x1a%.mlskey.v1.ActivateCredentialResponse\x12=\n" +
 	"\x06Repair\x12\x18.mlskey.v1.RepairRequest\x1a\x19.mlskey.v1.RepairResponseB5Z3github.com/mlskeyd/mlskeyd/proto/mlskey/v1;mlskeyv1b\x06proto3"
 
 var (
@@ -2273,47 +2410,49 @@ func file_mlskey_v1_mlskey_proto_rawDescGZIP() []byte {
 }
 
 var file_mlskey_v1_mlskey_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_mlskey_v1_mlskey_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_mlskey_v1_mlskey_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_mlskey_v1_mlskey_proto_goTypes = []any{
-	(KeyRole)(0),                      // 0: mlskey.v1.KeyRole
-	(KeyState)(0),                     // 1: mlskey.v1.KeyState
-	(Protection)(0),                   // 2: mlskey.v1.Protection
-	(*Key)(nil),                       // 3: mlskey.v1.Key
-	(*GetInfoRequest)(nil),            // 4: mlskey.v1.GetInfoRequest
-	(*SuiteSupport)(nil),              // 5: mlskey.v1.SuiteSupport
-	(*GetInfoResponse)(nil),           // 6: mlskey.v1.GetInfoResponse
-	(*CreateSignatureKeyRequest)(nil), // 7: mlskey.v1.CreateSignatureKeyRequest
-	(*GetKeyRequest)(nil),             // 8: mlskey.v1.GetKeyRequest
-	(*ListKeysRequest)(nil),           // 9: mlskey.v1.ListKeysRequest
-	(*ListKeysResponse)(nil),          // 10: mlskey.v1.ListKeysResponse
-	(*DeleteKeyRequest)(nil),          // 11: mlskey.v1.DeleteKeyRequest
-	(*SignWithLabelRequest)(nil),      // 12: mlskey.v1.SignWithLabelRequest
-	(*SignWithLabelResponse)(nil),     // 13: mlskey.v1.SignWithLabelResponse
-	(*Credential)(nil),                // 14: mlskey.v1.Credential
-	(*Extension)(nil),                 // 15: mlskey.v1.Extension
-	(*CreateKeyPackagesRequest)(nil),  // 16: mlskey.v1.CreateKeyPackagesRequest
-	(*CreatedKeyPackage)(nil),         // 17: mlskey.v1.CreatedKeyPackage
-	(*CreateKeyPackagesResponse)(nil), // 18: mlskey.v1.CreateKeyPackagesResponse
-	(*OpenWelcomeRequest)(nil),        // 19: mlskey.v1.OpenWelcomeRequest
-	(*PreSharedKeyID)(nil),            // 20: mlskey.v1.PreSharedKeyID
-	(*GroupSecrets)(nil),              // 21: mlskey.v1.GroupSecrets
-	(*OpenWelcomeResponse)(nil),       // 22: mlskey.v1.OpenWelcomeResponse
-	(*DecryptWithLabelRequest)(nil),   // 23: mlskey.v1.DecryptWithLabelRequest
-	(*DecryptWithLabelResponse)(nil),  // 24: mlskey.v1.DecryptWithLabelResponse
-	(*AttestKeyRequest)(nil),          // 25: mlskey.v1.AttestKeyRequest
-	(*AttestKeyResponse)(nil),         // 26: mlskey.v1.AttestKeyResponse
-	(*RepairRequest)(nil),             // 27: mlskey.v1.RepairRequest
-	(*RepairResponse)(nil),            // 28: mlskey.v1.RepairResponse
-	(*Credential_X509)(nil),           // 29: mlskey.v1.Credential.X509
-	(*timestamppb.Timestamp)(nil),     // 30: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 31: google.protobuf.Duration
+	(KeyRole)(0),                       // 0: mlskey.v1.KeyRole
+	(KeyState)(0),                      // 1: mlskey.v1.KeyState
+	(Protection)(0),                    // 2: mlskey.v1.Protection
+	(*Key)(nil),                        // 3: mlskey.v1.Key
+	(*GetInfoRequest)(nil),             // 4: mlskey.v1.GetInfoRequest
+	(*SuiteSupport)(nil),               // 5: mlskey.v1.SuiteSupport
+	(*GetInfoResponse)(nil),            // 6: mlskey.v1.GetInfoResponse
+	(*CreateSignatureKeyRequest)(nil),  // 7: mlskey.v1.CreateSignatureKeyRequest
+	(*GetKeyRequest)(nil),              // 8: mlskey.v1.GetKeyRequest
+	(*ListKeysRequest)(nil),            // 9: mlskey.v1.ListKeysRequest
+	(*ListKeysResponse)(nil),           // 10: mlskey.v1.ListKeysResponse
+	(*DeleteKeyRequest)(nil),           // 11: mlskey.v1.DeleteKeyRequest
+	(*SignWithLabelRequest)(nil),       // 12: mlskey.v1.SignWithLabelRequest
+	(*SignWithLabelResponse)(nil),      // 13: mlskey.v1.SignWithLabelResponse
+	(*Credential)(nil),                 // 14: mlskey.v1.Credential
+	(*Extension)(nil),                  // 15: mlskey.v1.Extension
+	(*CreateKeyPackagesRequest)(nil),   // 16: mlskey.v1.CreateKeyPackagesRequest
+	(*CreatedKeyPackage)(nil),          // 17: mlskey.v1.CreatedKeyPackage
+	(*CreateKeyPackagesResponse)(nil),  // 18: mlskey.v1.CreateKeyPackagesResponse
+	(*OpenWelcomeRequest)(nil),         // 19: mlskey.v1.OpenWelcomeRequest
+	(*PreSharedKeyID)(nil),             // 20: mlskey.v1.PreSharedKeyID
+	(*GroupSecrets)(nil),               // 21: mlskey.v1.GroupSecrets
+	(*OpenWelcomeResponse)(nil),        // 22: mlskey.v1.OpenWelcomeResponse
+	(*DecryptWithLabelRequest)(nil),    // 23: mlskey.v1.DecryptWithLabelRequest
+	(*DecryptWithLabelResponse)(nil),   // 24: mlskey.v1.DecryptWithLabelResponse
+	(*AttestKeyRequest)(nil),           // 25: mlskey.v1.AttestKeyRequest
+	(*AttestKeyResponse)(nil),          // 26: mlskey.v1.AttestKeyResponse
+	(*ActivateCredentialRequest)(nil),  // 27: mlskey.v1.ActivateCredentialRequest
+	(*ActivateCredentialResponse)(nil), // 28: mlskey.v1.ActivateCredentialResponse
+	(*RepairRequest)(nil),              // 29: mlskey.v1.RepairRequest
+	(*RepairResponse)(nil),             // 30: mlskey.v1.RepairResponse
+	(*Credential_X509)(nil),            // 31: mlskey.v1.Credential.X509
+	(*timestamppb.Timestamp)(nil),      // 32: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),        // 33: google.protobuf.Duration
 }
 var file_mlskey_v1_mlskey_proto_depIdxs = []int32{
 	0,  // 0: mlskey.v1.Key.role:type_name -> mlskey.v1.KeyRole
 	2,  // 1: mlskey.v1.Key.protection:type_name -> mlskey.v1.Protection
 	1,  // 2: mlskey.v1.Key.state:type_name -> mlskey.v1.KeyState
-	30, // 3: mlskey.v1.Key.created_at:type_name -> google.protobuf.Timestamp
-	30, // 4: mlskey.v1.Key.retired_at:type_name -> google.protobuf.Timestamp
+	32, // 3: mlskey.v1.Key.created_at:type_name -> google.protobuf.Timestamp
+	32, // 4: mlskey.v1.Key.retired_at:type_name -> google.protobuf.Timestamp
 	2,  // 5: mlskey.v1.SuiteSupport.signature:type_name -> mlskey.v1.Protection
 	2,  // 6: mlskey.v1.SuiteSupport.init:type_name -> mlskey.v1.Protection
 	2,  // 7: mlskey.v1.SuiteSupport.leaf_encryption:type_name -> mlskey.v1.Protection
@@ -2321,11 +2460,11 @@ var file_mlskey_v1_mlskey_proto_depIdxs = []int32{
 	0,  // 9: mlskey.v1.ListKeysRequest.role:type_name -> mlskey.v1.KeyRole
 	1,  // 10: mlskey.v1.ListKeysRequest.state:type_name -> mlskey.v1.KeyState
 	3,  // 11: mlskey.v1.ListKeysResponse.keys:type_name -> mlskey.v1.Key
-	29, // 12: mlskey.v1.Credential.x509:type_name -> mlskey.v1.Credential.X509
+	31, // 12: mlskey.v1.Credential.x509:type_name -> mlskey.v1.Credential.X509
 	14, // 13: mlskey.v1.CreateKeyPackagesRequest.credential:type_name -> mlskey.v1.Credential
 	15, // 14: mlskey.v1.CreateKeyPackagesRequest.leaf_extensions:type_name -> mlskey.v1.Extension
 	15, // 15: mlskey.v1.CreateKeyPackagesRequest.key_package_extensions:type_name -> mlskey.v1.Extension
-	31, // 16: mlskey.v1.CreateKeyPackagesRequest.lifetime:type_name -> google.protobuf.Duration
+	33, // 16: mlskey.v1.CreateKeyPackagesRequest.lifetime:type_name -> google.protobuf.Duration
 	3,  // 17: mlskey.v1.CreateKeyPackagesResponse.signature_key:type_name -> mlskey.v1.Key
 	17, // 18: mlskey.v1.CreateKeyPackagesResponse.key_packages:type_name -> mlskey.v1.CreatedKeyPackage
 	20, // 19: mlskey.v1.GroupSecrets.psks:type_name -> mlskey.v1.PreSharedKeyID
@@ -2340,20 +2479,22 @@ var file_mlskey_v1_mlskey_proto_depIdxs = []int32{
 	19, // 28: mlskey.v1.KeyService.OpenWelcome:input_type -> mlskey.v1.OpenWelcomeRequest
 	23, // 29: mlskey.v1.KeyService.DecryptWithLabel:input_type -> mlskey.v1.DecryptWithLabelRequest
 	25, // 30: mlskey.v1.KeyService.AttestKey:input_type -> mlskey.v1.AttestKeyRequest
-	27, // 31: mlskey.v1.KeyService.Repair:input_type -> mlskey.v1.RepairRequest
-	6,  // 32: mlskey.v1.KeyService.GetInfo:output_type -> mlskey.v1.GetInfoResponse
-	3,  // 33: mlskey.v1.KeyService.CreateSignatureKey:output_type -> mlskey.v1.Key
-	3,  // 34: mlskey.v1.KeyService.GetKey:output_type -> mlskey.v1.Key
-	10, // 35: mlskey.v1.KeyService.ListKeys:output_type -> mlskey.v1.ListKeysResponse
-	3,  // 36: mlskey.v1.KeyService.DeleteKey:output_type -> mlskey.v1.Key
-	13, // 37: mlskey.v1.KeyService.SignWithLabel:output_type -> mlskey.v1.SignWithLabelResponse
-	18, // 38: mlskey.v1.KeyService.CreateKeyPackages:output_type -> mlskey.v1.CreateKeyPackagesResponse
-	22, // 39: mlskey.v1.KeyService.OpenWelcome:output_type -> mlskey.v1.OpenWelcomeResponse
-	24, // 40: mlskey.v1.KeyService.DecryptWithLabel:output_type -> mlskey.v1.DecryptWithLabelResponse
-	26, // 41: mlskey.v1.KeyService.AttestKey:output_type -> mlskey.v1.AttestKeyResponse
-	28, // 42: mlskey.v1.KeyService.Repair:output_type -> mlskey.v1.RepairResponse
-	32, // [32:43] is the sub-list for method output_type
-	21, // [21:32] is the sub-list for method input_type
+	27, // 31: mlskey.v1.KeyService.ActivateCredential:input_type -> mlskey.v1.ActivateCredentialRequest
+	29, // 32: mlskey.v1.KeyService.Repair:input_type -> mlskey.v1.RepairRequest
+	6,  // 33: mlskey.v1.KeyService.GetInfo:output_type -> mlskey.v1.GetInfoResponse
+	3,  // 34: mlskey.v1.KeyService.CreateSignatureKey:output_type -> mlskey.v1.Key
+	3,  // 35: mlskey.v1.KeyService.GetKey:output_type -> mlskey.v1.Key
+	10, // 36: mlskey.v1.KeyService.ListKeys:output_type -> mlskey.v1.ListKeysResponse
+	3,  // 37: mlskey.v1.KeyService.DeleteKey:output_type -> mlskey.v1.Key
+	13, // 38: mlskey.v1.KeyService.SignWithLabel:output_type -> mlskey.v1.SignWithLabelResponse
+	18, // 39: mlskey.v1.KeyService.CreateKeyPackages:output_type -> mlskey.v1.CreateKeyPackagesResponse
+	22, // 40: mlskey.v1.KeyService.OpenWelcome:output_type -> mlskey.v1.OpenWelcomeResponse
+	24, // 41: mlskey.v1.KeyService.DecryptWithLabel:output_type -> mlskey.v1.DecryptWithLabelResponse
+	26, // 42: mlskey.v1.KeyService.AttestKey:output_type -> mlskey.v1.AttestKeyResponse
+	28, // 43: mlskey.v1.KeyService.ActivateCredential:output_type -> mlskey.v1.ActivateCredentialResponse
+	30, // 44: mlskey.v1.KeyService.Repair:output_type -> mlskey.v1.RepairResponse
+	33, // [33:45] is the sub-list for method output_type
+	21, // [21:33] is the sub-list for method input_type
 	21, // [21:21] is the sub-list for extension type_name
 	21, // [21:21] is the sub-list for extension extendee
 	0,  // [0:21] is the sub-list for field type_name
@@ -2377,7 +2518,7 @@ func file_mlskey_v1_mlskey_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mlskey_v1_mlskey_proto_rawDesc), len(file_mlskey_v1_mlskey_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   27,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

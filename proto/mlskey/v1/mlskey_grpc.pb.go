@@ -34,6 +34,7 @@ const (
 	KeyService_OpenWelcome_FullMethodName        = "/mlskey.v1.KeyService/OpenWelcome"
 	KeyService_DecryptWithLabel_FullMethodName   = "/mlskey.v1.KeyService/DecryptWithLabel"
 	KeyService_AttestKey_FullMethodName          = "/mlskey.v1.KeyService/AttestKey"
+	KeyService_ActivateCredential_FullMethodName = "/mlskey.v1.KeyService/ActivateCredential"
 	KeyService_Repair_FullMethodName             = "/mlskey.v1.KeyService/Repair"
 )
 
@@ -71,6 +72,12 @@ type KeyServiceClient interface {
 	// it, bound to the caller's nonce. Backends that cannot attest answer
 	// UNIMPLEMENTED; keys that are not hardware-protected FAILED_PRECONDITION.
 	AttestKey(ctx context.Context, in *AttestKeyRequest, opts ...grpc.CallOption) (*AttestKeyResponse, error)
+	// ActivateCredential has the device decrypt a credential the verifier
+	// made for the Name of AttestKey's attestation key, encrypted to its
+	// endorsement key (TPM2_MakeCredential / TPM2_ActivateCredential). Only
+	// the TPM holding both keys can, which ties the attestation key to the
+	// endorsement key's certificate. The caller must be able to use key_id.
+	ActivateCredential(ctx context.Context, in *ActivateCredentialRequest, opts ...grpc.CallOption) (*ActivateCredentialResponse, error)
 	// Repair acts on what start-up quarantined, after an administrator has
 	// looked (admins only): destroys stray device objects the catalog cannot
 	// account for, and/or retires keys missing from the device. Without
@@ -186,6 +193,16 @@ func (c *keyServiceClient) AttestKey(ctx context.Context, in *AttestKeyRequest, 
 	return out, nil
 }
 
+func (c *keyServiceClient) ActivateCredential(ctx context.Context, in *ActivateCredentialRequest, opts ...grpc.CallOption) (*ActivateCredentialResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ActivateCredentialResponse)
+	err := c.cc.Invoke(ctx, KeyService_ActivateCredential_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *keyServiceClient) Repair(ctx context.Context, in *RepairRequest, opts ...grpc.CallOption) (*RepairResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(RepairResponse)
@@ -230,6 +247,12 @@ type KeyServiceServer interface {
 	// it, bound to the caller's nonce. Backends that cannot attest answer
 	// UNIMPLEMENTED; keys that are not hardware-protected FAILED_PRECONDITION.
 	AttestKey(context.Context, *AttestKeyRequest) (*AttestKeyResponse, error)
+	// ActivateCredential has the device decrypt a credential the verifier
+	// made for the Name of AttestKey's attestation key, encrypted to its
+	// endorsement key (TPM2_MakeCredential / TPM2_ActivateCredential). Only
+	// the TPM holding both keys can, which ties the attestation key to the
+	// endorsement key's certificate. The caller must be able to use key_id.
+	ActivateCredential(context.Context, *ActivateCredentialRequest) (*ActivateCredentialResponse, error)
 	// Repair acts on what start-up quarantined, after an administrator has
 	// looked (admins only): destroys stray device objects the catalog cannot
 	// account for, and/or retires keys missing from the device. Without
@@ -274,6 +297,9 @@ func (UnimplementedKeyServiceServer) DecryptWithLabel(context.Context, *DecryptW
 }
 func (UnimplementedKeyServiceServer) AttestKey(context.Context, *AttestKeyRequest) (*AttestKeyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method AttestKey not implemented")
+}
+func (UnimplementedKeyServiceServer) ActivateCredential(context.Context, *ActivateCredentialRequest) (*ActivateCredentialResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ActivateCredential not implemented")
 }
 func (UnimplementedKeyServiceServer) Repair(context.Context, *RepairRequest) (*RepairResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method Repair not implemented")
@@ -479,6 +505,24 @@ func _KeyService_AttestKey_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KeyService_ActivateCredential_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ActivateCredentialRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).ActivateCredential(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_ActivateCredential_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).ActivateCredential(ctx, req.(*ActivateCredentialRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _KeyService_Repair_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(RepairRequest)
 	if err := dec(in); err != nil {
@@ -543,6 +587,10 @@ var KeyService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "AttestKey",
 			Handler:    _KeyService_AttestKey_Handler,
+		},
+		{
+			MethodName: "ActivateCredential",
+			Handler:    _KeyService_ActivateCredential_Handler,
 		},
 		{
 			MethodName: "Repair",
