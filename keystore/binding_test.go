@@ -335,3 +335,33 @@ func TestAbortedBatchIsReported(t *testing.T) {
 		t.Errorf("abort left the journal entry: %v", j)
 	}
 }
+
+func TestMissingListFollowsTheCatalog(t *testing.T) {
+	ctx := context.Background()
+	be := newFake()
+	path := filepath.Join(t.TempDir(), "catalog.db")
+	s, _ := Open(ctx, path, be, Options{})
+	a, _ := s.Create(ctx, KeySpec{Role: RoleSignature, Algorithm: Ed25519})
+	b, _ := s.Create(ctx, KeySpec{Role: RoleSignature, Algorithm: Ed25519})
+	s.Close()
+	be.Destroy(ctx, a.DeviceRef)
+	be.Destroy(ctx, b.DeviceRef)
+	s, err := Open(ctx, path, be, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if m, _ := s.Missing(); !slices.Equal(m, sorted(a.ID, b.ID)) {
+		t.Fatalf("missing %v", m)
+	}
+	// Its owner deletes one: it is no longer missing, but destroyed.
+	if _, err := s.Delete(ctx, a.ID); err != nil {
+		t.Fatal(err)
+	}
+	if m, _ := s.Missing(); !slices.Equal(m, []string{b.ID}) {
+		t.Fatalf("missing after a delete %v", m)
+	}
+	if r, _ := s.Get(a.ID); r.State != StateDestroyed {
+		t.Fatalf("deleted missing key is %s", r.State)
+	}
+}
