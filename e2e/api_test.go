@@ -226,6 +226,7 @@ func TestCrashDuringKeyPackageCreation(t *testing.T) {
 	d := startDaemon(t, state)
 	c := d.client()
 	createKPs(t, c, 2, 2)
+	baseline := deviceKeyFiles(t, state)
 
 	done := make(chan error, 1)
 	go func() {
@@ -243,7 +244,8 @@ func TestCrashDuringKeyPackageCreation(t *testing.T) {
 	}
 	d.kill()
 	err := <-done
-	t.Logf("CreateKeyPackages at kill: %v; token objects before restart: %d", err, deviceKeyFiles(t, state))
+	atKill := deviceKeyFiles(t, state)
+	t.Logf("CreateKeyPackages at kill: %v; token objects before restart: %d", err, atKill)
 
 	d = startDaemon(t, state)
 	var keys []keyJSON
@@ -270,6 +272,12 @@ func TestCrashDuringKeyPackageCreation(t *testing.T) {
 	defer st.Close()
 	if cb.destroyed != 0 {
 		t.Fatalf("second reconciliation destroyed %d keys", cb.destroyed)
+	}
+	if strays := st.Strays(); len(strays) != 0 {
+		t.Errorf("second reconciliation found %d strays", len(strays))
+	}
+	if missing, err := st.Missing(); err != nil || len(missing) != 0 {
+		t.Errorf("second reconciliation found %d missing keys (%v)", len(missing), err)
 	}
 	dev, err := be.List(context.Background())
 	if err != nil {
@@ -299,6 +307,18 @@ func TestCrashDuringKeyPackageCreation(t *testing.T) {
 	}
 	if len(keys) != len(active) {
 		t.Errorf("daemon listed %d keys, catalog has %d active", len(keys), len(active))
+	}
+	// An uncommitted batch's keys were removed on the journal's word, and
+	// the audit log says so; a committed one lost nothing.
+	destroyed := 0
+	for _, r := range readAudit(t, filepath.Join(state, "audit.log")) {
+		if r.Operation == "KeystoreDestroyed" && strings.Contains(r.Reason, "interrupted batch") {
+			destroyed += 1 + len(r.KeyIDs)
+		}
+	}
+	if (len(active) == 5 && atKill > baseline && destroyed == 0) || (len(active) != 5 && destroyed > 0) {
+		t.Errorf("%d active keys, %d token objects over the %d before the batch, %d keys of an interrupted batch destroyed",
+			len(active), atKill-baseline, baseline, destroyed)
 	}
 }
 
