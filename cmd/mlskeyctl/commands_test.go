@@ -231,3 +231,23 @@ func TestWelcomeCommand(t *testing.T) {
 		t.Errorf("empty Welcome: exit %d, stderr %q", code, stderr)
 	}
 }
+
+func TestRepairCommand(t *testing.T) {
+	_, sock := startFake(t)
+	if out := mustRun(t, sock, "", "repair"); out != "stray device keys: 1 (st-1)\nmissing keys: 1 (0190aa)\n" {
+		t.Errorf("repair without flags:\n%s", out)
+	}
+	out := mustRun(t, sock, "", "repair", "--destroy-strays", "--retire-missing")
+	want := "destroyed strays: 1 (st-1)\nretired missing keys: 1 (0190aa)\nstray device keys: 0\nmissing keys: 0\n"
+	if out != want {
+		t.Errorf("repair:\n%s\nwant\n%s", out, want)
+	}
+	var r repairJSON
+	if err := json.Unmarshal([]byte(mustRun(t, sock, "", "repair", "--retire-missing", "--json")), &r); err != nil ||
+		len(r.RetiredMissing) != 1 || r.DestroyedStrays == nil || len(r.StrayKeyIDs) != 1 {
+		t.Errorf("repair --json: %+v %v", r, err)
+	}
+	if code, _, stderr := runCLI(t, sock, "", "repair", "extra"); code != 2 {
+		t.Errorf("repair with an argument: exit %d %s", code, stderr)
+	}
+}

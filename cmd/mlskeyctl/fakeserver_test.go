@@ -230,3 +230,16 @@ func startFake(t *testing.T) (*fakeServer, string) {
 	t.Cleanup(srv.Stop)
 	return fake, sock
 }
+
+// Repair destroys the stray "st-1" and retires the missing "0190aa" when
+// asked; without flags it only reports them.
+func (s *fakeServer) Repair(_ context.Context, r *mlskeyv1.RepairRequest) (*mlskeyv1.RepairResponse, error) {
+	resp := &mlskeyv1.RepairResponse{StrayKeyIds: []string{"st-1"}, MissingKeyIds: []string{"0190aa"}}
+	if r.GetDestroyStrays() {
+		resp.DestroyedStrays, resp.StrayKeyIds = resp.StrayKeyIds, nil
+	}
+	if r.GetRetireMissing() {
+		resp.RetiredMissing, resp.MissingKeyIds = resp.MissingKeyIds, nil
+	}
+	return resp, nil
+}
