@@ -126,6 +126,9 @@ func TestOtherCatalogOnSameTokenRefused(t *testing.T) {
 	if got := deviceKeyFiles(t, state); got != objects {
 		t.Fatalf("token objects %d after the refused start, want %d", got, objects)
 	}
+	if _, err := os.Stat(other); !os.IsNotExist(err) {
+		t.Errorf("the refused start left a catalog at %s: %v", other, err)
+	}
 	ops := auditOps(t, filepath.Join(state, "audit.log"))
 	if len(ops["KeystoreRefused"]) != 1 || len(ops["KeystoreDestroyed"]) != 0 {
 		t.Errorf("audit log: %d refusals, %d destructions", len(ops["KeystoreRefused"]), len(ops["KeystoreDestroyed"]))

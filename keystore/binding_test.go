@@ -3,6 +3,8 @@ package keystore
 import (
 	"context"
 	"errors"
+	"io/fs"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -63,6 +65,9 @@ func TestOtherCatalogOnSameDeviceRefused(t *testing.T) {
 	}
 	if !be.has(k1.ID) || !be.has(k2.ID) {
 		t.Fatal("refused start destroyed device keys")
+	}
+	if _, err := os.Stat(other); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("refused start left a catalog at the wrong path: %v", err)
 	}
 
 	// Adoption takes the installation over; the keys it does not know are

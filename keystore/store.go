@@ -7,7 +7,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"os"
 	"sync"
 	"time"
 )
@@ -76,6 +78,8 @@ func Open(ctx context.Context, path string, be Backend, opts Options) (*Store, e
 			return nil, fmt.Errorf("policy: minimum protection %q for role %q: %w", p, role, ErrInvalidArgument)
 		}
 	}
+	_, statErr := os.Stat(path)
+	isNew := errors.Is(statErr, fs.ErrNotExist)
 	cat, err := openCatalog(path)
 	if err != nil {
 		return nil, err
@@ -87,6 +91,11 @@ func Open(ctx context.Context, path string, be Backend, opts Options) (*Store, e
 	}
 	if err := s.bind(ctx); err != nil {
 		cat.close()
+		if isNew {
+			// A refused start leaves no trace, not even an empty catalog
+			// at the wrong path.
+			os.Remove(path)
+		}
 		return nil, err
 	}
 	if err := s.reconcile(ctx); err != nil {
