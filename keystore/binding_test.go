@@ -370,3 +370,40 @@ func TestMissingListFollowsTheCatalog(t *testing.T) {
 		t.Fatalf("deleted missing key is %s", r.State)
 	}
 }
+
+func TestAdoptionQuarantinesSealedKeysItCannotOpen(t *testing.T) {
+	ctx := context.Background()
+	be := newFake(X25519) // signature keys are sealed
+	path := filepath.Join(t.TempDir(), "catalog.db")
+	s, _ := Open(ctx, path, be, Options{})
+	k, _ := s.Create(ctx, KeySpec{Role: RoleSignature, Algorithm: Ed25519})
+	s.Close()
+	if k.Protection != ProtectionSealed {
+		t.Fatalf("protection %s", k.Protection)
+	}
+
+	other := newFake(X25519) // another sealing key
+	s, err := Open(ctx, path, other, Options{AdoptDevice: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := s.Get(k.ID); r.State != StateMissing || len(r.Sealed) == 0 {
+		t.Fatalf("sealed key after adopting another device: %s", r.State)
+	}
+	s.Close()
+
+	// The right device again (adopted back): the blob opens, the key is back.
+	be.marker = ""
+	s, err = Open(ctx, path, be, Options{AdoptDevice: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	sg, err := s.Signer(ctx, k.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := sg.Sign(nil, []byte("m"), nil); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -39,6 +39,9 @@ type Event struct {
 }
 
 func (s *Store) event(kind EventKind, reason string, ids ...string) {
+	if kind == EventAdopted {
+		s.adopted = true
+	}
 	lvl := "info"
 	switch kind {
 	case EventQuarantined, EventAdopted:
@@ -126,6 +129,9 @@ func (s *Store) reconcile(ctx context.Context) error {
 		if err := s.dropJournal(jrnl, nil); err != nil {
 			return err
 		}
+		if err := s.checkSealed(ctx); err != nil {
+			return err
+		}
 		return s.checkHardware(ctx, nil)
 	}
 	dev, err := lister.List(ctx)
@@ -188,6 +194,9 @@ func (s *Store) reconcile(ctx context.Context) error {
 			return err
 		}
 		s.event(EventRestored, "missing key found on the device again", restored...)
+	}
+	if err := s.checkSealed(ctx); err != nil {
+		return err
 	}
 	if err := s.checkHardware(ctx, onDevice); err != nil {
 		return err
@@ -414,4 +423,49 @@ func (s *Store) scanStrays(ctx context.Context) ([]Stray, error) {
 		// retirement that is in progress, or by the next start.
 	}
 	return out, nil
+}
+
+// checkSealed opens sealed keys where the device may have changed under
+// them: after an adoption, an active sealed key the device cannot open is
+// quarantined as missing rather than failing at its first use; and a
+// missing sealed key the device opens again is restored. The plaintext is
+// wiped at once.
+func (s *Store) checkSealed(ctx context.Context) error {
+	if s.sealer == nil {
+		return nil
+	}
+	var recs []*Record
+	err := s.cat.all(func(r *Record) error {
+		if r.Protection == ProtectionSealed && ((r.State == StateActive && s.adopted) || r.State == StateMissing) {
+			recs = append(recs, r)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	var lost, restored []string
+	for _, r := range recs {
+		priv, err := s.sealer.Unseal(ctx, r.Sealed, sealAAD(r))
+		clear(priv)
+		switch {
+		case err != nil && r.State == StateActive:
+			lost = append(lost, r.ID)
+		case err == nil && r.State == StateMissing:
+			restored = append(restored, r.ID)
+		}
+	}
+	if len(lost) > 0 {
+		if err := s.setState(lost, StateActive, StateMissing); err != nil {
+			return err
+		}
+		s.event(EventQuarantined, "sealed key the adopted device cannot open; marked missing, retire with repair after checking", lost...)
+	}
+	if len(restored) > 0 {
+		if err := s.setState(restored, StateMissing, StateActive); err != nil {
+			return err
+		}
+		s.event(EventRestored, "missing sealed key opens on the device again", restored...)
+	}
+	return nil
 }

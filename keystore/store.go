@@ -56,6 +56,7 @@ type Store struct {
 	strays strays
 
 	installation    string
+	adopted         bool // a device was adopted at this start
 	adoptedIdentity bool // the device's identity was adopted at this start
 }
 
