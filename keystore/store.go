@@ -9,9 +9,9 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"os"
 	"slices"
 	"strings"
-	"os"
 	"sync"
 	"time"
 )
