@@ -221,11 +221,27 @@ func run(args []string, getenv func(string) string, stdout io.Writer, stderr *lo
 			be.Close()
 		}
 	}()
+	adopt, err := cfg.bool("adopt-device")
+	if err != nil {
+		return err
+	}
+	// The audit log is open before the catalog, so that what start-up does
+	// to keys on its own (reconciliation) is recorded like every call.
+	onEvent := auditEvents(alog, log)
 	store, err := keystore.Open(ctx, cfg.str("catalog"), be, keystore.Options{
 		MinProtection: c.policy.KeystoreMinProtection(), Logger: log,
-		OnDestroy: func(d keystore.Destruction) { auditDestruction(alog, log, d) },
+		AdoptDevice: adopt, OnEvent: onEvent,
 	})
 	if err != nil {
+		var berr *keystore.BindingError
+		if errors.As(err, &berr) {
+			onEvent(keystore.Event{Kind: keystore.EventRefused, Reason: berr.Error()})
+			hint := "; check --catalog and the device selection (--pkcs11-module, --pkcs11-token, --pkcs11-serial or --tpm)"
+			if berr.AdoptPossible {
+				hint += ", or, if this is the right pair, start once with --adopt-device (README: Catalog and device)"
+			}
+			return fmt.Errorf("refusing to start: %w%s", err, hint)
+		}
 		return err
 	}
 	defer func() {
@@ -285,19 +301,6 @@ func run(args []string, getenv func(string) string, stdout io.Writer, stderr *lo
 // shutdownGrace is how long shutdown waits for in-flight calls, and then
 // again for cancelled ones.
 const shutdownGrace = 30 * time.Second
-
-// auditDestruction records a device key the daemon destroyed on its own
-// authority (the sweep), as the daemon's own call.
-func auditDestruction(alog *audit.Log, log *slog.Logger, d keystore.Destruction) {
-	rec := audit.Record{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid()),
-		Operation: "Sweep", KeyID: d.KeyID, Outcome: audit.OutcomeOK, Code: "OK", Reason: d.Reason}
-	if d.Err != nil {
-		rec.Outcome, rec.Code = audit.OutcomeError, "Unavailable"
-	}
-	if err := alog.Append(rec); err != nil {
-		log.Error("audit record lost", "operation", rec.Operation, "key", d.KeyID, "err", err)
-	}
-}
 
 // openBackend opens the configured device.
 func openBackend(ctx context.Context, cfg *settings, c *config, getenv func(string) string) (keystore.Backend, error) {
@@ -425,4 +428,32 @@ func minProtection(v string) (map[keystore.Role]keystore.Protection, error) {
 		}
 	}
 	return out, nil
+}
+
+// auditEvents writes what the keystore does to keys on its own authority
+// into the audit log: one record per event, as the daemon's own operation
+// "Keystore<Kind>" (e.g. KeystoreDestroyed, KeystoreQuarantined), with the
+// keys and the reason.
+func auditEvents(alog *audit.Log, log *slog.Logger) func(keystore.Event) {
+	exe, _ := os.Executable()
+	return func(ev keystore.Event) {
+		kind := string(ev.Kind)
+		rec := audit.Record{
+			UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid()), Exe: exe,
+			Operation: "Keystore" + strings.ToUpper(kind[:1]) + kind[1:],
+			Outcome:   audit.OutcomeOK, Code: "OK", Reason: ev.Reason,
+		}
+		switch {
+		case ev.Kind == keystore.EventRefused:
+			rec.Outcome, rec.Code = audit.OutcomeError, "FailedPrecondition"
+		case ev.Err != nil:
+			rec.Outcome, rec.Code = audit.OutcomeError, "Unavailable"
+		}
+		if len(ev.KeyIDs) > 0 {
+			rec.KeyID, rec.KeyIDs = ev.KeyIDs[0], ev.KeyIDs[1:]
+		}
+		if err := alog.Append(rec); err != nil {
+			log.Error("audit record lost", "event", kind, "keys", len(ev.KeyIDs), "err", err)
+		}
+	}
 }
