@@ -23,6 +23,15 @@ type Options struct {
 	Logger              *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// EpochLength is how long one sealing epoch lasts on a device with
+	// epochs (Epocher); 0 means DefaultEpochLength. A retired sealed key
+	// stays recoverable from an old copy of the catalog until its epoch
+	// ends: at most 1.25 × EpochLength.
+	EpochLength time.Duration
+	// EpochPerRetirement starts a new epoch whenever a sealed key of the
+	// current epoch is retired, before the retiring call returns: no window
+	// at all, at the cost of re-sealing every active sealed key each time.
+	EpochPerRetirement bool
 }
 
 // Store is the device-neutral key store: the catalog, the lifecycle of
@@ -34,7 +43,9 @@ type Options struct {
 type Store struct {
 	cat    *catalog
 	be     Backend
-	sealer Sealer
+	sealer Unsealer
+	seal   Sealer  // a device without epochs
+	ep     *epochs // a device with epochs
 	hw     map[Algorithm]bool
 	opts   Options
 	log    *slog.Logger
@@ -63,7 +74,12 @@ func Open(ctx context.Context, path string, be Backend, opts Options) (*Store, e
 		return nil, err
 	}
 	s := &Store{cat: cat, be: be, opts: opts, log: opts.Logger, hw: map[Algorithm]bool{}}
-	s.sealer, _ = be.(Sealer)
+	if ep, ok := be.(Epocher); ok {
+		s.sealer = ep
+		s.ep = &epochs{dev: ep, pins: map[string]int{}, stop: make(chan struct{}), done: make(chan struct{})}
+	} else if se, ok := be.(Sealer); ok {
+		s.sealer, s.seal = se, se
+	}
 	for _, a := range be.Algorithms() {
 		s.hw[a] = true
 	}
@@ -71,11 +87,25 @@ func Open(ctx context.Context, path string, be Backend, opts Options) (*Store, e
 		cat.close()
 		return nil, err
 	}
+	if s.ep != nil {
+		if err := s.initEpochs(ctx); err != nil {
+			cat.close()
+			return nil, fmt.Errorf("sealing epochs: %w", err)
+		}
+		go s.runEpochs()
+	}
 	return s, nil
 }
 
-// Close closes the catalog. The Backend belongs to the caller.
-func (s *Store) Close() error { return s.cat.close() }
+// Close stops epoch rotation and closes the catalog. The Backend belongs
+// to the caller.
+func (s *Store) Close() error {
+	if s.ep != nil {
+		close(s.ep.stop)
+		<-s.ep.done
+	}
+	return s.cat.close()
+}
 
 // Device describes the backend.
 func (s *Store) Device() DeviceInfo { return s.be.Info() }
@@ -154,10 +184,11 @@ type KeySpec struct {
 // removes the device keys it made. KeyPackage creation uses one batch for
 // all its keys so that a failure leaves no half-built KeyPackages.
 type Batch struct {
-	s    *Store
-	mu   sync.Mutex
-	recs []*Record
-	done bool
+	s      *Store
+	mu     sync.Mutex
+	recs   []*Record
+	unpins []func() // epochs to keep until the records are committed
+	done   bool
 }
 
 // NewBatch starts a batch.
@@ -183,6 +214,7 @@ func (b *Batch) Generate(ctx context.Context, specs []KeySpec) ([]*Record, error
 		prots[i] = p
 	}
 	recs := make([]*Record, len(specs))
+	unpins := make([]func(), len(specs))
 	errs := make([]error, len(specs))
 	sem := make(chan struct{}, s.opts.GenerateParallelism)
 	var wg sync.WaitGroup
@@ -194,7 +226,7 @@ func (b *Batch) Generate(ctx context.Context, specs []KeySpec) ([]*Record, error
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			recs[i], errs[i] = s.generate(ctx, sp, prots[i])
+			recs[i], unpins[i], errs[i] = s.generate(ctx, sp, prots[i])
 		})
 	}
 	wg.Wait()
@@ -206,19 +238,30 @@ func (b *Batch) Generate(ctx context.Context, specs []KeySpec) ([]*Record, error
 			}
 		}
 		s.destroyDevice(context.WithoutCancel(ctx), made, "batch generation failed")
+		runAll(unpins)
 		return nil, err
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.done {
 		s.destroyDevice(context.WithoutCancel(ctx), recs, "batch already finished")
+		runAll(unpins)
 		return nil, errors.New("keystore: batch already finished")
 	}
 	b.recs = append(b.recs, recs...)
+	b.unpins = append(b.unpins, unpins...)
 	return recs, nil
 }
 
-func (s *Store) generate(ctx context.Context, sp KeySpec, p Protection) (*Record, error) {
+func runAll(fs []func()) {
+	for _, f := range fs {
+		if f != nil {
+			f()
+		}
+	}
+}
+
+func (s *Store) generate(ctx context.Context, sp KeySpec, p Protection) (rec *Record, unpin func(), err error) {
 	r := &Record{
 		ID: s.newID(), Role: sp.Role, Suite: sp.Suite, Algorithm: sp.Algorithm,
 		Protection: p, Owner: sp.Owner, State: StateActive, CreatedAt: s.opts.Now().UTC(),
@@ -227,24 +270,33 @@ func (s *Store) generate(ctx context.Context, sp KeySpec, p Protection) (*Record
 	case ProtectionHardware:
 		ref, pub, err := s.be.Generate(ctx, r.ID, sp.Algorithm)
 		if err != nil {
-			return nil, &DeviceError{Op: "generate " + string(sp.Algorithm), Err: err}
+			return nil, nil, &DeviceError{Op: "generate " + string(sp.Algorithm), Err: err}
 		}
 		r.DeviceRef, r.PublicKey = ref, pub
 	case ProtectionSealed:
 		priv, pub, err := softGenerate(sp.Algorithm)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		blob, err := s.sealer.Seal(ctx, priv, sealAAD(r))
-		clear(priv)
+		defer clear(priv)
+		var blob []byte
+		if s.ep != nil {
+			r.Epoch, unpin = s.pinEpoch()
+			blob, err = s.ep.dev.SealIn(ctx, r.Epoch, priv, sealAAD(r))
+		} else {
+			blob, err = s.seal.Seal(ctx, priv, sealAAD(r))
+		}
 		if err != nil {
-			return nil, &DeviceError{Op: "seal", Err: err}
+			if unpin != nil {
+				unpin()
+			}
+			return nil, nil, &DeviceError{Op: "seal", Err: err}
 		}
 		r.Sealed, r.PublicKey = blob, pub
 	default:
-		return nil, fmt.Errorf("protection %s: %w", p, ErrUnsupportedAlgorithm)
+		return nil, nil, fmt.Errorf("protection %s: %w", p, ErrUnsupportedAlgorithm)
 	}
-	return r, nil
+	return r, unpin, nil
 }
 
 // sealAAD binds a sealed blob to its record, so a blob copied into another
@@ -262,6 +314,7 @@ func (b *Batch) Commit() error {
 		return errors.New("keystore: batch already finished")
 	}
 	b.done = true
+	defer runAll(b.unpins)
 	if len(b.recs) == 0 {
 		return nil
 	}
@@ -282,6 +335,7 @@ func (b *Batch) Abort(ctx context.Context) {
 	}
 	b.done = true
 	b.s.destroyDevice(context.WithoutCancel(ctx), b.recs, "batch aborted")
+	runAll(b.unpins)
 }
 
 // destroyRef destroys the device key of a record just retired; ref is its
@@ -340,6 +394,7 @@ func (s *Store) Delete(ctx context.Context, id string) (*Record, error) {
 		return nil, err
 	}
 	s.destroyRef(ctx, r, ref, "delete")
+	s.epochRetired(ctx, r)
 	return r, nil
 }
 
@@ -347,8 +402,11 @@ func (s *Store) retire(r *Record, st State, why string) {
 	r.State = st
 	r.RetiredAt = s.opts.Now().UTC()
 	r.RetiredWhy = why
-	// A sealed blob is the key: dropping it is what destroys it. So is the
-	// reference of a device that keeps no per-key state (see Lister).
+	// A sealed blob is the key: dropping it from the record is the first
+	// step; destroying its epoch key (epochRetired, rotation) is what makes
+	// copies of the blob useless. So is the reference of a device that
+	// keeps no per-key state (see Lister). r.Epoch stays, so that sweeps
+	// and operators can tell which epoch the key was in.
 	r.Sealed = nil
 	if _, ok := s.be.(Lister); !ok {
 		r.DeviceRef = nil
@@ -396,6 +454,7 @@ func (s *Store) UseInitKey(ctx context.Context, id string, fn func(hpkeKey any) 
 		return nil, err
 	}
 	s.destroyRef(ctx, r, ref, "consume")
+	s.epochRetired(ctx, r)
 	return r, nil
 }
 
