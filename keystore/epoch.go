@@ -40,6 +40,14 @@ type Epocher interface {
 	SealIn(ctx context.Context, epoch string, plaintext, aad []byte) ([]byte, error)
 }
 
+// A device may implement Epocher but not be able to keep epochs in some
+// configuration (a TPM simulator loses its persistent objects at exit);
+// it says so with EpochsSupported, and the keystore seals with Sealer.
+func epochsSupported(be Backend) bool {
+	s, ok := be.(interface{ EpochsSupported() bool })
+	return !ok || s.EpochsSupported()
+}
+
 // Unsealer is the opening half of Sealer.
 type Unsealer interface {
 	Unseal(ctx context.Context, blob, aad []byte) ([]byte, error)

@@ -74,7 +74,7 @@ func Open(ctx context.Context, path string, be Backend, opts Options) (*Store, e
 		return nil, err
 	}
 	s := &Store{cat: cat, be: be, opts: opts, log: opts.Logger, hw: map[Algorithm]bool{}}
-	if ep, ok := be.(Epocher); ok {
+	if ep, ok := be.(Epocher); ok && epochsSupported(be) {
 		s.sealer = ep
 		s.ep = &epochs{dev: ep, pins: map[string]int{}, stop: make(chan struct{}), done: make(chan struct{})}
 	} else if se, ok := be.(Sealer); ok {

@@ -72,10 +72,12 @@ func (b *Backend) withObjectSlot(f func() error) error {
 }
 
 // load loads a blob under the SRK (not cached).
-func (b *Backend) load(bl *blob) (tpm2.NamedHandle, error) {
+func (b *Backend) load(bl *blob) (tpm2.NamedHandle, error) { return b.loadUnder(b.srkAuth(nil), bl) }
+
+func (b *Backend) loadUnder(parent tpm2.AuthHandle, bl *blob) (tpm2.NamedHandle, error) {
 	var obj tpm2.NamedHandle
 	err := b.withObjectSlot(func() error {
-		rsp, err := tpm2.Load{ParentHandle: b.srkAuth(nil), InPrivate: bl.priv, InPublic: bl.pub}.Execute(b.tpm)
+		rsp, err := tpm2.Load{ParentHandle: parent, InPrivate: bl.priv, InPublic: bl.pub}.Execute(b.tpm)
 		if err != nil {
 			return cmdErr("TPM2_Load", err)
 		}

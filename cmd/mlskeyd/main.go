@@ -120,7 +120,13 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 		return err
 	}
 	defer be.Close()
-	store, err := keystore.Open(ctx, cfg.str("catalog"), be, keystore.Options{MinProtection: policy.KeystoreMinProtection(), Logger: log})
+	kopts := keystore.Options{MinProtection: policy.KeystoreMinProtection(), Logger: log}
+	if cfg.str("seal-epoch") == "retire" {
+		kopts.EpochPerRetirement = true
+	} else if kopts.EpochLength, err = cfg.duration("seal-epoch"); err != nil {
+		return fmt.Errorf("%w (or \"retire\")", err)
+	}
+	store, err := keystore.Open(ctx, cfg.str("catalog"), be, kopts)
 	if err != nil {
 		return err
 	}
@@ -200,13 +206,20 @@ func openBackend(ctx context.Context, cfg *settings, getenv func(string) string)
 		if err != nil {
 			return nil, err
 		}
+		epochHandles, err := cfg.int("tpm-epoch-handles")
+		if err != nil {
+			return nil, err
+		}
+		if epochHandles < 1 {
+			return nil, errors.New("--tpm-epoch-handles must be at least 1")
+		}
 		var seed []byte
 		if f := cfg.str("tpm-simulator-seed-file"); f != "" {
 			if seed, err = readSecretFile(f); err != nil {
 				return nil, err
 			}
 		}
-		return tpm.Open(ctx, tpm.Config{Device: cfg.str("tpm"), SimulatorSeed: seed, CommandTimeout: timeout, LoadedKeys: loaded})
+		return tpm.Open(ctx, tpm.Config{Device: cfg.str("tpm"), SimulatorSeed: seed, CommandTimeout: timeout, LoadedKeys: loaded, EpochHandles: epochHandles})
 	}
 	sessions, err := cfg.int("pkcs11-max-sessions")
 	if err != nil {

@@ -1,0 +1,146 @@
+package tpm
+
+import (
+	"context"
+	"crypto/ecdh"
+	"crypto/rand"
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/mlskeyd/mlskeyd/keystore"
+)
+
+func TestEpochs(t *testing.T) {
+	eachTPM(t, func(t *testing.T, env *tpmEnv) {
+		ctx := context.Background()
+		cfg := env.cfg
+		cfg.EpochHandles = 2
+		b := openCfg(t, cfg)
+		start := time.Now()
+		for _, e := range []string{"e1", "e2"} {
+			if err := b.NewEpoch(ctx, e); err != nil {
+				t.Fatal(err)
+			}
+		}
+		t.Logf("NewEpoch: %v each", time.Since(start)/2)
+		if err := b.NewEpoch(ctx, "e3"); !errors.Is(err, keystore.ErrEpochBudget) {
+			t.Fatalf("third epoch with 2 handles: %v", err)
+		}
+		start = time.Now()
+		b1, err := b.SealIn(ctx, "e1", []byte("one"), []byte("aad"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("SealIn: %v", time.Since(start))
+		b2, err := b.SealIn(ctx, "e2", []byte("two"), []byte("aad"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if b1[0] != blobSealedEpoch || string(b1[2:4]) != "e1" {
+			t.Fatalf("blob header %x", b1[:4])
+		}
+		start = time.Now()
+		if pt, err := b.Unseal(ctx, b1, []byte("aad")); err != nil || string(pt) != "one" {
+			t.Fatalf("Unseal: %q %v", pt, err)
+		}
+		t.Logf("Unseal: %v", time.Since(start))
+		if _, err := b.Unseal(ctx, b1, []byte("other")); !errors.Is(err, ErrSealedBlob) {
+			t.Fatalf("wrong aad: %v", err)
+		}
+		// Another epoch's name in the header: that parent cannot load it.
+		moved := append([]byte{blobSealedEpoch, 2}, append([]byte("e2"), b1[4:]...)...)
+		if _, err := b.Unseal(ctx, moved, []byte("aad")); err == nil {
+			t.Fatal("blob opened under another epoch's parent")
+		}
+		start = time.Now()
+		if err := b.DestroyEpoch(ctx, "e1"); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("DestroyEpoch: %v", time.Since(start))
+		if err := b.DestroyEpoch(ctx, "e1"); err != nil {
+			t.Fatalf("destroying twice: %v", err)
+		}
+		if _, err := b.Unseal(ctx, b1, []byte("aad")); !errors.Is(err, keystore.ErrEpochDestroyed) {
+			t.Fatalf("blob of a destroyed epoch: %v", err)
+		}
+		t.Logf("destroyed epoch: %v", err)
+		if env.name == "swtpm" {
+			b.Close()
+			env.restart(t)
+			b = openCfg(t, cfg)
+		}
+		ids, err := b.Epochs(ctx)
+		if err != nil || !slices.Equal(ids, []string{"e2"}) {
+			t.Fatalf("Epochs: %v %v", ids, err)
+		}
+		if pt, err := b.Unseal(ctx, b2, []byte("aad")); err != nil || string(pt) != "two" {
+			t.Fatalf("Unseal after restart: %q %v", pt, err)
+		}
+		if err := b.DestroyEpoch(ctx, "e2"); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// TestRetiredSealedKeyGoneFromOldCatalogTPM: on swtpm, consume a sealed
+// X25519 init key, put back a copy of the catalog from before: the key
+// must not open again.
+func TestRetiredSealedKeyGoneFromOldCatalogTPM(t *testing.T) {
+	env := swtpmEnv(t)
+	ctx := context.Background()
+	b := env.open(t)
+	path := filepath.Join(t.TempDir(), "catalog.db")
+	opts := keystore.Options{EpochPerRetirement: true}
+	st, err := keystore.Open(ctx, path, b, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := st.Create(ctx, keystore.KeySpec{Role: keystore.RoleInit, Suite: 1, Algorithm: keystore.X25519})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Protection != keystore.ProtectionSealed || r.Epoch == "" {
+		t.Fatalf("%s key in epoch %q", r.Protection, r.Epoch)
+	}
+	st.Close()
+	saved, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	use := func(st *keystore.Store) error {
+		_, err := st.UseInitKey(ctx, r.ID, func(k any) error {
+			peer, _ := ecdh.X25519().GenerateKey(rand.Reader)
+			_, err := k.(ecdh.KeyExchanger).ECDH(peer.PublicKey())
+			return err
+		})
+		return err
+	}
+	if st, err = keystore.Open(ctx, path, b, opts); err != nil {
+		t.Fatal(err)
+	}
+	if err := use(st); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	if err := os.WriteFile(path, saved, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if st, err = keystore.Open(ctx, path, b, opts); err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := use(st); !errors.Is(err, keystore.ErrEpochDestroyed) {
+		t.Fatalf("second open from the old catalog: %v", err)
+	} else {
+		t.Logf("second open: %v", err)
+	}
+	// The epoch the newer catalog was using is unknown to this copy: it is
+	// left alone (it may belong to another catalog), next to the new one.
+	if ids, err := b.Epochs(ctx); err != nil || len(ids) != 2 || !slices.Contains(ids, st.Epoch()) {
+		t.Fatalf("epochs left: %v %v, want the current one and the newer catalog's", ids, err)
+	}
+}
