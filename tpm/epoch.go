@@ -86,9 +86,16 @@ func (b *Backend) scanEpochs() (map[tpm2.TPMHandle]bool, error) {
 			continue
 		}
 		taken[h] = true
-		pr, err := tpm2.ReadPublic{ObjectHandle: h}.Execute(b.tpm)
+		// Reading a persistent object takes a transient slot, which the
+		// loaded keys may all hold.
+		var pr *tpm2.ReadPublicResponse
+		err := b.withObjectSlot(func() error {
+			var err error
+			pr, err = tpm2.ReadPublic{ObjectHandle: h}.Execute(b.tpm)
+			return cmdErr(fmt.Sprintf("TPM2_ReadPublic(0x%08x)", uint32(h)), err)
+		})
 		if err != nil {
-			return nil, cmdErr(fmt.Sprintf("TPM2_ReadPublic(0x%08x)", uint32(h)), err)
+			return nil, err
 		}
 		area, err := pr.OutPublic.Contents()
 		if err != nil {
@@ -166,11 +173,14 @@ func (b *Backend) NewEpoch(ctx context.Context, id string) error {
 		if err != nil {
 			return err
 		}
-		_, err = tpm2.EvictControl{
-			Auth:             tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)},
-			ObjectHandle:     &obj,
-			PersistentHandle: h,
-		}.Execute(b.tpm)
+		err = b.withObjectSlot(func() error {
+			_, err := tpm2.EvictControl{
+				Auth:             tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)},
+				ObjectHandle:     &obj,
+				PersistentHandle: h,
+			}.Execute(b.tpm)
+			return err
+		})
 		ferr := b.flush(obj.Handle)
 		if err != nil {
 			if isRC(err, tpm2.TPMRCNVSpace) {
@@ -194,11 +204,14 @@ func (b *Backend) DestroyEpoch(ctx context.Context, id string) error {
 		if !ok {
 			return nil
 		}
-		_, err := tpm2.EvictControl{
-			Auth:             tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)},
-			ObjectHandle:     &p,
-			PersistentHandle: p.Handle,
-		}.Execute(b.tpm)
+		err := b.withObjectSlot(func() error {
+			_, err := tpm2.EvictControl{
+				Auth:             tpm2.AuthHandle{Handle: tpm2.TPMRHOwner, Auth: tpm2.PasswordAuth(nil)},
+				ObjectHandle:     &p,
+				PersistentHandle: p.Handle,
+			}.Execute(b.tpm)
+			return err
+		})
 		if err != nil {
 			return cmdErr("TPM2_EvictControl(evict)", err)
 		}

@@ -20,6 +20,17 @@ func TestEpochs(t *testing.T) {
 		cfg := env.cfg
 		cfg.EpochHandles = 2
 		b := openCfg(t, cfg)
+		// Loaded keys fill the transient slots: epoch commands must still
+		// find room.
+		for _, id := range []string{"k1", "k2", "k3"} {
+			ref, _, err := b.Generate(ctx, id, keystore.ECDSAP256)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := b.Check(ctx, ref, keystore.ECDSAP256); err != nil {
+				t.Fatal(err)
+			}
+		}
 		start := time.Now()
 		for _, e := range []string{"e1", "e2"} {
 			if err := b.NewEpoch(ctx, e); err != nil {
@@ -72,6 +83,12 @@ func TestEpochs(t *testing.T) {
 			b.Close()
 			env.restart(t)
 			b = openCfg(t, cfg)
+			for _, id := range []string{"k4", "k5"} {
+				ref, _, _ := b.Generate(ctx, id, keystore.ECDSAP256)
+				if err := b.Check(ctx, ref, keystore.ECDSAP256); err != nil {
+					t.Fatal(err)
+				}
+			}
 		}
 		ids, err := b.Epochs(ctx)
 		if err != nil || !slices.Equal(ids, []string{"e2"}) {
