@@ -40,6 +40,14 @@ type Epocher interface {
 	SealIn(ctx context.Context, epoch string, plaintext, aad []byte) ([]byte, error)
 }
 
+// EpochGenerator is an optional capability of an Epocher: hardware keys
+// made in an epoch (under a TPM parent that the epoch's destruction
+// evicts). They die with their epoch, but unlike sealed keys cannot move
+// to a newer one: their epoch lasts until the last of them is retired.
+type EpochGenerator interface {
+	GenerateIn(ctx context.Context, epoch, id string, alg Algorithm) (ref, pub []byte, err error)
+}
+
 // A device may implement Epocher but not be able to keep epochs in some
 // configuration (a TPM simulator loses its persistent objects at exit);
 // it says so with EpochsSupported, and the keystore seals with Sealer.

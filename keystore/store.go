@@ -268,8 +268,17 @@ func (s *Store) generate(ctx context.Context, sp KeySpec, p Protection) (rec *Re
 	}
 	switch p {
 	case ProtectionHardware:
-		ref, pub, err := s.be.Generate(ctx, r.ID, sp.Algorithm)
+		var ref, pub []byte
+		if eg, ok := s.be.(EpochGenerator); ok && s.ep != nil {
+			r.Epoch, unpin = s.pinEpoch()
+			ref, pub, err = eg.GenerateIn(ctx, r.Epoch, r.ID, sp.Algorithm)
+		} else {
+			ref, pub, err = s.be.Generate(ctx, r.ID, sp.Algorithm)
+		}
 		if err != nil {
+			if unpin != nil {
+				unpin()
+			}
 			return nil, nil, &DeviceError{Op: "generate " + string(sp.Algorithm), Err: err}
 		}
 		r.DeviceRef, r.PublicKey = ref, pub
@@ -609,7 +618,13 @@ func (s *Store) checkHardware(ctx context.Context, onDevice map[string]bool) err
 	}
 	if c, ok := s.be.(Checker); ok {
 		for _, r := range check {
-			if err := c.Check(ctx, r.DeviceRef, r.Algorithm); err != nil {
+			err := c.Check(ctx, r.DeviceRef, r.Algorithm)
+			if errors.Is(err, ErrEpochDestroyed) {
+				// Unusable, and reported with the sealed ones by initEpochs:
+				// this catalog is older than the device.
+				continue
+			}
+			if err != nil {
 				return fmt.Errorf("hardware key %q failed its start-up check: %w", r.ID, err)
 			}
 		}

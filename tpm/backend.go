@@ -15,10 +15,11 @@ import (
 )
 
 var (
-	_ keystore.Backend = (*Backend)(nil)
-	_ keystore.Sealer  = (*Backend)(nil)
-	_ keystore.Epocher = (*Backend)(nil)
-	_ keystore.Checker = (*Backend)(nil)
+	_ keystore.Backend        = (*Backend)(nil)
+	_ keystore.Sealer         = (*Backend)(nil)
+	_ keystore.Epocher        = (*Backend)(nil)
+	_ keystore.EpochGenerator = (*Backend)(nil)
+	_ keystore.Checker        = (*Backend)(nil)
 )
 
 // Config selects the TPM and tunes the queue and the key cache.

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/google/go-tpm/tpm2"
 
@@ -216,7 +218,15 @@ func (b *Backend) DestroyEpoch(ctx context.Context, id string) error {
 			return cmdErr("TPM2_EvictControl(evict)", err)
 		}
 		delete(b.epochs, id)
-		return nil
+		// Keys loaded under the parent stay loaded after it is evicted.
+		var errs []error
+		for _, e := range slices.Clone(b.lru.entries) {
+			if e.epoch == id {
+				b.lru.remove(e.key)
+				errs = append(errs, b.flush(e.obj.Handle))
+			}
+		}
+		return errors.Join(errs...)
 	})
 }
 
@@ -244,8 +254,9 @@ func (b *Backend) SealIn(ctx context.Context, epoch string, plaintext, aad []byt
 	return b.seal(ctx, epoch, plaintext, aad)
 }
 
-// splitEpochBlob returns the epoch and the version-0x02-shaped rest.
-func splitEpochBlob(blob []byte) (string, []byte, error) {
+// splitEpochBlob returns the epoch and the rest shaped as a blob of
+// version v (0x01 or 0x02).
+func splitEpochBlob(blob []byte, v byte) (string, []byte, error) {
 	if len(blob) < 2 || int(blob[1]) == 0 || len(blob) < 2+int(blob[1]) {
 		return "", nil, fmt.Errorf("%w: truncated epoch header", ErrBadBlob)
 	}
@@ -254,5 +265,5 @@ func splitEpochBlob(blob []byte) (string, []byte, error) {
 	if err := checkEpochID(epoch); err != nil {
 		return "", nil, fmt.Errorf("%w: %v", ErrBadBlob, err)
 	}
-	return epoch, append([]byte{blobSealed}, blob[n:]...), nil
+	return epoch, append([]byte{v}, blob[n:]...), nil
 }

@@ -161,3 +161,72 @@ func TestRetiredSealedKeyGoneFromOldCatalogTPM(t *testing.T) {
 		t.Fatalf("epochs left: %v %v, want the current one and the newer catalog's", ids, err)
 	}
 }
+
+// TestRetiredHardwareKeyGoneFromOldCatalogTPM: a TPM-computed (P-256) init
+// key lives under its epoch's parent. Once it is consumed and no other
+// active key is in its epoch, the parent is evicted and an old copy of the
+// catalog cannot use the key; the daemon still starts with that copy. A key
+// of an epoch that still has active keys keeps working: its epoch stays.
+func TestRetiredHardwareKeyGoneFromOldCatalogTPM(t *testing.T) {
+	env := swtpmEnv(t)
+	ctx := context.Background()
+	b := env.open(t)
+	path := filepath.Join(t.TempDir(), "catalog.db")
+	opts := keystore.Options{EpochPerRetirement: true}
+	st, err := keystore.Open(ctx, path, b, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := st.Create(ctx, keystore.KeySpec{Role: keystore.RoleInit, Suite: 2, Algorithm: keystore.ECDHP256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Protection != keystore.ProtectionHardware || r.Epoch == "" || r.DeviceRef[0] != blobKeyEpoch {
+		t.Fatalf("%s key in epoch %q", r.Protection, r.Epoch)
+	}
+	st.Close()
+	saved, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	use := func(st *keystore.Store, id string) error {
+		_, err := st.UseInitKey(ctx, id, func(k any) error {
+			peer, _ := ecdh.P256().GenerateKey(rand.Reader)
+			_, err := k.(ecdh.KeyExchanger).ECDH(peer.PublicKey())
+			return err
+		})
+		return err
+	}
+	if st, err = keystore.Open(ctx, path, b, opts); err != nil {
+		t.Fatal(err)
+	}
+	// Two keys in the next epoch: retiring one leaves the epoch alive.
+	k1, _ := st.Create(ctx, keystore.KeySpec{Role: keystore.RoleInit, Suite: 2, Algorithm: keystore.ECDHP256})
+	if err := use(st, r.ID); err != nil {
+		t.Fatal(err)
+	}
+	k2, _ := st.Create(ctx, keystore.KeySpec{Role: keystore.RoleInit, Suite: 2, Algorithm: keystore.ECDHP256})
+	k3, _ := st.Create(ctx, keystore.KeySpec{Role: keystore.RoleInit, Suite: 2, Algorithm: keystore.ECDHP256})
+	if err := use(st, k2.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := use(st, k3.ID); err != nil {
+		t.Fatalf("a key whose epoch-mate was retired: %v", err)
+	}
+	if err := use(st, k1.ID); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	if err := os.WriteFile(path, saved, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if st, err = keystore.Open(ctx, path, b, opts); err != nil {
+		t.Fatalf("start with the old catalog: %v", err)
+	}
+	defer st.Close()
+	if err := use(st, r.ID); !errors.Is(err, keystore.ErrEpochDestroyed) {
+		t.Fatalf("second use from the old catalog: %v", err)
+	} else {
+		t.Logf("second use: %v", err)
+	}
+}

@@ -99,7 +99,7 @@ func (b *Backend) Unseal(ctx context.Context, sealed, aad []byte) ([]byte, error
 	epoch := ""
 	if len(sealed) > 0 && sealed[0] == blobSealedEpoch {
 		var err error
-		if epoch, sealed, err = splitEpochBlob(sealed); err != nil {
+		if epoch, sealed, err = splitEpochBlob(sealed, blobSealed); err != nil {
 			return nil, devErr("unseal", err)
 		}
 	}
