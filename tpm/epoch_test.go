@@ -230,3 +230,38 @@ func TestRetiredHardwareKeyGoneFromOldCatalogTPM(t *testing.T) {
 		t.Logf("second use: %v", err)
 	}
 }
+
+// TestAttestEpochKey: certifying a key under an epoch parent, with the
+// loaded-key cache full, finds room for the parent, the key and the AK.
+func TestAttestEpochKey(t *testing.T) {
+	eachTPM(t, func(t *testing.T, env *tpmEnv) {
+		ctx := context.Background()
+		b := env.open(t)
+		if err := b.NewEpoch(ctx, "att"); err != nil {
+			t.Fatal(err)
+		}
+		var refs [][]byte
+		for _, id := range []string{"a1", "a2", "a3"} {
+			ref, _, err := b.GenerateIn(ctx, "att", id, keystore.ECDSAP256)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := b.Check(ctx, ref, keystore.ECDSAP256); err != nil {
+				t.Fatal(err)
+			}
+			refs = append(refs, ref)
+		}
+		nonce := make([]byte, 20)
+		for _, ref := range [][]byte{refs[0], refs[2], refs[2]} {
+			if _, err := b.Attest(ctx, ref, keystore.ECDSAP256, nonce); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := b.DestroyEpoch(ctx, "att"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := b.Attest(ctx, refs[2], keystore.ECDSAP256, nonce); !errors.Is(err, keystore.ErrEpochDestroyed) {
+			t.Fatalf("attest a key of a destroyed epoch: %v", err)
+		}
+	})
+}
