@@ -44,6 +44,9 @@ func TestRetiredKeyNotRevived(t *testing.T) {
 		t.Fatalf("first open: exit %d %s %s", code, out, errOut)
 	}
 	d.stop()
+	if a, _ := os.ReadFile(filepath.Join(state, "audit.log")); !strings.Contains(string(a), `"operation":"DestroyEpoch"`) {
+		t.Fatalf("the destroyed epoch key is not in the audit log:\n%s", a)
+	}
 	if err := os.WriteFile(catalog, saved, 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +55,7 @@ func TestRetiredKeyNotRevived(t *testing.T) {
 	if code == 0 {
 		t.Fatalf("the consumed init key opened the Welcome again from the old catalog: %s", out)
 	}
-	if !strings.Contains(errOut, "failed precondition") || !strings.Contains(errOut, "epoch key was destroyed") || !strings.Contains(errOut, "retired") {
+	if !strings.Contains(errOut, "failed precondition") || !strings.Contains(errOut, "epoch key is not on the device") || !strings.Contains(errOut, "retired") {
 		t.Fatalf("second open fails without saying why: %s", errOut)
 	}
 	if !strings.Contains(d.log.String(), "whose epoch key is no longer on the device") {

@@ -66,7 +66,7 @@ var (
 	// because every key of that epoch was retired (or moved to a newer
 	// epoch). A record still active in the catalog but in such an epoch
 	// comes from an old copy of the catalog.
-	ErrEpochDestroyed = errors.New("its epoch key was destroyed on the device (the key was retired; is this an old copy of the catalog?)")
+	ErrEpochDestroyed = errors.New("its epoch key is not on the device: the key was retired and this is an old copy of the catalog, or the catalog belongs to another TPM or token")
 	// ErrEpochBudget: the device has no room for another epoch key.
 	ErrEpochBudget = errors.New("no room on the device for another epoch key")
 )
@@ -238,6 +238,7 @@ func (s *Store) RotateEpoch(ctx context.Context) error {
 	e.meta = m
 	e.mu.Unlock()
 	s.log.Info("new sealing epoch", "epoch", id)
+	s.noteEpoch("NewEpoch", id, "epoch started")
 	if err := s.migrateSealed(ctx, id); err != nil {
 		return err
 	}
@@ -346,6 +347,7 @@ func (s *Store) sweepLocked(ctx context.Context) error {
 			return err
 		}
 		s.log.Info("destroyed epoch key: no active key needs it", "epoch", id)
+		s.noteEpoch("DestroyEpoch", id, "no active key needs it")
 	}
 	return nil
 }
@@ -396,6 +398,12 @@ func (s *Store) runEpochs() {
 		if err := s.RotateEpoch(context.Background()); err != nil {
 			s.log.Error("sealing epoch rotation failed; retrying later", "err", err)
 		}
+	}
+}
+
+func (s *Store) noteEpoch(op, id, reason string) {
+	if s.opts.OnEpoch != nil {
+		s.opts.OnEpoch(op, id, reason)
 	}
 }
 

@@ -107,7 +107,8 @@ func TestRetiredSealedKeyGoneFromOldCatalog(t *testing.T) {
 func TestEpochPinnedByUncommittedBatch(t *testing.T) {
 	ctx := context.Background()
 	be := newEpochFake(Ed25519)
-	s, _ := openStore(t, be, Options{})
+	var events []string
+	s, _ := openStore(t, be, Options{OnEpoch: func(op, epoch, _ string) { events = append(events, op+" "+epoch) }})
 	b := s.NewBatch()
 	recs, err := b.Generate(ctx, []KeySpec{{Role: RoleInit, Suite: 1, Algorithm: X25519}})
 	if err != nil {
@@ -128,6 +129,9 @@ func TestEpochPinnedByUncommittedBatch(t *testing.T) {
 	// Its key retired, the old epoch goes at once.
 	if n := be.epochCount(); n != 1 {
 		t.Fatalf("%d epochs after the last key of the old one retired, want 1", n)
+	}
+	if len(events) != 3 || events[2] != "DestroyEpoch "+recs[0].Epoch {
+		t.Fatalf("epoch events %v, want two NewEpoch and the old one's DestroyEpoch", events)
 	}
 }
 

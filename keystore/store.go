@@ -32,6 +32,10 @@ type Options struct {
 	// current epoch is retired, before the retiring call returns: no window
 	// at all, at the cost of re-sealing every active sealed key each time.
 	EpochPerRetirement bool
+	// OnEpoch, if set, is told of every epoch key created ("NewEpoch") or
+	// destroyed ("DestroyEpoch") in the device, with a short reason, so
+	// that the daemon can audit them.
+	OnEpoch func(op, epoch, reason string)
 }
 
 // Store is the device-neutral key store: the catalog, the lifecycle of
@@ -618,13 +622,7 @@ func (s *Store) checkHardware(ctx context.Context, onDevice map[string]bool) err
 	}
 	if c, ok := s.be.(Checker); ok {
 		for _, r := range check {
-			err := c.Check(ctx, r.DeviceRef, r.Algorithm)
-			if errors.Is(err, ErrEpochDestroyed) {
-				// Unusable, and reported with the sealed ones by initEpochs:
-				// this catalog is older than the device.
-				continue
-			}
-			if err != nil {
+			if err := c.Check(ctx, r.DeviceRef, r.Algorithm); err != nil {
 				return fmt.Errorf("hardware key %q failed its start-up check: %w", r.ID, err)
 			}
 		}

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -165,8 +166,9 @@ func TestRetiredSealedKeyGoneFromOldCatalogTPM(t *testing.T) {
 // TestRetiredHardwareKeyGoneFromOldCatalogTPM: a TPM-computed (P-256) init
 // key lives under its epoch's parent. Once it is consumed and no other
 // active key is in its epoch, the parent is evicted and an old copy of the
-// catalog cannot use the key; the daemon still starts with that copy. A key
-// of an epoch that still has active keys keeps working: its epoch stays.
+// catalog cannot use the key: start-up with that copy fails naming the key
+// and why, as for a blob of another TPM. A key of an epoch that still has
+// active keys keeps working: its epoch stays.
 func TestRetiredHardwareKeyGoneFromOldCatalogTPM(t *testing.T) {
 	env := swtpmEnv(t)
 	ctx := context.Background()
@@ -220,15 +222,11 @@ func TestRetiredHardwareKeyGoneFromOldCatalogTPM(t *testing.T) {
 	if err := os.WriteFile(path, saved, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if st, err = keystore.Open(ctx, path, b, opts); err != nil {
+	_, err = keystore.Open(ctx, path, b, opts)
+	if !errors.Is(err, keystore.ErrEpochDestroyed) || !strings.Contains(err.Error(), r.ID) {
 		t.Fatalf("start with the old catalog: %v", err)
 	}
-	defer st.Close()
-	if err := use(st, r.ID); !errors.Is(err, keystore.ErrEpochDestroyed) {
-		t.Fatalf("second use from the old catalog: %v", err)
-	} else {
-		t.Logf("second use: %v", err)
-	}
+	t.Logf("start with the old catalog: %v", err)
 }
 
 // TestAttestEpochKey: certifying a key under an epoch parent, with the

@@ -115,27 +115,6 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	be, err := openBackend(ctx, cfg, getenv)
-	if err != nil {
-		return err
-	}
-	defer be.Close()
-	kopts := keystore.Options{MinProtection: policy.KeystoreMinProtection(), Logger: log}
-	if cfg.str("seal-epoch") == "retire" {
-		kopts.EpochPerRetirement = true
-	} else if kopts.EpochLength, err = cfg.duration("seal-epoch"); err != nil {
-		return fmt.Errorf("%w (or \"retire\")", err)
-	}
-	store, err := keystore.Open(ctx, cfg.str("catalog"), be, kopts)
-	if err != nil {
-		return err
-	}
-	defer store.Close()
-
-	svc := server.NewService(store, server.Options{
-		Version: version, Logger: log, DefaultLifetime: lifetime, MaxLifetime: maxLifetime,
-		Policy: policy, Access: access,
-	})
 	auditPath := cfg.str("audit-log")
 	if auditPath == "" {
 		auditPath = filepath.Join(state, "audit.log")
@@ -167,6 +146,35 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 		log.Info("audit log closed", "last_seq", alog.LastSeq(), "last_hash", alog.LastHash())
 		alog.Close()
 	}()
+	be, err := openBackend(ctx, cfg, getenv)
+	if err != nil {
+		return err
+	}
+	defer be.Close()
+	// Epoch keys are destroyed on the daemon's own authority (when no
+	// active key needs them), so each creation and destruction is audited.
+	onEpoch := func(op, epoch, reason string) {
+		if err := alog.Append(audit.Record{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid()),
+			Operation: op, KeyID: "epoch:" + epoch, Outcome: audit.OutcomeOK, Code: "OK", Reason: reason}); err != nil {
+			log.Error("audit log", "err", err)
+		}
+	}
+	kopts := keystore.Options{MinProtection: policy.KeystoreMinProtection(), Logger: log, OnEpoch: onEpoch}
+	if cfg.str("seal-epoch") == "retire" {
+		kopts.EpochPerRetirement = true
+	} else if kopts.EpochLength, err = cfg.duration("seal-epoch"); err != nil {
+		return fmt.Errorf("%w (or \"retire\")", err)
+	}
+	store, err := keystore.Open(ctx, cfg.str("catalog"), be, kopts)
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+
+	svc := server.NewService(store, server.Options{
+		Version: version, Logger: log, DefaultLifetime: lifetime, MaxLifetime: maxLifetime,
+		Policy: policy, Access: access,
+	})
 	gs, hs := server.NewGRPCServer(svc, log, &server.Auditor{Log: alog, FailClosed: failClosed, Logger: log})
 	l, err := server.Listen(socket, mode, gid)
 	if err != nil {
