@@ -153,8 +153,9 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 	defer be.Close()
 	// Epoch keys are destroyed on the daemon's own authority (when no
 	// active key needs them), so each creation and destruction is audited.
+	self, _ := os.Executable()
 	onEpoch := func(op, epoch, reason string) {
-		if err := alog.Append(audit.Record{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid()),
+		if err := alog.Append(audit.Record{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid()), Exe: self,
 			Operation: op, KeyID: "epoch:" + epoch, Outcome: audit.OutcomeOK, Code: "OK", Reason: reason}); err != nil {
 			log.Error("audit log", "err", err)
 		}
