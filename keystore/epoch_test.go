@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 )
@@ -201,5 +202,59 @@ func TestEpochBudget(t *testing.T) {
 	}
 	if err := useInit(ctx, s, r.ID); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestEpochConcurrentRetirements: with a new epoch at every retirement,
+// concurrent consumptions (each holding its key's lock while rotating) do
+// not deadlock, every key opens exactly once, the survivor still works and
+// only the current epoch is left.
+func TestEpochConcurrentRetirements(t *testing.T) {
+	ctx := context.Background()
+	be := newEpochFake(Ed25519)
+	s, _ := openStore(t, be, Options{EpochPerRetirement: true})
+	var ids []string
+	for range 16 {
+		r, err := s.Create(ctx, KeySpec{Role: RoleInit, Suite: 1, Algorithm: X25519})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, r.ID)
+	}
+	keep, err := s.Create(ctx, KeySpec{Role: RoleLeafEncryption, Suite: 1, Algorithm: X25519})
+	if err != nil {
+		t.Fatal(err)
+	}
+	errs := make(chan error, 2*len(ids))
+	var wg sync.WaitGroup
+	for _, id := range ids {
+		for range 2 {
+			wg.Go(func() { errs <- useInit(ctx, s, id) })
+		}
+	}
+	wg.Wait()
+	close(errs)
+	ok := 0
+	for err := range errs {
+		switch {
+		case err == nil:
+			ok++
+		case !errors.Is(err, ErrNotActive):
+			t.Errorf("UseInitKey: %v", err)
+		}
+	}
+	if ok != len(ids) {
+		t.Fatalf("%d successful uses of %d keys", ok, len(ids))
+	}
+	k, err := s.DecryptionKey(ctx, keep.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer, _ := ecdh.X25519().GenerateKey(rand.Reader)
+	if _, err := k.(ecdh.KeyExchanger).ECDH(peer.PublicKey()); err != nil {
+		t.Fatalf("surviving key: %v", err)
+	}
+	if n := be.epochCount(); n != 1 {
+		t.Fatalf("%d epochs left, want 1", n)
 	}
 }

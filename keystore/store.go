@@ -529,6 +529,32 @@ type keyLock struct {
 	refs int
 }
 
+// tryLock is lock without waiting; ok is false if the key is locked.
+func (l *keyLocks) tryLock(id string) (unlock func(), ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.m == nil {
+		l.m = map[string]*keyLock{}
+	}
+	k := l.m[id]
+	if k == nil {
+		k = &keyLock{}
+		l.m[id] = k
+	}
+	if !k.TryLock() {
+		return nil, false
+	}
+	k.refs++
+	return func() {
+		k.Unlock()
+		l.mu.Lock()
+		if k.refs--; k.refs == 0 {
+			delete(l.m, id)
+		}
+		l.mu.Unlock()
+	}, true
+}
+
 func (l *keyLocks) lock(id string) (unlock func()) {
 	l.mu.Lock()
 	if l.m == nil {
