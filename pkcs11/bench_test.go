@@ -101,8 +101,11 @@ func BenchmarkSeal(b *testing.B) {
 	ctx := context.Background()
 	pt := make([]byte, 64)
 	aad := []byte("catalog-id")
+	if err := be.NewEpoch(ctx, testEpoch); err != nil {
+		b.Fatal(err)
+	}
 	for b.Loop() {
-		blob, err := testSeal(ctx, be, pt, aad)
+		blob, err := be.SealIn(ctx, testEpoch, pt, aad)
 		if err != nil {
 			b.Fatal(err)
 		}
