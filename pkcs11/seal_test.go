@@ -5,7 +5,10 @@ import (
 	"context"
 	"crypto/aes"
 	"crypto/cipher"
+	"crypto/ecdh"
+	"crypto/rand"
 	"errors"
+	"os"
 	"path/filepath"
 	"testing"
 
@@ -266,3 +269,53 @@ func TestLegacySealedBlob(t *testing.T) {
 type sealOnly struct{ *Backend }
 
 func (sealOnly) Algorithms() []keystore.Algorithm { return nil }
+
+// TestRetiredSealedKeyGoneFromOldCatalog: on SoftHSM with every key sealed,
+// copy the catalog, consume an init key (a new epoch starts and the old
+// epoch key is destroyed in the token), put the copy back: the key does
+// not open again.
+func TestRetiredSealedKeyGoneFromOldCatalog(t *testing.T) {
+	cfg := newToken(t)
+	ctx := context.Background()
+	be := sealOnly{openBackend(t, cfg)}
+	path := filepath.Join(t.TempDir(), "catalog.db")
+	opts := keystore.Options{EpochPerRetirement: true}
+	st, err := keystore.Open(ctx, path, be, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := st.Create(ctx, keystore.KeySpec{Role: keystore.RoleInit, Suite: 1, Algorithm: keystore.X25519})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	saved, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	use := func(st *keystore.Store) error {
+		_, err := st.UseInitKey(ctx, r.ID, func(k any) error {
+			peer, _ := ecdh.X25519().GenerateKey(rand.Reader)
+			_, err := k.(ecdh.KeyExchanger).ECDH(peer.PublicKey())
+			return err
+		})
+		return err
+	}
+	if st, err = keystore.Open(ctx, path, be, opts); err != nil {
+		t.Fatal(err)
+	}
+	if err := use(st); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	if err := os.WriteFile(path, saved, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if st, err = keystore.Open(ctx, path, be, opts); err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := use(st); !errors.Is(err, keystore.ErrEpochDestroyed) {
+		t.Fatalf("second open from the old catalog: %v", err)
+	}
+}
