@@ -90,12 +90,13 @@ type epochMeta struct {
 type epochs struct {
 	dev Epocher
 	// rotate serialises rotation and sweeping.
-	rotate sync.Mutex
-	mu     sync.Mutex // guards the fields below
-	meta   epochMeta
-	pins   map[string]int // epochs used by uncommitted batches
-	stop   chan struct{}
-	done   chan struct{}
+	rotate   sync.Mutex
+	mu       sync.Mutex // guards the fields below
+	meta     epochMeta
+	pins     map[string]int // epochs used by uncommitted batches
+	stop     chan struct{}
+	stopOnce sync.Once
+	done     chan struct{}
 }
 
 func newEpochID() string {

@@ -258,3 +258,9 @@ func TestEpochConcurrentRetirements(t *testing.T) {
 		t.Fatalf("%d epochs left, want 1", n)
 	}
 }
+
+func TestCloseTwice(t *testing.T) {
+	s, _ := openStore(t, newEpochFake(), Options{})
+	s.Close()
+	s.Close()
+}

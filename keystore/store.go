@@ -105,7 +105,7 @@ func Open(ctx context.Context, path string, be Backend, opts Options) (*Store, e
 // to the caller.
 func (s *Store) Close() error {
 	if s.ep != nil {
-		close(s.ep.stop)
+		s.ep.stopOnce.Do(func() { close(s.ep.stop) })
 		<-s.ep.done
 	}
 	return s.cat.close()
