@@ -182,7 +182,7 @@ func (s *Store) initEpochs(ctx context.Context) error {
 	return s.sweepEpochs(ctx)
 }
 
-// currentEpoch returns the epoch new blobs are sealed in and pins it until
+// pinEpoch returns the epoch new blobs are sealed in and pins it until
 // the returned function is called, so that no sweep destroys it while a
 // blob sealed in it is not yet in the catalog.
 func (s *Store) pinEpoch() (string, func()) {
