@@ -124,6 +124,7 @@ func (c *Client) ListAllKeys(ctx context.Context, req *mlskeyv1.ListKeysRequest)
 	r := &mlskeyv1.ListKeysRequest{}
 	if req != nil {
 		r.Role, r.State, r.CipherSuite, r.PageSize = req.GetRole(), req.GetState(), req.GetCipherSuite(), req.GetPageSize()
+		r.OwnerUid = req.OwnerUid
 	}
 	if r.PageSize == 0 {
 		r.PageSize = 1000

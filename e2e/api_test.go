@@ -141,6 +141,12 @@ func TestRequestValidation(t *testing.T) {
 	wantCode(t, "attest without nonce", err, codes.InvalidArgument, "nonce")
 	_, err = c.AttestKey(ctx, &pb.AttestKeyRequest{KeyId: sigID, Nonce: []byte("n")})
 	wantCode(t, "attest on PKCS#11", err, codes.Unimplemented, "key_id")
+	_, err = c.ActivateCredential(ctx, &pb.ActivateCredentialRequest{KeyId: sigID, EndorsementKey: []byte{1}, Secret: []byte{1}})
+	wantCode(t, "activate without a credential", err, codes.InvalidArgument, "credential_blob")
+	_, err = c.ActivateCredential(ctx, &pb.ActivateCredentialRequest{KeyId: sigID, EndorsementKey: []byte{1}, CredentialBlob: []byte{1}, Secret: make([]byte, 4096)})
+	wantCode(t, "oversize secret", err, codes.InvalidArgument, "secret")
+	_, err = c.ActivateCredential(ctx, &pb.ActivateCredentialRequest{KeyId: sigID, EndorsementKey: []byte{1}, CredentialBlob: []byte{1}, Secret: []byte{1}})
+	wantCode(t, "activate on PKCS#11", err, codes.Unimplemented, "credential_blob")
 
 	// DecryptWithLabel: a real round trip, then each kind of bad input.
 	leaf, err := c.GetKey(ctx, &pb.GetKeyRequest{Id: kp.LeafEncryptionKeyId})
@@ -188,6 +194,9 @@ func TestRequestValidation(t *testing.T) {
 		t.Fatal(err)
 	}
 	ow("Welcome for a deleted init key", "welcome", codes.FailedPrecondition, w)
+	if _, err := c.OpenWelcome(ctx, &pb.OpenWelcomeRequest{Welcome: w}); !strings.Contains(status.Convert(err).Message(), "was deleted") {
+		t.Errorf("Welcome for a deleted init key: %v, want it to say the key was deleted", err)
+	}
 
 	// Nothing above changed the first KeyPackage's keys.
 	for _, id := range []string{kp.InitKeyId, kp.LeafEncryptionKeyId, sigID} {

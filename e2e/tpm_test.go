@@ -6,6 +6,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -22,11 +23,16 @@ func TestTPMBackend(t *testing.T) {
 	})
 	t.Run("swtpm", func(t *testing.T) {
 		t.Parallel()
-		testTPM(t, swtpm.Start(t, t.TempDir()))
+		sw, ca := swtpm.StartManufactured(t, t.TempDir())
+		roots := filepath.Join(t.TempDir(), "ek-roots.pem")
+		os.WriteFile(roots, ca.Bundle(), 0o644)
+		testTPM(t, sw, roots)
 	})
 }
 
-func testTPM(t *testing.T, sw *swtpm.Process) {
+// testTPM runs against sw (nil: the simulator); ekRoots is the CA bundle
+// that issued sw's EK certificates.
+func testTPM(t *testing.T, sw *swtpm.Process, ekRoots ...string) {
 	state := t.TempDir()
 	args := []string{"--backend", "tpm"}
 	if sw != nil {
@@ -100,13 +106,33 @@ func testTPM(t *testing.T, sw *swtpm.Process) {
 	}
 
 	// Attestation: the daemon's evidence verifies for hardware keys, offline
-	// too, and fails for another nonce or a tampered statement.
-	for _, id := range []string{keys[2].sig.ID, keys[7].kps[1].InitKeyID} {
+	// too, and fails for another nonce or a tampered statement. Evidence
+	// without a trust anchor is reported as not anchored and refused
+	// unless allowed. With swtpm's EK certificates, --ek-roots anchors it
+	// and the AK it enrolls pins it offline.
+	akFile := filepath.Join(t.TempDir(), "ak.pem")
+	for i, id := range []string{keys[2].sig.ID, keys[7].kps[1].InitKeyID} {
 		nonce := hex.EncodeToString([]byte("nonce for " + id))[:40]
+		out, errOut, code := d.ctl("key", "attest", id, "--nonce", nonce)
+		if code != 1 || !strings.Contains(out, "consistent, NOT anchored to a trusted TPM") || !strings.Contains(errOut, "NOT anchored") {
+			t.Fatalf("key attest without a trust anchor: exit %d %s %s", code, out, errOut)
+		}
+		anchor := []string{"--allow-unanchored"}
+		if len(ekRoots) > 0 {
+			anchor = []string{"--ek-roots", ekRoots[0]}
+			if i == 0 {
+				anchor = append(anchor, "--ak-out", akFile)
+			}
+		}
 		var ev map[string]any
-		d.ctlJSON(t, &ev, "key", "attest", id, "--nonce", nonce)
-		if ev["verified"] != true || ev["format"] != "tpm2-certify" {
-			t.Fatalf("key attest %s: %v", id, ev)
+		d.ctlJSON(t, &ev, append([]string{"key", "attest", id, "--nonce", nonce}, anchor...)...)
+		wantAnchored := len(ekRoots) > 0
+		if ev["verified"] != wantAnchored || ev["anchored"] != wantAnchored || ev["consistent"] != true || ev["format"] != "tpm2-certify" ||
+			ev["nonce"] != nonce || ev["ak_name"] == "" || ev["key_name"] == "" || ev["key_attributes"] == nil {
+			t.Fatalf("key attest %s %v: %v", id, anchor, ev)
+		}
+		if wantAnchored && ev["anchor"] != "ek-certificate" {
+			t.Fatalf("key attest %s: anchor %v", id, ev["anchor"])
 		}
 		file := filepath.Join(t.TempDir(), "evidence.json")
 		write := func(ev map[string]any) {
@@ -114,8 +140,20 @@ func testTPM(t *testing.T, sw *swtpm.Process) {
 			os.WriteFile(file, b, 0o600)
 		}
 		write(ev)
-		if out, errOut, code := d.ctl("attest", "verify", "--in", file); code != 0 {
-			t.Fatalf("attest verify: %s %s", out, errOut)
+		if out, errOut, code := d.ctl("attest", "verify", "--in", file); code != 1 || !strings.Contains(out, "NOT anchored") {
+			t.Fatalf("attest verify without a trust anchor: exit %d %s %s", code, out, errOut)
+		}
+		verifyArgs := []string{"attest", "verify", "--in", file, "--allow-unanchored"}
+		if wantAnchored {
+			verifyArgs = []string{"attest", "verify", "--in", file, "--ak", akFile}
+		}
+		if out, errOut, code := d.ctl(verifyArgs...); code != 0 || (wantAnchored && !strings.Contains(out, "anchored to a trusted TPM (pinned-ak)")) {
+			t.Fatalf("attest verify %v: exit %d %s %s", verifyArgs, code, out, errOut)
+		}
+		if wantAnchored {
+			if out, errOut, code := d.ctl("attest", "verify", "--in", file, "--ek-roots", ekRoots[0], "--json"); code != 0 || !strings.Contains(out, `"anchor": "ek-certificate"`) {
+				t.Fatalf("attest verify --ek-roots: exit %d %s %s", code, out, errOut)
+			}
 		}
 		for field, bad := range map[string]string{
 			"nonce":     hex.EncodeToString([]byte("another nonce")),
@@ -125,7 +163,7 @@ func testTPM(t *testing.T, sw *swtpm.Process) {
 			tampered := maps.Clone(ev)
 			tampered[field] = bad
 			write(tampered)
-			if _, errOut, code := d.ctl("attest", "verify", "--in", file); code == 0 || !strings.Contains(errOut, "does not verify") {
+			if _, errOut, code := d.ctl(verifyArgs...); code == 0 || !strings.Contains(errOut, "does not verify") {
 				t.Fatalf("attest verify with a changed %s: exit %d %s", field, code, errOut)
 			}
 		}
@@ -165,7 +203,9 @@ func testTPM(t *testing.T, sw *swtpm.Process) {
 	d.stop()
 	other := swtpm.Start(t, t.TempDir())
 	out := startDaemonExpectFailure(t, state, "--backend", "tpm", "--tpm", other.Device())
-	if !strings.Contains(out, "another TPM") || !strings.Contains(out, "hardware key") {
+	want := regexp.MustCompile(`(?m)^mlskeyd: key [0-9a-f]{32}'s blob does not load on this TPM \(TPM_RC_INTEGRITY\): ` +
+		`this catalog belongs to another TPM or storage root key; use the state directory that TPM was set up with$`)
+	if !want.MatchString(out) {
 		t.Fatalf("daemon on another TPM: %s", out)
 	}
 }

@@ -171,6 +171,20 @@ type Attestation struct {
 	AttestationKey []byte
 	KeyPublicArea  []byte
 	Certificates   [][]byte
+	// EndorsementKey is the public key a verifier encrypts a credential
+	// to (for a TPM: the TPMT_PUBLIC of the endorsement key whose
+	// certificate is among Certificates), so that CredentialActivator can
+	// prove the attestation key lives beside it.
+	EndorsementKey []byte
+}
+
+// CredentialActivator is an optional Backend capability: it decrypts a
+// credential a verifier made for the attestation key of an Attestation,
+// encrypted to its endorsement key (TPM2_ActivateCredential). Only the
+// device holding both keys can, which ties the attestation key to the
+// endorsement key and its certificate.
+type CredentialActivator interface {
+	ActivateCredential(ctx context.Context, endorsementKey, credentialBlob, secret []byte) ([]byte, error)
 }
 
 // Errors a Backend or the keystore return, matched with errors.Is.
@@ -195,3 +209,20 @@ type DeviceError struct {
 
 func (e *DeviceError) Error() string { return fmt.Sprintf("device %s: %v", e.Op, e.Err) }
 func (e *DeviceError) Unwrap() error { return e.Err }
+
+// ForeignKeyError is returned by a Checker when the device refuses a key's
+// object because another device, or another root key of this one, made it.
+// The key is not lost: the catalog belongs to another device, and the
+// daemon was most likely started on the wrong state directory.
+type ForeignKeyError struct {
+	Device string // "TPM"
+	Code   string // the device's refusal, "TPM_RC_INTEGRITY"
+	Owner  string // who made the object: "another TPM or storage root key"
+	Err    error
+}
+
+func (e *ForeignKeyError) Error() string {
+	return fmt.Sprintf("blob does not load on this %s (%s): this catalog belongs to %s", e.Device, e.Code, e.Owner)
+}
+
+func (e *ForeignKeyError) Unwrap() error { return e.Err }

@@ -276,15 +276,11 @@ func (s *Store) migrateSealed(ctx context.Context, cur string) error {
 	return nil
 }
 
-// reseal moves one key. A key whose lock is held is being retired right
-// now (only retiring calls take it): it is skipped, and the call retiring
-// it sweeps its epoch afterwards. Waiting instead could deadlock with a
-// retiring call that waits for this rotation.
+// reseal moves one key under its lock, taken exclusively: operations
+// using the key finish first. Retiring calls release their locks before
+// they rotate or sweep (epochRetired), so waiting here cannot deadlock.
 func (s *Store) reseal(ctx context.Context, id, cur string) error {
-	unlock, ok := s.locks.tryLock(id)
-	if !ok {
-		return nil
-	}
+	unlock := s.locks.lock(id)
 	defer unlock()
 	r, err := s.cat.get(id)
 	if err != nil || !r.Live() || r.Epoch == cur {

@@ -27,7 +27,7 @@ type Signer struct {
 // new KeyPackage can be signed before its keys are committed.
 func (s *Store) SignerFor(ctx context.Context, r *Record) (*Signer, error) {
 	if r.Role != RoleSignature {
-		return nil, fmt.Errorf("key %q is a %s key: %w", r.ID, r.Role, ErrWrongRole)
+		return nil, fmt.Errorf("key %q is %s key: %w", r.ID, aRole(r.Role), ErrWrongRole)
 	}
 	pub, err := publicKey(r.Algorithm, r.PublicKey)
 	if err != nil {

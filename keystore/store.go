@@ -8,6 +8,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -23,6 +25,12 @@ type Options struct {
 	Logger              *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// DestroyTimeout bounds one device destruction, which runs detached
+	// from the request that caused it; 0 means DefaultDestroyTimeout.
+	DestroyTimeout time.Duration
+	// OnDestroy, if set, is told of every device key the store destroys on
+	// its own authority (Sweep), for the audit log.
+	OnDestroy func(Destruction)
 	// EpochLength is how long one sealing epoch lasts on a device with
 	// epochs (Epocher); 0 means DefaultEpochLength. A retired sealed key
 	// stays recoverable from an old copy of the catalog until its epoch
@@ -54,6 +62,7 @@ type Store struct {
 	opts   Options
 	log    *slog.Logger
 	locks  keyLocks
+	life   lifecycle
 }
 
 // Open opens (or creates) the catalog at path, reconciles it with the
@@ -101,14 +110,18 @@ func Open(ctx context.Context, path string, be Backend, opts Options) (*Store, e
 	return s, nil
 }
 
-// Close stops epoch rotation and closes the catalog. The Backend belongs
-// to the caller.
+// Close shuts the store down (see Shutdown), retries the device
+// destructions that failed and closes the catalog. Its error says what is
+// left on the device for the next start to remove. Callers must have
+// finished every operation; the Backend belongs to the caller and must
+// still be open.
 func (s *Store) Close() error {
 	if s.ep != nil {
 		s.ep.stopOnce.Do(func() { close(s.ep.stop) })
 		<-s.ep.done
 	}
-	return s.cat.close()
+	left := s.settle()
+	return errors.Join(left, s.cat.close())
 }
 
 // Device describes the backend.
@@ -201,8 +214,16 @@ func (s *Store) NewBatch() *Batch { return &Batch{s: s} }
 // Generate creates keys for specs, in parallel on the device, and returns
 // their records (not yet committed) in the order of specs. On error the
 // keys this call made are destroyed again.
+//
+// A batch still generating when the store shuts down stops, destroys what
+// it made and returns ErrShuttingDown.
 func (b *Batch) Generate(ctx context.Context, specs []KeySpec) ([]*Record, error) {
 	s := b.s
+	if s.life.done() {
+		return nil, ErrShuttingDown
+	}
+	ctx, cancel := s.life.bind(ctx)
+	defer cancel()
 	prots := make([]Protection, len(specs))
 	for i, sp := range specs {
 		if !sp.Role.Valid() {
@@ -234,21 +255,25 @@ func (b *Batch) Generate(ctx context.Context, specs []KeySpec) ([]*Record, error
 		})
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	if err := aggregate(errs, len(specs)); err != nil {
 		var made []*Record
 		for _, r := range recs {
 			if r != nil {
 				made = append(made, r)
 			}
 		}
-		s.destroyDevice(context.WithoutCancel(ctx), made, "batch generation failed")
-		runAll(unpins)
+		defer runAll(unpins)
+		if s.life.done() {
+			s.destroyDevice(ctx, made, "batch aborted at shutdown")
+			return nil, ErrShuttingDown
+		}
+		s.destroyDevice(ctx, made, "batch generation failed")
 		return nil, err
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.done {
-		s.destroyDevice(context.WithoutCancel(ctx), recs, "batch already finished")
+		s.destroyDevice(ctx, recs, "batch already finished")
 		runAll(unpins)
 		return nil, errors.New("keystore: batch already finished")
 	}
@@ -347,7 +372,7 @@ func (b *Batch) Abort(ctx context.Context) {
 		return
 	}
 	b.done = true
-	b.s.destroyDevice(context.WithoutCancel(ctx), b.recs, "batch aborted")
+	b.s.destroyDevice(ctx, b.recs, "batch aborted")
 	runAll(b.unpins)
 }
 
@@ -359,15 +384,23 @@ func (s *Store) destroyRef(ctx context.Context, r *Record, ref []byte, why strin
 	s.destroyDevice(ctx, []*Record{&c}, why)
 }
 
+// destroyDevice destroys the device keys of records the catalog no longer
+// holds active (or never held). It runs detached from ctx's cancellation:
+// see destroyContext. A key it cannot destroy is retried by Sweep and
+// Close, and else by Open's reconciliation at the next start.
 func (s *Store) destroyDevice(ctx context.Context, recs []*Record, why string) {
+	dctx, cancel := s.destroyContext(ctx)
+	defer cancel()
 	for _, r := range recs {
 		if r == nil || r.Protection != ProtectionHardware {
 			continue
 		}
-		if err := s.be.Destroy(ctx, r.DeviceRef); err != nil {
-			// Open's reconciliation removes it at the next start.
-			s.log.Warn("could not destroy device key", "key", r.ID, "why", why, "err", err)
+		if err := s.be.Destroy(dctx, r.DeviceRef); err != nil {
+			s.life.owe(r.ID, r.DeviceRef, why)
+			s.log.Warn("could not destroy device key; will retry", "key", r.ID, "why", why, "err", err)
+			continue
 		}
+		s.life.paid(r.ID)
 	}
 }
 
@@ -387,28 +420,190 @@ func (s *Store) Create(ctx context.Context, sp KeySpec) (*Record, error) {
 
 // Delete destroys a key's private key and keeps its record as a tombstone.
 // The catalog changes first: a crash before the device call leaves a device
-// key that Open destroys, never an active record without a key.
-func (s *Store) Delete(ctx context.Context, id string) (*Record, error) {
-	unlock := s.locks.lock(id)
-	defer unlock()
-	var ref []byte
-	r, err := s.cat.update(id, func(r *Record) error {
+// key that Open destroys, never an active record without a key. The device
+// call does not depend on ctx's cancellation (see destroyDevice).
+//
+// A signature key that unused KeyPackages use (their init keys are active)
+// is refused with an *InUseError unless cascade is set; with it, the init
+// and leaf encryption keys of those KeyPackages are retired in the same
+// catalog transaction. For an init key, cascade also retires its
+// KeyPackage's leaf encryption key. Delete returns the key's record and
+// the records retired with it.
+//
+// Delete holds the key's lock exclusively (and those of the keys it
+// retires with it): operations holding it shared finish first.
+func (s *Store) Delete(ctx context.Context, id string, cascade bool) (*Record, []*Record, error) {
+	out, cascaded, err := s.delete(ctx, id, cascade)
+	if err == nil {
+		// After the locks are released: a rotation waits for key locks.
+		for _, r := range append([]*Record{out}, cascaded...) {
+			if strings.HasPrefix(r.RetiredWhy, "deleted") { // not consumed before
+				s.epochRetired(ctx, r)
+			}
+		}
+	}
+	return out, cascaded, err
+}
+
+func (s *Store) delete(ctx context.Context, id string, cascade bool) (*Record, []*Record, error) {
+	// groups maps each unused KeyPackage concerned to its init and leaf
+	// key ("" if none is active). It is found once without locks, to know
+	// what to lock, and again under them: every key is locked in one sorted
+	// pass, so that two deletions of overlapping keys cannot deadlock, and
+	// a KeyPackage committed in between makes the loop lock again.
+	var groups map[string]string
+	for {
+		_, g, err := s.deletionSet(id, cascade)
+		if err != nil {
+			return nil, nil, err
+		}
+		locked := lockSet(id, g)
+		unlock := s.locks.lockAll(locked)
+		r, g2, err := s.deletionSet(id, cascade)
+		if err != nil {
+			unlock()
+			return nil, nil, err
+		}
+		if !slices.Equal(lockSet(id, g2), locked) {
+			unlock()
+			continue
+		}
+		defer unlock()
+		if r.Role == RoleSignature && len(g2) > 0 && !cascade {
+			return nil, nil, &InUseError{ID: id, KeyPackages: len(g2)}
+		}
+		groups = g2
+		break
+	}
+
+	refs := map[string][]byte{}
+	var out *Record
+	var cascaded []*Record
+	err := s.cat.updateMany(func(get func(string) (*Record, error), put func(*Record) error) error {
+		cascaded = nil
+		retire := func(r *Record, why string) error {
+			refs[r.ID] = r.DeviceRef
+			s.retire(r, StateDestroyed, why)
+			return put(r)
+		}
+		r, err := get(id)
+		if err != nil {
+			return err
+		}
 		if r.State == StateDestroyed {
 			return fmt.Errorf("key %q is already destroyed: %w", id, ErrNotActive)
 		}
-		ref = r.DeviceRef
+		refs[r.ID] = r.DeviceRef
 		if r.State == StateActive {
 			s.retire(r, StateDestroyed, "deleted")
 		}
 		r.State = StateDestroyed
+		if err := put(r); err != nil {
+			return err
+		}
+		out = r
+		for initID, leafID := range groups {
+			if initID != id {
+				// Held locked since deletionSet found it active, so not
+				// consumed since; a consumed init key's leaf key would
+				// serve the group its Welcome joined.
+				ir, err := get(initID)
+				if err != nil {
+					return err
+				}
+				if !ir.Live() {
+					continue
+				}
+				if err := retire(ir, "deleted with key "+id); err != nil {
+					return err
+				}
+				cascaded = append(cascaded, ir)
+			}
+			if leafID == "" {
+				continue
+			}
+			lr, err := get(leafID)
+			if err != nil {
+				return err
+			}
+			if lr.Live() {
+				if err := retire(lr, "deleted with key "+id); err != nil {
+					return err
+				}
+				cascaded = append(cascaded, lr)
+			}
+		}
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	s.destroyRef(ctx, r, ref, "delete")
-	s.epochRetired(ctx, r)
-	return r, nil
+	slices.SortFunc(cascaded, func(a, b *Record) int { return strings.Compare(a.ID, b.ID) })
+	for _, c := range append([]*Record{out}, cascaded...) {
+		s.destroyRef(ctx, c, refs[c.ID], "delete")
+	}
+	return out, cascaded, nil
+}
+
+// lockSet lists, sorted, the keys a deletion of id with groups locks.
+func lockSet(id string, groups map[string]string) []string {
+	ids := []string{id}
+	for initID, leafID := range groups {
+		ids = append(ids, initID)
+		if leafID != "" {
+			ids = append(ids, leafID)
+		}
+	}
+	slices.Sort(ids)
+	return slices.Compact(ids)
+}
+
+// deletionSet reads the key to delete and the unused KeyPackages its
+// deletion concerns: for a signature key, every KeyPackage whose init key
+// is active; for an init key with cascade, its own. It maps init key id to
+// leaf key id.
+func (s *Store) deletionSet(id string, cascade bool) (*Record, map[string]string, error) {
+	r, err := s.cat.get(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	if r.State == StateDestroyed {
+		return nil, nil, fmt.Errorf("key %q is already destroyed: %w", id, ErrNotActive)
+	}
+	groups := map[string]string{}
+	switch {
+	case r.Role == RoleSignature:
+	case r.Role == RoleInit && cascade && len(r.KeyPackageRef) > 0 && r.Live():
+		groups[r.ID] = ""
+	default:
+		return r, groups, nil
+	}
+	byRef := map[string]string{}
+	err = s.cat.all(func(c *Record) error {
+		if !c.Live() {
+			return nil
+		}
+		switch {
+		case r.Role == RoleSignature && c.Role == RoleInit && c.SignatureKeyID == r.ID:
+			groups[c.ID] = ""
+			byRef[string(c.KeyPackageRef)] = c.ID
+		case r.Role == RoleInit && c.Role == RoleInit && c.ID == r.ID:
+			byRef[string(c.KeyPackageRef)] = c.ID
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	err = s.cat.all(func(c *Record) error {
+		if c.Live() && c.Role == RoleLeafEncryption && len(c.KeyPackageRef) > 0 {
+			if initID, ok := byRef[string(c.KeyPackageRef)]; ok {
+				groups[initID] = c.ID
+			}
+		}
+		return nil
+	})
+	return r, groups, err
 }
 
 func (s *Store) retire(r *Record, st State, why string) {
@@ -432,6 +627,15 @@ func (s *Store) retire(r *Record, st State, why string) {
 // key are serialised, so of concurrent calls exactly one succeeds; a failing
 // fn changes nothing.
 func (s *Store) UseInitKey(ctx context.Context, id string, fn func(hpkeKey any) error) (*Record, error) {
+	r, err := s.useInitKey(ctx, id, fn)
+	if err == nil && r.State == StateConsumed {
+		// After the lock is released: a rotation waits for key locks.
+		s.epochRetired(ctx, r)
+	}
+	return r, err
+}
+
+func (s *Store) useInitKey(ctx context.Context, id string, fn func(hpkeKey any) error) (*Record, error) {
 	unlock := s.locks.lock(id)
 	defer unlock()
 	r, err := s.cat.get(id)
@@ -439,7 +643,7 @@ func (s *Store) UseInitKey(ctx context.Context, id string, fn func(hpkeKey any) 
 		return nil, err
 	}
 	if r.Role != RoleInit {
-		return nil, fmt.Errorf("key %q is a %s key, not an init key: %w", id, r.Role, ErrWrongRole)
+		return nil, fmt.Errorf("key %q is %s key, not an init key: %w", id, aRole(r.Role), ErrWrongRole)
 	}
 	if r.State != StateActive {
 		return nil, fmt.Errorf("init key %q is %s: %w", id, r.State, ErrNotActive)
@@ -466,8 +670,9 @@ func (s *Store) UseInitKey(ctx context.Context, id string, fn func(hpkeKey any) 
 	if err != nil {
 		return nil, err
 	}
+	// The Welcome is open: the caller giving up now must not keep the
+	// init key on the device (destroyDevice does not depend on ctx).
 	s.destroyRef(ctx, r, ref, "consume")
-	s.epochRetired(ctx, r)
 	return r, nil
 }
 
@@ -506,11 +711,19 @@ func (s *Store) active(id string, role Role) (*Record, error) {
 	return r, r.Usable(role)
 }
 
+// aRole is the role with its indefinite article: "an init", "a signature".
+func aRole(r Role) string {
+	if r == RoleInit {
+		return "an " + string(r)
+	}
+	return "a " + string(r)
+}
+
 // Usable reports whether the key can serve as a key of role now: it must
 // have that role (ErrWrongRole) and be active (ErrNotActive).
 func (r *Record) Usable(role Role) error {
 	if r.Role != role {
-		return fmt.Errorf("key %q is a %s key, not a %s key: %w", r.ID, r.Role, role, ErrWrongRole)
+		return fmt.Errorf("key %q is %s key, not %s key: %w", r.ID, aRole(r.Role), aRole(role), ErrWrongRole)
 	}
 	if r.State != StateActive {
 		return fmt.Errorf("key %q is %s: %w", r.ID, r.State, ErrNotActive)
@@ -518,19 +731,20 @@ func (r *Record) Usable(role Role) error {
 	return nil
 }
 
-// keyLocks serialises operations that retire a key.
+// keyLocks holds one read-write lock per key in use: operations that use a
+// key take it shared, those that retire it (Delete, consuming an init key,
+// Sweep) exclusively.
 type keyLocks struct {
 	mu sync.Mutex
 	m  map[string]*keyLock
 }
 
 type keyLock struct {
-	sync.Mutex
+	sync.RWMutex
 	refs int
 }
 
-// tryLock is lock without waiting; ok is false if the key is locked.
-func (l *keyLocks) tryLock(id string) (unlock func(), ok bool) {
+func (l *keyLocks) get(id string) *keyLock {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	if l.m == nil {
@@ -541,41 +755,30 @@ func (l *keyLocks) tryLock(id string) (unlock func(), ok bool) {
 		k = &keyLock{}
 		l.m[id] = k
 	}
-	if !k.TryLock() {
-		return nil, false
-	}
 	k.refs++
-	return func() {
-		k.Unlock()
-		l.mu.Lock()
-		if k.refs--; k.refs == 0 {
-			delete(l.m, id)
-		}
-		l.mu.Unlock()
-	}, true
+	return k
 }
 
-func (l *keyLocks) lock(id string) (unlock func()) {
+func (l *keyLocks) put(id string, k *keyLock) {
 	l.mu.Lock()
-	if l.m == nil {
-		l.m = map[string]*keyLock{}
+	defer l.mu.Unlock()
+	if k.refs--; k.refs == 0 {
+		delete(l.m, id)
 	}
-	k := l.m[id]
-	if k == nil {
-		k = &keyLock{}
-		l.m[id] = k
-	}
-	k.refs++
-	l.mu.Unlock()
+}
+
+// lock takes id's lock exclusively.
+func (l *keyLocks) lock(id string) (unlock func()) {
+	k := l.get(id)
 	k.Lock()
-	return func() {
-		k.Unlock()
-		l.mu.Lock()
-		if k.refs--; k.refs == 0 {
-			delete(l.m, id)
-		}
-		l.mu.Unlock()
-	}
+	return func() { k.Unlock(); l.put(id, k) }
+}
+
+// share takes id's lock shared.
+func (l *keyLocks) share(id string) (unlock func()) {
+	k := l.get(id)
+	k.RLock()
+	return func() { k.RUnlock(); l.put(id, k) }
 }
 
 // reconcile restores the invariant "a device key is live iff its record is
@@ -649,6 +852,10 @@ func (s *Store) checkHardware(ctx context.Context, onDevice map[string]bool) err
 	if c, ok := s.be.(Checker); ok {
 		for _, r := range check {
 			if err := c.Check(ctx, r.DeviceRef, r.Algorithm); err != nil {
+				var fe *ForeignKeyError
+				if errors.As(err, &fe) {
+					return fmt.Errorf("key %s's %w; use the state directory that %s was set up with", r.ID, fe, fe.Device)
+				}
 				return fmt.Errorf("hardware key %q failed its start-up check: %w", r.ID, err)
 			}
 		}

@@ -331,7 +331,7 @@ func TestDeleteKeepsTombstone(t *testing.T) {
 	be := newFake()
 	s, _ := openStore(t, be, Options{})
 	r, _ := s.Create(ctx, KeySpec{Role: RoleSignature, Algorithm: ECDSAP256})
-	if _, err := s.Delete(ctx, r.ID); err != nil {
+	if _, _, err := s.Delete(ctx, r.ID, false); err != nil {
 		t.Fatal(err)
 	}
 	got, _ := s.Get(r.ID)
@@ -341,7 +341,7 @@ func TestDeleteKeepsTombstone(t *testing.T) {
 	if _, err := s.Signer(ctx, r.ID); !errors.Is(err, ErrNotActive) {
 		t.Fatalf("signer of destroyed key: %v", err)
 	}
-	if _, err := s.Delete(ctx, r.ID); !errors.Is(err, ErrNotActive) {
+	if _, _, err := s.Delete(ctx, r.ID, false); !errors.Is(err, ErrNotActive) {
 		t.Fatalf("second delete: %v", err)
 	}
 }

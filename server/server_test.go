@@ -3,6 +3,7 @@ package server
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"syscall"
 	"testing"
 )
@@ -75,5 +76,50 @@ func TestListenModesAndStaleSockets(t *testing.T) {
 	os.WriteFile(path, []byte("x"), 0o600)
 	if _, err := Listen(path, 0o600, -1); err == nil {
 		t.Fatal("a regular file was replaced")
+	}
+}
+
+func TestListenRefusesOpenSocketDirectory(t *testing.T) {
+	dir := t.TempDir()
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	_, err := Listen(filepath.Join(dir, "mlskeyd.sock"), 0o600, -1)
+	if err == nil || !strings.Contains(err.Error(), "could replace the socket") {
+		t.Fatalf("a world-writable socket directory was accepted: %v", err)
+	}
+	if os.Getuid() == 0 {
+		os.Chmod(dir, 0o755)
+		os.Chown(dir, 65534, -1)
+		_, err := Listen(filepath.Join(dir, "mlskeyd.sock"), 0o600, -1)
+		if err == nil || !strings.Contains(err.Error(), "belongs to uid 65534") {
+			t.Fatalf("a socket directory owned by another user was accepted: %v", err)
+		}
+	}
+}
+
+// The socket is bound under a strict umask, so between bind and chmod it
+// is no wider than 0600, whatever the process's umask.
+func TestListenBindsUnderStrictUmask(t *testing.T) {
+	old := syscall.Umask(0)
+	defer syscall.Umask(old)
+	var bound os.FileMode
+	afterBind = func(path string) {
+		if fi, err := os.Stat(path); err == nil {
+			bound = fi.Mode().Perm()
+		}
+	}
+	defer func() { afterBind = nil }()
+	dir := filepath.Join(t.TempDir(), "run")
+	l, err := Listen(filepath.Join(dir, "mlskeyd.sock"), 0o660, -1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	if bound != 0o600 {
+		t.Fatalf("socket bound with mode %04o, want 0600 until its group and mode are set", bound)
+	}
+	if cur := syscall.Umask(0); cur != 0 {
+		t.Fatalf("umask left at %04o", cur)
 	}
 }

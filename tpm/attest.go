@@ -1,11 +1,14 @@
 package tpm
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/google/go-tpm/tpm2"
+	"github.com/google/go-tpm/tpm2/transport"
 
 	"github.com/mlskeyd/mlskeyd/keystore"
 	"github.com/mlskeyd/mlskeyd/tpm/attest"
@@ -88,7 +91,14 @@ func (b *Backend) Attest(ctx context.Context, ref []byte, alg keystore.Algorithm
 			return err
 		}
 		b.lru.remove(key)
-		defer b.lru.add(key, obj, bl.epoch)
+		cached := false
+		recache := func() {
+			if !cached {
+				cached = true
+				b.lru.add(key, obj, bl.epoch)
+			}
+		}
+		defer recache()
 		ak, akPub, err := b.createAK()
 		if err != nil {
 			return err
@@ -104,10 +114,16 @@ func (b *Backend) Attest(ctx context.Context, ref []byte, alg keystore.Algorithm
 			QualifyingData: tpm2.TPM2BData{Buffer: nonce},
 			InScheme:       tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgNull},
 		}.Execute(b.tpm)
+		// Certified: the key may be evicted again to make room for the EK.
+		recache()
 		if err != nil {
 			return cmdErr("TPM2_Certify", err)
 		}
-		certs, err := b.readEKCerts()
+		certs, found, err := b.readEKCerts()
+		if err != nil {
+			return err
+		}
+		ekPub, err := b.endorsementKey(found)
 		if err != nil {
 			return err
 		}
@@ -118,6 +134,7 @@ func (b *Backend) Attest(ctx context.Context, ref []byte, alg keystore.Algorithm
 			AttestationKey: tpm2.Marshal(*akPub),
 			KeyPublicArea:  append([]byte(nil), bl.pub.Bytes()...),
 			Certificates:   certs,
+			EndorsementKey: ekPub,
 		}
 		return nil
 	})
@@ -125,6 +142,144 @@ func (b *Backend) Attest(ctx context.Context, ref []byte, alg keystore.Algorithm
 		return nil, err
 	}
 	return out, nil
+}
+
+// ekTemplateFor returns the TCG default EK template (EK Credential
+// Profile, low range) of a key type: RSA 2048 or ECC P-256.
+func ekTemplateFor(t tpm2.TPMIAlgPublic) (tpm2.TPMTPublic, bool) {
+	switch t {
+	case tpm2.TPMAlgRSA:
+		return tpm2.RSAEKTemplate, true
+	case tpm2.TPMAlgECC:
+		return tpm2.ECCEKTemplate, true
+	}
+	return tpm2.TPMTPublic{}, false
+}
+
+// endorsementKey returns the public area of the EK that the certificates
+// read from NV are for: the ECC P-256 EK when its certificate index holds
+// one or when there is none at all (it is quick to make), else the RSA
+// 2048 EK. It is made once, from the TCG template, and kept.
+func (b *Backend) endorsementKey(found []tpm2.TPMHandle) ([]byte, error) {
+	if b.ekPub != nil {
+		return b.ekPub, nil
+	}
+	typ := tpm2.TPMAlgECC
+	if !slices.Contains(found, ekCertIndexECC) && slices.Contains(found, ekCertIndexRSA) {
+		typ = tpm2.TPMAlgRSA
+	}
+	tmpl, _ := ekTemplateFor(typ)
+	ek, pub, err := b.createEK(tmpl)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.flush(ek.Handle); err != nil {
+		return nil, err
+	}
+	b.ekPub = tpm2.Marshal(*pub)
+	return b.ekPub, nil
+}
+
+// createEK creates an endorsement key from tmpl, making room if the TPM
+// has no free object slot.
+func (b *Backend) createEK(tmpl tpm2.TPMTPublic) (tpm2.NamedHandle, *tpm2.TPMTPublic, error) {
+	var rsp *tpm2.CreatePrimaryResponse
+	err := b.withObjectSlot(func() error {
+		var err error
+		rsp, err = tpm2.CreatePrimary{
+			PrimaryHandle: tpm2.AuthHandle{Handle: tpm2.TPMRHEndorsement, Auth: tpm2.PasswordAuth(nil)},
+			InPublic:      tpm2.New2B(tmpl),
+		}.Execute(b.tpm)
+		return cmdErr("TPM2_CreatePrimary(EK)", err)
+	})
+	if err != nil {
+		return tpm2.NamedHandle{}, nil, err
+	}
+	ek := tpm2.NamedHandle{Handle: rsp.ObjectHandle, Name: rsp.Name}
+	pub, err := rsp.OutPublic.Contents()
+	if err != nil {
+		b.flush(ek.Handle)
+		return tpm2.NamedHandle{}, nil, fmt.Errorf("TPM2_CreatePrimary(EK): public area: %w", err)
+	}
+	return ek, pub, nil
+}
+
+// ActivateCredential decrypts a credential made (TPM2_MakeCredential, or
+// tpm2.CreateCredential in software) for the Name of the attestation key
+// that Attest uses, encrypted to the endorsement key endorsementKey (a
+// TPMT_PUBLIC, as Attest returned it). The TPM opens it only if both keys
+// are its own, which is what proves to the verifier that the AK lives in
+// the TPM that the EK certificate vouches for. The EK's policy (TCG
+// default: PolicySecret of the endorsement hierarchy, whose auth value is
+// taken to be empty) is satisfied with a policy session.
+func (b *Backend) ActivateCredential(ctx context.Context, endorsementKey, credentialBlob, secret []byte) ([]byte, error) {
+	want, err := tpm2.Unmarshal[tpm2.TPMTPublic](endorsementKey)
+	if err != nil {
+		return nil, devErr("activate credential", fmt.Errorf("%w: endorsement key is not a TPMT_PUBLIC", keystore.ErrInvalidArgument))
+	}
+	tmpl, ok := ekTemplateFor(want.Type)
+	if !ok {
+		return nil, devErr("activate credential", fmt.Errorf("%w: endorsement key type 0x%04x, want RSA or ECC", keystore.ErrInvalidArgument, uint16(want.Type)))
+	}
+	var out []byte
+	err = b.do(ctx, "activate credential", func() (err error) {
+		b.roomForAK([32]byte{})
+		ak, _, err := b.createAK()
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if ferr := b.flush(ak.Handle); ferr != nil && err == nil {
+				err = ferr
+			}
+		}()
+		ek, ekPub, err := b.createEK(tmpl)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			if ferr := b.flush(ek.Handle); ferr != nil && err == nil {
+				err = ferr
+			}
+		}()
+		if !bytes.Equal(tpm2.Marshal(*ekPub), endorsementKey) {
+			return fmt.Errorf("%w: the endorsement key is not this TPM's", keystore.ErrInvalidArgument)
+		}
+		rsp, err := tpm2.ActivateCredential{
+			ActivateHandle: tpm2.AuthHandle{Handle: ak.Handle, Name: ak.Name, Auth: tpm2.PasswordAuth(nil)},
+			KeyHandle: tpm2.AuthHandle{Handle: ek.Handle, Name: ek.Name,
+				Auth: tpm2.Policy(tpm2.TPMAlgSHA256, 16, ekPolicy)},
+			CredentialBlob: tpm2.TPM2BIDObject{Buffer: credentialBlob},
+			Secret:         tpm2.TPM2BEncryptedSecret{Buffer: secret},
+		}.Execute(b.tpm)
+		if err != nil {
+			// The TPM cannot tell a credential for another AK from a
+			// damaged one: both fail its integrity or value checks.
+			if isRC(err, tpm2.TPMRCIntegrity, tpm2.TPMRCValue, tpm2.TPMRCSize, tpm2.TPMRCScheme, tpm2.TPMRCECCPoint,
+				tpm2.TPMRCInsufficient, tpm2.TPMRCNoResult) {
+				return fmt.Errorf("%w: the credential does not open with this TPM's attestation and endorsement keys: %w",
+					keystore.ErrInvalidArgument, err)
+			}
+			return fmt.Errorf("TPM2_ActivateCredential: %w", err)
+		}
+		out = append([]byte(nil), rsp.CertInfo.Buffer...)
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// ekPolicy satisfies the TCG default EK policy: PolicySecret with the
+// endorsement hierarchy's (empty) auth value.
+func ekPolicy(t transport.TPM, session tpm2.TPMISHPolicy, nonceTPM tpm2.TPM2BNonce) error {
+	_, err := tpm2.PolicySecret{
+		AuthHandle:    tpm2.AuthHandle{Handle: tpm2.TPMRHEndorsement, Auth: tpm2.PasswordAuth(nil)},
+		PolicySession: session,
+		NonceTPM:      nonceTPM,
+	}.Execute(t)
+	return err
 }
 
 // roomForAK flushes least recently used keys so that the SRK, the AK and
@@ -172,22 +327,25 @@ func (b *Backend) createAK() (tpm2.NamedHandle, *tpm2.TPMTPublic, error) {
 }
 
 // readEKCerts returns the EK certificates stored at the TCG NV indices
-// (ECC first, then RSA). An index that is absent or unreadable (any
-// TPM_RC) is skipped: an EK certificate is optional evidence.
-func (b *Backend) readEKCerts() ([][]byte, error) {
+// (ECC first, then RSA) and the indices they came from. An index that is
+// absent or unreadable (any TPM_RC) is skipped: an EK certificate is
+// optional evidence.
+func (b *Backend) readEKCerts() ([][]byte, []tpm2.TPMHandle, error) {
 	var certs [][]byte
+	var found []tpm2.TPMHandle
 	for _, idx := range []tpm2.TPMHandle{ekCertIndexECC, ekCertIndexRSA} {
 		c, err := b.readNV(idx)
 		var rc tpm2.TPMRC
 		switch {
 		case err == nil && len(c) > 0:
 			certs = append(certs, c)
+			found = append(found, idx)
 		case err == nil, errors.As(err, &rc):
 		default:
-			return nil, err
+			return nil, nil, err
 		}
 	}
-	return certs, nil
+	return certs, found, nil
 }
 
 // nvChunk is read at a time: TPM_PT_NV_BUFFER_MAX is at least 512 on the

@@ -69,6 +69,9 @@ type Backend struct {
 	// the handles they take.
 	epochs   map[string]tpm2.NamedHandle
 	epochMax int
+	// ekPub is the endorsement key's TPMT_PUBLIC once Attest made it (the
+	// same for the life of the endorsement seed).
+	ekPub []byte
 
 	// hookLocked, when set (by tests), runs each time the queue is taken.
 	hookLocked func()

@@ -22,7 +22,9 @@
 // encrypted and integrity-protected under the SRK, so the blob is useless
 // to anyone but this TPM, and its holder (the catalog) is its only store.
 // A blob from another TPM or another SRK fails TPM2_Load with
-// TPM_RC_INTEGRITY, reported as ErrForeignBlob.
+// TPM_RC_INTEGRITY, reported as ErrForeignBlob (and, from Check, inside a
+// keystore.ForeignKeyError, so that start-up can say the catalog belongs to
+// another TPM).
 //
 // Sign uses TPM2_Sign with a NULL hash-check ticket (the keys are not
 // restricted) over a digest exactly as long as the scheme's hash and
@@ -59,8 +61,17 @@
 // call; it is created for each attestation and flushed afterwards, and
 // cached keys are flushed first so that the SRK, the AK and the key fit
 // in three slots. The attestation holds the TPMS_ATTEST, its signature,
-// the AK's and the key's TPMT_PUBLIC, and any EK certificate found at the
-// TCG NV indices (0x01c0000a ECC, 0x01c00002 RSA).
+// the AK's and the key's TPMT_PUBLIC, any EK certificate found at the
+// TCG NV indices (0x01c0000a ECC P-256, 0x01c00002 RSA 2048), and the
+// public area of the EK those certificates are for, made from the TCG
+// default template (ECC P-256 unless only the RSA certificate exists;
+// made once per Backend and kept).
+//
+// ActivateCredential is the TPM's half of credential activation: it
+// re-creates the AK and the EK, checks the EK is the one given, satisfies
+// the EK's policy (PolicySecret of the endorsement hierarchy) and runs
+// TPM2_ActivateCredential. It decrypts a credential made for the AK's
+// Name and encrypted to the EK only when both keys are in this TPM.
 //
 // attest.VerifyCertify (package tpm/attest) checks it without a TPM: the AK's attributes, the
 // signature over the statement, TPM_GENERATED_VALUE, the statement type,
@@ -70,10 +81,10 @@
 // statements the TPM generated, so this proves that whatever holds the
 // AK vouches, now, for a non-exportable TPM-generated key with that public
 // key. It does not prove that the AK is in a genuine TPM, or in which
-// one: that takes an EK certificate chain and TPM2_ActivateCredential (an
-// AK certificate from a privacy CA), or an AK enrolled beforehand and
-// compared with AttestationKeyPublic. The EK certificates are returned
-// but only parsed, not validated.
+// one: evidence like it can be made in software. attest.Verify adds that:
+// with trusted EK CAs it checks the EK certificate chain and makes a
+// credential for the AK, encrypted to the EK, which ActivateCredential
+// must decrypt; or it compares the AK with one enrolled beforehand.
 //
 // # Sessions and concurrency
 //
@@ -127,9 +138,11 @@
 //   - Each ECDH, Seal and Unseal starts a salted session (an extra
 //     TPM2_StartAuthSession and an ECDH inside the TPM), which roughly
 //     halves their throughput compared with an unprotected command.
-//   - Attest needs the endorsement hierarchy's auth value to be empty,
-//     and reads EK certificates with the owner's (empty) auth value; an
-//     index it cannot read is left out.
+//   - Attest and ActivateCredential need the endorsement hierarchy's auth
+//     value to be empty, and Attest reads EK certificates with the
+//     owner's (empty) auth value; an index it cannot read is left out.
+//     EK certificates at other indices (swtpm's ECC P-384 one at
+//     0x01c00016, the high-range templates) are not read.
 //   - The key auth value is empty and the blob is the credential: anyone
 //     with a blob and access to the same TPM can use the key.
 package tpm

@@ -2,6 +2,7 @@ package tpm
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/google/go-tpm/tpm2"
@@ -243,8 +244,14 @@ func (b *Backend) Check(ctx context.Context, ref []byte, alg keystore.Algorithm)
 		return devErr("check", err)
 	}
 	key := blobKeyOf(ref)
-	return b.do(ctx, "check", func() error {
+	err = b.do(ctx, "check", func() error {
 		_, err := b.loaded(bl, key)
 		return err
 	})
+	if errors.Is(err, ErrForeignBlob) {
+		// At start-up this means the daemon was pointed at another TPM's
+		// catalog; the keystore turns it into advice.
+		return &keystore.ForeignKeyError{Device: "TPM", Code: "TPM_RC_INTEGRITY", Owner: "another TPM or storage root key", Err: err}
+	}
+	return err
 }

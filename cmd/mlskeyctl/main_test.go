@@ -184,7 +184,17 @@ func TestUsageErrors(t *testing.T) {
 		{"keypackage", "create", "--suite", "1", "--identity", "a", "--count", "0"},
 		{"keypackage", "create", "--suite", "1", "--identity", "a", "--count", "1001"},
 		{"keypackage", "create", "--suite", "1", "--identity", "a", "--lifetime", "1y"},
-		{"keypackage", "create", "--suite", "1", "--identity", "a", "--out", "-", "--json"},
+		{"keypackage", "create", "--suite", "1", "--identity", "a", "--lifetime", "0"},
+		{"keypackage", "create", "--suite", "1", "--identity", "a", "--lifetime", "1ns"},
+		{"keypackage", "create", "--suite", "1", "--identity", "a", "--lifetime", "59m"},
+		{"status", "--timeout", "-1s"},
+		{"--timeout=-1s", "status"},
+		{"decrypt"},
+		{"decrypt", "--key", "k", "--kem-output", "zz"},
+		{"decrypt", "--key", "k", "--ciphertext", "00"},
+		{"decrypt", "--key", "k", "--kem-output", "00"},
+		{"key", "attest", "k", "--nonce", "zz"},
+		{"key", "attest", "k", "--nonce", strings.Repeat("00", 65)},
 		{"welcome"},
 		{"welcome", "open", "x"},
 	} {
@@ -213,6 +223,8 @@ func TestHelp(t *testing.T) {
 		{"keypackage", "create", "--help"},
 		{"welcome", "open", "--help"},
 		{"--json", "welcome", "open", "--help"},
+		{"decrypt", "--help"},
+		{"key", "attest", "--help"},
 	} {
 		code, stdout, stderr := runCLI(t, "/nonexistent/mlskeyd.sock", "", args...)
 		if code != 0 || stderr != "" || !strings.HasPrefix(stdout, "Usage: mlskeyctl") {

@@ -24,6 +24,8 @@ type suiteJSON struct {
 	Signature      *string `json:"signature"`
 	Init           *string `json:"init"`
 	LeafEncryption *string `json:"leaf_encryption"`
+	// RefusedByPolicy: the daemon's policy forbids the suite.
+	RefusedByPolicy bool `json:"refused_by_policy,omitempty"`
 }
 
 func newStatusJSON(info *mlskeyv1.GetInfoResponse) statusJSON {
@@ -39,11 +41,12 @@ func newStatusJSON(info *mlskeyv1.GetInfoResponse) statusJSON {
 			name = suiteName(s.GetCipherSuite())
 		}
 		out.Suites = append(out.Suites, suiteJSON{
-			CipherSuite:    s.GetCipherSuite(),
-			Name:           name,
-			Signature:      optProtection(s.GetSignature()),
-			Init:           optProtection(s.GetInit()),
-			LeafEncryption: optProtection(s.GetLeafEncryption()),
+			CipherSuite:     s.GetCipherSuite(),
+			Name:            name,
+			Signature:       optProtection(s.GetSignature()),
+			Init:            optProtection(s.GetInit()),
+			LeafEncryption:  optProtection(s.GetLeafEncryption()),
+			RefusedByPolicy: s.GetRefusedByPolicy(),
 		})
 	}
 	return out
@@ -53,8 +56,8 @@ func (c *cli) status(args []string) error {
 	fs := c.newFlagSet("status", "[flags]", `Show the daemon's backend, device and version, and per cipher suite the
 protection each key role gets there: hardware (generated and used inside the
 device), wrapped (used inside the device, stored outside it encrypted),
-sealed (used in the daemon's memory, stored encrypted by the device), or "-"
-(unavailable).`, nil)
+sealed (used in the daemon's memory, stored encrypted by the device), "-"
+(unavailable), or "policy" (the daemon's policy forbids the suite).`, nil)
 	if err := c.parseNoArgs(fs, args); err != nil {
 		return err
 	}
@@ -86,6 +89,10 @@ func (c *cli) printStatus(info *mlskeyv1.GetInfoResponse) error {
 		name := s.GetName()
 		if name == "" {
 			name = suiteName(s.GetCipherSuite())
+		}
+		if s.GetRefusedByPolicy() {
+			fmt.Fprintf(tw, "%d\t%s\tpolicy\tpolicy\tpolicy\n", s.GetCipherSuite(), orDash(oneLine(name)))
+			continue
 		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", s.GetCipherSuite(), orDash(oneLine(name)),
 			textProtection(s.GetSignature()), textProtection(s.GetInit()), textProtection(s.GetLeafEncryption()))

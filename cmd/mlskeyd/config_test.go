@@ -5,7 +5,9 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 )
 
 func env(m map[string]string) func(string) string {
@@ -105,13 +107,16 @@ func TestMinProtection(t *testing.T) {
 func TestDurations(t *testing.T) {
 	s := newSettings()
 	s.byName["keypackage-lifetime"].value = "30d"
-	if d, err := s.duration("keypackage-lifetime"); err != nil || d.Hours() != 720 {
+	if d, err := s.duration("keypackage-lifetime", time.Hour, maxLifetimeBound); err != nil || d.Hours() != 720 {
 		t.Fatalf("30d: %v %v", d, err)
 	}
-	for _, bad := range []string{"-1h", "0", "soon", "0d"} {
+	for _, bad := range []string{"-1h", "0", "soon", "0d", "1ns", "59m", "99999d", "999999999999999999999d"} {
 		s.byName["keypackage-lifetime"].value = bad
-		if _, err := s.duration("keypackage-lifetime"); err == nil {
+		_, err := s.duration("keypackage-lifetime", time.Hour, maxLifetimeBound)
+		if err == nil {
 			t.Errorf("%q accepted", bad)
+		} else if !strings.Contains(err.Error(), "from 1h0m0s to") {
+			t.Errorf("%q: the error does not give the valid range: %v", bad, err)
 		}
 	}
 }
@@ -163,5 +168,63 @@ func TestPolicyAndAccessFromConfig(t *testing.T) {
 		if _, err := loadPolicy(s); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
+	}
+	os.WriteFile(f, []byte(`{"policy": {"allowed_suite": [2]}}`), 0o600)
+	s = newSettings()
+	if err := s.parse([]string{"--config", f}, env(nil), io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := loadPolicy(s); err == nil || err.Error() != "config file "+f+`: policy: unknown key "allowed_suite" (did you mean "allowed_suites"?)` {
+		t.Errorf("unknown policy key: %v", err)
+	}
+}
+
+func TestReadSecretFileChecksTheOpenFile(t *testing.T) {
+	dir := t.TempDir()
+	f := filepath.Join(dir, "pin")
+	os.WriteFile(f, []byte("secret-pin\n"), 0o600)
+	link := filepath.Join(dir, "link")
+	os.Symlink(f, link)
+	if _, err := readPIN(link, env(nil)); err == nil || !strings.Contains(err.Error(), "symbolic link") {
+		t.Fatalf("a symbolic link was followed: %v", err)
+	}
+	fifo := filepath.Join(dir, "fifo")
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readPIN(fifo, env(nil)); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+		t.Fatalf("a FIFO was read: %v", err)
+	}
+	if os.Getuid() == 0 {
+		os.Chown(f, 65534, -1)
+		_, err := readPIN(f, env(nil))
+		if err == nil || !strings.Contains(err.Error(), "belongs to uid 65534") {
+			t.Fatalf("a PIN file of another user was accepted: %v", err)
+		}
+	}
+}
+
+func TestPINTakenFromEnvironment(t *testing.T) {
+	t.Setenv(pinEnv, "from-env")
+	getenv := takePINFromEnv(os.Getenv)
+	if v, ok := os.LookupEnv(pinEnv); ok {
+		t.Fatalf("MLSKEYD_PKCS11_PIN still in the environment: %q", v)
+	}
+	if pin, err := readPIN("", getenv); err != nil || pin != "from-env" {
+		t.Fatalf("PIN from env: %q %v", pin, err)
+	}
+	// The daemon takes it out before anything else.
+	t.Setenv(pinEnv, "from-env")
+	run([]string{"--version"}, os.Getenv, io.Discard, &logOutput{primary: io.Discard})
+	if _, ok := os.LookupEnv(pinEnv); ok {
+		t.Fatal("run left MLSKEYD_PKCS11_PIN in the environment")
+	}
+}
+
+func TestSimulatorOnlyInDevMode(t *testing.T) {
+	state := t.TempDir()
+	err := run([]string{"--backend", "tpm", "--tpm", "sim", "--state-dir", state, "--socket", filepath.Join(state, "s")}, env(nil), io.Discard, &logOutput{primary: io.Discard})
+	if err == nil || !strings.Contains(err.Error(), "--dev only") {
+		t.Fatalf("--tpm sim outside --dev: %v", err)
 	}
 }

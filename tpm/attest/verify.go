@@ -57,10 +57,9 @@ func attErr(format string, args ...any) error {
 // the TPM holding the AK vouches for a key with that public key and those
 // attributes. It does NOT prove that the AK belongs to a genuine TPM, or
 // to any particular one: anyone can make an ECC key and sign such bytes.
-// Trusting the AK needs more: an EK certificate chain to the manufacturer
-// and TPM2_ActivateCredential (or an AK certificate from a CA that did
-// that), or an AK public key pinned when the machine was enrolled. Use
-// AttestationKeyPublic to get the AK for such a comparison.
+// Verify adds the trust anchors: an EK certificate chain to a trusted CA
+// with credential activation, or an AK pinned when the machine was
+// enrolled.
 func VerifyCertify(a *keystore.Attestation, mlsPublicKey, nonce []byte) error {
 	if a == nil {
 		return attErr("no attestation")

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -120,4 +121,76 @@ func (p *Process) Restart(tb testing.TB) {
 	tb.Helper()
 	p.Stop()
 	p.start(tb)
+}
+
+// EKCA is the local certificate authority that issued a manufactured
+// swtpm's endorsement key certificates (swtpm_localca's root CA and the
+// intermediate that signs EK certificates).
+type EKCA struct {
+	// Root and Issuer are PEM certificates: the self-signed root and the
+	// intermediate under it that signs the EK certificates.
+	Root, Issuer []byte
+}
+
+// Bundle is the PEM bundle a verifier would be given as trusted EK CAs:
+// the root and the intermediate.
+func (ca *EKCA) Bundle() []byte { return append(append([]byte(nil), ca.Root...), ca.Issuer...) }
+
+// StartManufactured runs swtpm_setup (from swtpm-tools) on a new state in
+// dir, as a TPM vendor would: it creates the RSA 2048 and ECC endorsement
+// keys and certificates for them in NV, issued by a new local CA kept in
+// dir too, and then starts swtpm on that state. Skipped or failed like
+// Start when the tools are missing.
+func StartManufactured(tb testing.TB, dir string) (*Process, *EKCA) {
+	tb.Helper()
+	Require(tb)
+	setup := requireTool(tb, "swtpm_setup")
+	localca := requireTool(tb, "swtpm_localca")
+	state, caDir := filepath.Join(dir, "state"), filepath.Join(dir, "ca")
+	for _, d := range []string{state, caDir} {
+		if err := os.MkdirAll(d, 0o700); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	caConf := filepath.Join(dir, "swtpm-localca.conf")
+	setupConf := filepath.Join(dir, "swtpm_setup.conf")
+	opts := filepath.Join(dir, "swtpm-localca.options")
+	files := map[string]string{
+		caConf: fmt.Sprintf("statedir = %[1]s\nsigningkey = %[1]s/signkey.pem\nissuercert = %[1]s/issuercert.pem\ncertserial = %[1]s/certserial\n", caDir),
+		opts:   "--platform-manufacturer mlskeyd-test\n--platform-version 2.1\n--platform-model swtpm\n",
+		setupConf: fmt.Sprintf("create_certs_tool = %s\ncreate_certs_tool_config = %s\ncreate_certs_tool_options = %s\nactive_pcr_banks = sha256\n",
+			localca, caConf, opts),
+	}
+	for f, body := range files {
+		if err := os.WriteFile(f, []byte(body), 0o600); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	cmd := exec.Command(setup, "--tpm2", "--tpmstate", state, "--create-ek-cert",
+		"--config", setupConf, "--logfile", filepath.Join(dir, "swtpm_setup.log"))
+	if out, err := cmd.CombinedOutput(); err != nil {
+		log, _ := os.ReadFile(filepath.Join(dir, "swtpm_setup.log"))
+		tb.Fatalf("swtpm_setup: %v\n%s%s", err, out, log)
+	}
+	ca := &EKCA{}
+	var err error
+	if ca.Root, err = os.ReadFile(filepath.Join(caDir, "swtpm-localca-rootca-cert.pem")); err != nil {
+		tb.Fatal(err)
+	}
+	if ca.Issuer, err = os.ReadFile(filepath.Join(caDir, "issuercert.pem")); err != nil {
+		tb.Fatal(err)
+	}
+	return Start(tb, state), ca
+}
+
+func requireTool(tb testing.TB, name string) string {
+	tb.Helper()
+	bin, err := exec.LookPath(name)
+	if err != nil {
+		if os.Getenv("MLSKEYD_REQUIRE_SWTPM") == "1" {
+			tb.Fatalf("%s is required (MLSKEYD_REQUIRE_SWTPM=1) but not installed: %v", name, err)
+		}
+		tb.Skipf("%s not installed (apt-get install swtpm-tools); set MLSKEYD_REQUIRE_SWTPM=1 to make this a failure", name)
+	}
+	return bin
 }

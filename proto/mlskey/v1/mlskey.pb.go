@@ -374,8 +374,11 @@ type SuiteSupport struct {
 	Signature      Protection             `protobuf:"varint,3,opt,name=signature,proto3,enum=mlskey.v1.Protection" json:"signature,omitempty"`
 	Init           Protection             `protobuf:"varint,4,opt,name=init,proto3,enum=mlskey.v1.Protection" json:"init,omitempty"`
 	LeafEncryption Protection             `protobuf:"varint,5,opt,name=leaf_encryption,json=leafEncryption,proto3,enum=mlskey.v1.Protection" json:"leaf_encryption,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The policy's allowed_suites excludes this suite: keys cannot be created
+	// for it, whatever the device could do, and the roles read UNSPECIFIED.
+	RefusedByPolicy bool `protobuf:"varint,6,opt,name=refused_by_policy,json=refusedByPolicy,proto3" json:"refused_by_policy,omitempty"`
+	unknownFields   protoimpl.UnknownFields
+	sizeCache       protoimpl.SizeCache
 }
 
 func (x *SuiteSupport) Reset() {
@@ -441,6 +444,13 @@ func (x *SuiteSupport) GetLeafEncryption() Protection {
 		return x.LeafEncryption
 	}
 	return Protection_PROTECTION_UNSPECIFIED
+}
+
+func (x *SuiteSupport) GetRefusedByPolicy() bool {
+	if x != nil {
+		return x.RefusedByPolicy
+	}
+	return false
 }
 
 type GetInfoResponse struct {
@@ -615,8 +625,11 @@ type ListKeysRequest struct {
 	State       KeyState `protobuf:"varint,2,opt,name=state,proto3,enum=mlskey.v1.KeyState" json:"state,omitempty"`
 	CipherSuite uint32   `protobuf:"varint,3,opt,name=cipher_suite,json=cipherSuite,proto3" json:"cipher_suite,omitempty"`
 	// At most 1000; 0 means 100.
-	PageSize      int32  `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	PageToken     string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	PageSize  int32  `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Only keys of this uid. Admins may name anyone; others only
+	// themselves (they see only their own keys anyway).
+	OwnerUid      *uint32 `protobuf:"varint,6,opt,name=owner_uid,json=ownerUid,proto3,oneof" json:"owner_uid,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -686,6 +699,13 @@ func (x *ListKeysRequest) GetPageToken() string {
 	return ""
 }
 
+func (x *ListKeysRequest) GetOwnerUid() uint32 {
+	if x != nil && x.OwnerUid != nil {
+		return *x.OwnerUid
+	}
+	return 0
+}
+
 type ListKeysResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Keys          []*Key                 `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
@@ -739,8 +759,13 @@ func (x *ListKeysResponse) GetNextPageToken() string {
 }
 
 type DeleteKeyRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Deleting a signature key that unused KeyPackages use (their init keys
+	// are active) is refused unless cascade is set; with it, the init and
+	// leaf encryption keys of those KeyPackages are destroyed too. For an
+	// init key, cascade also destroys its KeyPackage's leaf encryption key.
+	Cascade       bool `protobuf:"varint,2,opt,name=cascade,proto3" json:"cascade,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -780,6 +805,13 @@ func (x *DeleteKeyRequest) GetId() string {
 		return x.Id
 	}
 	return ""
+}
+
+func (x *DeleteKeyRequest) GetCascade() bool {
+	if x != nil {
+		return x.Cascade
+	}
+	return false
 }
 
 type SignWithLabelRequest struct {
@@ -1770,8 +1802,12 @@ type AttestKeyResponse struct {
 	KeyPublicArea []byte `protobuf:"bytes,5,opt,name=key_public_area,json=keyPublicArea,proto3" json:"key_public_area,omitempty"`
 	// Certificates for the device's endorsement key, DER, when it has them.
 	EndorsementCertificates [][]byte `protobuf:"bytes,6,rep,name=endorsement_certificates,json=endorsementCertificates,proto3" json:"endorsement_certificates,omitempty"`
-	unknownFields           protoimpl.UnknownFields
-	sizeCache               protoimpl.SizeCache
+	// The endorsement key's public area (for tpm2-certify: TPMT_PUBLIC of
+	// the EK made from the TCG default template whose certificate is among
+	// endorsement_certificates), to make a credential for ActivateCredential.
+	EndorsementKey []byte `protobuf:"bytes,7,opt,name=endorsement_key,json=endorsementKey,proto3" json:"endorsement_key,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *AttestKeyResponse) Reset() {
@@ -1846,6 +1882,130 @@ func (x *AttestKeyResponse) GetEndorsementCertificates() [][]byte {
 	return nil
 }
 
+func (x *AttestKeyResponse) GetEndorsementKey() []byte {
+	if x != nil {
+		return x.EndorsementKey
+	}
+	return nil
+}
+
+type ActivateCredentialRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A key the caller may use, whose attestation is being checked.
+	KeyId string `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// The endorsement_key of AttestKeyResponse the credential is encrypted to.
+	EndorsementKey []byte `protobuf:"bytes,2,opt,name=endorsement_key,json=endorsementKey,proto3" json:"endorsement_key,omitempty"`
+	// TPM2B_ID_OBJECT contents (the credential blob) and TPM2B_ENCRYPTED_SECRET
+	// contents, as TPM2_MakeCredential returns them.
+	CredentialBlob []byte `protobuf:"bytes,3,opt,name=credential_blob,json=credentialBlob,proto3" json:"credential_blob,omitempty"`
+	Secret         []byte `protobuf:"bytes,4,opt,name=secret,proto3" json:"secret,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ActivateCredentialRequest) Reset() {
+	*x = ActivateCredentialRequest{}
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ActivateCredentialRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ActivateCredentialRequest) ProtoMessage() {}
+
+func (x *ActivateCredentialRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ActivateCredentialRequest.ProtoReflect.Descriptor instead.
+func (*ActivateCredentialRequest) Descriptor() ([]byte, []int) {
+	return file_mlskey_v1_mlskey_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *ActivateCredentialRequest) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *ActivateCredentialRequest) GetEndorsementKey() []byte {
+	if x != nil {
+		return x.EndorsementKey
+	}
+	return nil
+}
+
+func (x *ActivateCredentialRequest) GetCredentialBlob() []byte {
+	if x != nil {
+		return x.CredentialBlob
+	}
+	return nil
+}
+
+func (x *ActivateCredentialRequest) GetSecret() []byte {
+	if x != nil {
+		return x.Secret
+	}
+	return nil
+}
+
+type ActivateCredentialResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The credential's value, decrypted.
+	CertInfo      []byte `protobuf:"bytes,1,opt,name=cert_info,json=certInfo,proto3" json:"cert_info,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ActivateCredentialResponse) Reset() {
+	*x = ActivateCredentialResponse{}
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ActivateCredentialResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ActivateCredentialResponse) ProtoMessage() {}
+
+func (x *ActivateCredentialResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ActivateCredentialResponse.ProtoReflect.Descriptor instead.
+func (*ActivateCredentialResponse) Descriptor() ([]byte, []int) {
+	return file_mlskey_v1_mlskey_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ActivateCredentialResponse) GetCertInfo() []byte {
+	if x != nil {
+		return x.CertInfo
+	}
+	return nil
+}
+
 type Credential_X509 struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// DER certificates, end-entity first. Its public key must equal the
@@ -1857,7 +2017,7 @@ type Credential_X509 struct {
 
 func (x *Credential_X509) Reset() {
 	*x = Credential_X509{}
-	mi := &file_mlskey_v1_mlskey_proto_msgTypes[24]
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1869,7 +2029,7 @@ func (x *Credential_X509) String() string {
 func (*Credential_X509) ProtoMessage() {}
 
 func (x *Credential_X509) ProtoReflect() protoreflect.Message {
-	mi := &file_mlskey_v1_mlskey_proto_msgTypes[24]
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1917,13 +2077,14 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\n" +
 	"retired_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tretiredAt\x12\x14\n" +
 	"\x05owner\x18\f \x01(\tR\x05owner\"\x10\n" +
-	"\x0eGetInfoRequest\"\xe5\x01\n" +
+	"\x0eGetInfoRequest\"\x91\x02\n" +
 	"\fSuiteSupport\x12!\n" +
 	"\fcipher_suite\x18\x01 \x01(\rR\vcipherSuite\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x123\n" +
 	"\tsignature\x18\x03 \x01(\x0e2\x15.mlskey.v1.ProtectionR\tsignature\x12)\n" +
 	"\x04init\x18\x04 \x01(\x0e2\x15.mlskey.v1.ProtectionR\x04init\x12>\n" +
-	"\x0fleaf_encryption\x18\x05 \x01(\x0e2\x15.mlskey.v1.ProtectionR\x0eleafEncryption\"\x8e\x01\n" +
+	"\x0fleaf_encryption\x18\x05 \x01(\x0e2\x15.mlskey.v1.ProtectionR\x0eleafEncryption\x12*\n" +
+	"\x11refused_by_policy\x18\x06 \x01(\bR\x0frefusedByPolicy\"\x8e\x01\n" +
 	"\x0fGetInfoResponse\x12\x18\n" +
 	"\abackend\x18\x01 \x01(\tR\abackend\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x18\n" +
@@ -1935,19 +2096,23 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\n" +
 	"_owner_uid\"\x1f\n" +
 	"\rGetKeyRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\xc3\x01\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\xf3\x01\n" +
 	"\x0fListKeysRequest\x12&\n" +
 	"\x04role\x18\x01 \x01(\x0e2\x12.mlskey.v1.KeyRoleR\x04role\x12)\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x13.mlskey.v1.KeyStateR\x05state\x12!\n" +
 	"\fcipher_suite\x18\x03 \x01(\rR\vcipherSuite\x12\x1b\n" +
 	"\tpage_size\x18\x04 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x05 \x01(\tR\tpageToken\"^\n" +
+	"page_token\x18\x05 \x01(\tR\tpageToken\x12 \n" +
+	"\towner_uid\x18\x06 \x01(\rH\x00R\bownerUid\x88\x01\x01B\f\n" +
+	"\n" +
+	"_owner_uid\"^\n" +
 	"\x10ListKeysResponse\x12\"\n" +
 	"\x04keys\x18\x01 \x03(\v2\x0e.mlskey.v1.KeyR\x04keys\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\"\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"<\n" +
 	"\x10DeleteKeyRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"]\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
+	"\acascade\x18\x02 \x01(\bR\acascade\"]\n" +
 	"\x14SignWithLabelRequest\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x14\n" +
 	"\x05label\x18\x02 \x01(\tR\x05label\x12\x18\n" +
@@ -2032,14 +2197,22 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\tplaintext\x18\x01 \x01(\fR\tplaintext\"?\n" +
 	"\x10AttestKeyRequest\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x14\n" +
-	"\x05nonce\x18\x02 \x01(\fR\x05nonce\"\xf3\x01\n" +
+	"\x05nonce\x18\x02 \x01(\fR\x05nonce\"\x9c\x02\n" +
 	"\x11AttestKeyResponse\x12\x16\n" +
 	"\x06format\x18\x01 \x01(\tR\x06format\x12\x1c\n" +
 	"\tstatement\x18\x02 \x01(\fR\tstatement\x12\x1c\n" +
 	"\tsignature\x18\x03 \x01(\fR\tsignature\x12'\n" +
 	"\x0fattestation_key\x18\x04 \x01(\fR\x0eattestationKey\x12&\n" +
 	"\x0fkey_public_area\x18\x05 \x01(\fR\rkeyPublicArea\x129\n" +
-	"\x18endorsement_certificates\x18\x06 \x03(\fR\x17endorsementCertificates*l\n" +
+	"\x18endorsement_certificates\x18\x06 \x03(\fR\x17endorsementCertificates\x12'\n" +
+	"\x0fendorsement_key\x18\a \x01(\fR\x0eendorsementKey\"\x9c\x01\n" +
+	"\x19ActivateCredentialRequest\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12'\n" +
+	"\x0fendorsement_key\x18\x02 \x01(\fR\x0eendorsementKey\x12'\n" +
+	"\x0fcredential_blob\x18\x03 \x01(\fR\x0ecredentialBlob\x12\x16\n" +
+	"\x06secret\x18\x04 \x01(\fR\x06secret\"9\n" +
+	"\x1aActivateCredentialResponse\x12\x1b\n" +
+	"\tcert_info\x18\x01 \x01(\fR\bcertInfo*l\n" +
 	"\aKeyRole\x12\x18\n" +
 	"\x14KEY_ROLE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12KEY_ROLE_SIGNATURE\x10\x01\x12\x11\n" +
@@ -2055,7 +2228,7 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\x16PROTECTION_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13PROTECTION_HARDWARE\x10\x01\x12\x16\n" +
 	"\x12PROTECTION_WRAPPED\x10\x02\x12\x15\n" +
-	"\x11PROTECTION_SEALED\x10\x032\xf4\x05\n" +
+	"\x11PROTECTION_SEALED\x10\x032\xd7\x06\n" +
 	"\n" +
 	"KeyService\x12@\n" +
 	"\aGetInfo\x12\x19.mlskey.v1.GetInfoRequest\x1a\x1a.mlskey.v1.GetInfoResponse\x12J\n" +
@@ -2067,7 +2240,8 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\x11CreateKeyPackages\x12#.mlskey.v1.CreateKeyPackagesRequest\x1a$.mlskey.v1.CreateKeyPackagesResponse\x12L\n" +
 	"\vOpenWelcome\x12\x1d.mlskey.v1.OpenWelcomeRequest\x1a\x1e.mlskey.v1.OpenWelcomeResponse\x12[\n" +
 	"\x10DecryptWithLabel\x12\".mlskey.v1.DecryptWithLabelRequest\x1a#.mlskey.v1.DecryptWithLabelResponse\x12F\n" +
-	"\tAttestKey\x12\x1b.mlskey.v1.AttestKeyRequest\x1a\x1c.mlskey.v1.AttestKeyResponseB5Z3github.com/mlskeyd/mlskeyd/proto/mlskey/v1;mlskeyv1b\x06proto3"
+	"\tAttestKey\x12\x1b.mlskey.v1.AttestKeyRequest\x1a\x1c.mlskey.v1.AttestKeyResponse\x12a\n" +
+	"\x12ActivateCredential\x12$.mlskey.v1.ActivateCredentialRequest\x1a%.mlskey.v1.ActivateCredentialResponseB5Z3github.com/mlskeyd/mlskeyd/proto/mlskey/v1;mlskeyv1b\x06proto3"
 
 var (
 	file_mlskey_v1_mlskey_proto_rawDescOnce sync.Once
@@ -2082,45 +2256,47 @@ func file_mlskey_v1_mlskey_proto_rawDescGZIP() []byte {
 }
 
 var file_mlskey_v1_mlskey_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_mlskey_v1_mlskey_proto_msgTypes = make([]protoimpl.MessageInfo, 25)
+var file_mlskey_v1_mlskey_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_mlskey_v1_mlskey_proto_goTypes = []any{
-	(KeyRole)(0),                      // 0: mlskey.v1.KeyRole
-	(KeyState)(0),                     // 1: mlskey.v1.KeyState
-	(Protection)(0),                   // 2: mlskey.v1.Protection
-	(*Key)(nil),                       // 3: mlskey.v1.Key
-	(*GetInfoRequest)(nil),            // 4: mlskey.v1.GetInfoRequest
-	(*SuiteSupport)(nil),              // 5: mlskey.v1.SuiteSupport
-	(*GetInfoResponse)(nil),           // 6: mlskey.v1.GetInfoResponse
-	(*CreateSignatureKeyRequest)(nil), // 7: mlskey.v1.CreateSignatureKeyRequest
-	(*GetKeyRequest)(nil),             // 8: mlskey.v1.GetKeyRequest
-	(*ListKeysRequest)(nil),           // 9: mlskey.v1.ListKeysRequest
-	(*ListKeysResponse)(nil),          // 10: mlskey.v1.ListKeysResponse
-	(*DeleteKeyRequest)(nil),          // 11: mlskey.v1.DeleteKeyRequest
-	(*SignWithLabelRequest)(nil),      // 12: mlskey.v1.SignWithLabelRequest
-	(*SignWithLabelResponse)(nil),     // 13: mlskey.v1.SignWithLabelResponse
-	(*Credential)(nil),                // 14: mlskey.v1.Credential
-	(*Extension)(nil),                 // 15: mlskey.v1.Extension
-	(*CreateKeyPackagesRequest)(nil),  // 16: mlskey.v1.CreateKeyPackagesRequest
-	(*CreatedKeyPackage)(nil),         // 17: mlskey.v1.CreatedKeyPackage
-	(*CreateKeyPackagesResponse)(nil), // 18: mlskey.v1.CreateKeyPackagesResponse
-	(*OpenWelcomeRequest)(nil),        // 19: mlskey.v1.OpenWelcomeRequest
-	(*PreSharedKeyID)(nil),            // 20: mlskey.v1.PreSharedKeyID
-	(*GroupSecrets)(nil),              // 21: mlskey.v1.GroupSecrets
-	(*OpenWelcomeResponse)(nil),       // 22: mlskey.v1.OpenWelcomeResponse
-	(*DecryptWithLabelRequest)(nil),   // 23: mlskey.v1.DecryptWithLabelRequest
-	(*DecryptWithLabelResponse)(nil),  // 24: mlskey.v1.DecryptWithLabelResponse
-	(*AttestKeyRequest)(nil),          // 25: mlskey.v1.AttestKeyRequest
-	(*AttestKeyResponse)(nil),         // 26: mlskey.v1.AttestKeyResponse
-	(*Credential_X509)(nil),           // 27: mlskey.v1.Credential.X509
-	(*timestamppb.Timestamp)(nil),     // 28: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),       // 29: google.protobuf.Duration
+	(KeyRole)(0),                       // 0: mlskey.v1.KeyRole
+	(KeyState)(0),                      // 1: mlskey.v1.KeyState
+	(Protection)(0),                    // 2: mlskey.v1.Protection
+	(*Key)(nil),                        // 3: mlskey.v1.Key
+	(*GetInfoRequest)(nil),             // 4: mlskey.v1.GetInfoRequest
+	(*SuiteSupport)(nil),               // 5: mlskey.v1.SuiteSupport
+	(*GetInfoResponse)(nil),            // 6: mlskey.v1.GetInfoResponse
+	(*CreateSignatureKeyRequest)(nil),  // 7: mlskey.v1.CreateSignatureKeyRequest
+	(*GetKeyRequest)(nil),              // 8: mlskey.v1.GetKeyRequest
+	(*ListKeysRequest)(nil),            // 9: mlskey.v1.ListKeysRequest
+	(*ListKeysResponse)(nil),           // 10: mlskey.v1.ListKeysResponse
+	(*DeleteKeyRequest)(nil),           // 11: mlskey.v1.DeleteKeyRequest
+	(*SignWithLabelRequest)(nil),       // 12: mlskey.v1.SignWithLabelRequest
+	(*SignWithLabelResponse)(nil),      // 13: mlskey.v1.SignWithLabelResponse
+	(*Credential)(nil),                 // 14: mlskey.v1.Credential
+	(*Extension)(nil),                  // 15: mlskey.v1.Extension
+	(*CreateKeyPackagesRequest)(nil),   // 16: mlskey.v1.CreateKeyPackagesRequest
+	(*CreatedKeyPackage)(nil),          // 17: mlskey.v1.CreatedKeyPackage
+	(*CreateKeyPackagesResponse)(nil),  // 18: mlskey.v1.CreateKeyPackagesResponse
+	(*OpenWelcomeRequest)(nil),         // 19: mlskey.v1.OpenWelcomeRequest
+	(*PreSharedKeyID)(nil),             // 20: mlskey.v1.PreSharedKeyID
+	(*GroupSecrets)(nil),               // 21: mlskey.v1.GroupSecrets
+	(*OpenWelcomeResponse)(nil),        // 22: mlskey.v1.OpenWelcomeResponse
+	(*DecryptWithLabelRequest)(nil),    // 23: mlskey.v1.DecryptWithLabelRequest
+	(*DecryptWithLabelResponse)(nil),   // 24: mlskey.v1.DecryptWithLabelResponse
+	(*AttestKeyRequest)(nil),           // 25: mlskey.v1.AttestKeyRequest
+	(*AttestKeyResponse)(nil),          // 26: mlskey.v1.AttestKeyResponse
+	(*ActivateCredentialRequest)(nil),  // 27: mlskey.v1.ActivateCredentialRequest
+	(*ActivateCredentialResponse)(nil), // 28: mlskey.v1.ActivateCredentialResponse
+	(*Credential_X509)(nil),            // 29: mlskey.v1.Credential.X509
+	(*timestamppb.Timestamp)(nil),      // 30: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),        // 31: google.protobuf.Duration
 }
 var file_mlskey_v1_mlskey_proto_depIdxs = []int32{
 	0,  // 0: mlskey.v1.Key.role:type_name -> mlskey.v1.KeyRole
 	2,  // 1: mlskey.v1.Key.protection:type_name -> mlskey.v1.Protection
 	1,  // 2: mlskey.v1.Key.state:type_name -> mlskey.v1.KeyState
-	28, // 3: mlskey.v1.Key.created_at:type_name -> google.protobuf.Timestamp
-	28, // 4: mlskey.v1.Key.retired_at:type_name -> google.protobuf.Timestamp
+	30, // 3: mlskey.v1.Key.created_at:type_name -> google.protobuf.Timestamp
+	30, // 4: mlskey.v1.Key.retired_at:type_name -> google.protobuf.Timestamp
 	2,  // 5: mlskey.v1.SuiteSupport.signature:type_name -> mlskey.v1.Protection
 	2,  // 6: mlskey.v1.SuiteSupport.init:type_name -> mlskey.v1.Protection
 	2,  // 7: mlskey.v1.SuiteSupport.leaf_encryption:type_name -> mlskey.v1.Protection
@@ -2128,11 +2304,11 @@ var file_mlskey_v1_mlskey_proto_depIdxs = []int32{
 	0,  // 9: mlskey.v1.ListKeysRequest.role:type_name -> mlskey.v1.KeyRole
 	1,  // 10: mlskey.v1.ListKeysRequest.state:type_name -> mlskey.v1.KeyState
 	3,  // 11: mlskey.v1.ListKeysResponse.keys:type_name -> mlskey.v1.Key
-	27, // 12: mlskey.v1.Credential.x509:type_name -> mlskey.v1.Credential.X509
+	29, // 12: mlskey.v1.Credential.x509:type_name -> mlskey.v1.Credential.X509
 	14, // 13: mlskey.v1.CreateKeyPackagesRequest.credential:type_name -> mlskey.v1.Credential
 	15, // 14: mlskey.v1.CreateKeyPackagesRequest.leaf_extensions:type_name -> mlskey.v1.Extension
 	15, // 15: mlskey.v1.CreateKeyPackagesRequest.key_package_extensions:type_name -> mlskey.v1.Extension
-	29, // 16: mlskey.v1.CreateKeyPackagesRequest.lifetime:type_name -> google.protobuf.Duration
+	31, // 16: mlskey.v1.CreateKeyPackagesRequest.lifetime:type_name -> google.protobuf.Duration
 	3,  // 17: mlskey.v1.CreateKeyPackagesResponse.signature_key:type_name -> mlskey.v1.Key
 	17, // 18: mlskey.v1.CreateKeyPackagesResponse.key_packages:type_name -> mlskey.v1.CreatedKeyPackage
 	20, // 19: mlskey.v1.GroupSecrets.psks:type_name -> mlskey.v1.PreSharedKeyID
@@ -2147,18 +2323,20 @@ var file_mlskey_v1_mlskey_proto_depIdxs = []int32{
 	19, // 28: mlskey.v1.KeyService.OpenWelcome:input_type -> mlskey.v1.OpenWelcomeRequest
 	23, // 29: mlskey.v1.KeyService.DecryptWithLabel:input_type -> mlskey.v1.DecryptWithLabelRequest
 	25, // 30: mlskey.v1.KeyService.AttestKey:input_type -> mlskey.v1.AttestKeyRequest
-	6,  // 31: mlskey.v1.KeyService.GetInfo:output_type -> mlskey.v1.GetInfoResponse
-	3,  // 32: mlskey.v1.KeyService.CreateSignatureKey:output_type -> mlskey.v1.Key
-	3,  // 33: mlskey.v1.KeyService.GetKey:output_type -> mlskey.v1.Key
-	10, // 34: mlskey.v1.KeyService.ListKeys:output_type -> mlskey.v1.ListKeysResponse
-	3,  // 35: mlskey.v1.KeyService.DeleteKey:output_type -> mlskey.v1.Key
-	13, // 36: mlskey.v1.KeyService.SignWithLabel:output_type -> mlskey.v1.SignWithLabelResponse
-	18, // 37: mlskey.v1.KeyService.CreateKeyPackages:output_type -> mlskey.v1.CreateKeyPackagesResponse
-	22, // 38: mlskey.v1.KeyService.OpenWelcome:output_type -> mlskey.v1.OpenWelcomeResponse
-	24, // 39: mlskey.v1.KeyService.DecryptWithLabel:output_type -> mlskey.v1.DecryptWithLabelResponse
-	26, // 40: mlskey.v1.KeyService.AttestKey:output_type -> mlskey.v1.AttestKeyResponse
-	31, // [31:41] is the sub-list for method output_type
-	21, // [21:31] is the sub-list for method input_type
+	27, // 31: mlskey.v1.KeyService.ActivateCredential:input_type -> mlskey.v1.ActivateCredentialRequest
+	6,  // 32: mlskey.v1.KeyService.GetInfo:output_type -> mlskey.v1.GetInfoResponse
+	3,  // 33: mlskey.v1.KeyService.CreateSignatureKey:output_type -> mlskey.v1.Key
+	3,  // 34: mlskey.v1.KeyService.GetKey:output_type -> mlskey.v1.Key
+	10, // 35: mlskey.v1.KeyService.ListKeys:output_type -> mlskey.v1.ListKeysResponse
+	3,  // 36: mlskey.v1.KeyService.DeleteKey:output_type -> mlskey.v1.Key
+	13, // 37: mlskey.v1.KeyService.SignWithLabel:output_type -> mlskey.v1.SignWithLabelResponse
+	18, // 38: mlskey.v1.KeyService.CreateKeyPackages:output_type -> mlskey.v1.CreateKeyPackagesResponse
+	22, // 39: mlskey.v1.KeyService.OpenWelcome:output_type -> mlskey.v1.OpenWelcomeResponse
+	24, // 40: mlskey.v1.KeyService.DecryptWithLabel:output_type -> mlskey.v1.DecryptWithLabelResponse
+	26, // 41: mlskey.v1.KeyService.AttestKey:output_type -> mlskey.v1.AttestKeyResponse
+	28, // 42: mlskey.v1.KeyService.ActivateCredential:output_type -> mlskey.v1.ActivateCredentialResponse
+	32, // [32:43] is the sub-list for method output_type
+	21, // [21:32] is the sub-list for method input_type
 	21, // [21:21] is the sub-list for extension type_name
 	21, // [21:21] is the sub-list for extension extendee
 	0,  // [0:21] is the sub-list for field type_name
@@ -2170,6 +2348,7 @@ func file_mlskey_v1_mlskey_proto_init() {
 		return
 	}
 	file_mlskey_v1_mlskey_proto_msgTypes[4].OneofWrappers = []any{}
+	file_mlskey_v1_mlskey_proto_msgTypes[6].OneofWrappers = []any{}
 	file_mlskey_v1_mlskey_proto_msgTypes[11].OneofWrappers = []any{
 		(*Credential_BasicIdentity)(nil),
 		(*Credential_X509_)(nil),
@@ -2182,7 +2361,7 @@ func file_mlskey_v1_mlskey_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mlskey_v1_mlskey_proto_rawDesc), len(file_mlskey_v1_mlskey_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   25,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -34,6 +34,7 @@ const (
 	KeyService_OpenWelcome_FullMethodName        = "/mlskey.v1.KeyService/OpenWelcome"
 	KeyService_DecryptWithLabel_FullMethodName   = "/mlskey.v1.KeyService/DecryptWithLabel"
 	KeyService_AttestKey_FullMethodName          = "/mlskey.v1.KeyService/AttestKey"
+	KeyService_ActivateCredential_FullMethodName = "/mlskey.v1.KeyService/ActivateCredential"
 )
 
 // KeyServiceClient is the client API for KeyService service.
@@ -49,7 +50,10 @@ type KeyServiceClient interface {
 	// ListKeys pages through the catalog, newest last.
 	ListKeys(ctx context.Context, in *ListKeysRequest, opts ...grpc.CallOption) (*ListKeysResponse, error)
 	// DeleteKey destroys the device object and keeps a tombstone (state
-	// DESTROYED) in the catalog.
+	// DESTROYED) in the catalog. A signature key that unused KeyPackages use
+	// fails with FAILED_PRECONDITION unless cascade is set (see
+	// DeleteKeyRequest). The destruction completes even if the caller
+	// cancels once the call has begun it.
 	DeleteKey(ctx context.Context, in *DeleteKeyRequest, opts ...grpc.CallOption) (*Key, error)
 	// SignWithLabel signs SignContent{"MLS 1.0 " + label, content} with a
 	// signature key. Only RFC 9420's signature labels are served.
@@ -70,6 +74,12 @@ type KeyServiceClient interface {
 	// it, bound to the caller's nonce. Backends that cannot attest answer
 	// UNIMPLEMENTED; keys that are not hardware-protected FAILED_PRECONDITION.
 	AttestKey(ctx context.Context, in *AttestKeyRequest, opts ...grpc.CallOption) (*AttestKeyResponse, error)
+	// ActivateCredential has the device decrypt a credential the verifier
+	// made for the Name of AttestKey's attestation key, encrypted to its
+	// endorsement key (TPM2_MakeCredential / TPM2_ActivateCredential). Only
+	// the TPM holding both keys can, which ties the attestation key to the
+	// endorsement key's certificate. The caller must be able to use key_id.
+	ActivateCredential(ctx context.Context, in *ActivateCredentialRequest, opts ...grpc.CallOption) (*ActivateCredentialResponse, error)
 }
 
 type keyServiceClient struct {
@@ -180,6 +190,16 @@ func (c *keyServiceClient) AttestKey(ctx context.Context, in *AttestKeyRequest, 
 	return out, nil
 }
 
+func (c *keyServiceClient) ActivateCredential(ctx context.Context, in *ActivateCredentialRequest, opts ...grpc.CallOption) (*ActivateCredentialResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ActivateCredentialResponse)
+	err := c.cc.Invoke(ctx, KeyService_ActivateCredential_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // KeyServiceServer is the server API for KeyService service.
 // All implementations must embed UnimplementedKeyServiceServer
 // for forward compatibility.
@@ -193,7 +213,10 @@ type KeyServiceServer interface {
 	// ListKeys pages through the catalog, newest last.
 	ListKeys(context.Context, *ListKeysRequest) (*ListKeysResponse, error)
 	// DeleteKey destroys the device object and keeps a tombstone (state
-	// DESTROYED) in the catalog.
+	// DESTROYED) in the catalog. A signature key that unused KeyPackages use
+	// fails with FAILED_PRECONDITION unless cascade is set (see
+	// DeleteKeyRequest). The destruction completes even if the caller
+	// cancels once the call has begun it.
 	DeleteKey(context.Context, *DeleteKeyRequest) (*Key, error)
 	// SignWithLabel signs SignContent{"MLS 1.0 " + label, content} with a
 	// signature key. Only RFC 9420's signature labels are served.
@@ -214,6 +237,12 @@ type KeyServiceServer interface {
 	// it, bound to the caller's nonce. Backends that cannot attest answer
 	// UNIMPLEMENTED; keys that are not hardware-protected FAILED_PRECONDITION.
 	AttestKey(context.Context, *AttestKeyRequest) (*AttestKeyResponse, error)
+	// ActivateCredential has the device decrypt a credential the verifier
+	// made for the Name of AttestKey's attestation key, encrypted to its
+	// endorsement key (TPM2_MakeCredential / TPM2_ActivateCredential). Only
+	// the TPM holding both keys can, which ties the attestation key to the
+	// endorsement key's certificate. The caller must be able to use key_id.
+	ActivateCredential(context.Context, *ActivateCredentialRequest) (*ActivateCredentialResponse, error)
 	mustEmbedUnimplementedKeyServiceServer()
 }
 
@@ -253,6 +282,9 @@ func (UnimplementedKeyServiceServer) DecryptWithLabel(context.Context, *DecryptW
 }
 func (UnimplementedKeyServiceServer) AttestKey(context.Context, *AttestKeyRequest) (*AttestKeyResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method AttestKey not implemented")
+}
+func (UnimplementedKeyServiceServer) ActivateCredential(context.Context, *ActivateCredentialRequest) (*ActivateCredentialResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ActivateCredential not implemented")
 }
 func (UnimplementedKeyServiceServer) mustEmbedUnimplementedKeyServiceServer() {}
 func (UnimplementedKeyServiceServer) testEmbeddedByValue()                    {}
@@ -455,6 +487,24 @@ func _KeyService_AttestKey_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KeyService_ActivateCredential_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ActivateCredentialRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).ActivateCredential(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_ActivateCredential_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).ActivateCredential(ctx, req.(*ActivateCredentialRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // KeyService_ServiceDesc is the grpc.ServiceDesc for KeyService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -501,6 +551,10 @@ var KeyService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "AttestKey",
 			Handler:    _KeyService_AttestKey_Handler,
+		},
+		{
+			MethodName: "ActivateCredential",
+			Handler:    _KeyService_ActivateCredential_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
