@@ -323,7 +323,8 @@ func (s *Store) sweepLocked(ctx context.Context) error {
 	e := s.ep
 	needed := map[string]bool{}
 	err := s.cat.all(func(r *Record) error {
-		if r.Live() && r.Epoch != "" {
+		// A quarantined key (missing) may come back: keep its epoch.
+		if (r.Live() || r.State == StateMissing) && r.Epoch != "" {
 			needed[r.Epoch] = true
 		}
 		return nil

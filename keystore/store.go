@@ -7,7 +7,9 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -31,6 +33,15 @@ type Options struct {
 	// OnDestroy, if set, is told of every device key the store destroys on
 	// its own authority (Sweep), for the audit log.
 	OnDestroy func(Destruction)
+	// AdoptDevice lets Open bind a catalog and a device that carry no
+	// common installation id (a new catalog on a device of an existing
+	// installation, or a catalog on a device without a marker). It never
+	// overrides two different installation ids.
+	AdoptDevice bool
+	// OnEvent receives every destruction and quarantine the store does on
+	// its own authority (start-up reconciliation, aborted batches, repair),
+	// for the audit log. It must not call back into the store.
+	OnEvent func(Event)
 	// EpochLength is how long one sealing epoch lasts on a device with
 	// epochs (Epocher); 0 means DefaultEpochLength. A retired sealed key
 	// stays recoverable from an old copy of the catalog until its epoch
@@ -50,10 +61,13 @@ type Options struct {
 // every key and the policy on protection levels. See docs/design.md for the
 // consistency protocol between catalog and device; in short, a device key is
 // live if and only if its catalog record is active, creation commits to the
-// catalog after the device, retirement commits to the catalog before the
-// device, and Open removes whatever a crash left in between.
+// catalog after the device (behind a journal entry written before it),
+// retirement commits to the catalog before the device, and Open finishes
+// what a crash left in between where that is provably safe and quarantines
+// the rest (see reconcile.go).
 type Store struct {
 	cat    *catalog
+	path   string
 	be     Backend
 	sealer Unsealer
 	seal   Sealer  // a device without epochs
@@ -63,10 +77,17 @@ type Store struct {
 	log    *slog.Logger
 	locks  keyLocks
 	life   lifecycle
+	strays strays
+
+	installation    string
+	adopted         bool // a device was adopted at this start
+	adoptedIdentity bool // the device's identity was adopted at this start
 }
 
-// Open opens (or creates) the catalog at path, reconciles it with the
-// device and checks every hardware key.
+// Open opens (or creates) the catalog at path, checks that it and the
+// device belong to the same installation (binding them at the first start),
+// reconciles them and checks every hardware key. A refused binding wraps
+// ErrBinding and changes nothing.
 func Open(ctx context.Context, path string, be Backend, opts Options) (*Store, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -82,11 +103,13 @@ func Open(ctx context.Context, path string, be Backend, opts Options) (*Store, e
 			return nil, fmt.Errorf("policy: minimum protection %q for role %q: %w", p, role, ErrInvalidArgument)
 		}
 	}
+	_, statErr := os.Stat(path)
+	isNew := errors.Is(statErr, fs.ErrNotExist)
 	cat, err := openCatalog(path)
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{cat: cat, be: be, opts: opts, log: opts.Logger, hw: map[Algorithm]bool{}}
+	s := &Store{cat: cat, path: path, be: be, opts: opts, log: opts.Logger, hw: map[Algorithm]bool{}}
 	if ep, ok := be.(Epocher); ok && epochsSupported(be) {
 		s.sealer = ep
 		s.ep = &epochs{dev: ep, pins: map[string]int{}, stop: make(chan struct{}), done: make(chan struct{})}
@@ -95,6 +118,15 @@ func Open(ctx context.Context, path string, be Backend, opts Options) (*Store, e
 	}
 	for _, a := range be.Algorithms() {
 		s.hw[a] = true
+	}
+	if err := s.bind(ctx); err != nil {
+		cat.close()
+		if isNew {
+			// A refused start leaves no trace, not even an empty catalog
+			// at the wrong path.
+			os.Remove(path)
+		}
+		return nil, err
 	}
 	if err := s.reconcile(ctx); err != nil {
 		cat.close()
@@ -199,9 +231,11 @@ type KeySpec struct {
 // Batch creates keys that become usable together: nothing is in the
 // catalog until Commit, and Abort (or a crash, via Open's reconciliation)
 // removes the device keys it made. KeyPackage creation uses one batch for
-// all its keys so that a failure leaves no half-built KeyPackages.
+// all its keys so that a failure leaves no half-built KeyPackages. The ids
+// of its keys are journalled before the device makes them (journal.go).
 type Batch struct {
 	s      *Store
+	jid    string // journal entry
 	mu     sync.Mutex
 	recs   []*Record
 	unpins []func() // epochs to keep until the records are committed
@@ -209,7 +243,7 @@ type Batch struct {
 }
 
 // NewBatch starts a batch.
-func (s *Store) NewBatch() *Batch { return &Batch{s: s} }
+func (s *Store) NewBatch() *Batch { return &Batch{s: s, jid: s.newID()} }
 
 // Generate creates keys for specs, in parallel on the device, and returns
 // their records (not yet committed) in the order of specs. On error the
@@ -238,6 +272,13 @@ func (b *Batch) Generate(ctx context.Context, specs []KeySpec) ([]*Record, error
 		}
 		prots[i] = p
 	}
+	ids := make([]string, len(specs))
+	for i := range ids {
+		ids[i] = s.newID()
+	}
+	if err := s.cat.journalAdd(b.jid, ids); err != nil {
+		return nil, fmt.Errorf("journal the batch: %w", err)
+	}
 	recs := make([]*Record, len(specs))
 	unpins := make([]func(), len(specs))
 	errs := make([]error, len(specs))
@@ -251,7 +292,7 @@ func (b *Batch) Generate(ctx context.Context, specs []KeySpec) ([]*Record, error
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			recs[i], unpins[i], errs[i] = s.generate(ctx, sp, prots[i])
+			recs[i], unpins[i], errs[i] = s.generate(ctx, ids[i], sp, prots[i])
 		})
 	}
 	wg.Wait()
@@ -264,16 +305,16 @@ func (b *Batch) Generate(ctx context.Context, specs []KeySpec) ([]*Record, error
 		}
 		defer runAll(unpins)
 		if s.life.done() {
-			s.destroyDevice(ctx, made, "batch aborted at shutdown")
+			s.destroyBatch(ctx, b.jid, made, "batch aborted at shutdown")
 			return nil, ErrShuttingDown
 		}
-		s.destroyDevice(ctx, made, "batch generation failed")
+		s.destroyBatch(ctx, b.jid, made, "batch generation failed")
 		return nil, err
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.done {
-		s.destroyDevice(ctx, recs, "batch already finished")
+		s.destroyBatch(ctx, b.jid, recs, "batch already finished")
 		runAll(unpins)
 		return nil, errors.New("keystore: batch already finished")
 	}
@@ -290,9 +331,9 @@ func runAll(fs []func()) {
 	}
 }
 
-func (s *Store) generate(ctx context.Context, sp KeySpec, p Protection) (rec *Record, unpin func(), err error) {
+func (s *Store) generate(ctx context.Context, id string, sp KeySpec, p Protection) (rec *Record, unpin func(), err error) {
 	r := &Record{
-		ID: s.newID(), Role: sp.Role, Suite: sp.Suite, Algorithm: sp.Algorithm,
+		ID: id, Role: sp.Role, Suite: sp.Suite, Algorithm: sp.Algorithm,
 		Protection: p, Owner: sp.Owner, State: StateActive, CreatedAt: s.opts.Now().UTC(),
 	}
 	switch p {
@@ -356,8 +397,8 @@ func (b *Batch) Commit() error {
 	if len(b.recs) == 0 {
 		return nil
 	}
-	if err := b.s.cat.putAll(b.recs); err != nil {
-		b.s.destroyDevice(context.Background(), b.recs, "catalog commit failed")
+	if err := b.s.cat.commitBatch(b.jid, b.recs); err != nil {
+		b.s.destroyBatch(context.Background(), b.jid, b.recs, "catalog commit failed")
 		return fmt.Errorf("commit %d keys to the catalog: %w", len(b.recs), err)
 	}
 	return nil
@@ -372,7 +413,9 @@ func (b *Batch) Abort(ctx context.Context) {
 		return
 	}
 	b.done = true
-	b.s.destroyDevice(ctx, b.recs, "batch aborted")
+	if len(b.recs) > 0 {
+		b.s.destroyBatch(ctx, b.jid, b.recs, "batch aborted")
+	}
 	runAll(b.unpins)
 }
 
@@ -494,7 +537,7 @@ func (s *Store) delete(ctx context.Context, id string, cascade bool) (*Record, [
 			return fmt.Errorf("key %q is already destroyed: %w", id, ErrNotActive)
 		}
 		refs[r.ID] = r.DeviceRef
-		if r.State == StateActive {
+		if r.State == StateActive || r.State == StateMissing {
 			s.retire(r, StateDestroyed, "deleted")
 		}
 		r.State = StateDestroyed
@@ -779,91 +822,6 @@ func (l *keyLocks) share(id string) (unlock func()) {
 	k := l.get(id)
 	k.RLock()
 	return func() { k.RUnlock(); l.put(id, k) }
-}
-
-// reconcile restores the invariant "a device key is live iff its record is
-// active" after a crash, and checks that hardware keys are still sound.
-func (s *Store) reconcile(ctx context.Context) error {
-	lister, ok := s.be.(Lister)
-	if !ok {
-		return s.checkHardware(ctx, nil)
-	}
-	dev, err := lister.List(ctx)
-	if err != nil {
-		return &DeviceError{Op: "list keys", Err: err}
-	}
-	onDevice := map[string]bool{}
-	for _, dk := range dev {
-		onDevice[dk.ID] = true
-		r, err := s.cat.get(dk.ID)
-		switch {
-		case errors.Is(err, ErrNotFound):
-		case err != nil:
-			return err
-		case r.Live():
-			continue
-		}
-		why := "not in the catalog (creation interrupted)"
-		if r != nil {
-			why = "catalog says " + string(r.State) + " (retirement interrupted)"
-		}
-		if err := s.be.Destroy(ctx, dk.Ref); err != nil {
-			return &DeviceError{Op: "destroy stray key " + dk.ID, Err: err}
-		}
-		s.log.Info("destroyed stray device key", "key", dk.ID, "why", why)
-	}
-	if err := s.checkHardware(ctx, onDevice); err != nil {
-		return err
-	}
-	s.log.Info("catalog reconciled", "device_keys", len(dev))
-	return nil
-}
-
-// checkHardware marks active hardware records whose device key is missing
-// (when onDevice says what the device has) as destroyed, and has the
-// Checker confirm the others.
-func (s *Store) checkHardware(ctx context.Context, onDevice map[string]bool) error {
-	var lost []string
-	var check []*Record
-	err := s.cat.all(func(r *Record) error {
-		if !r.Live() || r.Protection != ProtectionHardware {
-			return nil
-		}
-		if onDevice != nil && !onDevice[r.ID] {
-			lost = append(lost, r.ID)
-			return nil
-		}
-		check = append(check, r)
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	for _, id := range lost {
-		_, err := s.cat.update(id, func(r *Record) error {
-			s.retire(r, StateDestroyed, "missing from the device at start-up")
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		s.log.Warn("catalog key missing from the device; marked destroyed", "key", id)
-	}
-	if c, ok := s.be.(Checker); ok {
-		for _, r := range check {
-			if err := c.Check(ctx, r.DeviceRef, r.Algorithm); err != nil {
-				var fe *ForeignKeyError
-				if errors.As(err, &fe) {
-					return fmt.Errorf("key %s's %w; use the state directory that %s was set up with", r.ID, fe, fe.Device)
-				}
-				return fmt.Errorf("hardware key %q failed its start-up check: %w", r.ID, err)
-			}
-		}
-	}
-	if len(check) > 0 || len(lost) > 0 {
-		s.log.Info("hardware keys checked", "checked", len(check), "lost", len(lost))
-	}
-	return nil
 }
 
 // Attest returns the device's evidence for an active hardware key, bound

@@ -175,7 +175,9 @@ func (s *Store) sweepOne(ctx context.Context, dk DeviceKey) (bool, error) {
 			return nil, nil
 		case err != nil:
 			return nil, err
-		case r.Live():
+		case r.State != StateConsumed && r.State != StateDestroyed:
+			// Active, or missing: a quarantined key that is back on the
+			// device is restored at the next start, never destroyed here.
 			return nil, nil
 		}
 		return r, nil

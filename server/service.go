@@ -152,7 +152,17 @@ func checkKeyID(field, id string) error {
 
 func (s *Service) GetInfo(ctx context.Context, _ *pb.GetInfoRequest) (*pb.GetInfoResponse, error) {
 	dev := s.store.Device()
-	resp := &pb.GetInfoResponse{Backend: dev.Backend, Device: dev.Device, Version: s.opts.Version}
+	resp := &pb.GetInfoResponse{Backend: dev.Backend, Device: dev.Device, Version: s.opts.Version,
+		InstallationId: s.store.Installation()}
+	strays, missing, err := s.quarantined()
+	if err != nil {
+		return nil, statusOf("catalog", err)
+	}
+	resp.StrayKeys, resp.MissingKeys = uint32(len(strays)), uint32(len(missing))
+	// Key ids are shown to admins only, like the keys themselves.
+	if c, err := s.callerOf(ctx); err == nil && c.admin {
+		resp.StrayKeyIds, resp.MissingKeyIds = strays, missing
+	}
 	level := func(role keystore.Role, alg string) pb.Protection {
 		p, err := s.store.ProtectionFor(role, keystore.Algorithm(alg))
 		if err != nil {

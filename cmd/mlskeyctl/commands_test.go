@@ -31,9 +31,12 @@ func TestStatusCommand(t *testing.T) {
 	_, sock := startFake(t)
 	out := mustRun(t, sock, "", "status")
 	for _, want := range []string{
-		"backend:  fake\n",
-		"device:   test device\n",
-		"version:  0.0.0-test\n",
+		"backend:            fake\n",
+		"device:             test device\n",
+		"version:            0.0.0-test\n",
+		"installation:       00112233445566778899aabbccddeeff\n",
+		"missing keys:       1 (0190aa); retire with 'mlskeyctl repair --retire-missing' once the device is known to be right\n",
+		"stray device keys:  0\n",
 		"SUITE  NAME                                          SIGNATURE  INIT     LEAF ENCRYPTION\n",
 		"1      MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519  hardware   wrapped  sealed\n",
 		"4      MLS_256_DHKEMX448_AES256GCM_SHA512_Ed448      -          sealed   sealed\n",
@@ -284,5 +287,25 @@ func TestStatusShowsSuitesRefusedByPolicy(t *testing.T) {
 	c.g.json = true
 	if err := c.printStatus(&mlskeyv1.GetInfoResponse{Suites: []*mlskeyv1.SuiteSupport{{CipherSuite: 2, RefusedByPolicy: true}}}); err != nil || !strings.Contains(out.String(), `"refused_by_policy": true`) {
 		t.Errorf("status --json: %v\n%s", err, out.String())
+	}
+}
+
+func TestRepairCommand(t *testing.T) {
+	_, sock := startFake(t)
+	if out := mustRun(t, sock, "", "repair"); out != "stray device keys: 1 (st-1)\nmissing keys: 1 (0190aa)\n" {
+		t.Errorf("repair without flags:\n%s", out)
+	}
+	out := mustRun(t, sock, "", "repair", "--destroy-strays", "--retire-missing")
+	want := "destroyed strays: 1 (st-1)\nretired missing keys: 1 (0190aa)\nstray device keys: 0\nmissing keys: 0\n"
+	if out != want {
+		t.Errorf("repair:\n%s\nwant\n%s", out, want)
+	}
+	var r repairJSON
+	if err := json.Unmarshal([]byte(mustRun(t, sock, "", "repair", "--retire-missing", "--json")), &r); err != nil ||
+		len(r.RetiredMissing) != 1 || r.DestroyedStrays == nil || len(r.StrayKeyIDs) != 1 {
+		t.Errorf("repair --json: %+v %v", r, err)
+	}
+	if code, _, stderr := runCLI(t, sock, "", "repair", "extra"); code != 2 {
+		t.Errorf("repair with an argument: exit %d %s", code, stderr)
 	}
 }

@@ -75,9 +75,12 @@ func notFound(id string) error { return status.Errorf(codes.NotFound, "key %q no
 
 func (s *fakeServer) GetInfo(context.Context, *mlskeyv1.GetInfoRequest) (*mlskeyv1.GetInfoResponse, error) {
 	return &mlskeyv1.GetInfoResponse{
-		Backend: "fake",
-		Device:  "test device",
-		Version: "0.0.0-test",
+		Backend:        "fake",
+		Device:         "test device",
+		Version:        "0.0.0-test",
+		InstallationId: "00112233445566778899aabbccddeeff",
+		MissingKeys:    1,
+		MissingKeyIds:  []string{"0190aa"},
 		Suites: []*mlskeyv1.SuiteSupport{
 			{CipherSuite: 1, Name: "MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519", Signature: mlskeyv1.Protection_PROTECTION_HARDWARE, Init: mlskeyv1.Protection_PROTECTION_WRAPPED, LeafEncryption: mlskeyv1.Protection_PROTECTION_SEALED},
 			{CipherSuite: 4, Init: mlskeyv1.Protection_PROTECTION_SEALED, LeafEncryption: mlskeyv1.Protection_PROTECTION_SEALED},
@@ -276,4 +279,17 @@ func startFake(t *testing.T) (*fakeServer, string) {
 	go srv.Serve(ln)
 	t.Cleanup(srv.Stop)
 	return fake, sock
+}
+
+// Repair destroys the stray "st-1" and retires the missing "0190aa" when
+// asked; without flags it only reports them.
+func (s *fakeServer) Repair(_ context.Context, r *mlskeyv1.RepairRequest) (*mlskeyv1.RepairResponse, error) {
+	resp := &mlskeyv1.RepairResponse{StrayKeyIds: []string{"st-1"}, MissingKeyIds: []string{"0190aa"}}
+	if r.GetDestroyStrays() {
+		resp.DestroyedStrays, resp.StrayKeyIds = resp.StrayKeyIds, nil
+	}
+	if r.GetRetireMissing() {
+		resp.RetiredMissing, resp.MissingKeyIds = resp.MissingKeyIds, nil
+	}
+	return resp, nil
 }

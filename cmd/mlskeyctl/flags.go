@@ -214,13 +214,14 @@ func (s *stateFlag) Set(v string) error {
 		mlskeyv1.KeyState_KEY_STATE_ACTIVE,
 		mlskeyv1.KeyState_KEY_STATE_CONSUMED,
 		mlskeyv1.KeyState_KEY_STATE_DESTROYED,
+		mlskeyv1.KeyState_KEY_STATE_MISSING,
 	} {
 		if strings.EqualFold(v, stateName(st)) {
 			*s = stateFlag(st)
 			return nil
 		}
 	}
-	return fmt.Errorf("unknown state (want active, consumed or destroyed)")
+	return fmt.Errorf("unknown state (want active, consumed, destroyed or missing)")
 }
 
 // lifetimeFlag is a --lifetime flag, parsed by parseLifetime.

@@ -47,7 +47,7 @@ func (c *cli) keyList(args []string) error {
 KP REF is the start of the KeyPackageRef of init and leaf encryption keys
 ('key show' and --json give it whole); LAST RESORT is for init keys.`, func(fs *flag.FlagSet) {
 		fs.Var(&role, "role", "only keys of `ROLE`: signature, init or leaf-encryption")
-		fs.Var(&state, "state", "only keys in `STATE`: active, consumed or destroyed")
+		fs.Var(&state, "state", "only keys in `STATE`: active, consumed, destroyed or missing")
 		fs.Var(&suite, "suite", "only keys of the `S` "+suiteUsage)
 		fs.Var(&owner, "owner", "only keys of `UID` (admins; others may name only themselves)")
 	})

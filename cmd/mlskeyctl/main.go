@@ -152,6 +152,7 @@ Commands:
   welcome open        open a Welcome with one of the daemon's init keys
   sample framed-content
                       print a FramedContentTBS to try 'sign' with
+  repair              act on quarantined keys: destroy strays, retire missing keys (admins)
   version             print the version of mlskeyctl and of the daemon
 
 Run 'mlskeyctl <command> --help' for a command's flags.`
@@ -200,6 +201,8 @@ func (c *cli) dispatch(name string, args []string) error {
 		return c.sign(args)
 	case "decrypt":
 		return c.decrypt(args)
+	case "repair":
+		return c.repair(args)
 	case "version":
 		return c.version(args)
 	case "help":

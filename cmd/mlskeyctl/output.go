@@ -45,6 +45,8 @@ func stateName(s mlskeyv1.KeyState) string {
 		return "consumed"
 	case mlskeyv1.KeyState_KEY_STATE_DESTROYED:
 		return "destroyed"
+	case mlskeyv1.KeyState_KEY_STATE_MISSING:
+		return "missing"
 	case mlskeyv1.KeyState_KEY_STATE_UNSPECIFIED:
 		return "unspecified"
 	}

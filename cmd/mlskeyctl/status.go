@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 	"text/tabwriter"
 
 	"github.com/mlskeyd/mlskeyd/client"
@@ -14,6 +15,13 @@ type statusJSON struct {
 	Device  string      `json:"device"`
 	Version string      `json:"version"`
 	Suites  []suiteJSON `json:"suites"`
+	// The binding and what start-up quarantined; the ids are shown to
+	// admins only.
+	Installation  string   `json:"installation_id"`
+	MissingKeys   uint32   `json:"missing_keys"`
+	StrayKeys     uint32   `json:"stray_keys"`
+	MissingKeyIDs []string `json:"missing_key_ids"`
+	StrayKeyIDs   []string `json:"stray_key_ids"`
 }
 
 // suiteJSON is a cipher suite in status --json; a role's protection is null
@@ -34,6 +42,12 @@ func newStatusJSON(info *mlskeyv1.GetInfoResponse) statusJSON {
 		Device:  info.GetDevice(),
 		Version: info.GetVersion(),
 		Suites:  []suiteJSON{},
+
+		Installation:  info.GetInstallationId(),
+		MissingKeys:   info.GetMissingKeys(),
+		StrayKeys:     info.GetStrayKeys(),
+		MissingKeyIDs: orEmpty(info.GetMissingKeyIds()),
+		StrayKeyIDs:   orEmpty(info.GetStrayKeyIds()),
 	}
 	for _, s := range info.GetSuites() {
 		name := s.GetName()
@@ -79,6 +93,9 @@ func (c *cli) printStatus(info *mlskeyv1.GetInfoResponse) error {
 	fmt.Fprintf(tw, "backend:\t%s\n", oneLine(st.Backend))
 	fmt.Fprintf(tw, "device:\t%s\n", oneLine(st.Device))
 	fmt.Fprintf(tw, "version:\t%s\n", oneLine(st.Version))
+	fmt.Fprintf(tw, "installation:\t%s\n", orDash(oneLine(st.Installation)))
+	fmt.Fprintf(tw, "missing keys:\t%s\n", quarantineLine(st.MissingKeys, st.MissingKeyIDs, "retire with 'mlskeyctl repair --retire-missing' once the device is known to be right"))
+	fmt.Fprintf(tw, "stray device keys:\t%s\n", quarantineLine(st.StrayKeys, st.StrayKeyIDs, "destroy with 'mlskeyctl repair --destroy-strays' once checked"))
 	if err := tw.Flush(); err != nil {
 		return err
 	}
@@ -98,4 +115,24 @@ func (c *cli) printStatus(info *mlskeyv1.GetInfoResponse) error {
 			textProtection(s.GetSignature()), textProtection(s.GetInit()), textProtection(s.GetLeafEncryption()))
 	}
 	return tw.Flush()
+}
+
+func orEmpty(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+// quarantineLine shows a count, the ids when known and, when there are
+// any, what to do.
+func quarantineLine(n uint32, ids []string, todo string) string {
+	if n == 0 {
+		return "0"
+	}
+	out := fmt.Sprint(n)
+	if len(ids) > 0 {
+		out += " (" + oneLine(strings.Join(ids, " ")) + ")"
+	}
+	return out + "; " + todo
 }

@@ -58,6 +58,7 @@ func newSettings() *settings {
 	add("audit-keep", "0", "keep this many rotated audit log files, removing older ones at rotation (0: keep all); verify what remains with mlskeyctl audit verify --from-rotation", false)
 	add("audit-fail-closed", "false", "refuse any operation that cannot be written to the audit log", true)
 	add("catalog", "", "key catalog file (default STATE/catalog.db)", false)
+	add("adopt-device", "false", "bind a catalog and a device that carry no common installation id: a new catalog takes over the device's keys (as strays), or a catalog takes a device without a marker (its keys missing there are quarantined); never merges two installations", true)
 	add("backend", "pkcs11", "device backend: pkcs11 or tpm", false)
 	add("pkcs11-module", "", "PKCS#11 module path (default: SoftHSM)", false)
 	add("pkcs11-token", "", "token label", false)

@@ -234,13 +234,30 @@ func run(args []string, getenv func(string) string, stdout io.Writer, stderr *lo
 			be.Close()
 		}
 	}()
+	adopt, err := cfg.bool("adopt-device")
+	if err != nil {
+		return err
+	}
+	// The audit log is open before the catalog, so that what start-up does
+	// to keys on its own (reconciliation) is recorded like every call.
+	onEvent := auditEvents(alog, log)
 	store, err := keystore.Open(ctx, cfg.str("catalog"), be, keystore.Options{
 		MinProtection: c.policy.KeystoreMinProtection(), Logger: log,
+		AdoptDevice: adopt, OnEvent: onEvent,
 		OnDestroy:   func(d keystore.Destruction) { auditDestruction(alog, log, d) },
 		EpochLength: c.sealEpoch, EpochPerRetirement: c.sealPerRetirement,
 		OnEpoch: func(op, epoch, reason string) { auditEpoch(alog, log, op, epoch, reason) },
 	})
 	if err != nil {
+		var berr *keystore.BindingError
+		if errors.As(err, &berr) {
+			onEvent(keystore.Event{Kind: "refused", Reason: berr.Error()})
+			hint := "; check --catalog and the device selection (--pkcs11-module, --pkcs11-token, --pkcs11-serial or --tpm)"
+			if berr.AdoptPossible {
+				hint += ", or, if this is the right pair, start once with --adopt-device (README: Catalog and device)"
+			}
+			return fmt.Errorf("refusing to start: %w%s", err, hint)
+		}
 		return err
 	}
 	defer func() {
@@ -451,4 +468,29 @@ func minProtection(v string) (map[keystore.Role]keystore.Protection, error) {
 		}
 	}
 	return out, nil
+}
+
+// auditEvents writes what the keystore does to keys on its own authority
+// into the audit log: one record per event, as the daemon's own operation
+// "Keystore<Kind>" (e.g. KeystoreDestroyed, KeystoreQuarantined), with the
+// keys and the reason.
+func auditEvents(alog *audit.Log, log *slog.Logger) func(keystore.Event) {
+	exe, _ := os.Executable()
+	return func(ev keystore.Event) {
+		kind := string(ev.Kind)
+		rec := audit.Record{
+			UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid()), Exe: exe,
+			Operation: "Keystore" + strings.ToUpper(kind[:1]) + kind[1:],
+			Outcome:   audit.OutcomeOK, Code: "OK", Reason: ev.Reason,
+		}
+		if ev.Kind == "refused" {
+			rec.Outcome, rec.Code = audit.OutcomeError, "FailedPrecondition"
+		}
+		if len(ev.KeyIDs) > 0 {
+			rec.KeyID, rec.KeyIDs = ev.KeyIDs[0], ev.KeyIDs[1:]
+		}
+		if err := alog.Append(rec); err != nil {
+			log.Error("audit record lost", "event", kind, "keys", len(ev.KeyIDs), "err", err)
+		}
+	}
 }

@@ -87,8 +87,13 @@ const (
 	KeyState_KEY_STATE_ACTIVE      KeyState = 1
 	// An init key whose Welcome was opened: its private key is destroyed.
 	KeyState_KEY_STATE_CONSUMED KeyState = 2
-	// Deleted by a caller: its private key is destroyed.
+	// Deleted by a caller, or retired by an administrator's Repair after it
+	// went missing: its private key is destroyed.
 	KeyState_KEY_STATE_DESTROYED KeyState = 3
+	// Active in the catalog, but its device object was not found at start-up:
+	// unusable until it is back (the next start restores it) or an
+	// administrator retires it with Repair.
+	KeyState_KEY_STATE_MISSING KeyState = 4
 )
 
 // Enum value maps for KeyState.
@@ -98,12 +103,14 @@ var (
 		1: "KEY_STATE_ACTIVE",
 		2: "KEY_STATE_CONSUMED",
 		3: "KEY_STATE_DESTROYED",
+		4: "KEY_STATE_MISSING",
 	}
 	KeyState_value = map[string]int32{
 		"KEY_STATE_UNSPECIFIED": 0,
 		"KEY_STATE_ACTIVE":      1,
 		"KEY_STATE_CONSUMED":    2,
 		"KEY_STATE_DESTROYED":   3,
+		"KEY_STATE_MISSING":     4,
 	}
 )
 
@@ -454,11 +461,21 @@ func (x *SuiteSupport) GetRefusedByPolicy() bool {
 }
 
 type GetInfoResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Backend       string                 `protobuf:"bytes,1,opt,name=backend,proto3" json:"backend,omitempty"`
-	Device        string                 `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
-	Version       string                 `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
-	Suites        []*SuiteSupport        `protobuf:"bytes,4,rep,name=suites,proto3" json:"suites,omitempty"`
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Backend string                 `protobuf:"bytes,1,opt,name=backend,proto3" json:"backend,omitempty"`
+	Device  string                 `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
+	Version string                 `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
+	Suites  []*SuiteSupport        `protobuf:"bytes,4,rep,name=suites,proto3" json:"suites,omitempty"`
+	// The installation id that binds the catalog to the device.
+	InstallationId string `protobuf:"bytes,5,opt,name=installation_id,json=installationId,proto3" json:"installation_id,omitempty"`
+	// How many catalog keys are missing from the device, and how many device
+	// objects the catalog cannot account for (strays), as of the last start
+	// or repair.
+	MissingKeys uint32 `protobuf:"varint,6,opt,name=missing_keys,json=missingKeys,proto3" json:"missing_keys,omitempty"`
+	StrayKeys   uint32 `protobuf:"varint,7,opt,name=stray_keys,json=strayKeys,proto3" json:"stray_keys,omitempty"`
+	// Their ids, for admins only.
+	MissingKeyIds []string `protobuf:"bytes,8,rep,name=missing_key_ids,json=missingKeyIds,proto3" json:"missing_key_ids,omitempty"`
+	StrayKeyIds   []string `protobuf:"bytes,9,rep,name=stray_key_ids,json=strayKeyIds,proto3" json:"stray_key_ids,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -517,6 +534,41 @@ func (x *GetInfoResponse) GetVersion() string {
 func (x *GetInfoResponse) GetSuites() []*SuiteSupport {
 	if x != nil {
 		return x.Suites
+	}
+	return nil
+}
+
+func (x *GetInfoResponse) GetInstallationId() string {
+	if x != nil {
+		return x.InstallationId
+	}
+	return ""
+}
+
+func (x *GetInfoResponse) GetMissingKeys() uint32 {
+	if x != nil {
+		return x.MissingKeys
+	}
+	return 0
+}
+
+func (x *GetInfoResponse) GetStrayKeys() uint32 {
+	if x != nil {
+		return x.StrayKeys
+	}
+	return 0
+}
+
+func (x *GetInfoResponse) GetMissingKeyIds() []string {
+	if x != nil {
+		return x.MissingKeyIds
+	}
+	return nil
+}
+
+func (x *GetInfoResponse) GetStrayKeyIds() []string {
+	if x != nil {
+		return x.StrayKeyIds
 	}
 	return nil
 }
@@ -2006,6 +2058,129 @@ func (x *ActivateCredentialResponse) GetCertInfo() []byte {
 	return nil
 }
 
+type RepairRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Destroy every device object the catalog cannot account for.
+	DestroyStrays bool `protobuf:"varint,1,opt,name=destroy_strays,json=destroyStrays,proto3" json:"destroy_strays,omitempty"`
+	// Mark every missing key destroyed.
+	RetireMissing bool `protobuf:"varint,2,opt,name=retire_missing,json=retireMissing,proto3" json:"retire_missing,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RepairRequest) Reset() {
+	*x = RepairRequest{}
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RepairRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RepairRequest) ProtoMessage() {}
+
+func (x *RepairRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RepairRequest.ProtoReflect.Descriptor instead.
+func (*RepairRequest) Descriptor() ([]byte, []int) {
+	return file_mlskey_v1_mlskey_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *RepairRequest) GetDestroyStrays() bool {
+	if x != nil {
+		return x.DestroyStrays
+	}
+	return false
+}
+
+func (x *RepairRequest) GetRetireMissing() bool {
+	if x != nil {
+		return x.RetireMissing
+	}
+	return false
+}
+
+type RepairResponse struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	DestroyedStrays []string               `protobuf:"bytes,1,rep,name=destroyed_strays,json=destroyedStrays,proto3" json:"destroyed_strays,omitempty"`
+	RetiredMissing  []string               `protobuf:"bytes,2,rep,name=retired_missing,json=retiredMissing,proto3" json:"retired_missing,omitempty"`
+	// What is still quarantined afterwards.
+	StrayKeyIds   []string `protobuf:"bytes,3,rep,name=stray_key_ids,json=strayKeyIds,proto3" json:"stray_key_ids,omitempty"`
+	MissingKeyIds []string `protobuf:"bytes,4,rep,name=missing_key_ids,json=missingKeyIds,proto3" json:"missing_key_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RepairResponse) Reset() {
+	*x = RepairResponse{}
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RepairResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RepairResponse) ProtoMessage() {}
+
+func (x *RepairResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RepairResponse.ProtoReflect.Descriptor instead.
+func (*RepairResponse) Descriptor() ([]byte, []int) {
+	return file_mlskey_v1_mlskey_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *RepairResponse) GetDestroyedStrays() []string {
+	if x != nil {
+		return x.DestroyedStrays
+	}
+	return nil
+}
+
+func (x *RepairResponse) GetRetiredMissing() []string {
+	if x != nil {
+		return x.RetiredMissing
+	}
+	return nil
+}
+
+func (x *RepairResponse) GetStrayKeyIds() []string {
+	if x != nil {
+		return x.StrayKeyIds
+	}
+	return nil
+}
+
+func (x *RepairResponse) GetMissingKeyIds() []string {
+	if x != nil {
+		return x.MissingKeyIds
+	}
+	return nil
+}
+
 type Credential_X509 struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// DER certificates, end-entity first. Its public key must equal the
@@ -2017,7 +2192,7 @@ type Credential_X509 struct {
 
 func (x *Credential_X509) Reset() {
 	*x = Credential_X509{}
-	mi := &file_mlskey_v1_mlskey_proto_msgTypes[26]
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2029,7 +2204,7 @@ func (x *Credential_X509) String() string {
 func (*Credential_X509) ProtoMessage() {}
 
 func (x *Credential_X509) ProtoReflect() protoreflect.Message {
-	mi := &file_mlskey_v1_mlskey_proto_msgTypes[26]
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2084,12 +2259,18 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\tsignature\x18\x03 \x01(\x0e2\x15.mlskey.v1.ProtectionR\tsignature\x12)\n" +
 	"\x04init\x18\x04 \x01(\x0e2\x15.mlskey.v1.ProtectionR\x04init\x12>\n" +
 	"\x0fleaf_encryption\x18\x05 \x01(\x0e2\x15.mlskey.v1.ProtectionR\x0eleafEncryption\x12*\n" +
-	"\x11refused_by_policy\x18\x06 \x01(\bR\x0frefusedByPolicy\"\x8e\x01\n" +
+	"\x11refused_by_policy\x18\x06 \x01(\bR\x0frefusedByPolicy\"\xc5\x02\n" +
 	"\x0fGetInfoResponse\x12\x18\n" +
 	"\abackend\x18\x01 \x01(\tR\abackend\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\tR\aversion\x12/\n" +
-	"\x06suites\x18\x04 \x03(\v2\x17.mlskey.v1.SuiteSupportR\x06suites\"n\n" +
+	"\x06suites\x18\x04 \x03(\v2\x17.mlskey.v1.SuiteSupportR\x06suites\x12'\n" +
+	"\x0finstallation_id\x18\x05 \x01(\tR\x0einstallationId\x12!\n" +
+	"\fmissing_keys\x18\x06 \x01(\rR\vmissingKeys\x12\x1d\n" +
+	"\n" +
+	"stray_keys\x18\a \x01(\rR\tstrayKeys\x12&\n" +
+	"\x0fmissing_key_ids\x18\b \x03(\tR\rmissingKeyIds\x12\"\n" +
+	"\rstray_key_ids\x18\t \x03(\tR\vstrayKeyIds\"n\n" +
 	"\x19CreateSignatureKeyRequest\x12!\n" +
 	"\fcipher_suite\x18\x01 \x01(\rR\vcipherSuite\x12 \n" +
 	"\towner_uid\x18\x02 \x01(\rH\x00R\bownerUid\x88\x01\x01B\f\n" +
@@ -2212,23 +2393,32 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\x0fcredential_blob\x18\x03 \x01(\fR\x0ecredentialBlob\x12\x16\n" +
 	"\x06secret\x18\x04 \x01(\fR\x06secret\"9\n" +
 	"\x1aActivateCredentialResponse\x12\x1b\n" +
-	"\tcert_info\x18\x01 \x01(\fR\bcertInfo*l\n" +
+	"\tcert_info\x18\x01 \x01(\fR\bcertInfo\"]\n" +
+	"\rRepairRequest\x12%\n" +
+	"\x0edestroy_strays\x18\x01 \x01(\bR\rdestroyStrays\x12%\n" +
+	"\x0eretire_missing\x18\x02 \x01(\bR\rretireMissing\"\xb0\x01\n" +
+	"\x0eRepairResponse\x12)\n" +
+	"\x10destroyed_strays\x18\x01 \x03(\tR\x0fdestroyedStrays\x12'\n" +
+	"\x0fretired_missing\x18\x02 \x03(\tR\x0eretiredMissing\x12\"\n" +
+	"\rstray_key_ids\x18\x03 \x03(\tR\vstrayKeyIds\x12&\n" +
+	"\x0fmissing_key_ids\x18\x04 \x03(\tR\rmissingKeyIds*l\n" +
 	"\aKeyRole\x12\x18\n" +
 	"\x14KEY_ROLE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12KEY_ROLE_SIGNATURE\x10\x01\x12\x11\n" +
 	"\rKEY_ROLE_INIT\x10\x02\x12\x1c\n" +
-	"\x18KEY_ROLE_LEAF_ENCRYPTION\x10\x03*l\n" +
+	"\x18KEY_ROLE_LEAF_ENCRYPTION\x10\x03*\x83\x01\n" +
 	"\bKeyState\x12\x19\n" +
 	"\x15KEY_STATE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10KEY_STATE_ACTIVE\x10\x01\x12\x16\n" +
 	"\x12KEY_STATE_CONSUMED\x10\x02\x12\x17\n" +
-	"\x13KEY_STATE_DESTROYED\x10\x03*p\n" +
+	"\x13KEY_STATE_DESTROYED\x10\x03\x12\x15\n" +
+	"\x11KEY_STATE_MISSING\x10\x04*p\n" +
 	"\n" +
 	"Protection\x12\x1a\n" +
 	"\x16PROTECTION_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13PROTECTION_HARDWARE\x10\x01\x12\x16\n" +
 	"\x12PROTECTION_WRAPPED\x10\x02\x12\x15\n" +
-	"\x11PROTECTION_SEALED\x10\x032\xd7\x06\n" +
+	"\x11PROTECTION_SEALED\x10\x032\x96\a\n" +
 	"\n" +
 	"KeyService\x12@\n" +
 	"\aGetInfo\x12\x19.mlskey.v1.GetInfoRequest\x1a\x1a.mlskey.v1.GetInfoResponse\x12J\n" +
@@ -2241,7 +2431,8 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\vOpenWelcome\x12\x1d.mlskey.v1.OpenWelcomeRequest\x1a\x1e.mlskey.v1.OpenWelcomeResponse\x12[\n" +
 	"\x10DecryptWithLabel\x12\".mlskey.v1.DecryptWithLabelRequest\x1a#.mlskey.v1.DecryptWithLabelResponse\x12F\n" +
 	"\tAttestKey\x12\x1b.mlskey.v1.AttestKeyRequest\x1a\x1c.mlskey.v1.AttestKeyResponse\x12a\n" +
-	"\x12ActivateCredential\x12$.mlskey.v1.ActivateCredentialRequest\x1a%.mlskey.v1.ActivateCredentialResponseB5Z3github.com/mlskeyd/mlskeyd/proto/mlskey/v1;mlskeyv1b\x06proto3"
+	"\x12ActivateCredential\x12$.mlskey.v1.ActivateCredentialRequest\x1a%.mlskey.v1.ActivateCredentialResponse\x12=\n" +
+	"\x06Repair\x12\x18.mlskey.v1.RepairRequest\x1a\x19.mlskey.v1.RepairResponseB5Z3github.com/mlskeyd/mlskeyd/proto/mlskey/v1;mlskeyv1b\x06proto3"
 
 var (
 	file_mlskey_v1_mlskey_proto_rawDescOnce sync.Once
@@ -2256,7 +2447,7 @@ func file_mlskey_v1_mlskey_proto_rawDescGZIP() []byte {
 }
 
 var file_mlskey_v1_mlskey_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_mlskey_v1_mlskey_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_mlskey_v1_mlskey_proto_msgTypes = make([]protoimpl.MessageInfo, 29)
 var file_mlskey_v1_mlskey_proto_goTypes = []any{
 	(KeyRole)(0),                       // 0: mlskey.v1.KeyRole
 	(KeyState)(0),                      // 1: mlskey.v1.KeyState
@@ -2287,16 +2478,18 @@ var file_mlskey_v1_mlskey_proto_goTypes = []any{
 	(*AttestKeyResponse)(nil),          // 26: mlskey.v1.AttestKeyResponse
 	(*ActivateCredentialRequest)(nil),  // 27: mlskey.v1.ActivateCredentialRequest
 	(*ActivateCredentialResponse)(nil), // 28: mlskey.v1.ActivateCredentialResponse
-	(*Credential_X509)(nil),            // 29: mlskey.v1.Credential.X509
-	(*timestamppb.Timestamp)(nil),      // 30: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),        // 31: google.protobuf.Duration
+	(*RepairRequest)(nil),              // 29: mlskey.v1.RepairRequest
+	(*RepairResponse)(nil),             // 30: mlskey.v1.RepairResponse
+	(*Credential_X509)(nil),            // 31: mlskey.v1.Credential.X509
+	(*timestamppb.Timestamp)(nil),      // 32: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),        // 33: google.protobuf.Duration
 }
 var file_mlskey_v1_mlskey_proto_depIdxs = []int32{
 	0,  // 0: mlskey.v1.Key.role:type_name -> mlskey.v1.KeyRole
 	2,  // 1: mlskey.v1.Key.protection:type_name -> mlskey.v1.Protection
 	1,  // 2: mlskey.v1.Key.state:type_name -> mlskey.v1.KeyState
-	30, // 3: mlskey.v1.Key.created_at:type_name -> google.protobuf.Timestamp
-	30, // 4: mlskey.v1.Key.retired_at:type_name -> google.protobuf.Timestamp
+	32, // 3: mlskey.v1.Key.created_at:type_name -> google.protobuf.Timestamp
+	32, // 4: mlskey.v1.Key.retired_at:type_name -> google.protobuf.Timestamp
 	2,  // 5: mlskey.v1.SuiteSupport.signature:type_name -> mlskey.v1.Protection
 	2,  // 6: mlskey.v1.SuiteSupport.init:type_name -> mlskey.v1.Protection
 	2,  // 7: mlskey.v1.SuiteSupport.leaf_encryption:type_name -> mlskey.v1.Protection
@@ -2304,11 +2497,11 @@ var file_mlskey_v1_mlskey_proto_depIdxs = []int32{
 	0,  // 9: mlskey.v1.ListKeysRequest.role:type_name -> mlskey.v1.KeyRole
 	1,  // 10: mlskey.v1.ListKeysRequest.state:type_name -> mlskey.v1.KeyState
 	3,  // 11: mlskey.v1.ListKeysResponse.keys:type_name -> mlskey.v1.Key
-	29, // 12: mlskey.v1.Credential.x509:type_name -> mlskey.v1.Credential.X509
+	31, // 12: mlskey.v1.Credential.x509:type_name -> mlskey.v1.Credential.X509
 	14, // 13: mlskey.v1.CreateKeyPackagesRequest.credential:type_name -> mlskey.v1.Credential
 	15, // 14: mlskey.v1.CreateKeyPackagesRequest.leaf_extensions:type_name -> mlskey.v1.Extension
 	15, // 15: mlskey.v1.CreateKeyPackagesRequest.key_package_extensions:type_name -> mlskey.v1.Extension
-	31, // 16: mlskey.v1.CreateKeyPackagesRequest.lifetime:type_name -> google.protobuf.Duration
+	33, // 16: mlskey.v1.CreateKeyPackagesRequest.lifetime:type_name -> google.protobuf.Duration
 	3,  // 17: mlskey.v1.CreateKeyPackagesResponse.signature_key:type_name -> mlskey.v1.Key
 	17, // 18: mlskey.v1.CreateKeyPackagesResponse.key_packages:type_name -> mlskey.v1.CreatedKeyPackage
 	20, // 19: mlskey.v1.GroupSecrets.psks:type_name -> mlskey.v1.PreSharedKeyID
@@ -2324,19 +2517,21 @@ var file_mlskey_v1_mlskey_proto_depIdxs = []int32{
 	23, // 29: mlskey.v1.KeyService.DecryptWithLabel:input_type -> mlskey.v1.DecryptWithLabelRequest
 	25, // 30: mlskey.v1.KeyService.AttestKey:input_type -> mlskey.v1.AttestKeyRequest
 	27, // 31: mlskey.v1.KeyService.ActivateCredential:input_type -> mlskey.v1.ActivateCredentialRequest
-	6,  // 32: mlskey.v1.KeyService.GetInfo:output_type -> mlskey.v1.GetInfoResponse
-	3,  // 33: mlskey.v1.KeyService.CreateSignatureKey:output_type -> mlskey.v1.Key
-	3,  // 34: mlskey.v1.KeyService.GetKey:output_type -> mlskey.v1.Key
-	10, // 35: mlskey.v1.KeyService.ListKeys:output_type -> mlskey.v1.ListKeysResponse
-	3,  // 36: mlskey.v1.KeyService.DeleteKey:output_type -> mlskey.v1.Key
-	13, // 37: mlskey.v1.KeyService.SignWithLabel:output_type -> mlskey.v1.SignWithLabelResponse
-	18, // 38: mlskey.v1.KeyService.CreateKeyPackages:output_type -> mlskey.v1.CreateKeyPackagesResponse
-	22, // 39: mlskey.v1.KeyService.OpenWelcome:output_type -> mlskey.v1.OpenWelcomeResponse
-	24, // 40: mlskey.v1.KeyService.DecryptWithLabel:output_type -> mlskey.v1.DecryptWithLabelResponse
-	26, // 41: mlskey.v1.KeyService.AttestKey:output_type -> mlskey.v1.AttestKeyResponse
-	28, // 42: mlskey.v1.KeyService.ActivateCredential:output_type -> mlskey.v1.ActivateCredentialResponse
-	32, // [32:43] is the sub-list for method output_type
-	21, // [21:32] is the sub-list for method input_type
+	29, // 32: mlskey.v1.KeyService.Repair:input_type -> mlskey.v1.RepairRequest
+	6,  // 33: mlskey.v1.KeyService.GetInfo:output_type -> mlskey.v1.GetInfoResponse
+	3,  // 34: mlskey.v1.KeyService.CreateSignatureKey:output_type -> mlskey.v1.Key
+	3,  // 35: mlskey.v1.KeyService.GetKey:output_type -> mlskey.v1.Key
+	10, // 36: mlskey.v1.KeyService.ListKeys:output_type -> mlskey.v1.ListKeysResponse
+	3,  // 37: mlskey.v1.KeyService.DeleteKey:output_type -> mlskey.v1.Key
+	13, // 38: mlskey.v1.KeyService.SignWithLabel:output_type -> mlskey.v1.SignWithLabelResponse
+	18, // 39: mlskey.v1.KeyService.CreateKeyPackages:output_type -> mlskey.v1.CreateKeyPackagesResponse
+	22, // 40: mlskey.v1.KeyService.OpenWelcome:output_type -> mlskey.v1.OpenWelcomeResponse
+	24, // 41: mlskey.v1.KeyService.DecryptWithLabel:output_type -> mlskey.v1.DecryptWithLabelResponse
+	26, // 42: mlskey.v1.KeyService.AttestKey:output_type -> mlskey.v1.AttestKeyResponse
+	28, // 43: mlskey.v1.KeyService.ActivateCredential:output_type -> mlskey.v1.ActivateCredentialResponse
+	30, // 44: mlskey.v1.KeyService.Repair:output_type -> mlskey.v1.RepairResponse
+	33, // [33:45] is the sub-list for method output_type
+	21, // [21:33] is the sub-list for method input_type
 	21, // [21:21] is the sub-list for extension type_name
 	21, // [21:21] is the sub-list for extension extendee
 	0,  // [0:21] is the sub-list for field type_name
@@ -2361,7 +2556,7 @@ func file_mlskey_v1_mlskey_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mlskey_v1_mlskey_proto_rawDesc), len(file_mlskey_v1_mlskey_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   27,
+			NumMessages:   29,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
