@@ -44,8 +44,10 @@ type Record struct {
 	Exe string `json:"exe"`
 	// Operation is the RPC name, e.g. "CreateSignatureKey", "SignWithLabel",
 	// "OpenWelcome", "DecryptWithLabel", "DeleteKey", "CreateKeyPackages",
-	// "AttestKey"; "Sweep" for a device key the daemon destroyed on its
-	// own authority (its own uid and pid, the reason in Reason).
+	// "AttestKey"; "Keystore" + an event ("KeystoreDestroyed",
+	// "KeystoreQuarantined", "KeystoreRefused", …) for what the daemon did
+	// to keys on its own authority (its own uid and pid, the reason in
+	// Reason).
 	Operation string `json:"operation"`
 	// KeyID is the key operated on; may be empty.
 	KeyID string `json:"key_id"`

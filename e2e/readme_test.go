@@ -164,7 +164,7 @@ var (
 	shapeElidedHx = regexp.MustCompile(`[0-9a-f]+…[0-9a-f]*|…[0-9a-f]+`)
 	// A program may shorten a long hex value itself (key list's KP REF).
 	shapeCutHex = regexp.MustCompile(`\b[0-9a-f]{8,}…`)
-	shapeSpace    = regexp.MustCompile(`\s+`)
+	shapeSpace  = regexp.MustCompile(`\s+`)
 )
 
 // shapeLine reduces a line to its shape: runs of spaces (table alignment

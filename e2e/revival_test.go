@@ -44,7 +44,7 @@ func TestRetiredKeyNotRevived(t *testing.T) {
 		t.Fatalf("first open: exit %d %s %s", code, out, errOut)
 	}
 	d.stop()
-	if a, _ := os.ReadFile(filepath.Join(state, "audit.log")); !strings.Contains(string(a), `"operation":"DestroyEpoch"`) {
+	if a, _ := os.ReadFile(filepath.Join(state, "audit.log")); !strings.Contains(string(a), `"operation":"KeystoreEpochDestroyed"`) {
 		t.Fatalf("the destroyed epoch key is not in the audit log:\n%s", a)
 	}
 	if err := os.WriteFile(catalog, saved, 0o600); err != nil {

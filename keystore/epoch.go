@@ -71,6 +71,13 @@ var (
 	ErrEpochBudget = errors.New("no room on the device for another epoch key")
 )
 
+// Events (Options.OnEvent) for epoch keys, which the keystore creates and
+// destroys on its own authority. KeyIDs holds "epoch:" + the epoch id.
+const (
+	EventEpochStarted   EventKind = "epochStarted"
+	EventEpochDestroyed EventKind = "epochDestroyed"
+)
+
 // DefaultEpochLength is how long one sealing epoch lasts when Options do
 // not say.
 const DefaultEpochLength = 24 * time.Hour
@@ -238,8 +245,7 @@ func (s *Store) RotateEpoch(ctx context.Context) error {
 	e.mu.Lock()
 	e.meta = m
 	e.mu.Unlock()
-	s.log.Info("new sealing epoch", "epoch", id)
-	s.noteEpoch("NewEpoch", id, "epoch started")
+	s.event(EventEpochStarted, "new sealing epoch", "epoch:"+id)
 	if err := s.migrateSealed(ctx, id); err != nil {
 		return err
 	}
@@ -351,8 +357,7 @@ func (s *Store) sweepLocked(ctx context.Context) error {
 		if err := s.cat.saveEpochs(m); err != nil {
 			return err
 		}
-		s.log.Info("destroyed epoch key: no active key needs it", "epoch", id)
-		s.noteEpoch("DestroyEpoch", id, "no active key needs it")
+		s.event(EventEpochDestroyed, "epoch key destroyed in the device: no active key needs it", "epoch:"+id)
 	}
 	return nil
 }
@@ -403,12 +408,6 @@ func (s *Store) runEpochs() {
 		if err := s.RotateEpoch(context.Background()); err != nil {
 			s.log.Error("sealing epoch rotation failed; retrying later", "err", err)
 		}
-	}
-}
-
-func (s *Store) noteEpoch(op, id, reason string) {
-	if s.opts.OnEpoch != nil {
-		s.opts.OnEpoch(op, id, reason)
 	}
 }
 

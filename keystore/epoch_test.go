@@ -109,7 +109,11 @@ func TestEpochPinnedByUncommittedBatch(t *testing.T) {
 	ctx := context.Background()
 	be := newEpochFake(Ed25519)
 	var events []string
-	s, _ := openStore(t, be, Options{OnEpoch: func(op, epoch, _ string) { events = append(events, op+" "+epoch) }})
+	s, _ := openStore(t, be, Options{OnEvent: func(ev Event) {
+		if ev.Kind == EventEpochStarted || ev.Kind == EventEpochDestroyed {
+			events = append(events, string(ev.Kind)+" "+ev.KeyIDs[0])
+		}
+	}})
 	b := s.NewBatch()
 	recs, err := b.Generate(ctx, []KeySpec{{Role: RoleInit, Suite: 1, Algorithm: X25519}})
 	if err != nil {
@@ -131,7 +135,7 @@ func TestEpochPinnedByUncommittedBatch(t *testing.T) {
 	if n := be.epochCount(); n != 1 {
 		t.Fatalf("%d epochs after the last key of the old one retired, want 1", n)
 	}
-	if len(events) != 3 || events[2] != "DestroyEpoch "+recs[0].Epoch {
+	if len(events) != 3 || events[2] != "epochDestroyed epoch:"+recs[0].Epoch {
 		t.Fatalf("epoch events %v, want two NewEpoch and the old one's DestroyEpoch", events)
 	}
 }

@@ -28,6 +28,9 @@ const (
 	// an installation, at the first start or by adoption.
 	EventBound   EventKind = "bound"
 	EventAdopted EventKind = "adopted"
+	// EventRefused: Open refused a catalog and a device that do not belong
+	// together (reported by the daemon, which also audits the refusal).
+	EventRefused EventKind = "refused"
 )
 
 // Event is reported through Options.OnEvent for every key the daemon
@@ -36,6 +39,9 @@ type Event struct {
 	Kind   EventKind
 	KeyIDs []string
 	Reason string
+	// Err is set when the device refused a destruction (the sweep retries
+	// it later).
+	Err error
 }
 
 func (s *Store) event(kind EventKind, reason string, ids ...string) {

@@ -30,9 +30,6 @@ type Options struct {
 	// DestroyTimeout bounds one device destruction, which runs detached
 	// from the request that caused it; 0 means DefaultDestroyTimeout.
 	DestroyTimeout time.Duration
-	// OnDestroy, if set, is told of every device key the store destroys on
-	// its own authority (Sweep), for the audit log.
-	OnDestroy func(Destruction)
 	// AdoptDevice lets Open bind a catalog and a device that carry no
 	// common installation id (a new catalog on a device of an existing
 	// installation, or a catalog on a device without a marker). It never
@@ -51,10 +48,6 @@ type Options struct {
 	// current epoch is retired, before the retiring call returns: no window
 	// at all, at the cost of re-sealing every active sealed key each time.
 	EpochPerRetirement bool
-	// OnEpoch, if set, is told of every epoch key created ("NewEpoch") or
-	// destroyed ("DestroyEpoch") in the device, with a short reason, so
-	// that the daemon can audit them.
-	OnEpoch func(op, epoch, reason string)
 }
 
 // Store is the device-neutral key store: the catalog, the lifecycle of

@@ -244,14 +244,12 @@ func run(args []string, getenv func(string) string, stdout io.Writer, stderr *lo
 	store, err := keystore.Open(ctx, cfg.str("catalog"), be, keystore.Options{
 		MinProtection: c.policy.KeystoreMinProtection(), Logger: log,
 		AdoptDevice: adopt, OnEvent: onEvent,
-		OnDestroy:   func(d keystore.Destruction) { auditDestruction(alog, log, d) },
 		EpochLength: c.sealEpoch, EpochPerRetirement: c.sealPerRetirement,
-		OnEpoch: func(op, epoch, reason string) { auditEpoch(alog, log, op, epoch, reason) },
 	})
 	if err != nil {
 		var berr *keystore.BindingError
 		if errors.As(err, &berr) {
-			onEvent(keystore.Event{Kind: "refused", Reason: berr.Error()})
+			onEvent(keystore.Event{Kind: keystore.EventRefused, Reason: berr.Error()})
 			hint := "; check --catalog and the device selection (--pkcs11-module, --pkcs11-token, --pkcs11-serial or --tpm)"
 			if berr.AdoptPossible {
 				hint += ", or, if this is the right pair, start once with --adopt-device (README: Catalog and device)"
@@ -317,30 +315,6 @@ func run(args []string, getenv func(string) string, stdout io.Writer, stderr *lo
 // shutdownGrace is how long shutdown waits for in-flight calls, and then
 // again for cancelled ones.
 const shutdownGrace = 30 * time.Second
-
-// auditDestruction records a device key the daemon destroyed on its own
-// authority (the sweep), as the daemon's own call.
-func auditDestruction(alog *audit.Log, log *slog.Logger, d keystore.Destruction) {
-	rec := audit.Record{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid()),
-		Operation: "Sweep", KeyID: d.KeyID, Outcome: audit.OutcomeOK, Code: "OK", Reason: d.Reason}
-	if d.Err != nil {
-		rec.Outcome, rec.Code = audit.OutcomeError, "Unavailable"
-	}
-	if err := alog.Append(rec); err != nil {
-		log.Error("audit record lost", "operation", rec.Operation, "key", d.KeyID, "err", err)
-	}
-}
-
-// auditEpoch records an epoch key created or destroyed on the daemon's own
-// authority (see keystore.Options.OnEpoch).
-func auditEpoch(alog *audit.Log, log *slog.Logger, op, epoch, reason string) {
-	self, _ := os.Executable()
-	rec := audit.Record{UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid()), Exe: self,
-		Operation: op, KeyID: "epoch:" + epoch, Outcome: audit.OutcomeOK, Code: "OK", Reason: reason}
-	if err := alog.Append(rec); err != nil {
-		log.Error("audit record lost", "operation", op, "epoch", epoch, "err", err)
-	}
-}
 
 // openBackend opens the configured device.
 func openBackend(ctx context.Context, cfg *settings, c *config, getenv func(string) string) (keystore.Backend, error) {
@@ -483,8 +457,11 @@ func auditEvents(alog *audit.Log, log *slog.Logger) func(keystore.Event) {
 			Operation: "Keystore" + strings.ToUpper(kind[:1]) + kind[1:],
 			Outcome:   audit.OutcomeOK, Code: "OK", Reason: ev.Reason,
 		}
-		if ev.Kind == "refused" {
+		switch {
+		case ev.Kind == keystore.EventRefused:
 			rec.Outcome, rec.Code = audit.OutcomeError, "FailedPrecondition"
+		case ev.Err != nil:
+			rec.Outcome, rec.Code = audit.OutcomeError, "Unavailable"
 		}
 		if len(ev.KeyIDs) > 0 {
 			rec.KeyID, rec.KeyIDs = ev.KeyIDs[0], ev.KeyIDs[1:]
