@@ -55,8 +55,11 @@ type Record struct {
 	// Sealed is the private key encrypted by the Backend's Sealer, for
 	// protection level sealed.
 	Sealed []byte `json:"sealed,omitempty"`
-	Owner  string `json:"owner,omitempty"`
-	State  State  `json:"state"`
+	// Epoch names the device key Sealed is sealed under (see Epocher);
+	// empty for keys sealed before epochs existed.
+	Epoch string `json:"epoch,omitempty"`
+	Owner string `json:"owner,omitempty"`
+	State State  `json:"state"`
 	// KeyPackageRef, LastResort and SignatureKeyID describe the KeyPackage
 	// an init or leaf encryption key was made for.
 	KeyPackageRef  []byte    `json:"key_package_ref,omitempty"`

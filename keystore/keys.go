@@ -88,6 +88,13 @@ func (s *Store) withPrivate(ctx context.Context, r *Record, op string, hw func()
 			return fmt.Errorf("key %q is sealed but the device cannot unseal: %w", r.ID, ErrUnsupportedAlgorithm)
 		}
 		priv, err := s.sealer.Unseal(ctx, r.Sealed, sealAAD(r))
+		if errors.Is(err, ErrEpochDestroyed) {
+			// A rotation may have moved the key to a newer epoch since the
+			// caller read the record.
+			if cur, gerr := s.cat.get(r.ID); gerr == nil && cur.Live() && cur.Epoch != r.Epoch {
+				priv, err = s.sealer.Unseal(ctx, cur.Sealed, sealAAD(cur))
+			}
+		}
 		if err != nil {
 			return &DeviceError{Op: "unseal key " + r.ID, Err: err}
 		}

@@ -39,6 +39,15 @@ type Options struct {
 	// its own authority (start-up reconciliation, aborted batches, repair),
 	// for the audit log. It must not call back into the store.
 	OnEvent func(Event)
+	// EpochLength is how long one sealing epoch lasts on a device with
+	// epochs (Epocher); 0 means DefaultEpochLength. A retired sealed key
+	// stays recoverable from an old copy of the catalog until its epoch
+	// ends: at most 1.25 × EpochLength.
+	EpochLength time.Duration
+	// EpochPerRetirement starts a new epoch whenever a sealed key of the
+	// current epoch is retired, before the retiring call returns: no window
+	// at all, at the cost of re-sealing every active sealed key each time.
+	EpochPerRetirement bool
 }
 
 // Store is the device-neutral key store: the catalog, the lifecycle of
@@ -53,7 +62,9 @@ type Store struct {
 	cat    *catalog
 	path   string
 	be     Backend
-	sealer Sealer
+	sealer Unsealer
+	seal   Sealer  // a device without epochs
+	ep     *epochs // a device with epochs
 	hw     map[Algorithm]bool
 	opts   Options
 	log    *slog.Logger
@@ -92,7 +103,12 @@ func Open(ctx context.Context, path string, be Backend, opts Options) (*Store, e
 		return nil, err
 	}
 	s := &Store{cat: cat, path: path, be: be, opts: opts, log: opts.Logger, hw: map[Algorithm]bool{}}
-	s.sealer, _ = be.(Sealer)
+	if ep, ok := be.(Epocher); ok && epochsSupported(be) {
+		s.sealer = ep
+		s.ep = &epochs{dev: ep, pins: map[string]int{}, stop: make(chan struct{}), done: make(chan struct{})}
+	} else if se, ok := be.(Sealer); ok {
+		s.sealer, s.seal = se, se
+	}
 	for _, a := range be.Algorithms() {
 		s.hw[a] = true
 	}
@@ -109,6 +125,13 @@ func Open(ctx context.Context, path string, be Backend, opts Options) (*Store, e
 		cat.close()
 		return nil, err
 	}
+	if s.ep != nil {
+		if err := s.initEpochs(ctx); err != nil {
+			cat.close()
+			return nil, fmt.Errorf("sealing epochs: %w", err)
+		}
+		go s.runEpochs()
+	}
 	return s, nil
 }
 
@@ -118,6 +141,10 @@ func Open(ctx context.Context, path string, be Backend, opts Options) (*Store, e
 // finished every operation; the Backend belongs to the caller and must
 // still be open.
 func (s *Store) Close() error {
+	if s.ep != nil {
+		s.ep.stopOnce.Do(func() { close(s.ep.stop) })
+		<-s.ep.done
+	}
 	left := s.settle()
 	return errors.Join(left, s.cat.close())
 }
@@ -200,11 +227,12 @@ type KeySpec struct {
 // all its keys so that a failure leaves no half-built KeyPackages. The ids
 // of its keys are journalled before the device makes them (journal.go).
 type Batch struct {
-	s    *Store
-	jid  string // journal entry
-	mu   sync.Mutex
-	recs []*Record
-	done bool
+	s      *Store
+	jid    string // journal entry
+	mu     sync.Mutex
+	recs   []*Record
+	unpins []func() // epochs to keep until the records are committed
+	done   bool
 }
 
 // NewBatch starts a batch.
@@ -245,6 +273,7 @@ func (b *Batch) Generate(ctx context.Context, specs []KeySpec) ([]*Record, error
 		return nil, fmt.Errorf("journal the batch: %w", err)
 	}
 	recs := make([]*Record, len(specs))
+	unpins := make([]func(), len(specs))
 	errs := make([]error, len(specs))
 	sem := make(chan struct{}, s.opts.GenerateParallelism)
 	var wg sync.WaitGroup
@@ -256,7 +285,7 @@ func (b *Batch) Generate(ctx context.Context, specs []KeySpec) ([]*Record, error
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			recs[i], errs[i] = s.generate(ctx, ids[i], sp, prots[i])
+			recs[i], unpins[i], errs[i] = s.generate(ctx, ids[i], sp, prots[i])
 		})
 	}
 	wg.Wait()
@@ -267,6 +296,7 @@ func (b *Batch) Generate(ctx context.Context, specs []KeySpec) ([]*Record, error
 				made = append(made, r)
 			}
 		}
+		defer runAll(unpins)
 		if s.life.done() {
 			s.destroyBatch(ctx, b.jid, made, "batch aborted at shutdown")
 			return nil, ErrShuttingDown
@@ -278,39 +308,67 @@ func (b *Batch) Generate(ctx context.Context, specs []KeySpec) ([]*Record, error
 	defer b.mu.Unlock()
 	if b.done {
 		s.destroyBatch(ctx, b.jid, recs, "batch already finished")
+		runAll(unpins)
 		return nil, errors.New("keystore: batch already finished")
 	}
 	b.recs = append(b.recs, recs...)
+	b.unpins = append(b.unpins, unpins...)
 	return recs, nil
 }
 
-func (s *Store) generate(ctx context.Context, id string, sp KeySpec, p Protection) (*Record, error) {
+func runAll(fs []func()) {
+	for _, f := range fs {
+		if f != nil {
+			f()
+		}
+	}
+}
+
+func (s *Store) generate(ctx context.Context, id string, sp KeySpec, p Protection) (rec *Record, unpin func(), err error) {
 	r := &Record{
 		ID: id, Role: sp.Role, Suite: sp.Suite, Algorithm: sp.Algorithm,
 		Protection: p, Owner: sp.Owner, State: StateActive, CreatedAt: s.opts.Now().UTC(),
 	}
 	switch p {
 	case ProtectionHardware:
-		ref, pub, err := s.be.Generate(ctx, r.ID, sp.Algorithm)
+		var ref, pub []byte
+		if eg, ok := s.be.(EpochGenerator); ok && s.ep != nil {
+			r.Epoch, unpin = s.pinEpoch()
+			ref, pub, err = eg.GenerateIn(ctx, r.Epoch, r.ID, sp.Algorithm)
+		} else {
+			ref, pub, err = s.be.Generate(ctx, r.ID, sp.Algorithm)
+		}
 		if err != nil {
-			return nil, &DeviceError{Op: "generate " + string(sp.Algorithm), Err: err}
+			if unpin != nil {
+				unpin()
+			}
+			return nil, nil, &DeviceError{Op: "generate " + string(sp.Algorithm), Err: err}
 		}
 		r.DeviceRef, r.PublicKey = ref, pub
 	case ProtectionSealed:
 		priv, pub, err := softGenerate(sp.Algorithm)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		blob, err := s.sealer.Seal(ctx, priv, sealAAD(r))
-		clear(priv)
+		defer clear(priv)
+		var blob []byte
+		if s.ep != nil {
+			r.Epoch, unpin = s.pinEpoch()
+			blob, err = s.ep.dev.SealIn(ctx, r.Epoch, priv, sealAAD(r))
+		} else {
+			blob, err = s.seal.Seal(ctx, priv, sealAAD(r))
+		}
 		if err != nil {
-			return nil, &DeviceError{Op: "seal", Err: err}
+			if unpin != nil {
+				unpin()
+			}
+			return nil, nil, &DeviceError{Op: "seal", Err: err}
 		}
 		r.Sealed, r.PublicKey = blob, pub
 	default:
-		return nil, fmt.Errorf("protection %s: %w", p, ErrUnsupportedAlgorithm)
+		return nil, nil, fmt.Errorf("protection %s: %w", p, ErrUnsupportedAlgorithm)
 	}
-	return r, nil
+	return r, unpin, nil
 }
 
 // sealAAD binds a sealed blob to its record, so a blob copied into another
@@ -328,6 +386,7 @@ func (b *Batch) Commit() error {
 		return errors.New("keystore: batch already finished")
 	}
 	b.done = true
+	defer runAll(b.unpins)
 	if len(b.recs) == 0 {
 		return nil
 	}
@@ -350,6 +409,7 @@ func (b *Batch) Abort(ctx context.Context) {
 	if len(b.recs) > 0 {
 		b.s.destroyBatch(ctx, b.jid, b.recs, "batch aborted")
 	}
+	runAll(b.unpins)
 }
 
 // destroyRef destroys the device key of a record just retired; ref is its
@@ -409,6 +469,19 @@ func (s *Store) Create(ctx context.Context, sp KeySpec) (*Record, error) {
 // Delete holds the key's lock exclusively (and those of the keys it
 // retires with it): operations holding it shared finish first.
 func (s *Store) Delete(ctx context.Context, id string, cascade bool) (*Record, []*Record, error) {
+	out, cascaded, err := s.delete(ctx, id, cascade)
+	if err == nil {
+		// After the locks are released: a rotation waits for key locks.
+		for _, r := range append([]*Record{out}, cascaded...) {
+			if strings.HasPrefix(r.RetiredWhy, "deleted") { // not consumed before
+				s.epochRetired(ctx, r)
+			}
+		}
+	}
+	return out, cascaded, err
+}
+
+func (s *Store) delete(ctx context.Context, id string, cascade bool) (*Record, []*Record, error) {
 	// groups maps each unused KeyPackage concerned to its init and leaf
 	// key ("" if none is active). It is found once without locks, to know
 	// what to lock, and again under them: every key is locked in one sorted
@@ -573,8 +646,11 @@ func (s *Store) retire(r *Record, st State, why string) {
 	r.State = st
 	r.RetiredAt = s.opts.Now().UTC()
 	r.RetiredWhy = why
-	// A sealed blob is the key: dropping it is what destroys it. So is the
-	// reference of a device that keeps no per-key state (see Lister).
+	// A sealed blob is the key: dropping it from the record is the first
+	// step; destroying its epoch key (epochRetired, rotation) is what makes
+	// copies of the blob useless. So is the reference of a device that
+	// keeps no per-key state (see Lister). r.Epoch stays, so that sweeps
+	// and operators can tell which epoch the key was in.
 	r.Sealed = nil
 	if _, ok := s.be.(Lister); !ok {
 		r.DeviceRef = nil
@@ -587,6 +663,15 @@ func (s *Store) retire(r *Record, st State, why string) {
 // key are serialised, so of concurrent calls exactly one succeeds; a failing
 // fn changes nothing.
 func (s *Store) UseInitKey(ctx context.Context, id string, fn func(hpkeKey any) error) (*Record, error) {
+	r, err := s.useInitKey(ctx, id, fn)
+	if err == nil && r.State == StateConsumed {
+		// After the lock is released: a rotation waits for key locks.
+		s.epochRetired(ctx, r)
+	}
+	return r, err
+}
+
+func (s *Store) useInitKey(ctx context.Context, id string, fn func(hpkeKey any) error) (*Record, error) {
 	unlock := s.locks.lock(id)
 	defer unlock()
 	r, err := s.cat.get(id)

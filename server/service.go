@@ -471,6 +471,9 @@ func (s *Service) OpenWelcome(ctx context.Context, req *pb.OpenWelcomeRequest) (
 			}
 			return nil, status.Errorf(codes.FailedPrecondition, "welcome: the init key of KeyPackage %x was already used", rec.KeyPackageRef)
 		}
+		if errors.Is(err, keystore.ErrEpochDestroyed) {
+			return nil, status.Errorf(codes.FailedPrecondition, "welcome: the init key %s of KeyPackage %x is gone: %v", rec.ID, rec.KeyPackageRef, keystore.ErrEpochDestroyed)
+		}
 		return nil, decryptStatus("welcome.secrets", err)
 	}
 	noteKeys(ctx, rec.ID)

@@ -67,6 +67,9 @@ type config struct {
 	auditMaxSize          int
 	tpmTimeout            time.Duration
 	tpmLoadedKeys         int
+	tpmEpochHandles       int
+	sealEpoch             time.Duration // 0 with sealPerRetirement
+	sealPerRetirement     bool
 	pkcs11Sessions        int
 	auditKeep             int
 	sweepEvery            time.Duration
@@ -77,7 +80,9 @@ type config struct {
 const (
 	maxLifetimeBound = 10 * 365 * 24 * time.Hour
 	maxTPMLoadedKeys = 64
-	maxSessions      = 1024
+	// The TPM specification guarantees only 7 persistent objects in all.
+	maxTPMEpochHandles = 7
+	maxSessions        = 1024
 )
 
 func checkSettings(cfg *settings) (*config, error) {
@@ -138,6 +143,14 @@ func checkSettings(cfg *settings) (*config, error) {
 	}
 	if c.pkcs11Sessions, err = cfg.int("pkcs11-max-sessions", 0, maxSessions); err != nil {
 		return nil, err
+	}
+	if c.tpmEpochHandles, err = cfg.int("tpm-epoch-handles", 1, maxTPMEpochHandles); err != nil {
+		return nil, err
+	}
+	if cfg.str("seal-epoch") == "retire" {
+		c.sealPerRetirement = true
+	} else if c.sealEpoch, err = cfg.duration("seal-epoch", time.Minute, 365*24*time.Hour); err != nil {
+		return nil, fmt.Errorf("%w, or \"retire\"", err)
 	}
 	return c, nil
 }
@@ -231,6 +244,7 @@ func run(args []string, getenv func(string) string, stdout io.Writer, stderr *lo
 	store, err := keystore.Open(ctx, cfg.str("catalog"), be, keystore.Options{
 		MinProtection: c.policy.KeystoreMinProtection(), Logger: log,
 		AdoptDevice: adopt, OnEvent: onEvent,
+		EpochLength: c.sealEpoch, EpochPerRetirement: c.sealPerRetirement,
 	})
 	if err != nil {
 		var berr *keystore.BindingError
@@ -312,7 +326,7 @@ func openBackend(ctx context.Context, cfg *settings, c *config, getenv func(stri
 				return nil, fmt.Errorf("--tpm-simulator-seed-file: %w", err)
 			}
 		}
-		return tpm.Open(ctx, tpm.Config{Device: cfg.str("tpm"), SimulatorSeed: seed, CommandTimeout: c.tpmTimeout, LoadedKeys: c.tpmLoadedKeys})
+		return tpm.Open(ctx, tpm.Config{Device: cfg.str("tpm"), SimulatorSeed: seed, CommandTimeout: c.tpmTimeout, LoadedKeys: c.tpmLoadedKeys, EpochHandles: c.tpmEpochHandles})
 	}
 	pin, err := readPIN(cfg.str("pkcs11-pin-file"), getenv)
 	if err != nil {
