@@ -5,6 +5,7 @@ import (
 
 	"google.golang.org/grpc"
 
+	"github.com/mlskeyd/mlskeyd/internal/version"
 	"github.com/mlskeyd/mlskeyd/keystore"
 	"github.com/mlskeyd/mlskeyd/metrics"
 )
@@ -25,7 +26,7 @@ func newObservability(cfg *settings, log *slog.Logger) (*observability, error) {
 	if err != nil {
 		return nil, err
 	}
-	m := metrics.New(version)
+	m := metrics.New(version.String())
 	log.Info("metrics", "listen", l.Addr().String(), "path", "/metrics")
 	return &observability{m: m, close: m.Serve(l, log)}, nil
 }
