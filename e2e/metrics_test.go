@@ -67,7 +67,11 @@ func TestMetrics(t *testing.T) {
 	_, err = c.GetKey(ctx, &pb.GetKeyRequest{Id: "00112233445566778899aabbccddeeff"})
 	wantCode(t, "unknown key", err, codes.NotFound, "id")
 	kps := createKPs(t, c, 1, 2)
-	// The daemon's start-up status call and the calls above used 8 of the
+	info, err := c.GetInfo(ctx, &pb.GetInfoRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The daemon's start-up status call and the calls above used 9 of the
 	// burst of 12; run into the limit.
 	limited := 0
 	for range 10 {
@@ -96,7 +100,6 @@ func TestMetrics(t *testing.T) {
 		`mlskeyd_audit_write_failures_total`:                                  0,
 		`mlskeyd_device_reconnects_total`:                                     0,
 		`mlskeyd_catalog_scrape_error`:                                        0,
-		`mlskeyd_build_info{version="dev"}`:                                   1,
 	} {
 		if got := metricValue(text, series); got != want {
 			t.Errorf("%s = %v, want %v", series, got, want)
@@ -119,6 +122,22 @@ func TestMetrics(t *testing.T) {
 	if strings.Contains(text, `uid="`) || strings.Contains(text, `owner="`) {
 		t.Error("a uid label appears in the metrics")
 	}
+
+	// The metrics observe the device without standing in for it: the
+	// keystore still finds its capabilities, so the first start wrote the
+	// installation marker on the token (the device's binding read counted
+	// too), and the same state starts without metrics.
+	if got := metricValue(text, `mlskeyd_device_operations_total{operation="binding"}`); got < 1 {
+		t.Errorf("device binding reads %v, want at least 1", got)
+	}
+	if got := metricValue(text, `mlskeyd_build_info{version="`+info.GetVersion()+`"}`); got != 1 {
+		t.Errorf("build info for version %q: %v", info.GetVersion(), got)
+	}
+	d.stop()
+	again, err := startDaemon(t, state, "--config", cfg).client().GetInfo(ctx, &pb.GetInfoRequest{})
+	if err != nil || again.GetInstallationId() != info.GetInstallationId() || info.GetInstallationId() == "" {
+		t.Fatalf("restart without metrics: installation %q, %v; with metrics it was %q", again.GetInstallationId(), err, info.GetInstallationId())
+	}
 }
 
 // An audit log that cannot be written shows in the metrics (the calls
@@ -136,9 +155,9 @@ func TestMetricsAuditWriteFailures(t *testing.T) {
 	}
 }
 
-// On a TPM the metrics wrap a device with other capabilities (attestation,
-// no Lister): attestation still works through them and is counted, and a
-// TPM has no PKCS#11 URI.
+// On a TPM, a device with other capabilities (attestation, no Lister),
+// attestation works with the metrics on and is counted, and a TPM has no
+// PKCS#11 URI.
 func TestMetricsTPM(t *testing.T) {
 	state := t.TempDir()
 	msock := filepath.Join(state, "metrics.sock")
@@ -154,7 +173,7 @@ func TestMetricsTPM(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := c.AttestKey(ctx, &pb.AttestKeyRequest{KeyId: key.GetId(), Nonce: []byte("metrics nonce")}); err != nil {
-		t.Fatalf("attest through the metrics wrapper: %v", err)
+		t.Fatalf("attest with metrics: %v", err)
 	}
 	text := scrape(t, msock)
 	for series, want := range map[string]float64{

@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 )
@@ -21,7 +22,7 @@ func TestPKCS11URI(t *testing.T) {
 		t.Fatalf("status device_uri %q", st.DeviceURI)
 	}
 	out, _, _ := d.ctl("status")
-	if !strings.Contains(out, "\nuri:      "+st.DeviceURI+"\n") {
+	if !regexp.MustCompile(`\nuri: +` + regexp.QuoteMeta(st.DeviceURI) + `\n`).MatchString(out) {
 		t.Fatalf("status does not print the URI:\n%s", out)
 	}
 	d.stop()

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Algorithm names a private-key algorithm a device may hold. The set is the
@@ -188,6 +189,19 @@ type Attestation struct {
 // endorsement key and its certificate.
 type CredentialActivator interface {
 	ActivateCredential(ctx context.Context, endorsementKey, credentialBlob, secret []byte) ([]byte, error)
+}
+
+// DeviceObserver is told of every operation a device performs, for the
+// metrics. A device calls it from the one place all of its operations pass
+// through (the PKCS#11 session pool, the TPM command queue), so whatever a
+// device learns to do later is observed without a wrapper that would have
+// to repeat its optional capabilities. op is one of a short fixed set of
+// names (generate, sign, ecdh, destroy, list, check, seal, unseal, ...);
+// d includes the wait for a session or for the TPM; err is the operation's
+// error, for sorting by kind. It must be quick and safe for concurrent
+// use.
+type DeviceObserver interface {
+	ObserveDeviceOp(op string, d time.Duration, err error)
 }
 
 // Errors a Backend or the keystore return, matched with errors.Is.

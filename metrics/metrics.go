@@ -124,15 +124,6 @@ func (m *Metrics) AuditWriteFailed() { m.auditFailed.Inc() }
 // RateLimited counts a call refused by the rate limit.
 func (m *Metrics) RateLimited() { m.rateLimited.Inc() }
 
-// deviceOp records one device operation.
-func (m *Metrics) deviceOp(op string, start time.Time, err error) {
-	m.deviceOps.WithLabelValues(op).Inc()
-	m.deviceTime.WithLabelValues(op).Observe(time.Since(start).Seconds())
-	if err != nil {
-		m.deviceErrs.WithLabelValues(op, errorKind(err)).Inc()
-	}
-}
-
 // errorKind sorts a device error into a few kinds an operator can act on.
 func errorKind(err error) string {
 	switch {

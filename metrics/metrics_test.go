@@ -7,6 +7,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
@@ -16,66 +17,20 @@ import (
 	"github.com/mlskeyd/mlskeyd/keystore"
 )
 
-// stubDevice is the bare Backend, failing its operations as told; the
-// metrics are tested against SoftHSM in e2e (TestMetrics).
-type stubDevice struct{ err error }
-
-func (s *stubDevice) Info() keystore.DeviceInfo        { return keystore.DeviceInfo{Backend: "stub"} }
-func (s *stubDevice) Algorithms() []keystore.Algorithm { return nil }
-func (s *stubDevice) Close() error                     { return nil }
-func (s *stubDevice) Generate(context.Context, string, keystore.Algorithm) ([]byte, []byte, error) {
-	return []byte("ref"), []byte("pub"), s.err
-}
-func (s *stubDevice) Sign(context.Context, []byte, keystore.Algorithm, []byte) ([]byte, error) {
-	return []byte("sig"), s.err
-}
-func (s *stubDevice) ECDH(context.Context, []byte, keystore.Algorithm, []byte) ([]byte, error) {
-	return nil, s.err
-}
-func (s *stubDevice) Destroy(context.Context, []byte) error { return s.err }
-
-// The keystore learns what a device can do from its type: the wrapped
-// device must have exactly the capabilities of the device it wraps.
-func TestBackendKeepsCapabilities(t *testing.T) {
-	m := New("test")
-	for mask := range 32 {
-		// A device with the capabilities in mask (these are never called).
-		inner := withCaps[mask](&device{be: &stubDevice{}, m: m})
-		outer := m.Backend(inner)
-		has := func(bit int, ok bool) {
-			if ok != (mask&bit != 0) {
-				t.Errorf("mask %05b: capability %05b is %v after wrapping", mask, bit, ok)
-			}
-		}
-		_, ok := outer.(keystore.Lister)
-		has(capLister, ok)
-		_, ok = outer.(keystore.Sealer)
-		has(capSealer, ok)
-		_, ok = outer.(keystore.Checker)
-		has(capChecker, ok)
-		_, ok = outer.(keystore.Attester)
-		has(capAttester, ok)
-		_, ok = outer.(keystore.CredentialActivator)
-		has(capActivator, ok)
-	}
-}
-
+// The devices call ObserveDeviceOp (tested against SoftHSM and the TPM
+// simulator in pkcs11, tpm and e2e.TestMetrics); here, the counting and
+// the sorting of errors.
 func TestDeviceOperationsAndErrorKinds(t *testing.T) {
 	m := New("test")
-	dev := &stubDevice{}
-	be := m.Backend(dev)
-	ctx := context.Background()
-	be.Sign(ctx, nil, "", nil)
-	be.Generate(ctx, "id", "")
+	var obs keystore.DeviceObserver = m
+	obs.ObserveDeviceOp("sign", time.Millisecond, nil)
+	obs.ObserveDeviceOp("generate", 3*time.Millisecond, nil)
 	for _, err := range []error{
 		fmt.Errorf("object 3: %w", keystore.ErrDeviceKeyNotFound),
-		context.DeadlineExceeded,
+		fmt.Errorf("pkcs11: sign: %w", context.DeadlineExceeded),
 		errors.New("CKR_DEVICE_REMOVED"),
 	} {
-		dev.err = err
-		if _, gotErr := be.Sign(ctx, nil, "", nil); gotErr != err {
-			t.Fatalf("error not passed through: %v", gotErr)
-		}
+		obs.ObserveDeviceOp("sign", time.Millisecond, err)
 	}
 	if n := testutil.ToFloat64(m.deviceOps.WithLabelValues("sign")); n != 4 {
 		t.Errorf("sign operations %v, want 4", n)
@@ -87,6 +42,9 @@ func TestDeviceOperationsAndErrorKinds(t *testing.T) {
 	}
 	if n := testutil.ToFloat64(m.deviceOps.WithLabelValues("generate")); n != 1 {
 		t.Errorf("generate operations %v", n)
+	}
+	if n := testutil.CollectAndCount(m.deviceTime); n != 2 {
+		t.Errorf("%d duration series, want 2 (per operation)", n)
 	}
 	m.DeviceReconnected()
 	if n := testutil.ToFloat64(m.reconnects); n != 1 {

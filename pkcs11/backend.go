@@ -42,16 +42,21 @@ type Config struct {
 	// and by the token's ulMaxRwSessionCount and ulMaxSessionCount-1 (one
 	// read-only session holds the login) when the token states them.
 	MaxSessions int
+	// Observer, when set, is told of every operation on the token (the
+	// daemon's metrics).
+	Observer keystore.DeviceObserver
 }
 
 // Backend is a keystore.Backend, Lister, Sealer and Checker on one
 // PKCS#11 token. It is safe for concurrent use.
 type Backend struct {
-	mod   *module
-	path  string // the module's path as configured ("" for SoftHSM's default)
-	slot  uint
-	pin   string
-	token p11.TokenInfo
+	mod  *module
+	path string // the module's path as configured ("" for SoftHSM's default)
+	// observer sees every operation (withSession); nil for none.
+	observer keystore.DeviceObserver
+	slot     uint
+	pin      string
+	token    p11.TokenInfo
 
 	sem    chan struct{} // one slot per in-flight operation
 	poolMu sync.Mutex
@@ -96,7 +101,7 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &Backend{mod: mod, path: cfg.Module, pin: cfg.PIN, done: make(chan struct{})}
+	b := &Backend{mod: mod, path: cfg.Module, pin: cfg.PIN, observer: cfg.Observer, done: make(chan struct{})}
 	ok := false
 	defer func() {
 		if !ok {

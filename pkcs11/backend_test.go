@@ -190,7 +190,7 @@ func TestAllAlgorithms(t *testing.T) {
 			}
 
 			// The private value never leaves the token.
-			err = b.withKey(ctx, objKey{p11.CKO_PRIVATE_KEY, id}, func(s p11.SessionHandle, h p11.ObjectHandle) error {
+			err = b.withKey(ctx, "test", objKey{p11.CKO_PRIVATE_KEY, id}, func(s p11.SessionHandle, h p11.ObjectHandle) error {
 				_, err := b.mod.ctx.GetAttributeValue(s, h, []*p11.Attribute{p11.NewAttribute(p11.CKA_VALUE, nil)})
 				return err
 			})
@@ -401,7 +401,7 @@ func TestSessionRecovery(t *testing.T) {
 	verifySign(t, b, ref, keystore.Ed25519, pub)
 
 	// Someone logs the module out: handles die and private objects vanish.
-	if err := b.withSession(ctx, func(s p11.SessionHandle) error { return b.mod.ctx.Logout(s) }); err != nil {
+	if err := b.withSession(ctx, "test", func(s p11.SessionHandle) error { return b.mod.ctx.Logout(s) }); err != nil {
 		t.Fatal(err)
 	}
 	verifySign(t, b, ref, keystore.Ed25519, pub)
@@ -438,7 +438,7 @@ func TestSessionRecovery(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if err := b.withSession(ctx, func(s p11.SessionHandle) error { return b.mod.ctx.Logout(s) }); err != nil {
+	if err := b.withSession(ctx, "test", func(s p11.SessionHandle) error { return b.mod.ctx.Logout(s) }); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.mod.ctx.CloseAllSessions(b.slot); err != nil {
@@ -465,7 +465,7 @@ func TestWaitForSession(t *testing.T) {
 	hold := make(chan struct{})
 	held := make(chan struct{})
 	go func() {
-		_ = b.withSession(context.Background(), func(p11.SessionHandle) error {
+		_ = b.withSession(context.Background(), "test", func(p11.SessionHandle) error {
 			close(held)
 			<-hold
 			return nil
@@ -523,7 +523,7 @@ func TestCheckRejects(t *testing.T) {
 	ctx := context.Background()
 	// A key made outside Generate, with SENSITIVE=false: Check must refuse it.
 	spec := b.specs[keystore.Ed25519]
-	err := b.withSession(ctx, func(s p11.SessionHandle) error {
+	err := b.withSession(ctx, "test", func(s p11.SessionHandle) error {
 		pt, kt := keyPairTemplates(spec, "weak", true)
 		for _, a := range kt {
 			switch a.Type {
@@ -560,7 +560,7 @@ func TestListOrphanPublicKey(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Remove only the private half.
-	err = b.withKey(ctx, objKey{p11.CKO_PRIVATE_KEY, "orphan"}, func(s p11.SessionHandle, h p11.ObjectHandle) error {
+	err = b.withKey(ctx, "test", objKey{p11.CKO_PRIVATE_KEY, "orphan"}, func(s p11.SessionHandle, h p11.ObjectHandle) error {
 		return b.mod.ctx.DestroyObject(s, h)
 	})
 	if err != nil {
@@ -590,7 +590,7 @@ func TestCloseUnblocksWaiters(t *testing.T) {
 	}
 	hold, held := make(chan struct{}), make(chan struct{})
 	go func() {
-		_ = b.withSession(context.Background(), func(p11.SessionHandle) error {
+		_ = b.withSession(context.Background(), "test", func(p11.SessionHandle) error {
 			close(held)
 			<-hold
 			return nil
@@ -627,7 +627,7 @@ func TestReloginPINFailureIsSticky(t *testing.T) {
 		t.Fatal(err)
 	}
 	b.pin = "not-the-pin" // as if the PIN changed under us
-	if err := b.withSession(ctx, func(s p11.SessionHandle) error { return b.mod.ctx.Logout(s) }); err != nil {
+	if err := b.withSession(ctx, "test", func(s p11.SessionHandle) error { return b.mod.ctx.Logout(s) }); err != nil {
 		t.Fatal(err)
 	}
 	for range 3 {

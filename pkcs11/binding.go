@@ -59,7 +59,7 @@ func (b *Backend) readMarkers(s p11.SessionHandle) ([]string, error) {
 // installations, and only an operator can say which one it belongs to.
 func (b *Backend) Binding(ctx context.Context) (string, error) {
 	var id string
-	err := b.withSession(ctx, func(s p11.SessionHandle) error {
+	err := b.withSession(ctx, "binding", func(s p11.SessionHandle) error {
 		ids, err := b.readMarkers(s)
 		switch {
 		case err != nil:
@@ -82,7 +82,7 @@ func (b *Backend) Bind(ctx context.Context, id string) error {
 	}
 	b.storeMu.Lock()
 	defer b.storeMu.Unlock()
-	err := b.withSession(ctx, func(s p11.SessionHandle) error {
+	err := b.withSession(ctx, "bind", func(s p11.SessionHandle) error {
 		ids, err := b.readMarkers(s)
 		switch {
 		case err != nil:

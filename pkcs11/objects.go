@@ -168,8 +168,8 @@ func (b *Backend) lookup(s p11.SessionHandle, k objKey, types ...uint) (p11.Obje
 
 // withKey runs fn on a pooled session with the handle of object k. A stale
 // cached handle is dropped and fn runs again with a fresh one.
-func (b *Backend) withKey(ctx context.Context, k objKey, fn func(s p11.SessionHandle, h p11.ObjectHandle) error, types ...uint) error {
-	return b.withSession(ctx, func(s p11.SessionHandle) error {
+func (b *Backend) withKey(ctx context.Context, op string, k objKey, fn func(s p11.SessionHandle, h p11.ObjectHandle) error, types ...uint) error {
+	return b.withSession(ctx, op, func(s p11.SessionHandle) error {
 		h, err := b.lookup(s, k, types...)
 		if err != nil {
 			return err
@@ -191,7 +191,7 @@ func (b *Backend) withKey(ctx context.Context, k objKey, fn func(s p11.SessionHa
 // (so that the caller can destroy them).
 func (b *Backend) List(ctx context.Context) ([]keystore.DeviceKey, error) {
 	ids := map[string]bool{}
-	err := b.withSession(ctx, func(s p11.SessionHandle) error {
+	err := b.withSession(ctx, "list", func(s p11.SessionHandle) error {
 		clear(ids)
 		if err := b.requireLogin(s); err != nil {
 			return err
@@ -244,7 +244,7 @@ func (b *Backend) Destroy(ctx context.Context, ref []byte) error {
 	}
 	b.storeMu.Lock()
 	defer b.storeMu.Unlock()
-	err = b.withSession(ctx, func(s p11.SessionHandle) error {
+	err = b.withSession(ctx, "destroy", func(s p11.SessionHandle) error {
 		if err := b.requireLogin(s); err != nil {
 			return err
 		}
@@ -297,7 +297,7 @@ func (b *Backend) Check(ctx context.Context, ref []byte, alg keystore.Algorithm)
 		wants = append(wants, want{"CKA_DERIVE", p11.CKA_DERIVE, true})
 	}
 	var problem error
-	err = b.withKey(ctx, objKey{p11.CKO_PRIVATE_KEY, id}, func(s p11.SessionHandle, h p11.ObjectHandle) error {
+	err = b.withKey(ctx, "check", objKey{p11.CKO_PRIVATE_KEY, id}, func(s p11.SessionHandle, h p11.ObjectHandle) error {
 		q := []*p11.Attribute{p11.NewAttribute(p11.CKA_KEY_TYPE, nil), p11.NewAttribute(p11.CKA_EC_PARAMS, nil)}
 		for _, w := range wants {
 			q = append(q, p11.NewAttribute(w.typ, nil))

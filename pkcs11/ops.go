@@ -85,7 +85,7 @@ func (b *Backend) Generate(ctx context.Context, id string, alg keystore.Algorith
 	var pub []byte
 	b.storeMu.Lock()
 	defer b.storeMu.Unlock()
-	err = b.withSession(ctx, func(s p11.SessionHandle) error {
+	err = b.withSession(ctx, "generate", func(s p11.SessionHandle) error {
 		if err := b.requireLogin(s); err != nil {
 			return err
 		}
@@ -130,7 +130,7 @@ func (b *Backend) Sign(ctx context.Context, ref []byte, alg keystore.Algorithm, 
 		return nil, fmt.Errorf("%w: empty digest", keystore.ErrInvalidArgument)
 	}
 	var sig []byte
-	err = b.withKey(ctx, objKey{p11.CKO_PRIVATE_KEY, id}, func(s p11.SessionHandle, h p11.ObjectHandle) error {
+	err = b.withKey(ctx, "sign", objKey{p11.CKO_PRIVATE_KEY, id}, func(s p11.SessionHandle, h p11.ObjectHandle) error {
 		var err error
 		sig, err = b.signIn(s, spec, h, msg)
 		return err
@@ -173,7 +173,7 @@ func (b *Backend) ECDH(ctx context.Context, ref []byte, alg keystore.Algorithm, 
 		return nil, devErr("ecdh "+string(alg), fmt.Errorf("%w: %d bytes", keystore.ErrInvalidPeerKey, len(peer)))
 	}
 	var z []byte
-	err = b.withKey(ctx, objKey{p11.CKO_PRIVATE_KEY, id}, func(s p11.SessionHandle, h p11.ObjectHandle) error {
+	err = b.withKey(ctx, "ecdh", objKey{p11.CKO_PRIVATE_KEY, id}, func(s p11.SessionHandle, h p11.ObjectHandle) error {
 		var err error
 		z, err = b.deriveIn(s, spec, h, peer)
 		return err

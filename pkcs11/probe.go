@@ -57,7 +57,7 @@ func (b *Backend) probe(ctx context.Context) error {
 		}
 		var why []string
 		for _, c := range candidates {
-			err := b.withSession(ctx, func(s p11.SessionHandle) error { return b.tryAlg(s, c) })
+			err := b.withSession(ctx, "probe", func(s p11.SessionHandle) error { return b.tryAlg(s, c) })
 			if err == nil {
 				b.specs[alg] = c
 				break

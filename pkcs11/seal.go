@@ -86,7 +86,7 @@ func (b *Backend) checkSealKey(s p11.SessionHandle, h p11.ObjectHandle, name str
 // checkLegacySealKeys runs at Open: a seal-v1 key that fails checkSealKey
 // stops the daemon, since blobs would be opened with it.
 func (b *Backend) checkLegacySealKeys(ctx context.Context) error {
-	return b.withSession(ctx, func(s p11.SessionHandle) error {
+	return b.withSession(ctx, "check_seal_keys", func(s p11.SessionHandle) error {
 		if err := b.requireLogin(s); err != nil {
 			return err
 		}
@@ -107,7 +107,7 @@ func (b *Backend) checkLegacySealKeys(ctx context.Context) error {
 // one of them fails checkSealKey: the keystore calls it at start-up.
 func (b *Backend) Epochs(ctx context.Context) ([]string, error) {
 	var ids []string
-	err := b.withSession(ctx, func(s p11.SessionHandle) error {
+	err := b.withSession(ctx, "list_epochs", func(s p11.SessionHandle) error {
 		ids = ids[:0]
 		if err := b.requireLogin(s); err != nil {
 			return err
@@ -165,7 +165,7 @@ func (b *Backend) NewEpoch(ctx context.Context, id string) error {
 	)
 	b.storeMu.Lock()
 	defer b.storeMu.Unlock()
-	err := b.withSession(ctx, func(s p11.SessionHandle) error {
+	err := b.withSession(ctx, "new_epoch", func(s p11.SessionHandle) error {
 		if err := b.requireLogin(s); err != nil {
 			return err
 		}
@@ -199,7 +199,7 @@ func (b *Backend) DestroyEpoch(ctx context.Context, id string) error {
 	k := objKey{p11.CKO_SECRET_KEY, id}
 	b.storeMu.Lock()
 	defer b.storeMu.Unlock()
-	err := b.withSession(ctx, func(s p11.SessionHandle) error {
+	err := b.withSession(ctx, "destroy_epoch", func(s p11.SessionHandle) error {
 		if err := b.requireLogin(s); err != nil {
 			return err
 		}
@@ -235,7 +235,7 @@ func (b *Backend) SealIn(ctx context.Context, epoch string, plaintext, aad []byt
 		return nil, err
 	}
 	var ct []byte
-	err := b.withKey(ctx, objKey{p11.CKO_SECRET_KEY, epoch}, func(s p11.SessionHandle, h p11.ObjectHandle) error {
+	err := b.withKey(ctx, "seal", objKey{p11.CKO_SECRET_KEY, epoch}, func(s p11.SessionHandle, h p11.ObjectHandle) error {
 		params := p11.NewGCMParams(iv, append(hdr, aad...), gcmTagLen*8)
 		defer params.Free()
 		if err := b.mod.ctx.EncryptInit(s, []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_GCM, params)}, h); err != nil {
@@ -280,7 +280,7 @@ func (b *Backend) Unseal(ctx context.Context, blob, aad []byte) ([]byte, error) 
 	iv, ct := blob[n:n+gcmIVLen], blob[n+gcmIVLen:]
 	aad = append(append([]byte(nil), hdr...), aad...)
 	var pt []byte
-	err := b.withKey(ctx, objKey{p11.CKO_SECRET_KEY, epoch}, func(s p11.SessionHandle, h p11.ObjectHandle) error {
+	err := b.withKey(ctx, "unseal", objKey{p11.CKO_SECRET_KEY, epoch}, func(s p11.SessionHandle, h p11.ObjectHandle) error {
 		var err error
 		pt, err = b.decrypt(s, h, iv, ct, aad)
 		return err
@@ -300,7 +300,7 @@ func (b *Backend) unsealLegacy(ctx context.Context, blob, aad []byte) ([]byte, e
 	}
 	iv, ct := blob[1:1+gcmIVLen], blob[1+gcmIVLen:]
 	var pt []byte
-	err := b.withSession(ctx, func(s p11.SessionHandle) error {
+	err := b.withSession(ctx, "unseal", func(s p11.SessionHandle) error {
 		hs, err := b.findAll(s, secretTemplate(sealLegacyLabel))
 		if err != nil {
 			return err

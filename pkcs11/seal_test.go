@@ -203,7 +203,7 @@ func TestImportedSealKeyRefused(t *testing.T) {
 	cfg := newToken(t)
 	ctx := context.Background()
 	be := openBackend(t, cfg)
-	err := be.withSession(ctx, func(s p11.SessionHandle) error {
+	err := be.withSession(ctx, "test", func(s p11.SessionHandle) error {
 		_, err := be.mod.ctx.CreateObject(s, []*p11.Attribute{
 			p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
 			p11.NewAttribute(p11.CKA_KEY_TYPE, p11.CKK_AES),
@@ -240,7 +240,7 @@ func TestLegacySealedBlob(t *testing.T) {
 	be := openBackend(t, cfg)
 	iv := bytes.Repeat([]byte{1}, gcmIVLen)
 	var blob []byte
-	err := be.withSession(ctx, func(s p11.SessionHandle) error {
+	err := be.withSession(ctx, "test", func(s p11.SessionHandle) error {
 		h, err := be.mod.ctx.GenerateKey(s, []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_KEY_GEN, nil)}, append(secretTemplate(sealLegacyLabel),
 			p11.NewAttribute(p11.CKA_VALUE_LEN, 32), p11.NewAttribute(p11.CKA_SENSITIVE, true), p11.NewAttribute(p11.CKA_EXTRACTABLE, false),
 			p11.NewAttribute(p11.CKA_ENCRYPT, true), p11.NewAttribute(p11.CKA_DECRYPT, true), p11.NewAttribute(p11.CKA_ID, []byte("old"))))

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	p11 "github.com/miekg/pkcs11"
 )
@@ -54,8 +55,14 @@ func (b *Backend) release(s p11.SessionHandle, discard bool) {
 // that session until fn returns (SoftHSM crashes when two threads share one).
 // Every token call goes through here. If fn fails because the session or
 // the login is gone, the session is discarded, the module logs in again and
-// fn runs once more on a fresh session.
-func (b *Backend) withSession(ctx context.Context, fn func(s p11.SessionHandle) error) error {
+// fn runs once more on a fresh session. op names the operation for the
+// observer (Config.Observer), which sees every call, retries and the wait
+// for a session included.
+func (b *Backend) withSession(ctx context.Context, op string, fn func(s p11.SessionHandle) error) (err error) {
+	if b.observer != nil {
+		start := time.Now()
+		defer func() { b.observer.ObserveDeviceOp(op, time.Since(start), err) }()
+	}
 	b.closeMu.RLock()
 	defer b.closeMu.RUnlock()
 	if b.closed {

@@ -43,6 +43,9 @@ type Config struct {
 	// EpochHandles is how many persistent handles (from 0x814D4C00) the
 	// sealing epochs may take; 0 means 3. See epoch.go.
 	EpochHandles int
+	// Observer, when set, is told of every operation on the TPM (the
+	// daemon's metrics).
+	Observer keystore.DeviceObserver
 }
 
 // Backend is a keystore.Backend, Sealer, Checker and Attester on one TPM 2.0. It is
@@ -72,6 +75,9 @@ type Backend struct {
 	// ekPub is the endorsement key's TPMT_PUBLIC once Attest made it (the
 	// same for the life of the endorsement seed).
 	ekPub []byte
+
+	// observer sees every operation (do); nil for none.
+	observer keystore.DeviceObserver
 
 	// hookLocked, when set (by tests), runs each time the queue is taken.
 	hookLocked func()
@@ -122,6 +128,7 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 		lru:      lru{max: cfg.LoadedKeys},
 		epochs:   map[string]tpm2.NamedHandle{},
 		epochMax: cfg.EpochHandles,
+		observer: cfg.Observer,
 	}
 	if err := b.init(ctx); err != nil {
 		b.shutdown()
@@ -333,8 +340,15 @@ func (b *Backend) shutdown() error {
 }
 
 // do runs f while holding the TPM. The wait is bounded by the context and
-// by CommandTimeout; a TPM command, once sent, runs to completion.
-func (b *Backend) do(ctx context.Context, op string, f func() error) error {
+// by CommandTimeout; a TPM command, once sent, runs to completion. Every
+// operation goes through here, so the observer sees them all, with the
+// wait for the TPM; op, in errors "activate credential", is
+// "activate_credential" there.
+func (b *Backend) do(ctx context.Context, op string, f func() error) (err error) {
+	if b.observer != nil {
+		start := time.Now()
+		defer func() { b.observer.ObserveDeviceOp(strings.ReplaceAll(op, " ", "_"), time.Since(start), err) }()
+	}
 	if err := b.acquire(ctx); err != nil {
 		return devErr(op, err)
 	}

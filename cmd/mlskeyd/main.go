@@ -229,11 +229,10 @@ func run(args []string, getenv func(string) string, stdout io.Writer, stderr *lo
 		log.Info("audit log closed", "last_seq", alog.LastSeq(), "last_hash", alog.LastHash())
 		alog.Close()
 	}()
-	be, err := openBackend(ctx, cfg, c, getenv)
+	be, err := openBackend(ctx, cfg, c, getenv, obs.deviceObserver())
 	if err != nil {
 		return err
 	}
-	be = obs.backend(be)
 	// hung is set when calls are still running at exit: then the store
 	// and the device stay open under them, and the next start reconciles.
 	hung := false
@@ -332,7 +331,8 @@ func run(args []string, getenv func(string) string, stdout io.Writer, stderr *lo
 const shutdownGrace = 30 * time.Second
 
 // openBackend opens the configured device.
-func openBackend(ctx context.Context, cfg *settings, c *config, getenv func(string) string) (keystore.Backend, error) {
+// observer, if not nil, sees every device operation (the metrics).
+func openBackend(ctx context.Context, cfg *settings, c *config, getenv func(string) string, observer keystore.DeviceObserver) (keystore.Backend, error) {
 	if c.backend == "tpm" {
 		var seed []byte
 		if f := cfg.str("tpm-simulator-seed-file"); f != "" {
@@ -341,7 +341,7 @@ func openBackend(ctx context.Context, cfg *settings, c *config, getenv func(stri
 				return nil, fmt.Errorf("--tpm-simulator-seed-file: %w", err)
 			}
 		}
-		return tpm.Open(ctx, tpm.Config{Device: cfg.str("tpm"), SimulatorSeed: seed, CommandTimeout: c.tpmTimeout, LoadedKeys: c.tpmLoadedKeys, EpochHandles: c.tpmEpochHandles})
+		return tpm.Open(ctx, tpm.Config{Device: cfg.str("tpm"), SimulatorSeed: seed, CommandTimeout: c.tpmTimeout, LoadedKeys: c.tpmLoadedKeys, EpochHandles: c.tpmEpochHandles, Observer: observer})
 	}
 	pc, pinFile, err := pkcs11Selection(cfg)
 	if err != nil {
@@ -351,7 +351,7 @@ func openBackend(ctx context.Context, cfg *settings, c *config, getenv func(stri
 	if err != nil {
 		return nil, err
 	}
-	pc.PIN, pc.MaxSessions = pin, c.pkcs11Sessions
+	pc.PIN, pc.MaxSessions, pc.Observer = pin, c.pkcs11Sessions, observer
 	return pkcs11.Open(ctx, pc)
 }
 

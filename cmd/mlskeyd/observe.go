@@ -37,12 +37,13 @@ func (o *observability) stop() {
 	}
 }
 
-// backend counts and times the device's operations.
-func (o *observability) backend(be keystore.Backend) keystore.Backend {
+// deviceObserver is what the device reports its operations to: nil (no
+// observer at all) without metrics.
+func (o *observability) deviceObserver() keystore.DeviceObserver {
 	if o.m == nil {
-		return be
+		return nil
 	}
-	return o.m.Backend(be)
+	return o.m
 }
 
 func (o *observability) watchStore(s *keystore.Store) {
