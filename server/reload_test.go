@@ -1,9 +1,13 @@
 package server
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mlskeyd/mlskeyd/mls"
+	pb "github.com/mlskeyd/mlskeyd/proto/mlskey/v1"
 )
 
 func TestSetPolicy(t *testing.T) {
@@ -56,5 +60,37 @@ func TestSetPolicy(t *testing.T) {
 		if s.pol() != before {
 			t.Errorf("%+v: refused policy replaced the old one", c.p)
 		}
+	}
+}
+
+// A reload carries the whole policy: the KeyPackage capabilities profile
+// and the last-resort bound apply to the next call, and a profile the
+// RFC forbids is refused with the old policy kept.
+func TestSetPolicyKeyPackageSettings(t *testing.T) {
+	hw := map[string]string{"signature": "hardware"}
+	s := NewService(nil, Options{Policy: Policy{MinProtection: hw}})
+	if got := s.pol().lastResortLimit(); got != 0 {
+		t.Fatalf("last-resort limit %d before the reload", got)
+	}
+	no := false
+	err := s.SetPolicy(Policy{MinProtection: hw, MaxLastResortKeyPackages: 2,
+		KeyPackageDefaults: KeyPackageDefaults{Extensions: CapabilityList{0xff01}, Grease: &no}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol := s.pol()
+	if got := pol.lastResortLimit(); got != 2 {
+		t.Errorf("last-resort limit %d after the reload, want 2", got)
+	}
+	c := capabilitiesFor(&pol.Policy, &pb.CreateKeyPackagesRequest{}, mls.Capabilities{})
+	if !slices.Equal(c.Extensions, []uint16{0xff01}) {
+		t.Errorf("capabilities after the reload: %+v", c)
+	}
+	if err := s.SetPolicy(Policy{MinProtection: hw, KeyPackageDefaults: KeyPackageDefaults{Extensions: CapabilityList{3}}}); err == nil ||
+		!strings.Contains(err.Error(), "keypackage_defaults.extensions") {
+		t.Errorf("forbidden profile: %v", err)
+	}
+	if s.pol() != pol {
+		t.Error("a refused policy replaced the old one")
 	}
 }
