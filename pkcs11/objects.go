@@ -103,6 +103,7 @@ func (c *handleCache) clear() {
 
 // findAll runs a complete C_FindObjects search.
 func (b *Backend) findAll(s p11.SessionHandle, tmpl []*p11.Attribute) ([]p11.ObjectHandle, error) {
+	b.searches.Add(1)
 	if err := b.mod.ctx.FindObjectsInit(s, tmpl); err != nil {
 		return nil, fmt.Errorf("C_FindObjectsInit: %w", err)
 	}
