@@ -480,10 +480,13 @@ func (s *Service) CreateKeyPackages(ctx context.Context, req *pb.CreateKeyPackag
 		return nil, err
 	}
 	if max := s.opts.Policy.MaxOutstandingKeyPackages; max > 0 && !req.GetLastResort() {
-		have, err := s.store.Count(keystore.Filter{Role: keystore.RoleInit, State: keystore.StateActive, Owner: own},
-			func(r *keystore.Record) bool { return !r.LastResort })
+		counts, err := s.store.UnusedKeyPackages(own, 0)
 		if err != nil {
 			return nil, statusOf("catalog", err)
+		}
+		have := 0
+		for _, c := range counts {
+			have += c.Regular
 		}
 		if have+n > max {
 			return nil, status.Errorf(codes.ResourceExhausted, "count: %s has %d unused KeyPackages; %d more would pass the policy's maximum of %d", own, have, n, max)
@@ -557,6 +560,7 @@ func (s *Service) CreateKeyPackages(ctx context.Context, req *pb.CreateKeyPackag
 		ref := su.KeyPackageRef(kp.Marshal())
 		for _, r := range []*keystore.Record{initRec, leafRec} {
 			r.KeyPackageRef, r.SignatureKeyID = ref, sigRec.ID
+			r.NotAfter = time.Unix(int64(lt.NotAfter), 0).UTC()
 		}
 		initRec.LastResort = req.GetLastResort()
 		resp.KeyPackages = append(resp.KeyPackages, &pb.CreatedKeyPackage{
