@@ -43,6 +43,9 @@ var errUsage = errors.New("usage")
 
 func run(args []string, getenv func(string) string, stderr io.Writer) (err error) {
 	getenv = takePINFromEnv(getenv)
+	if len(args) > 0 && args[0] == "bench" {
+		return runBench(args[1:], getenv, os.Stdout, stderr)
+	}
 	cfg := newSettings()
 	if err := cfg.parse(args, getenv, stderr); err != nil {
 		return errUsage
