@@ -114,6 +114,7 @@ Commands:
   welcome open        open a Welcome with one of the daemon's init keys
   sample framed-content
                       print a FramedContentTBS to try 'sign' with
+  bench               measure an operation through the daemon (--op, --suite)
   version             print mlskeyctl's version
 
 Run 'mlskeyctl <command> --help' for a command's flags.`
@@ -160,6 +161,8 @@ func (c *cli) dispatch(name string, args []string) error {
 		return c.status(args)
 	case "sign":
 		return c.sign(args)
+	case "bench":
+		return c.bench(args)
 	case "version":
 		return c.version(args)
 	case "help":
