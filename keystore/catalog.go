@@ -58,7 +58,11 @@ type Record struct {
 	SignatureKeyID string `json:"signature_key_id,omitempty"`
 	// NotAfter is the end of the KeyPackage's lifetime; Sweep retires
 	// init and leaf keys of KeyPackages past it.
-	NotAfter  time.Time `json:"not_after,omitzero"`
+	NotAfter time.Time `json:"not_after,omitzero"`
+	// Identity is the KeyPackage credential's identity (a basic
+	// credential's bytes, an X.509 leaf certificate's subject): a newer
+	// last-resort KeyPackage replaces an expired one of the same identity.
+	Identity  string    `json:"identity,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 	RetiredAt time.Time `json:"retired_at,omitzero"`
 	// RetiredWhy says why a key left the active state, for operators.

@@ -19,24 +19,26 @@ import (
 //	idxKPLeaf  KeyPackageRef                 -> leaf id  leaf keys of a KeyPackage
 //	idxExpiry  not_after (8 bytes BE) id     -> ""       live init keys with a lifetime
 //	idxUnused  owner 0x00 suite (2 bytes BE) -> counts   live init keys of KeyPackages
+//	idxLastRes owner 0x00 suite len identity id -> ""  live last-resort init keys
 //
 // The counts are two big-endian uint64: regular and last-resort
 // KeyPackages whose init key is active (unused). Every write of a record
 // removes the old record's entries and adds the new one's, so the indexes
 // follow any change of state without special cases.
 var (
-	idxOwner  = []byte("idx-owner")
-	idxSigKP  = []byte("idx-sigkp")
-	idxKPLeaf = []byte("idx-kpleaf")
-	idxExpiry = []byte("idx-expiry")
-	idxUnused = []byte("idx-unused")
+	idxOwner   = []byte("idx-owner")
+	idxSigKP   = []byte("idx-sigkp")
+	idxKPLeaf  = []byte("idx-kpleaf")
+	idxExpiry  = []byte("idx-expiry")
+	idxUnused  = []byte("idx-unused")
+	idxLastRes = []byte("idx-lastresort")
 
-	indexBuckets = [][]byte{idxOwner, idxSigKP, idxKPLeaf, idxExpiry, idxUnused}
+	indexBuckets = [][]byte{idxOwner, idxSigKP, idxKPLeaf, idxExpiry, idxUnused, idxLastRes}
 
 	// keyIndexVersion in the meta bucket says the indexes are complete. A
 	// catalog written before they existed has none: Open builds them once.
 	keyIndexVersion = []byte("index")
-	indexVersion    = []byte("1")
+	indexVersion    = []byte("2")
 )
 
 func join(a, b []byte) []byte {
@@ -48,6 +50,15 @@ func join(a, b []byte) []byte {
 
 func unusedKey(owner string, suite uint16) []byte {
 	return binary.BigEndian.AppendUint16(join([]byte(owner), nil), suite)
+}
+
+// lastResortPrefix groups the last-resort KeyPackages that replace each
+// other: one owner, suite and identity. The identity is length-prefixed,
+// as it may hold any byte.
+func lastResortPrefix(r *Record) []byte {
+	k := binary.BigEndian.AppendUint16(join([]byte(r.Owner), nil), r.Suite)
+	k = binary.BigEndian.AppendUint32(k, uint32(len(r.Identity)))
+	return append(k, r.Identity...)
 }
 
 func expiryKey(t time.Time, id string) []byte {
@@ -82,6 +93,11 @@ func indexRecord(tx *bolt.Tx, r *Record, delta int) error {
 	}
 	if r.SignatureKeyID != "" {
 		if err := set(idxSigKP, join([]byte(r.SignatureKeyID), id), r.KeyPackageRef); err != nil {
+			return err
+		}
+	}
+	if r.LastResort {
+		if err := set(idxLastRes, append(lastResortPrefix(r), id...), nil); err != nil {
 			return err
 		}
 	}
@@ -277,4 +293,16 @@ func (c *catalog) expiredInitKeys(now time.Time, limit int) ([]*Record, error) {
 		return nil
 	})
 	return out, err
+}
+
+// newerLastResort reports whether a live last-resort KeyPackage of the same
+// owner, suite and identity as r was made after r (ids sort by creation).
+func newerLastResort(tx *bolt.Tx, r *Record) bool {
+	prefix := lastResortPrefix(r)
+	cur := tx.Bucket(idxLastRes).Cursor()
+	k, _ := cur.Seek(append(bytes.Clone(prefix), r.ID...))
+	if k != nil && bytes.Equal(k[len(prefix):], []byte(r.ID)) {
+		k, _ = cur.Next()
+	}
+	return k != nil && bytes.HasPrefix(k, prefix)
 }

@@ -13,7 +13,7 @@ import (
 
 // makeKPs commits n KeyPackages' init and leaf keys for owner, signed by
 // sig, the way the server does, and returns the init keys.
-func makeKPs(t testing.TB, s *Store, sig *Record, owner string, n int, lastResort bool, notAfter time.Time) []*Record {
+func makeKPs(t testing.TB, s *Store, sig *Record, owner string, n int, lastResort bool, notAfter time.Time, identity ...string) []*Record {
 	t.Helper()
 	ctx := context.Background()
 	b := s.NewBatch()
@@ -34,6 +34,9 @@ func makeKPs(t testing.TB, s *Store, sig *Record, owner string, n int, lastResor
 		rand.Read(ref)
 		for _, r := range recs[i : i+2] {
 			r.KeyPackageRef, r.SignatureKeyID, r.NotAfter = ref, sig.ID, notAfter
+			if len(identity) > 0 {
+				r.Identity = identity[0]
+			}
 		}
 		recs[i].LastResort = lastResort
 		inits = append(inits, recs[i])

@@ -2,6 +2,7 @@ package mlsops
 
 import (
 	"context"
+	"crypto/x509"
 	"time"
 
 	"github.com/mlskeyd/mlskeyd/keystore"
@@ -84,6 +85,7 @@ func CreateKeyPackages(ctx context.Context, store *keystore.Store, p KeyPackageP
 		return nil, fieldErr("signature_key_id", err)
 	}
 	notAfter := time.Unix(int64(p.Lifetime.NotAfter), 0).UTC()
+	identity := credentialIdentity(p.Credential)
 	for i := range p.Count {
 		initRec, leafRec := recs[2*i], recs[2*i+1]
 		kp, err := mls.NewKeyPackage(mls.KeyPackageParams{
@@ -104,6 +106,7 @@ func CreateKeyPackages(ctx context.Context, store *keystore.Store, p KeyPackageP
 		ref := su.KeyPackageRef(kp.Marshal())
 		for _, r := range []*keystore.Record{initRec, leafRec} {
 			r.KeyPackageRef, r.SignatureKeyID, r.NotAfter = ref, sigRec.ID, notAfter
+			r.Identity = identity
 		}
 		initRec.LastResort = p.LastResort
 		out.KeyPackages = append(out.KeyPackages, CreatedKeyPackage{
@@ -115,4 +118,16 @@ func CreateKeyPackages(ctx context.Context, store *keystore.Store, p KeyPackageP
 		return nil, fieldErr("catalog", err)
 	}
 	return out, nil
+}
+
+// credentialIdentity names who a KeyPackage is for: a basic credential's
+// identity, an X.509 credential's leaf subject.
+func credentialIdentity(c mls.Credential) string {
+	if c.Type == mls.CredentialTypeX509 && len(c.Certificates) > 0 {
+		if cert, err := x509.ParseCertificate(c.Certificates[0]); err == nil {
+			return cert.Subject.String()
+		}
+		return ""
+	}
+	return string(c.Identity)
 }
