@@ -4,10 +4,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
 )
+
+const expiredWhy = "expired: KeyPackage not_after "
+
+// Expired reports whether r was retired because its KeyPackage expired.
+func Expired(r *Record) bool {
+	return r.State == StateDestroyed && strings.HasPrefix(r.RetiredWhy, expiredWhy)
+}
 
 // expireBatch bounds the KeyPackages one pass of ExpireKeyPackages reads.
 const expireBatch = 1000
@@ -91,7 +99,7 @@ func (s *Store) expireOne(ctx context.Context, initID string, now time.Time) (bo
 		if r.LastResort && !newerLastResort(tx, r) {
 			return nil
 		}
-		why := "expired: KeyPackage not_after " + r.NotAfter.UTC().Format(time.RFC3339)
+		why := expiredWhy + r.NotAfter.UTC().Format(time.RFC3339)
 		for _, id := range ids {
 			k, err := getRecord(tx, id)
 			if err != nil {

@@ -18,8 +18,11 @@ import (
 //	idxSigKP   signature id 0x00 init id     -> ref      live init keys of a KeyPackage
 //	idxKPLeaf  KeyPackageRef                 -> leaf id  leaf keys of a KeyPackage
 //	idxExpiry  not_after (8 bytes BE) id     -> ""       live init keys with a lifetime
-//	idxUnused  owner 0x00 suite (2 bytes BE) -> counts   live init keys of KeyPackages
+//	idxUnused  owner 0x00 suite len identity -> counts  live init keys of KeyPackages
 //	idxLastRes owner 0x00 suite len identity id -> ""  live last-resort init keys
+//
+// (suite: 2 bytes, len: 4 bytes, big-endian; len is the identity's length,
+// as an identity may hold any byte.)
 //
 // The counts are two big-endian uint64: regular and last-resort
 // KeyPackages whose init key is active (unused). Every write of a record
@@ -38,7 +41,7 @@ var (
 	// keyIndexVersion in the meta bucket says the indexes are complete. A
 	// catalog written before they existed has none: Open builds them once.
 	keyIndexVersion = []byte("index")
-	indexVersion    = []byte("2")
+	indexVersion    = []byte("3")
 )
 
 func join(a, b []byte) []byte {
@@ -48,13 +51,8 @@ func join(a, b []byte) []byte {
 	return append(k, b...)
 }
 
-func unusedKey(owner string, suite uint16) []byte {
-	return binary.BigEndian.AppendUint16(join([]byte(owner), nil), suite)
-}
-
-// lastResortPrefix groups the last-resort KeyPackages that replace each
-// other: one owner, suite and identity. The identity is length-prefixed,
-// as it may hold any byte.
+// lastResortPrefix is the key of a KeyPackage's stock: one owner, suite
+// and identity. Last-resort KeyPackages of one stock replace each other.
 func lastResortPrefix(r *Record) []byte {
 	k := binary.BigEndian.AppendUint16(join([]byte(r.Owner), nil), r.Suite)
 	k = binary.BigEndian.AppendUint32(k, uint32(len(r.Identity)))
@@ -107,7 +105,7 @@ func indexRecord(tx *bolt.Tx, r *Record, delta int) error {
 		}
 	}
 	b := tx.Bucket(idxUnused)
-	k := unusedKey(r.Owner, r.Suite)
+	k := lastResortPrefix(r)
 	counts := make([]byte, 16)
 	copy(counts, b.Get(k))
 	at := 0
@@ -175,11 +173,12 @@ func ensureIndexes(tx *bolt.Tx) error {
 	return meta.Put(keyIndexVersion, indexVersion)
 }
 
-// UnusedCount is how many KeyPackages of an owner and suite have an
-// active init key.
+// UnusedCount is how many KeyPackages of an owner, suite and identity
+// have an active init key.
 type UnusedCount struct {
 	Owner      string
 	Suite      uint16
+	Identity   string
 	Regular    int
 	LastResort int
 }
@@ -195,15 +194,20 @@ func (c *catalog) unusedCounts(owner string, all bool, suite uint16) ([]UnusedCo
 			prefix = join([]byte(owner), nil)
 		}
 		for k, v := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = cur.Next() {
-			if len(k) < 3 || k[len(k)-3] != 0 || len(v) != 16 {
+			o := bytes.IndexByte(k, 0)
+			if o < 0 || len(k) < o+7 || len(v) != 16 {
 				return fmt.Errorf("catalog index %s: malformed entry", idxUnused)
 			}
-			s := binary.BigEndian.Uint16(k[len(k)-2:])
+			s := binary.BigEndian.Uint16(k[o+1:])
+			idLen := binary.BigEndian.Uint32(k[o+3:])
+			if uint64(len(k)) != uint64(o)+7+uint64(idLen) {
+				return fmt.Errorf("catalog index %s: malformed entry", idxUnused)
+			}
 			if suite != 0 && s != suite {
 				continue
 			}
 			out = append(out, UnusedCount{
-				Owner: string(k[:len(k)-3]), Suite: s,
+				Owner: string(k[:o]), Suite: s, Identity: string(k[o+7:]),
 				Regular:    int(binary.BigEndian.Uint64(v)),
 				LastResort: int(binary.BigEndian.Uint64(v[8:])),
 			})
@@ -213,8 +217,9 @@ func (c *catalog) unusedCounts(owner string, all bool, suite uint16) ([]UnusedCo
 	return out, err
 }
 
-// UnusedKeyPackages returns, per suite (or for suite alone if not 0), how
-// many KeyPackages of owner are unused. It reads counters, not records.
+// UnusedKeyPackages returns, per suite and identity (for suite alone if
+// not 0), how many KeyPackages of owner are unused. It reads counters, not
+// records.
 func (s *Store) UnusedKeyPackages(owner string, suite uint16) ([]UnusedCount, error) {
 	return s.cat.unusedCounts(owner, false, suite)
 }
@@ -305,4 +310,54 @@ func newerLastResort(tx *bolt.Tx, r *Record) bool {
 		k, _ = cur.Next()
 	}
 	return k != nil && bytes.HasPrefix(k, prefix)
+}
+
+// KeyPackageEntry is one KeyPackage as the catalog knows it: its init key
+// record and its leaf encryption key's id.
+type KeyPackageEntry struct {
+	Init   *Record
+	LeafID string
+}
+
+// ListKeyPackages pages through KeyPackages (their init keys) in id order,
+// after the given init key id: owner's (every owner's if all), of suite
+// (all if 0), only unused ones if unusedOnly. It walks the owner's index
+// entries, not the whole catalog, unless all is set.
+func (s *Store) ListKeyPackages(owner string, all bool, suite uint16, unusedOnly bool, after string, limit int) ([]KeyPackageEntry, string, error) {
+	var out []KeyPackageEntry
+	next := ""
+	err := s.cat.db.View(func(tx *bolt.Tx) error {
+		var cur *bolt.Cursor
+		var prefix []byte
+		if all {
+			cur = tx.Bucket(bucketKeys).Cursor()
+		} else {
+			cur = tx.Bucket(idxOwner).Cursor()
+			prefix = join([]byte(owner), nil)
+		}
+		k, _ := cur.Seek(prefix)
+		if after != "" {
+			start := append(bytes.Clone(prefix), after...)
+			k, _ = cur.Seek(start)
+			if k != nil && bytes.Equal(k, start) {
+				k, _ = cur.Next()
+			}
+		}
+		for ; k != nil && bytes.HasPrefix(k, prefix); k, _ = cur.Next() {
+			r, err := getRecord(tx, string(k[len(prefix):]))
+			if err != nil {
+				return err
+			}
+			if r.Role != RoleInit || len(r.KeyPackageRef) == 0 || (suite != 0 && r.Suite != suite) || (unusedOnly && !r.Live()) {
+				continue
+			}
+			if len(out) == limit {
+				next = out[len(out)-1].Init.ID
+				return nil
+			}
+			out = append(out, KeyPackageEntry{Init: r, LeafID: leafOf(tx, r.KeyPackageRef)})
+		}
+		return nil
+	})
+	return out, next, err
 }

@@ -85,7 +85,7 @@ func CreateKeyPackages(ctx context.Context, store *keystore.Store, p KeyPackageP
 		return nil, fieldErr("signature_key_id", err)
 	}
 	notAfter := time.Unix(int64(p.Lifetime.NotAfter), 0).UTC()
-	identity := credentialIdentity(p.Credential)
+	identity := CredentialIdentity(p.Credential)
 	for i := range p.Count {
 		initRec, leafRec := recs[2*i], recs[2*i+1]
 		kp, err := mls.NewKeyPackage(mls.KeyPackageParams{
@@ -120,9 +120,9 @@ func CreateKeyPackages(ctx context.Context, store *keystore.Store, p KeyPackageP
 	return out, nil
 }
 
-// credentialIdentity names who a KeyPackage is for: a basic credential's
+// CredentialIdentity names who a KeyPackage is for: a basic credential's
 // identity, an X.509 credential's leaf subject.
-func credentialIdentity(c mls.Credential) string {
+func CredentialIdentity(c mls.Credential) string {
 	if c.Type == mls.CredentialTypeX509 && len(c.Certificates) > 0 {
 		if cert, err := x509.ParseCertificate(c.Certificates[0]); err == nil {
 			return cert.Subject.String()

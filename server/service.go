@@ -399,7 +399,17 @@ func (s *Service) CreateKeyPackages(ctx context.Context, req *pb.CreateKeyPackag
 		return nil, err
 	}
 	n := int(req.GetCount())
-	if n < 1 || n > MaxKeyPackages {
+	refill := req.GetEnsureTarget() > 0
+	switch {
+	case refill && req.GetEnsureTarget() > MaxKeyPackages:
+		return nil, invalid("ensure_target", "%d is not in 1..%d", req.GetEnsureTarget(), MaxKeyPackages)
+	case refill && req.GetEnsureMin() >= req.GetEnsureTarget():
+		return nil, invalid("ensure_min", "%d is not below ensure_target %d", req.GetEnsureMin(), req.GetEnsureTarget())
+	case refill && req.GetLastResort():
+		return nil, invalid("ensure_target", "refills regular KeyPackages, not last-resort ones")
+	case !refill && req.GetEnsureMin() > 0:
+		return nil, invalid("ensure_min", "needs ensure_target")
+	case !refill && (n < 1 || n > MaxKeyPackages):
 		return nil, invalid("count", "%d is not in 1..%d", req.GetCount(), MaxKeyPackages)
 	}
 	cred, err := s.credential(req.GetCredential())
@@ -438,6 +448,15 @@ func (s *Service) CreateKeyPackages(ctx context.Context, req *pb.CreateKeyPackag
 	own, err := c.newKeyOwner(req.OwnerUid)
 	if err != nil {
 		return nil, err
+	}
+	var before int
+	if refill {
+		if n, before, err = s.refillCount(own, uint16(su.ID), cred, req); err != nil {
+			return nil, err
+		}
+		if n == 0 {
+			return &pb.CreateKeyPackagesResponse{UnusedBefore: uint32(before)}, nil
+		}
 	}
 	if max := s.opts.Policy.MaxOutstandingKeyPackages; max > 0 && !req.GetLastResort() {
 		counts, err := s.store.UnusedKeyPackages(own, 0)
@@ -481,7 +500,7 @@ func (s *Service) CreateKeyPackages(ctx context.Context, req *pb.CreateKeyPackag
 	if err != nil {
 		return nil, statusOf(mlsops.Field(err, "cipher_suite"))
 	}
-	resp := &pb.CreateKeyPackagesResponse{}
+	resp := &pb.CreateKeyPackagesResponse{UnusedBefore: uint32(before)}
 	for _, kp := range res.KeyPackages {
 		resp.KeyPackages = append(resp.KeyPackages, &pb.CreatedKeyPackage{
 			KeyPackage:          kp.Message,

@@ -111,6 +111,8 @@ Commands:
   audit verify FILE   verify the audit log's hash chain without the daemon
   sign                sign content with a signature key (SignWithLabel)
   keypackage create   create KeyPackages
+  keypackage list     list KeyPackages and count the unused ones
+  keypackage ensure   refill the stock of unused KeyPackages (--target, --min)
   welcome open        open a Welcome with one of the daemon's init keys
   sample framed-content
                       print a FramedContentTBS to try 'sign' with
@@ -146,8 +148,12 @@ var groups = map[string]group{
 		"verify": (*cli).attestVerify,
 	}},
 	"keypackage": {`Commands:
-  create   create KeyPackages`, map[string]func(*cli, []string) error{
+  create   create KeyPackages
+  list     list KeyPackages and count the unused ones
+  ensure   refill the stock of unused KeyPackages`, map[string]func(*cli, []string) error{
 		"create": (*cli).keyPackageCreate,
+		"list":   (*cli).keyPackageList,
+		"ensure": (*cli).keyPackageEnsure,
 	}},
 	"welcome": {`Commands:
   open     open a Welcome with one of the daemon's init keys`, map[string]func(*cli, []string) error{

@@ -35,6 +35,7 @@ const (
 	KeyService_DecryptWithLabel_FullMethodName   = "/mlskey.v1.KeyService/DecryptWithLabel"
 	KeyService_AttestKey_FullMethodName          = "/mlskey.v1.KeyService/AttestKey"
 	KeyService_ActivateCredential_FullMethodName = "/mlskey.v1.KeyService/ActivateCredential"
+	KeyService_ListKeyPackages_FullMethodName    = "/mlskey.v1.KeyService/ListKeyPackages"
 )
 
 // KeyServiceClient is the client API for KeyService service.
@@ -80,6 +81,10 @@ type KeyServiceClient interface {
 	// the TPM holding both keys can, which ties the attestation key to the
 	// endorsement key's certificate. The caller must be able to use key_id.
 	ActivateCredential(ctx context.Context, in *ActivateCredentialRequest, opts ...grpc.CallOption) (*ActivateCredentialResponse, error)
+	// ListKeyPackages pages through the caller's KeyPackages (an admin's:
+	// everyone's), oldest first, and counts the unused ones per owner, suite
+	// and identity from the catalog's counters.
+	ListKeyPackages(ctx context.Context, in *ListKeyPackagesRequest, opts ...grpc.CallOption) (*ListKeyPackagesResponse, error)
 }
 
 type keyServiceClient struct {
@@ -200,6 +205,16 @@ func (c *keyServiceClient) ActivateCredential(ctx context.Context, in *ActivateC
 	return out, nil
 }
 
+func (c *keyServiceClient) ListKeyPackages(ctx context.Context, in *ListKeyPackagesRequest, opts ...grpc.CallOption) (*ListKeyPackagesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListKeyPackagesResponse)
+	err := c.cc.Invoke(ctx, KeyService_ListKeyPackages_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // KeyServiceServer is the server API for KeyService service.
 // All implementations must embed UnimplementedKeyServiceServer
 // for forward compatibility.
@@ -243,6 +258,10 @@ type KeyServiceServer interface {
 	// the TPM holding both keys can, which ties the attestation key to the
 	// endorsement key's certificate. The caller must be able to use key_id.
 	ActivateCredential(context.Context, *ActivateCredentialRequest) (*ActivateCredentialResponse, error)
+	// ListKeyPackages pages through the caller's KeyPackages (an admin's:
+	// everyone's), oldest first, and counts the unused ones per owner, suite
+	// and identity from the catalog's counters.
+	ListKeyPackages(context.Context, *ListKeyPackagesRequest) (*ListKeyPackagesResponse, error)
 	mustEmbedUnimplementedKeyServiceServer()
 }
 
@@ -285,6 +304,9 @@ func (UnimplementedKeyServiceServer) AttestKey(context.Context, *AttestKeyReques
 }
 func (UnimplementedKeyServiceServer) ActivateCredential(context.Context, *ActivateCredentialRequest) (*ActivateCredentialResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ActivateCredential not implemented")
+}
+func (UnimplementedKeyServiceServer) ListKeyPackages(context.Context, *ListKeyPackagesRequest) (*ListKeyPackagesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListKeyPackages not implemented")
 }
 func (UnimplementedKeyServiceServer) mustEmbedUnimplementedKeyServiceServer() {}
 func (UnimplementedKeyServiceServer) testEmbeddedByValue()                    {}
@@ -505,6 +527,24 @@ func _KeyService_ActivateCredential_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KeyService_ListKeyPackages_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListKeyPackagesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).ListKeyPackages(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_ListKeyPackages_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).ListKeyPackages(ctx, req.(*ListKeyPackagesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // KeyService_ServiceDesc is the grpc.ServiceDesc for KeyService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -555,6 +595,10 @@ var KeyService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ActivateCredential",
 			Handler:    _KeyService_ActivateCredential_Handler,
+		},
+		{
+			MethodName: "ListKeyPackages",
+			Handler:    _KeyService_ListKeyPackages_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
