@@ -150,3 +150,45 @@ func TestCatalogScale(t *testing.T) {
 		t.Fatalf("after the cascade: %+v", cs)
 	}
 }
+
+// BenchmarkCatalog measures the per-request catalog reads on a catalog of
+// 100,000 keys: a record by id, an init key by KeyPackageRef, the unused
+// count of an owner.
+func BenchmarkCatalog(b *testing.B) {
+	s, err := Open(context.Background(), filepath.Join(b.TempDir(), "catalog.db"), noListBackend{newFake(Ed25519, X25519)}, Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	sigs, inits := fillCatalog(b, s, 100000)
+	b.Run("Get", func(b *testing.B) {
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			if _, err := s.Get(inits[i%len(inits)].ID); err != nil {
+				b.Fatal(err)
+			}
+			i++
+		}
+	})
+	b.Run("ByKeyPackageRef", func(b *testing.B) {
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			if _, err := s.ByKeyPackageRef(inits[i%len(inits)].KeyPackageRef); err != nil {
+				b.Fatal(err)
+			}
+			i++
+		}
+	})
+	b.Run("UnusedKeyPackages", func(b *testing.B) {
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			if _, err := s.UnusedKeyPackages(sigs[i%len(sigs)].Owner, 0); err != nil {
+				b.Fatal(err)
+			}
+			i++
+		}
+	})
+}
