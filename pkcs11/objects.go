@@ -215,8 +215,11 @@ func (b *Backend) List(ctx context.Context) ([]keystore.DeviceKey, error) {
 	return out, nil
 }
 
-// Destroy removes both halves of the key pair (every matching object, in
-// case a crash left duplicates). A key that is already gone is not an error.
+// Destroy removes both halves of the key pair. A key that is already gone
+// is not an error. A half whose handle is cached, and still names this
+// object, is destroyed without a token search (a search is linear in the
+// token's objects, and consuming an init key destroys one on the request
+// path); otherwise every matching object is searched for and destroyed.
 func (b *Backend) Destroy(ctx context.Context, ref []byte) error {
 	id, err := DecodeRef(ref)
 	if err != nil {
@@ -230,7 +233,16 @@ func (b *Backend) Destroy(ctx context.Context, ref []byte) error {
 		}
 		for _, class := range []uint{p11.CKO_PRIVATE_KEY, p11.CKO_PUBLIC_KEY} {
 			k := objKey{class: class, id: id}
-			b.cache.drop(k)
+			if h, ok := b.cache.get(k); ok {
+				b.cache.drop(k)
+				if b.names(s, h, k) {
+					err := b.mod.ctx.DestroyObject(s, h)
+					if err == nil || handleInvalid(err) {
+						continue
+					}
+					return fmt.Errorf("C_DestroyObject: %w", err)
+				}
+			}
 			hs, err := b.findAll(s, k.template())
 			if err != nil {
 				return err
@@ -244,6 +256,19 @@ func (b *Backend) Destroy(ctx context.Context, ref []byte) error {
 		return nil
 	})
 	return devErr("destroy", err)
+}
+
+// names reports whether handle h is object k: its class, CKA_ID and
+// CKA_LABEL match. A cached handle is checked before it is destroyed, so a
+// handle the token has since given to another object is never destroyed.
+func (b *Backend) names(s p11.SessionHandle, h p11.ObjectHandle, k objKey) bool {
+	attrs, err := b.mod.ctx.GetAttributeValue(s, h, []*p11.Attribute{
+		p11.NewAttribute(p11.CKA_CLASS, nil),
+		p11.NewAttribute(p11.CKA_ID, nil),
+		p11.NewAttribute(p11.CKA_LABEL, nil),
+	})
+	return err == nil && attrUint(attrs[0].Value) == k.class &&
+		string(attrs[1].Value) == k.id && string(attrs[2].Value) == k.label()
 }
 
 // Check confirms that the private key exists, matches alg, and was

@@ -96,12 +96,13 @@ func (b *Backend) Generate(ctx context.Context, id string, alg keystore.Algorith
 		if err := b.requireLogin(s); err != nil {
 			return err
 		}
-		_, privH, p, err := b.generateIn(s, spec, id, true)
+		pubH, privH, p, err := b.generateIn(s, spec, id, true)
 		if err != nil {
 			return err
 		}
 		pub = p
 		b.cache.put(objKey{p11.CKO_PRIVATE_KEY, id}, privH)
+		b.cache.put(objKey{p11.CKO_PUBLIC_KEY, id}, pubH)
 		return nil
 	})
 	if err != nil {
