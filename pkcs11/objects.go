@@ -17,7 +17,9 @@ const (
 	labelPrefix = "mlskeyd:"
 	refVersion  = 0x01
 	maxIDLen    = 255
-	maxCache    = 8192
+	// maxCache bounds the handle cache (about 100 bytes an entry); it is
+	// emptied when full.
+	maxCache = 1 << 18
 )
 
 // EncodeRef returns the device reference for a catalog id: a version byte
@@ -200,6 +202,9 @@ func (b *Backend) List(ctx context.Context) ([]keystore.DeviceKey, error) {
 					continue
 				}
 				ids[id] = true
+				// Start-up checks every key after listing them: with the
+				// handle cached, that check searches nothing.
+				b.cache.put(objKey{class, id}, h)
 			}
 		}
 		return nil

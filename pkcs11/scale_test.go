@@ -81,3 +81,31 @@ func TestDestroyStaleCachedHandle(t *testing.T) {
 		t.Fatalf("B after A's destruction: %v", err)
 	}
 }
+
+// TestListCachesHandles: after List (which start-up runs), checking every
+// key (which start-up does next) searches nothing.
+func TestListCachesHandles(t *testing.T) {
+	b := openBackend(t, newToken(t))
+	ctx := context.Background()
+	var refs [][]byte
+	for i := range 4 {
+		ref, _, err := b.Generate(ctx, fmt.Sprintf("listcache%d", i), keystore.ECDSAP256)
+		if err != nil {
+			t.Fatal(err)
+		}
+		refs = append(refs, ref)
+	}
+	b.cache.clear() // as after a restart
+	if _, err := b.List(ctx); err != nil {
+		t.Fatal(err)
+	}
+	before := b.searches.Load()
+	for _, ref := range refs {
+		if err := b.Check(ctx, ref, keystore.ECDSAP256); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := b.searches.Load() - before; n != 0 {
+		t.Fatalf("checking %d listed keys ran %d token searches, want 0", len(refs), n)
+	}
+}
