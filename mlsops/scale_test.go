@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
@@ -55,9 +56,16 @@ func TestKeyPackageStockScale(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var took []time.Duration
+	// CPU time (user and system, the token's file work included) is
+	// reported beside wall time: on a shared machine it varies far less.
+	cpu := func() time.Duration {
+		var ru syscall.Rusage
+		syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+		return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+	}
+	var took, cpus []time.Duration
 	for i := 0; i < n/batch; i++ {
-		start := time.Now()
+		start, cpu0 := time.Now(), cpu()
 		_, err := mlsops.CreateKeyPackages(ctx, store, mlsops.KeyPackageParams{
 			Suite: su, Count: batch, Owner: "scale", SignatureKey: sig,
 			Credential: mls.Credential{Type: mls.CredentialTypeBasic, Identity: []byte("scale")},
@@ -67,7 +75,8 @@ func TestKeyPackageStockScale(t *testing.T) {
 			t.Fatal(err)
 		}
 		took = append(took, time.Since(start))
-		t.Logf("KeyPackages %5d-%5d: %6.2f s (%.1f/s)", i*batch+1, (i+1)*batch, took[i].Seconds(), batch/took[i].Seconds())
+		cpus = append(cpus, cpu()-cpu0)
+		t.Logf("KeyPackages %5d-%5d: %6.2f s wall (%.1f/s), %5.2f s CPU", i*batch+1, (i+1)*batch, took[i].Seconds(), batch/took[i].Seconds(), cpus[i].Seconds())
 	}
 	counts, err := store.UnusedKeyPackages("scale", 1)
 	if err != nil || len(counts) != 1 || counts[0].Regular != n {
@@ -84,4 +93,8 @@ func TestKeyPackageStockScale(t *testing.T) {
 		first.Seconds(), last.Seconds(), last.Seconds()/first.Seconds(),
 		k, median(took[:k]).Seconds(), k, median(took[len(took)-k:]).Seconds(),
 		median(took[len(took)-k:]).Seconds()/median(took[:k]).Seconds())
+	t.Logf("CPU: first 100 %.2f s, last 100 %.2f s, last/first %.2f; median of the first %d %.2f s, of the last %d %.2f s, ratio %.2f",
+		cpus[0].Seconds(), cpus[len(cpus)-1].Seconds(), cpus[len(cpus)-1].Seconds()/cpus[0].Seconds(),
+		k, median(cpus[:k]).Seconds(), k, median(cpus[len(cpus)-k:]).Seconds(),
+		median(cpus[len(cpus)-k:]).Seconds()/median(cpus[:k]).Seconds())
 }
