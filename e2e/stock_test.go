@@ -16,7 +16,7 @@ import (
 // unused stock back to the target once it fell to the minimum, and
 // 'keypackage list' shows each KeyPackage's state and the unused count.
 func TestKeyPackageStock(t *testing.T) {
-	d := startDaemon(t, t.TempDir())
+	d := sharedDaemon(t)
 	defer d.stop()
 	type created struct {
 		Ref    string `json:"key_package_ref"`
@@ -94,6 +94,25 @@ func TestKeyPackageStock(t *testing.T) {
 	d.ctlJSON(t, &list, "keypackage", "list", "--unused")
 	if len(list.KeyPackages) != 6 {
 		t.Fatalf("list --unused: %d, want 6", len(list.KeyPackages))
+	}
+	// keypackage delete: an unused one goes, with its keys; a consumed one
+	// is refused; another owner's is not found.
+	unusedRef := ""
+	for _, k := range list.KeyPackages {
+		unusedRef = k.Ref
+	}
+	if _, errOut, code := d.ctl("keypackage", "delete", unusedRef); code != 0 {
+		t.Fatalf("keypackage delete: exit %d: %s", code, errOut)
+	}
+	d.ctlJSON(t, &list, "keypackage", "list", "--unused")
+	if len(list.KeyPackages) != 5 || list.Unused[0].Unused != 5 {
+		t.Fatalf("after delete: %d unused listed, count %+v", len(list.KeyPackages), list.Unused)
+	}
+	if _, errOut, code := d.ctl("keypackage", "delete", first[0].Ref); code != 1 || !strings.Contains(errOut, "consumed") {
+		t.Fatalf("deleting a consumed KeyPackage: exit %d: %s", code, errOut)
+	}
+	if _, errOut, code := d.ctlAs(65534, "keypackage", "delete", list.KeyPackages[0].Ref); code != 1 || !strings.Contains(errOut, "not found") {
+		t.Fatalf("another user deleting the KeyPackage: exit %d: %s", code, errOut)
 	}
 	if _, errOut, code := d.ctl("keypackage", "ensure", "--suite", "2", "--identity", "alice", "--target", "4", "--min", "4"); code != 2 {
 		t.Fatalf("--min not below --target: exit %d %s", code, errOut)

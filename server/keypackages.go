@@ -2,12 +2,16 @@ package server
 
 import (
 	"context"
+	"fmt"
+	"strings"
 	"time"
 
 	"github.com/mlskeyd/mlskeyd/keystore"
 	"github.com/mlskeyd/mlskeyd/mls"
 	"github.com/mlskeyd/mlskeyd/mlsops"
 	pb "github.com/mlskeyd/mlskeyd/proto/mlskey/v1"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 )
 
@@ -108,4 +112,36 @@ func keyPackageState(r *keystore.Record, now time.Time) pb.KeyPackageState {
 		return pb.KeyPackageState_KEY_PACKAGE_STATE_EXPIRED
 	}
 	return pb.KeyPackageState_KEY_PACKAGE_STATE_DELETED
+}
+
+func (s *Service) DeleteKeyPackage(ctx context.Context, req *pb.DeleteKeyPackageRequest) (*pb.Key, error) {
+	c, err := s.callerOf(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ref := req.GetKeyPackageRef()
+	if len(ref) == 0 || len(ref) > 64 {
+		return nil, invalid("key_package_ref", "%d bytes, want 1..64", len(ref))
+	}
+	r, err := s.store.ByKeyPackageRef(ref)
+	if err == nil && !c.mayUse(r) {
+		noteDenied(ctx, "KeyPackage belongs to "+r.Owner)
+		err = fmt.Errorf("KeyPackageRef %x: %w", ref, keystore.ErrNotFound) // as if it were not ours
+	}
+	if err != nil {
+		return nil, statusOf("key_package_ref", err)
+	}
+	if !r.Live() {
+		return nil, status.Errorf(codes.FailedPrecondition, "key_package_ref: KeyPackage %x is %s, not unused", ref,
+			strings.TrimPrefix(strings.ToLower(keyPackageState(r, s.opts.Now()).String()), "key_package_state_"))
+	}
+	out, cascaded, err := s.store.Delete(ctx, r.ID, true)
+	if err != nil {
+		return nil, statusOf("key_package_ref", err)
+	}
+	noteKeys(ctx, out.ID)
+	for _, k := range cascaded {
+		noteKeys(ctx, k.ID)
+	}
+	return keyToPB(out), nil
 }

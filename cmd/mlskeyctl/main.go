@@ -113,6 +113,8 @@ Commands:
   keypackage create   create KeyPackages
   keypackage list     list KeyPackages and count the unused ones
   keypackage ensure   refill the stock of unused KeyPackages (--target, --min)
+  keypackage delete REF
+                      delete an unused KeyPackage
   welcome open        open a Welcome with one of the daemon's init keys
   sample framed-content
                       print a FramedContentTBS to try 'sign' with
@@ -150,10 +152,12 @@ var groups = map[string]group{
 	"keypackage": {`Commands:
   create   create KeyPackages
   list     list KeyPackages and count the unused ones
-  ensure   refill the stock of unused KeyPackages`, map[string]func(*cli, []string) error{
+  ensure   refill the stock of unused KeyPackages
+  delete   delete an unused KeyPackage by its ref`, map[string]func(*cli, []string) error{
 		"create": (*cli).keyPackageCreate,
 		"list":   (*cli).keyPackageList,
 		"ensure": (*cli).keyPackageEnsure,
+		"delete": (*cli).keyPackageDelete,
 	}},
 	"welcome": {`Commands:
   open     open a Welcome with one of the daemon's init keys`, map[string]func(*cli, []string) error{

@@ -186,3 +186,27 @@ like 'keypackage create'. Run it from a timer or after uploading.`, func(fs *fla
 		return tw.Flush()
 	})
 }
+
+func (c *cli) keyPackageDelete(args []string) error {
+	fs := c.newFlagSet("keypackage delete", "REF [flags]", `Delete one of your unused KeyPackages, named by its KeyPackageRef in hex:
+its init and leaf encryption keys are destroyed. Prints the init key (state
+destroyed).`, nil)
+	pos, err := c.parse(fs, args)
+	if err != nil {
+		return err
+	}
+	if len(pos) != 1 {
+		return usageErrorf("keypackage delete: want one KeyPackageRef")
+	}
+	ref, err := hex.DecodeString(pos[0])
+	if err != nil || len(ref) == 0 {
+		return usageErrorf("keypackage delete: %q is not a KeyPackageRef in hex", pos[0])
+	}
+	return c.withClient(func(ctx context.Context, cl *client.Client) error {
+		k, err := cl.DeleteKeyPackage(ctx, &mlskeyv1.DeleteKeyPackageRequest{KeyPackageRef: ref})
+		if err != nil {
+			return err
+		}
+		return c.printKey(k)
+	})
+}

@@ -2409,6 +2409,50 @@ func (x *ListKeyPackagesResponse) GetUnused() []*UnusedKeyPackages {
 	return nil
 }
 
+type DeleteKeyPackageRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	KeyPackageRef []byte                 `protobuf:"bytes,1,opt,name=key_package_ref,json=keyPackageRef,proto3" json:"key_package_ref,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteKeyPackageRequest) Reset() {
+	*x = DeleteKeyPackageRequest{}
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteKeyPackageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteKeyPackageRequest) ProtoMessage() {}
+
+func (x *DeleteKeyPackageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteKeyPackageRequest.ProtoReflect.Descriptor instead.
+func (*DeleteKeyPackageRequest) Descriptor() ([]byte, []int) {
+	return file_mlskey_v1_mlskey_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *DeleteKeyPackageRequest) GetKeyPackageRef() []byte {
+	if x != nil {
+		return x.KeyPackageRef
+	}
+	return nil
+}
+
 type Credential_X509 struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// DER certificates, end-entity first. Its public key must equal the
@@ -2420,7 +2464,7 @@ type Credential_X509 struct {
 
 func (x *Credential_X509) Reset() {
 	*x = Credential_X509{}
-	mi := &file_mlskey_v1_mlskey_proto_msgTypes[30]
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2432,7 +2476,7 @@ func (x *Credential_X509) String() string {
 func (*Credential_X509) ProtoMessage() {}
 
 func (x *Credential_X509) ProtoReflect() protoreflect.Message {
-	mi := &file_mlskey_v1_mlskey_proto_msgTypes[30]
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2648,7 +2692,9 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\x17ListKeyPackagesResponse\x12<\n" +
 	"\fkey_packages\x18\x01 \x03(\v2\x19.mlskey.v1.KeyPackageInfoR\vkeyPackages\x12&\n" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x124\n" +
-	"\x06unused\x18\x03 \x03(\v2\x1c.mlskey.v1.UnusedKeyPackagesR\x06unused*l\n" +
+	"\x06unused\x18\x03 \x03(\v2\x1c.mlskey.v1.UnusedKeyPackagesR\x06unused\"A\n" +
+	"\x17DeleteKeyPackageRequest\x12&\n" +
+	"\x0fkey_package_ref\x18\x01 \x01(\fR\rkeyPackageRef*l\n" +
 	"\aKeyRole\x12\x18\n" +
 	"\x14KEY_ROLE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12KEY_ROLE_SIGNATURE\x10\x01\x12\x11\n" +
@@ -2670,7 +2716,7 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\x18KEY_PACKAGE_STATE_UNUSED\x10\x01\x12\x1e\n" +
 	"\x1aKEY_PACKAGE_STATE_CONSUMED\x10\x02\x12\x1d\n" +
 	"\x19KEY_PACKAGE_STATE_EXPIRED\x10\x03\x12\x1d\n" +
-	"\x19KEY_PACKAGE_STATE_DELETED\x10\x042\xb1\a\n" +
+	"\x19KEY_PACKAGE_STATE_DELETED\x10\x042\xf9\a\n" +
 	"\n" +
 	"KeyService\x12@\n" +
 	"\aGetInfo\x12\x19.mlskey.v1.GetInfoRequest\x1a\x1a.mlskey.v1.GetInfoResponse\x12J\n" +
@@ -2684,7 +2730,8 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\x10DecryptWithLabel\x12\".mlskey.v1.DecryptWithLabelRequest\x1a#.mlskey.v1.DecryptWithLabelResponse\x12F\n" +
 	"\tAttestKey\x12\x1b.mlskey.v1.AttestKeyRequest\x1a\x1c.mlskey.v1.AttestKeyResponse\x12a\n" +
 	"\x12ActivateCredential\x12$.mlskey.v1.ActivateCredentialRequest\x1a%.mlskey.v1.ActivateCredentialResponse\x12X\n" +
-	"\x0fListKeyPackages\x12!.mlskey.v1.ListKeyPackagesRequest\x1a\".mlskey.v1.ListKeyPackagesResponseB5Z3github.com/mlskeyd/mlskeyd/proto/mlskey/v1;mlskeyv1b\x06proto3"
+	"\x0fListKeyPackages\x12!.mlskey.v1.ListKeyPackagesRequest\x1a\".mlskey.v1.ListKeyPackagesResponse\x12F\n" +
+	"\x10DeleteKeyPackage\x12\".mlskey.v1.DeleteKeyPackageRequest\x1a\x0e.mlskey.v1.KeyB5Z3github.com/mlskeyd/mlskeyd/proto/mlskey/v1;mlskeyv1b\x06proto3"
 
 var (
 	file_mlskey_v1_mlskey_proto_rawDescOnce sync.Once
@@ -2699,7 +2746,7 @@ func file_mlskey_v1_mlskey_proto_rawDescGZIP() []byte {
 }
 
 var file_mlskey_v1_mlskey_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_mlskey_v1_mlskey_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_mlskey_v1_mlskey_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_mlskey_v1_mlskey_proto_goTypes = []any{
 	(KeyRole)(0),                       // 0: mlskey.v1.KeyRole
 	(KeyState)(0),                      // 1: mlskey.v1.KeyState
@@ -2735,16 +2782,17 @@ var file_mlskey_v1_mlskey_proto_goTypes = []any{
 	(*KeyPackageInfo)(nil),             // 31: mlskey.v1.KeyPackageInfo
 	(*UnusedKeyPackages)(nil),          // 32: mlskey.v1.UnusedKeyPackages
 	(*ListKeyPackagesResponse)(nil),    // 33: mlskey.v1.ListKeyPackagesResponse
-	(*Credential_X509)(nil),            // 34: mlskey.v1.Credential.X509
-	(*timestamppb.Timestamp)(nil),      // 35: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),        // 36: google.protobuf.Duration
+	(*DeleteKeyPackageRequest)(nil),    // 34: mlskey.v1.DeleteKeyPackageRequest
+	(*Credential_X509)(nil),            // 35: mlskey.v1.Credential.X509
+	(*timestamppb.Timestamp)(nil),      // 36: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),        // 37: google.protobuf.Duration
 }
 var file_mlskey_v1_mlskey_proto_depIdxs = []int32{
 	0,  // 0: mlskey.v1.Key.role:type_name -> mlskey.v1.KeyRole
 	2,  // 1: mlskey.v1.Key.protection:type_name -> mlskey.v1.Protection
 	1,  // 2: mlskey.v1.Key.state:type_name -> mlskey.v1.KeyState
-	35, // 3: mlskey.v1.Key.created_at:type_name -> google.protobuf.Timestamp
-	35, // 4: mlskey.v1.Key.retired_at:type_name -> google.protobuf.Timestamp
+	36, // 3: mlskey.v1.Key.created_at:type_name -> google.protobuf.Timestamp
+	36, // 4: mlskey.v1.Key.retired_at:type_name -> google.protobuf.Timestamp
 	2,  // 5: mlskey.v1.SuiteSupport.signature:type_name -> mlskey.v1.Protection
 	2,  // 6: mlskey.v1.SuiteSupport.init:type_name -> mlskey.v1.Protection
 	2,  // 7: mlskey.v1.SuiteSupport.leaf_encryption:type_name -> mlskey.v1.Protection
@@ -2752,18 +2800,18 @@ var file_mlskey_v1_mlskey_proto_depIdxs = []int32{
 	0,  // 9: mlskey.v1.ListKeysRequest.role:type_name -> mlskey.v1.KeyRole
 	1,  // 10: mlskey.v1.ListKeysRequest.state:type_name -> mlskey.v1.KeyState
 	4,  // 11: mlskey.v1.ListKeysResponse.keys:type_name -> mlskey.v1.Key
-	34, // 12: mlskey.v1.Credential.x509:type_name -> mlskey.v1.Credential.X509
+	35, // 12: mlskey.v1.Credential.x509:type_name -> mlskey.v1.Credential.X509
 	15, // 13: mlskey.v1.CreateKeyPackagesRequest.credential:type_name -> mlskey.v1.Credential
 	16, // 14: mlskey.v1.CreateKeyPackagesRequest.leaf_extensions:type_name -> mlskey.v1.Extension
 	16, // 15: mlskey.v1.CreateKeyPackagesRequest.key_package_extensions:type_name -> mlskey.v1.Extension
-	36, // 16: mlskey.v1.CreateKeyPackagesRequest.lifetime:type_name -> google.protobuf.Duration
+	37, // 16: mlskey.v1.CreateKeyPackagesRequest.lifetime:type_name -> google.protobuf.Duration
 	4,  // 17: mlskey.v1.CreateKeyPackagesResponse.signature_key:type_name -> mlskey.v1.Key
 	18, // 18: mlskey.v1.CreateKeyPackagesResponse.key_packages:type_name -> mlskey.v1.CreatedKeyPackage
 	21, // 19: mlskey.v1.GroupSecrets.psks:type_name -> mlskey.v1.PreSharedKeyID
 	22, // 20: mlskey.v1.OpenWelcomeResponse.group_secrets:type_name -> mlskey.v1.GroupSecrets
 	3,  // 21: mlskey.v1.KeyPackageInfo.state:type_name -> mlskey.v1.KeyPackageState
-	35, // 22: mlskey.v1.KeyPackageInfo.not_after:type_name -> google.protobuf.Timestamp
-	35, // 23: mlskey.v1.KeyPackageInfo.created_at:type_name -> google.protobuf.Timestamp
+	36, // 22: mlskey.v1.KeyPackageInfo.not_after:type_name -> google.protobuf.Timestamp
+	36, // 23: mlskey.v1.KeyPackageInfo.created_at:type_name -> google.protobuf.Timestamp
 	31, // 24: mlskey.v1.ListKeyPackagesResponse.key_packages:type_name -> mlskey.v1.KeyPackageInfo
 	32, // 25: mlskey.v1.ListKeyPackagesResponse.unused:type_name -> mlskey.v1.UnusedKeyPackages
 	5,  // 26: mlskey.v1.KeyService.GetInfo:input_type -> mlskey.v1.GetInfoRequest
@@ -2778,20 +2826,22 @@ var file_mlskey_v1_mlskey_proto_depIdxs = []int32{
 	26, // 35: mlskey.v1.KeyService.AttestKey:input_type -> mlskey.v1.AttestKeyRequest
 	28, // 36: mlskey.v1.KeyService.ActivateCredential:input_type -> mlskey.v1.ActivateCredentialRequest
 	30, // 37: mlskey.v1.KeyService.ListKeyPackages:input_type -> mlskey.v1.ListKeyPackagesRequest
-	7,  // 38: mlskey.v1.KeyService.GetInfo:output_type -> mlskey.v1.GetInfoResponse
-	4,  // 39: mlskey.v1.KeyService.CreateSignatureKey:output_type -> mlskey.v1.Key
-	4,  // 40: mlskey.v1.KeyService.GetKey:output_type -> mlskey.v1.Key
-	11, // 41: mlskey.v1.KeyService.ListKeys:output_type -> mlskey.v1.ListKeysResponse
-	4,  // 42: mlskey.v1.KeyService.DeleteKey:output_type -> mlskey.v1.Key
-	14, // 43: mlskey.v1.KeyService.SignWithLabel:output_type -> mlskey.v1.SignWithLabelResponse
-	19, // 44: mlskey.v1.KeyService.CreateKeyPackages:output_type -> mlskey.v1.CreateKeyPackagesResponse
-	23, // 45: mlskey.v1.KeyService.OpenWelcome:output_type -> mlskey.v1.OpenWelcomeResponse
-	25, // 46: mlskey.v1.KeyService.DecryptWithLabel:output_type -> mlskey.v1.DecryptWithLabelResponse
-	27, // 47: mlskey.v1.KeyService.AttestKey:output_type -> mlskey.v1.AttestKeyResponse
-	29, // 48: mlskey.v1.KeyService.ActivateCredential:output_type -> mlskey.v1.ActivateCredentialResponse
-	33, // 49: mlskey.v1.KeyService.ListKeyPackages:output_type -> mlskey.v1.ListKeyPackagesResponse
-	38, // [38:50] is the sub-list for method output_type
-	26, // [26:38] is the sub-list for method input_type
+	34, // 38: mlskey.v1.KeyService.DeleteKeyPackage:input_type -> mlskey.v1.DeleteKeyPackageRequest
+	7,  // 39: mlskey.v1.KeyService.GetInfo:output_type -> mlskey.v1.GetInfoResponse
+	4,  // 40: mlskey.v1.KeyService.CreateSignatureKey:output_type -> mlskey.v1.Key
+	4,  // 41: mlskey.v1.KeyService.GetKey:output_type -> mlskey.v1.Key
+	11, // 42: mlskey.v1.KeyService.ListKeys:output_type -> mlskey.v1.ListKeysResponse
+	4,  // 43: mlskey.v1.KeyService.DeleteKey:output_type -> mlskey.v1.Key
+	14, // 44: mlskey.v1.KeyService.SignWithLabel:output_type -> mlskey.v1.SignWithLabelResponse
+	19, // 45: mlskey.v1.KeyService.CreateKeyPackages:output_type -> mlskey.v1.CreateKeyPackagesResponse
+	23, // 46: mlskey.v1.KeyService.OpenWelcome:output_type -> mlskey.v1.OpenWelcomeResponse
+	25, // 47: mlskey.v1.KeyService.DecryptWithLabel:output_type -> mlskey.v1.DecryptWithLabelResponse
+	27, // 48: mlskey.v1.KeyService.AttestKey:output_type -> mlskey.v1.AttestKeyResponse
+	29, // 49: mlskey.v1.KeyService.ActivateCredential:output_type -> mlskey.v1.ActivateCredentialResponse
+	33, // 50: mlskey.v1.KeyService.ListKeyPackages:output_type -> mlskey.v1.ListKeyPackagesResponse
+	4,  // 51: mlskey.v1.KeyService.DeleteKeyPackage:output_type -> mlskey.v1.Key
+	39, // [39:52] is the sub-list for method output_type
+	26, // [26:39] is the sub-list for method input_type
 	26, // [26:26] is the sub-list for extension type_name
 	26, // [26:26] is the sub-list for extension extendee
 	0,  // [0:26] is the sub-list for field type_name
@@ -2815,7 +2865,7 @@ func file_mlskey_v1_mlskey_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mlskey_v1_mlskey_proto_rawDesc), len(file_mlskey_v1_mlskey_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   31,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

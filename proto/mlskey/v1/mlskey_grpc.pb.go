@@ -36,6 +36,7 @@ const (
 	KeyService_AttestKey_FullMethodName          = "/mlskey.v1.KeyService/AttestKey"
 	KeyService_ActivateCredential_FullMethodName = "/mlskey.v1.KeyService/ActivateCredential"
 	KeyService_ListKeyPackages_FullMethodName    = "/mlskey.v1.KeyService/ListKeyPackages"
+	KeyService_DeleteKeyPackage_FullMethodName   = "/mlskey.v1.KeyService/DeleteKeyPackage"
 )
 
 // KeyServiceClient is the client API for KeyService service.
@@ -85,6 +86,10 @@ type KeyServiceClient interface {
 	// everyone's), oldest first, and counts the unused ones per owner, suite
 	// and identity from the catalog's counters.
 	ListKeyPackages(ctx context.Context, in *ListKeyPackagesRequest, opts ...grpc.CallOption) (*ListKeyPackagesResponse, error)
+	// DeleteKeyPackage destroys an unused KeyPackage's init and leaf
+	// encryption keys (DeleteKey of its init key with cascade), found by its
+	// KeyPackageRef. Returns the init key.
+	DeleteKeyPackage(ctx context.Context, in *DeleteKeyPackageRequest, opts ...grpc.CallOption) (*Key, error)
 }
 
 type keyServiceClient struct {
@@ -215,6 +220,16 @@ func (c *keyServiceClient) ListKeyPackages(ctx context.Context, in *ListKeyPacka
 	return out, nil
 }
 
+func (c *keyServiceClient) DeleteKeyPackage(ctx context.Context, in *DeleteKeyPackageRequest, opts ...grpc.CallOption) (*Key, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Key)
+	err := c.cc.Invoke(ctx, KeyService_DeleteKeyPackage_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // KeyServiceServer is the server API for KeyService service.
 // All implementations must embed UnimplementedKeyServiceServer
 // for forward compatibility.
@@ -262,6 +277,10 @@ type KeyServiceServer interface {
 	// everyone's), oldest first, and counts the unused ones per owner, suite
 	// and identity from the catalog's counters.
 	ListKeyPackages(context.Context, *ListKeyPackagesRequest) (*ListKeyPackagesResponse, error)
+	// DeleteKeyPackage destroys an unused KeyPackage's init and leaf
+	// encryption keys (DeleteKey of its init key with cascade), found by its
+	// KeyPackageRef. Returns the init key.
+	DeleteKeyPackage(context.Context, *DeleteKeyPackageRequest) (*Key, error)
 	mustEmbedUnimplementedKeyServiceServer()
 }
 
@@ -307,6 +326,9 @@ func (UnimplementedKeyServiceServer) ActivateCredential(context.Context, *Activa
 }
 func (UnimplementedKeyServiceServer) ListKeyPackages(context.Context, *ListKeyPackagesRequest) (*ListKeyPackagesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ListKeyPackages not implemented")
+}
+func (UnimplementedKeyServiceServer) DeleteKeyPackage(context.Context, *DeleteKeyPackageRequest) (*Key, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteKeyPackage not implemented")
 }
 func (UnimplementedKeyServiceServer) mustEmbedUnimplementedKeyServiceServer() {}
 func (UnimplementedKeyServiceServer) testEmbeddedByValue()                    {}
@@ -545,6 +567,24 @@ func _KeyService_ListKeyPackages_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KeyService_DeleteKeyPackage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteKeyPackageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).DeleteKeyPackage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_DeleteKeyPackage_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).DeleteKeyPackage(ctx, req.(*DeleteKeyPackageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // KeyService_ServiceDesc is the grpc.ServiceDesc for KeyService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -599,6 +639,10 @@ var KeyService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListKeyPackages",
 			Handler:    _KeyService_ListKeyPackages_Handler,
+		},
+		{
+			MethodName: "DeleteKeyPackage",
+			Handler:    _KeyService_DeleteKeyPackage_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
