@@ -133,6 +133,8 @@ func getRecord(tx *bolt.Tx, id string) (*Record, error) {
 	return &r, nil
 }
 
+// putRecord is the only way a record is written: it keeps the secondary
+// indexes (index.go) in step, in the same transaction.
 func putRecord(tx *bolt.Tx, r *Record) error {
 	v, err := json.Marshal(r)
 	if err != nil {

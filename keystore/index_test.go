@@ -3,8 +3,11 @@ package keystore
 import (
 	"context"
 	"crypto/rand"
+	"errors"
 	"fmt"
+	"maps"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -193,5 +196,82 @@ func TestListByOwnerPages(t *testing.T) {
 	}
 	if !slices.Equal(got, want) {
 		t.Fatalf("paged listing of uid:1: %v, want %v", got, want)
+	}
+}
+
+// dumpIndexes returns every index entry, by bucket.
+func dumpIndexes(tx *bolt.Tx) map[string]map[string]string {
+	out := map[string]map[string]string{}
+	for _, b := range indexBuckets {
+		m := map[string]string{}
+		tx.Bucket(b).ForEach(func(k, v []byte) error { m[string(k)] = string(v); return nil })
+		out[string(b)] = m
+	}
+	return out
+}
+
+// TestIndexesMatchARebuild: after a mix of creations, consumptions,
+// deletions with and without cascade and expiries, the incrementally kept
+// indexes equal indexes rebuilt from the records.
+func TestIndexesMatchARebuild(t *testing.T) {
+	ctx := context.Background()
+	var mu sync.Mutex
+	clock := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	now := func() time.Time { mu.Lock(); defer mu.Unlock(); clock = clock.Add(time.Millisecond); return clock }
+	s, _ := openStore(t, newFake(), Options{Now: now})
+	var sigs []*Record
+	for o := range 3 {
+		sig, err := s.Create(ctx, KeySpec{Role: RoleSignature, Suite: 1, Algorithm: Ed25519, Owner: fmt.Sprintf("uid:%d", o)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		sigs = append(sigs, sig)
+	}
+	var inits []*Record
+	for i := range 12 {
+		sig := sigs[i%3]
+		id := []string{"alice", "bob", "x\x00y"}[i%3]
+		inits = append(inits, makeKPs(t, s, sig, sig.Owner, 3, i%4 == 0, now().Add(time.Duration(i%3)*time.Hour), id)...)
+	}
+	for i, r := range inits {
+		switch i % 5 {
+		case 0:
+			if _, err := s.UseInitKey(ctx, r.ID, func(any) error { return nil }); err != nil {
+				t.Fatal(err)
+			}
+		case 1:
+			if _, _, err := s.Delete(ctx, r.ID, i%2 == 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	mu.Lock()
+	clock = clock.Add(90 * time.Minute)
+	mu.Unlock()
+	if _, err := s.ExpireKeyPackages(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.Delete(ctx, sigs[1].ID, true); err != nil {
+		t.Fatal(err)
+	}
+	errRollback := errors.New("rollback")
+	err := s.cat.db.Update(func(tx *bolt.Tx) error {
+		kept := dumpIndexes(tx)
+		if err := tx.Bucket(bucketMeta).Delete(keyIndexVersion); err != nil {
+			return err
+		}
+		if err := ensureIndexes(tx); err != nil {
+			return err
+		}
+		rebuilt := dumpIndexes(tx)
+		for b := range rebuilt {
+			if !maps.Equal(kept[b], rebuilt[b]) {
+				t.Errorf("index %s: kept %d entries, rebuilt %d; they differ", b, len(kept[b]), len(rebuilt[b]))
+			}
+		}
+		return errRollback
+	})
+	if !errors.Is(err, errRollback) {
+		t.Fatal(err)
 	}
 }
