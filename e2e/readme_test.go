@@ -162,7 +162,9 @@ var (
 	shapeUID      = regexp.MustCompile(`\buid:\d+\b`)
 	shapeHex      = regexp.MustCompile(`\b[0-9a-f]{8,}\b`)
 	shapeElidedHx = regexp.MustCompile(`[0-9a-f]+…[0-9a-f]*|…[0-9a-f]+`)
-	shapeSpace    = regexp.MustCompile(`\s+`)
+	// A program may shorten a long hex value itself (key list's KP REF).
+	shapeCutHex = regexp.MustCompile(`\b[0-9a-f]{8,}…`)
+	shapeSpace  = regexp.MustCompile(`\s+`)
 )
 
 // shapeLine reduces a line to its shape: runs of spaces (table alignment
@@ -174,6 +176,8 @@ func shapeLine(s string, readme bool) string {
 	s = shapeUID.ReplaceAllString(s, "uid:<n>")
 	if readme {
 		s = shapeElidedHx.ReplaceAllString(s, "<hex>")
+	} else {
+		s = shapeCutHex.ReplaceAllString(s, "<hex>")
 	}
 	return shapeHex.ReplaceAllString(s, "<hex>")
 }

@@ -26,7 +26,7 @@ const expireBatch = 1000
 // stolen, never used. A last-resort KeyPackage is kept past its end until
 // a newer last-resort KeyPackage of the same owner, suite and identity
 // exists, so its owner is never left with none. Each key destroyed is
-// reported to Options.OnDestroy. It returns how many KeyPackages it
+// reported to Options.OnEvent (EventDestroyed). It returns how many KeyPackages it
 // retired. The expiry index is read, never every key.
 func (s *Store) ExpireKeyPackages(ctx context.Context) (int, error) {
 	now := s.opts.Now()
@@ -129,8 +129,8 @@ func (s *Store) expireOne(ctx context.Context, initID string, now time.Time) (bo
 			}
 		}
 		cancel()
-		if s.opts.OnDestroy != nil {
-			s.opts.OnDestroy(Destruction{KeyID: k.ID, Reason: k.RetiredWhy, Err: derr})
+		if s.opts.OnEvent != nil {
+			s.opts.OnEvent(Event{Kind: EventDestroyed, KeyIDs: []string{k.ID}, Reason: k.RetiredWhy, Err: derr})
 		}
 		s.log.Info("expired KeyPackage key destroyed", "key", k.ID, "role", k.Role, "err", derr)
 	}

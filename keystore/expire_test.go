@@ -2,6 +2,7 @@ package keystore
 
 import (
 	"context"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -17,9 +18,15 @@ func TestExpireKeyPackages(t *testing.T) {
 	clock := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
 	now := func() time.Time { mu.Lock(); defer mu.Unlock(); return clock }
 	advance := func(d time.Duration) { mu.Lock(); clock = clock.Add(d); mu.Unlock() }
-	var audited []Destruction
+	var audited []Event
 	be := newFake()
-	s, _ := openStore(t, be, Options{Now: now, OnDestroy: func(d Destruction) { mu.Lock(); audited = append(audited, d); mu.Unlock() }})
+	s, _ := openStore(t, be, Options{Now: now, OnEvent: func(e Event) {
+		if strings.HasPrefix(e.Reason, expiredWhy) {
+			mu.Lock()
+			audited = append(audited, e)
+			mu.Unlock()
+		}
+	}})
 	t0 := now()
 	sig, err := s.Create(ctx, KeySpec{Role: RoleSignature, Suite: 1, Algorithm: Ed25519, Owner: "uid:1"})
 	if err != nil {

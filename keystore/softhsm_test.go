@@ -193,8 +193,11 @@ func TestDestructionIgnoresCallerCancellation(t *testing.T) {
 // never a device key the catalog does not know (a batch in progress).
 func TestSweepDestroysOnlyRetiredKeys(t *testing.T) {
 	var mu sync.Mutex
-	var events []keystore.Destruction
-	e := newSoftHSMStore(t, keystore.Options{OnDestroy: func(d keystore.Destruction) {
+	var events []keystore.Event
+	e := newSoftHSMStore(t, keystore.Options{OnEvent: func(d keystore.Event) {
+		if d.Kind != keystore.EventDestroyed {
+			return // the binding at the first start
+		}
 		mu.Lock()
 		events = append(events, d)
 		mu.Unlock()
@@ -233,8 +236,8 @@ func TestSweepDestroysOnlyRetiredKeys(t *testing.T) {
 	}
 	mu.Lock()
 	defer mu.Unlock()
-	if len(events) != 2 || events[0].Err != nil || !strings.Contains(events[0].Reason, "sweep") {
-		t.Fatalf("OnDestroy saw %+v", events)
+	if len(events) != 2 || events[0].Kind != keystore.EventDestroyed || events[0].Err != nil || !strings.Contains(events[0].Reason, "sweep") {
+		t.Fatalf("OnEvent saw %+v", events)
 	}
 	if n, err := e.store.Sweep(ctx); n != 0 || err != nil {
 		t.Fatalf("second sweep: %d, %v", n, err)

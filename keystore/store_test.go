@@ -17,7 +17,7 @@ import (
 	"github.com/cloudflare/circl/sign/ed448"
 )
 
-func openStore(t *testing.T, be Backend, opts Options) (*Store, string) {
+func openStore(t testing.TB, be Backend, opts Options) (*Store, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "catalog.db")
 	s, err := Open(context.Background(), path, be, opts)
@@ -279,8 +279,8 @@ func TestReconcileAfterCrash(t *testing.T) {
 	if be.has(retired.ID) {
 		t.Error("consumed key still on the device")
 	}
-	if r, _ := s.Get(lost.ID); r.State != StateDestroyed {
-		t.Errorf("lost key is %s", r.State)
+	if r, _ := s.Get(lost.ID); r.State != StateMissing {
+		t.Errorf("lost key is %s, want missing", r.State)
 	}
 	if r, _ := s.Get(kept.ID); r.State != StateActive || !be.has(kept.ID) {
 		t.Error("kept key damaged")

@@ -40,14 +40,6 @@ func (e *InUseError) Error() string {
 
 func (e *InUseError) Unwrap() error { return ErrInUse }
 
-// Destruction reports a device key destroyed on the store's own authority
-// (by Sweep), for the audit log. Err is set when the device refused.
-type Destruction struct {
-	KeyID  string
-	Reason string
-	Err    error
-}
-
 // lifecycle is the store's own context and what it still owes the device.
 // Its zero value is ready: the store creates it lazily.
 type lifecycle struct {
@@ -137,7 +129,7 @@ func (s *Store) Share(id string) (release func()) { return s.locks.share(id) }
 // longer active (consumed or destroyed), which a failed or interrupted
 // destruction left behind. A device key the catalog does not know is never
 // touched: it may belong to a batch being created. Each destruction is
-// reported to Options.OnDestroy. It returns how many keys it destroyed.
+// reported to Options.OnEvent (EventDestroyed; Err set when the device refused). It returns how many keys it destroyed.
 //
 // It first retires the keys of expired KeyPackages (ExpireKeyPackages).
 func (s *Store) Sweep(ctx context.Context) (int, error) {
@@ -181,7 +173,9 @@ func (s *Store) sweepOne(ctx context.Context, dk DeviceKey) (bool, error) {
 			return nil, nil
 		case err != nil:
 			return nil, err
-		case r.Live():
+		case r.State != StateConsumed && r.State != StateDestroyed:
+			// Active, or missing: a quarantined key that is back on the
+			// device is restored at the next start, never destroyed here.
 			return nil, nil
 		}
 		return r, nil
@@ -199,8 +193,8 @@ func (s *Store) sweepOne(ctx context.Context, dk DeviceKey) (bool, error) {
 	dctx, cancel := s.destroyContext(ctx)
 	defer cancel()
 	err = s.be.Destroy(dctx, dk.Ref)
-	if s.opts.OnDestroy != nil {
-		s.opts.OnDestroy(Destruction{KeyID: dk.ID, Reason: why, Err: err})
+	if s.opts.OnEvent != nil {
+		s.opts.OnEvent(Event{Kind: EventDestroyed, KeyIDs: []string{dk.ID}, Reason: why, Err: err})
 	}
 	if err != nil {
 		s.log.Warn("sweep could not destroy device key", "key", dk.ID, "state", r.State, "err", err)

@@ -15,12 +15,15 @@ type KeyPackageParams struct {
 	Count      int
 	Credential mls.Credential
 	// Capabilities beyond the suite's own; extensions as given.
-	Capabilities   mls.Capabilities
-	LeafExtensions []mls.Extension
-	Extensions     []mls.Extension
-	Lifetime       mls.Lifetime
-	LastResort     bool
-	Owner          string
+	Capabilities mls.Capabilities
+	// CapabilitiesFor, if set, is called for each KeyPackage instead (the
+	// daemon adds fresh GREASE values to each).
+	CapabilitiesFor func() mls.Capabilities
+	LeafExtensions  []mls.Extension
+	Extensions      []mls.Extension
+	Lifetime        mls.Lifetime
+	LastResort      bool
+	Owner           string
 	// SignatureKey is an existing, usable signature key of Owner and
 	// Suite (the caller holds its lock shared until CreateKeyPackages
 	// returns); nil makes a new one in the same batch.
@@ -87,6 +90,13 @@ func CreateKeyPackages(ctx context.Context, store *keystore.Store, p KeyPackageP
 	notAfter := time.Unix(int64(p.Lifetime.NotAfter), 0).UTC()
 	identity := CredentialIdentity(p.Credential)
 	for i := range p.Count {
+		if err := ctx.Err(); err != nil {
+			return nil, fieldErr("count", err)
+		}
+		caps := p.Capabilities
+		if p.CapabilitiesFor != nil {
+			caps = p.CapabilitiesFor()
+		}
 		initRec, leafRec := recs[2*i], recs[2*i+1]
 		kp, err := mls.NewKeyPackage(mls.KeyPackageParams{
 			Suite:          su.ID,
@@ -94,7 +104,7 @@ func CreateKeyPackages(ctx context.Context, store *keystore.Store, p KeyPackageP
 			EncryptionKey:  leafRec.PublicKey,
 			SignatureKey:   sigRec.PublicKey,
 			Credential:     p.Credential,
-			Capabilities:   p.Capabilities,
+			Capabilities:   caps,
 			LeafExtensions: p.LeafExtensions,
 			Extensions:     p.Extensions,
 			Lifetime:       p.Lifetime,

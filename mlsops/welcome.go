@@ -24,13 +24,19 @@ func (e *GroupInfoError) Unwrap() error { return e.Err }
 // KeyPackage's init key. A Welcome names each new member once. denied is
 // called for each entry of a KeyPackage mayUse refused.
 func FindEntry(store *keystore.Store, w *mls.Welcome, mayUse func(*keystore.Record) bool, denied func(*keystore.Record)) (*keystore.Record, *mls.EncryptedGroupSecrets, error) {
+	// All entries are looked up in one catalog transaction: the decoder
+	// caps them at mls.MaxWelcomeSecrets.
+	refs := make([][]byte, len(w.Secrets))
 	for i := range w.Secrets {
-		r, err := store.ByKeyPackageRef(w.Secrets[i].NewMember)
-		if errors.Is(err, keystore.ErrNotFound) {
+		refs[i] = w.Secrets[i].NewMember
+	}
+	found, err := store.ByKeyPackageRefs(refs)
+	if err != nil {
+		return nil, nil, err
+	}
+	for i, r := range found {
+		if r == nil {
 			continue
-		}
-		if err != nil {
-			return nil, nil, err
 		}
 		if mayUse != nil && !mayUse(r) {
 			if denied != nil {

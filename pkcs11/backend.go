@@ -16,7 +16,7 @@ import (
 
 var (
 	_ keystore.Backend = (*Backend)(nil)
-	_ keystore.Sealer  = (*Backend)(nil)
+	_ keystore.Epocher = (*Backend)(nil)
 	_ keystore.Checker = (*Backend)(nil)
 	_ keystore.Lister  = (*Backend)(nil)
 )
@@ -71,9 +71,6 @@ type Backend struct {
 	specs   map[keystore.Algorithm]*algSpec // supported algorithms only
 	notes   map[keystore.Algorithm]string   // why an algorithm is missing
 
-	sealMu  sync.RWMutex
-	sealIDs []string // CKA_IDs of the sealing keys; sealIDs[0] seals
-
 	done      chan struct{}
 	closeOnce sync.Once
 	closeMu   sync.RWMutex // operations hold it shared; Close exclusive
@@ -82,8 +79,8 @@ type Backend struct {
 }
 
 // Open initialises the module, finds the token, logs in once, probes the
-// algorithms (including the X25519/X448 route) and makes sure the sealing
-// key exists.
+// algorithms (including the X25519/X448 route) and checks any sealing key
+// from before epochs; the keystore manages the epoch keys.
 func Open(ctx context.Context, cfg Config) (*Backend, error) {
 	if cfg.TokenLabel == "" && cfg.TokenSerial == "" {
 		return nil, errors.New("pkcs11: set TokenLabel or TokenSerial")
@@ -139,7 +136,7 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 	if err := b.probe(ctx); err != nil {
 		return nil, devErr("probe", err)
 	}
-	if err := b.ensureSealKey(ctx); err != nil {
+	if err := b.checkLegacySealKeys(ctx); err != nil {
 		return nil, devErr("seal key", err)
 	}
 	ok = true

@@ -52,20 +52,30 @@ type objKey struct {
 
 func (k objKey) label() string {
 	if k.class == p11.CKO_SECRET_KEY {
-		return sealLabel
+		return sealEpochLabel
 	}
 	return labelPrefix + k.id
 }
 
 // template matches the object exactly: class, CKA_ID and CKA_LABEL (the
 // label keeps keys of other applications that reuse an id out of reach).
+// Private and secret keys must also be CKA_PRIVATE: only a logged-in
+// session can make such an object, so nobody without the PIN can plant a
+// key the daemon would then use. Secret keys must be AES.
 func (k objKey) template() []*p11.Attribute {
-	return []*p11.Attribute{
+	t := []*p11.Attribute{
 		p11.NewAttribute(p11.CKA_CLASS, k.class),
 		p11.NewAttribute(p11.CKA_TOKEN, true),
 		p11.NewAttribute(p11.CKA_ID, []byte(k.id)),
 		p11.NewAttribute(p11.CKA_LABEL, k.label()),
 	}
+	switch k.class {
+	case p11.CKO_PRIVATE_KEY:
+		t = append(t, p11.NewAttribute(p11.CKA_PRIVATE, true))
+	case p11.CKO_SECRET_KEY:
+		t = append(t, p11.NewAttribute(p11.CKA_PRIVATE, true), p11.NewAttribute(p11.CKA_KEY_TYPE, p11.CKK_AES))
+	}
+	return t
 }
 
 // handleCache remembers object handles within this module instance. Entries
@@ -130,11 +140,22 @@ func (b *Backend) findAll(s p11.SessionHandle, tmpl []*p11.Attribute) ([]p11.Obj
 }
 
 // lookup returns the handle of object k, from the cache or by searching.
-func (b *Backend) lookup(s p11.SessionHandle, k objKey) (p11.ObjectHandle, error) {
+// types, if given, are the CKA_KEY_TYPE values the object may have: the
+// search requires one of them.
+func (b *Backend) lookup(s p11.SessionHandle, k objKey, types ...uint) (p11.ObjectHandle, error) {
 	if h, ok := b.cache.get(k); ok {
 		return h, nil
 	}
-	hs, err := b.findAll(s, k.template())
+	var hs []p11.ObjectHandle
+	var err error
+	if len(types) == 0 {
+		hs, err = b.findAll(s, k.template())
+	}
+	for _, t := range types {
+		if hs, err = b.findAll(s, append(k.template(), p11.NewAttribute(p11.CKA_KEY_TYPE, t))); err != nil || len(hs) > 0 {
+			break
+		}
+	}
 	if err != nil {
 		return 0, err
 	}
@@ -150,9 +171,9 @@ func (b *Backend) lookup(s p11.SessionHandle, k objKey) (p11.ObjectHandle, error
 
 // withKey runs fn on a pooled session with the handle of object k. A stale
 // cached handle is dropped and fn runs again with a fresh one.
-func (b *Backend) withKey(ctx context.Context, k objKey, fn func(s p11.SessionHandle, h p11.ObjectHandle) error) error {
+func (b *Backend) withKey(ctx context.Context, k objKey, fn func(s p11.SessionHandle, h p11.ObjectHandle) error, types ...uint) error {
 	return b.withSession(ctx, func(s p11.SessionHandle) error {
-		h, err := b.lookup(s, k)
+		h, err := b.lookup(s, k, types...)
 		if err != nil {
 			return err
 		}
@@ -161,7 +182,7 @@ func (b *Backend) withKey(ctx context.Context, k objKey, fn func(s p11.SessionHa
 			return err
 		}
 		b.cache.drop(k)
-		if h, err = b.lookup(s, k); err != nil {
+		if h, err = b.lookup(s, k, types...); err != nil {
 			return err
 		}
 		return fn(s, h)
@@ -339,7 +360,7 @@ func (b *Backend) Check(ctx context.Context, ref []byte, alg keystore.Algorithm)
 			}
 		}
 		return nil
-	})
+	}, spec.keyTypes()...)
 	if err == nil {
 		err = problem
 	}

@@ -16,9 +16,12 @@ func invalid(field, format string, args ...any) error {
 	return status.Errorf(codes.InvalidArgument, "%s: %s", field, fmt.Sprintf(format, args...))
 }
 
-// statusOf maps an error from keystore or mls to a gRPC status that names
-// field. Device errors keep their operation and return code (never key
-// material) so operators can act on them.
+// statusOf maps an error from keystore or mls to a gRPC status. It names
+// field only when the error is the request's fault (invalid, not found,
+// not usable): a device failure, a cancellation or a deadline is not the
+// fault of any field, and naming one sends the caller to the wrong place.
+// Device errors keep their operation and return code (never key material)
+// so operators can act on them.
 func statusOf(field string, err error) error {
 	if err == nil {
 		return nil
@@ -39,7 +42,7 @@ func statusOf(field string, err error) error {
 		code = codes.NotFound
 	case errors.Is(err, keystore.ErrUnsupported):
 		code = codes.Unimplemented
-	case errors.Is(err, keystore.ErrNotActive), errors.Is(err, keystore.ErrPolicy), errors.Is(err, keystore.ErrInUse),
+	case errors.Is(err, keystore.ErrNotActive), errors.Is(err, keystore.ErrPolicy), errors.Is(err, keystore.ErrInUse), errors.Is(err, keystore.ErrEpochDestroyed),
 		errors.Is(err, keystore.ErrUnsupportedAlgorithm):
 		code = codes.FailedPrecondition
 	case errors.Is(err, keystore.ErrWrongRole), errors.Is(err, keystore.ErrInvalidArgument),
@@ -52,6 +55,10 @@ func statusOf(field string, err error) error {
 	var de *keystore.DeviceError
 	if code == codes.Internal && errors.As(err, &de) {
 		code = codes.Unavailable
+	}
+	switch code {
+	case codes.Canceled, codes.DeadlineExceeded, codes.Unavailable, codes.Internal:
+		return status.Error(code, err.Error())
 	}
 	return status.Errorf(code, "%s: %v", field, err)
 }

@@ -50,8 +50,8 @@ func runBench(args []string, getenv func(string) string, stdout, stderr io.Write
 		}
 		return getenv(name)
 	}
-	if err := cfg.parse(args, env, stderr); err != nil {
-		return errUsage
+	if err := cfg.parse(args, env, stdout); err != nil {
+		return err
 	}
 	o, asJSON, err := benchOptions(cfg)
 	if err != nil {
@@ -65,25 +65,18 @@ func runBench(args []string, getenv func(string) string, stdout, stderr io.Write
 	if err != nil {
 		return fmt.Errorf("--suite %d: %w", o.Suite, err)
 	}
-	dev, err := cfg.bool("dev")
+	c, err := checkSettings(cfg)
 	if err != nil {
 		return err
 	}
-	backend := cfg.str("backend")
-	if backend != "pkcs11" && backend != "tpm" {
-		return fmt.Errorf("--backend %q is not supported (want pkcs11 or tpm)", backend)
-	}
-	if dev {
-		if cfg.str("state-dir") == "" {
-			return errors.New("--dev needs --state-dir")
-		}
-		if err := setUpDev(cfg, cfg.str("state-dir"), backend, log); err != nil {
+	if c.dev {
+		if err := setUpDev(cfg, c.state, c.backend, log); err != nil {
 			return err
 		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	be, err := openBackend(ctx, cfg, getenv)
+	be, err := openBackend(ctx, cfg, c, getenv)
 	if err != nil {
 		return err
 	}
@@ -131,10 +124,10 @@ func benchOptions(cfg *settings) (bench.Options, bool, error) {
 		return o, false, fmt.Errorf("--suite %q: want a cipher suite number", cfg.str("suite"))
 	}
 	o.Suite = uint16(suite)
-	if o.Concurrency, err = cfg.int("concurrency"); err != nil {
+	if o.Concurrency, err = cfg.int("concurrency", 1, 1024); err != nil {
 		return o, false, err
 	}
-	if o.Duration, err = cfg.duration("duration"); err != nil {
+	if o.Duration, err = cfg.duration("duration", time.Millisecond, 24*time.Hour); err != nil {
 		return o, false, err
 	}
 	asJSON, err := cfg.bool("json")
@@ -228,10 +221,11 @@ func benchCall(ctx context.Context, store *keystore.Store, su *mls.Suite, op str
 	return nil, fmt.Errorf("unknown op %q", op)
 }
 
-// ownKeysOnly hides the device's Lister (and every capability but
-// sealing) from the bench's store. With a Lister, opening a new catalog
-// would reconcile the device against it and destroy every key on the
-// token that the empty catalog does not know: a running daemon's keys.
+// ownKeysOnly hides the device's Lister, its installation binding and
+// every capability but plain sealing from the bench's store. Opening a
+// new catalog on the device would otherwise reconcile the device against
+// it (quarantining a running daemon's keys as strays) and bind the
+// device's installation to a throw-away catalog.
 func ownKeysOnly(be keystore.Backend) keystore.Backend {
 	if s, ok := be.(keystore.Sealer); ok {
 		return struct {
