@@ -35,10 +35,13 @@ type Store struct {
 	cat    *catalog
 	be     Backend
 	sealer Sealer
-	hw     map[Algorithm]bool
-	opts   Options
-	log    *slog.Logger
-	locks  keyLocks
+	// sealErr is why the Sealer failed its probe; sealed keys are then
+	// unavailable rather than promised.
+	sealErr error
+	hw      map[Algorithm]bool
+	opts    Options
+	log     *slog.Logger
+	locks   keyLocks
 }
 
 // Open opens (or creates) the catalog at path, reconciles it with the
@@ -64,6 +67,9 @@ func Open(ctx context.Context, path string, be Backend, opts Options) (*Store, e
 	}
 	s := &Store{cat: cat, be: be, opts: opts, log: opts.Logger, hw: map[Algorithm]bool{}}
 	s.sealer, _ = be.(Sealer)
+	if sc, ok := be.(SealChecker); ok && s.sealer != nil {
+		s.sealErr = sc.SealError()
+	}
 	for _, a := range be.Algorithms() {
 		s.hw[a] = true
 	}
@@ -87,7 +93,7 @@ func (s *Store) Protection(alg Algorithm) (Protection, error) {
 	switch {
 	case s.hw[alg]:
 		return ProtectionHardware, nil
-	case s.sealer != nil && alg.Valid():
+	case s.sealer != nil && s.sealErr == nil && alg.Valid():
 		return ProtectionSealed, nil
 	}
 	return "", fmt.Errorf("%s: %w", alg, ErrUnsupportedAlgorithm)
@@ -198,7 +204,7 @@ func (b *Batch) Generate(ctx context.Context, specs []KeySpec) ([]*Record, error
 		})
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
+	if err := firstErr(errs); err != nil {
 		var made []*Record
 		for _, r := range recs {
 			if r != nil {
@@ -227,7 +233,7 @@ func (s *Store) generate(ctx context.Context, sp KeySpec, p Protection) (*Record
 	case ProtectionHardware:
 		ref, pub, err := s.be.Generate(ctx, r.ID, sp.Algorithm)
 		if err != nil {
-			return nil, &DeviceError{Op: "generate " + string(sp.Algorithm), Err: err}
+			return nil, deviceErr("generate "+string(sp.Algorithm), err)
 		}
 		r.DeviceRef, r.PublicKey = ref, pub
 	case ProtectionSealed:
@@ -238,13 +244,45 @@ func (s *Store) generate(ctx context.Context, sp KeySpec, p Protection) (*Record
 		blob, err := s.sealer.Seal(ctx, priv, sealAAD(r))
 		clear(priv)
 		if err != nil {
-			return nil, &DeviceError{Op: "seal", Err: err}
+			return nil, deviceErr("seal", err)
 		}
 		r.Sealed, r.PublicKey = blob, pub
 	default:
 		return nil, fmt.Errorf("protection %s: %w", p, ErrUnsupportedAlgorithm)
 	}
 	return r, nil
+}
+
+// firstErr reduces the errors of a batch to one line: the first failure,
+// with how many keys failed (errors.Join would repeat the same device
+// error once per key, over several lines).
+func firstErr(errs []error) error {
+	var first error
+	n := 0
+	for _, e := range errs {
+		if e == nil {
+			continue
+		}
+		if first == nil {
+			first = e
+		}
+		n++
+	}
+	if n <= 1 {
+		return first
+	}
+	return fmt.Errorf("%w (and %d more keys of the batch failed)", first, n-1)
+}
+
+// deviceErr wraps a device failure once: a backend's error that already
+// is a DeviceError keeps its own operation name instead of gaining a
+// second "device ...:" prefix.
+func deviceErr(op string, err error) error {
+	var de *DeviceError
+	if errors.As(err, &de) {
+		return err
+	}
+	return &DeviceError{Op: op, Err: err}
 }
 
 // sealAAD binds a sealed blob to its record, so a blob copied into another

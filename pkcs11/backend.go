@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	p11 "github.com/miekg/pkcs11"
 
@@ -19,6 +21,10 @@ var (
 	_ keystore.Sealer  = (*Backend)(nil)
 	_ keystore.Checker = (*Backend)(nil)
 	_ keystore.Lister  = (*Backend)(nil)
+
+	_ keystore.HealthReporter = (*Backend)(nil)
+	_ keystore.SealChecker    = (*Backend)(nil)
+	_ keystore.ProbeNoter     = (*Backend)(nil)
 )
 
 // Config selects the module, the token and the credentials.
@@ -39,15 +45,33 @@ type Config struct {
 	// and by the token's ulMaxRwSessionCount and ulMaxSessionCount-1 (one
 	// read-only session holds the login) when the token states them.
 	MaxSessions int
+	// Logger receives device-loss and recovery events; nil discards them.
+	Logger *slog.Logger
+	// HealthInterval is how often an idle Backend checks that the token
+	// is still there. 0 means 5s.
+	HealthInterval time.Duration
+	// RecoveryMaxBackoff caps the pause between reconnection attempts
+	// after the token was lost. 0 means 5s.
+	RecoveryMaxBackoff time.Duration
 }
 
 // Backend is a keystore.Backend, Lister, Sealer and Checker on one
 // PKCS#11 token. It is safe for concurrent use.
 type Backend struct {
-	mod   *module
-	slot  uint
-	pin   string
-	token p11.TokenInfo
+	mod    *module
+	modGen uint64 // the module generation our sessions belong to
+	cfg    Config // PIN cleared; for reconnecting
+	log    *slog.Logger
+	slot   uint
+	pin    string
+	infoMu sync.Mutex // guards token against a reconnect
+	token  p11.TokenInfo
+
+	health         keystore.HealthTracker
+	downErr        atomic.Pointer[error] // the failure that took the device down
+	healthInterval time.Duration
+	maxBackoff     time.Duration
+	bg             sync.WaitGroup // monitor and reconnection goroutines
 
 	sem    chan struct{} // one slot per in-flight operation
 	poolMu sync.Mutex
@@ -70,6 +94,11 @@ type Backend struct {
 
 	sealMu  sync.RWMutex
 	sealIDs []string // CKA_IDs of the sealing keys; sealIDs[0] seals
+	// How this token seals, chosen by probing (sealprobe.go): "gcm",
+	// "hmac-kdf", or "" with the reason in sealErr.
+	sealMode string
+	sealErr  error
+	hmacIDs  []string // CKA_IDs of the HMAC sealing keys (hmac-kdf)
 
 	done      chan struct{}
 	closeOnce sync.Once
@@ -95,7 +124,19 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := &Backend{mod: mod, pin: cfg.PIN, done: make(chan struct{})}
+	b := &Backend{mod: mod, modGen: mod.generation(), pin: cfg.PIN, done: make(chan struct{}),
+		log: cfg.Logger, healthInterval: cfg.HealthInterval, maxBackoff: cfg.RecoveryMaxBackoff}
+	b.cfg = cfg
+	b.cfg.PIN = ""
+	if b.log == nil {
+		b.log = slog.New(slog.DiscardHandler)
+	}
+	if b.healthInterval <= 0 {
+		b.healthInterval = defaultHealthInterval
+	}
+	if b.maxBackoff <= 0 {
+		b.maxBackoff = defaultMaxBackoff
+	}
 	ok := false
 	defer func() {
 		if !ok {
@@ -133,12 +174,19 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 	if err := b.loginAnchor(); err != nil {
 		return nil, devErr("login", err)
 	}
-	if err := b.probe(ctx); err != nil {
+	if b.specs, b.notes, err = b.probe(ctx); err != nil {
 		return nil, devErr("probe", err)
 	}
-	if err := b.ensureSealKey(ctx); err != nil {
-		return nil, devErr("seal key", err)
+	// A token that cannot seal still serves what it computes; SealError
+	// says why, and the keystore offers no sealed keys.
+	if err := b.setUpSealing(ctx); err != nil {
+		return nil, devErr("probe sealing", err)
 	}
+	if err := b.SealError(); err != nil {
+		b.log.Warn("pkcs11: the token cannot seal; keys it cannot compute are unavailable", "token", b.tokenLabel(), "why", err.Error())
+	}
+	b.bg.Add(1)
+	go b.monitor()
 	ok = true
 	return b, nil
 }
@@ -191,6 +239,7 @@ func (b *Backend) Close() error {
 		b.closeMu.Lock()
 		b.closed = true
 		b.closeMu.Unlock()
+		b.bg.Wait()
 		b.closeErr = b.shutdown()
 	})
 	return b.closeErr
@@ -212,9 +261,14 @@ func (b *Backend) shutdown() error {
 
 // Info describes the token and the X25519/X448 routes chosen by the probe.
 func (b *Backend) Info() keystore.DeviceInfo {
+	b.infoMu.Lock()
+	defer b.infoMu.Unlock()
 	d := fmt.Sprintf("%s %s token %q serial %s; x25519=%s x448=%s",
 		b.token.ManufacturerID, b.token.Model, b.token.Label, b.token.SerialNumber,
 		b.Route(keystore.X25519), b.Route(keystore.X448))
+	if m := b.SealMode(); m != "" {
+		d += " seal=" + m
+	}
 	return keystore.DeviceInfo{Backend: "pkcs11", Device: d}
 }
 

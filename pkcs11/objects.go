@@ -50,6 +50,9 @@ type objKey struct {
 
 func (k objKey) label() string {
 	if k.class == p11.CKO_SECRET_KEY {
+		if strings.HasPrefix(k.id, hmacIDPrefix) {
+			return sealHMACLabel
+		}
 		return sealLabel
 	}
 	return labelPrefix + k.id

@@ -121,8 +121,19 @@ func (b *Backend) createSealKey(s p11.SessionHandle) error {
 // aad is authenticated.
 func (b *Backend) Seal(ctx context.Context, plaintext, aad []byte) ([]byte, error) {
 	b.sealMu.RLock()
-	id := b.sealIDs[0]
+	mode, sealErr := b.sealMode, b.sealErr
+	var id string
+	if len(b.sealIDs) > 0 {
+		id = b.sealIDs[0]
+	}
 	b.sealMu.RUnlock()
+	// The mode was chosen by probing at Open (sealprobe.go).
+	switch {
+	case mode == sealModeHMAC:
+		return b.sealHMAC(ctx, plaintext, aad)
+	case mode != sealModeGCM || id == "":
+		return nil, devErr("seal", fmt.Errorf("sealing is unavailable on this token: %v", sealErr))
+	}
 	iv := make([]byte, gcmIVLen)
 	if _, err := rand.Read(iv); err != nil {
 		return nil, err
@@ -155,6 +166,9 @@ func (b *Backend) Seal(ctx context.Context, plaintext, aad []byte) ([]byte, erro
 // Unseal reverses Seal. A wrong aad, a tampered blob or a blob from another
 // token returns an error wrapping ErrSealedBlob.
 func (b *Backend) Unseal(ctx context.Context, blob, aad []byte) ([]byte, error) {
+	if len(blob) > 0 && blob[0] == sealHMACVersion {
+		return b.unsealHMAC(ctx, blob, aad) // sealprobe.go
+	}
 	if len(blob) < 1+gcmIVLen+gcmTagLen || blob[0] != sealVersion {
 		return nil, devErr("unseal", fmt.Errorf("%w: malformed", ErrSealedBlob))
 	}
