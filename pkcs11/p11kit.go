@@ -65,17 +65,18 @@ type P11KitServer struct {
 }
 
 // StartP11KitServer exports the token labelled token of module provider on
-// dir/p11kit.sock. env is added to the server's environment (for SoftHSM:
-// SOFTHSM2_CONF).
-func StartP11KitServer(dir, provider, token string, env []string) (*P11KitServer, error) {
-	dir, err := filepath.Abs(dir)
+// the Unix socket path socket (its log goes to socket+".log"). env is added
+// to the server's environment (for SoftHSM: SOFTHSM2_CONF).
+//
+// p11-kit-client.so reads P11_KIT_SERVER_ADDRESS once per process, when it
+// is first loaded: a process that opens several forwarded tokens over time
+// (a test binary) must use one socket path for all of them.
+func StartP11KitServer(socket, provider, token string, env []string) (*P11KitServer, error) {
+	socket, err := filepath.Abs(socket)
 	if err != nil {
 		return nil, err
 	}
-	s := &P11KitServer{
-		Socket: filepath.Join(dir, "p11kit.sock"), Provider: provider, Token: token, Env: env,
-		Log: filepath.Join(dir, "p11kit-server.log"),
-	}
+	s := &P11KitServer{Socket: socket, Provider: provider, Token: token, Env: env, Log: socket + ".log"}
 	return s, s.Start()
 }
 

@@ -56,10 +56,13 @@ func (b *Backend) probe(ctx context.Context) (map[keystore.Algorithm]*algSpec, m
 			base.route = RouteStandard
 			candidates = append(candidates, base)
 		}
+		var why []string
 		if !has[base.opMech] {
 			candidates = nil
+			why = append(why, mechName(base.opMech)+" not offered")
+		} else if len(candidates) == 0 {
+			why = append(why, mechName(base.genMech)+" not offered")
 		}
-		var why []string
 		for _, c := range candidates {
 			err := b.withSession(ctx, func(s p11.SessionHandle) error { return b.tryAlg(s, c) })
 			if err == nil {

@@ -151,6 +151,18 @@ func mechName(m uint) string {
 		return "CKM_GENERIC_SECRET_KEY_GEN"
 	case p11.CKM_SHA256_HMAC:
 		return "CKM_SHA256_HMAC"
+	case p11.CKM_ECDSA:
+		return "CKM_ECDSA"
+	case p11.CKM_ECDH1_DERIVE:
+		return "CKM_ECDH1_DERIVE"
+	case p11.CKM_EC_KEY_PAIR_GEN:
+		return "CKM_EC_KEY_PAIR_GEN"
+	case ckmEdDSA:
+		return "CKM_EDDSA"
+	case ckmECEdwardsKeyPairGen:
+		return "CKM_EC_EDWARDS_KEY_PAIR_GEN"
+	case ckmECMontgomeryKeyPairGen:
+		return "CKM_EC_MONTGOMERY_KEY_PAIR_GEN"
 	}
 	return fmt.Sprintf("mechanism 0x%x", m)
 }
