@@ -32,6 +32,8 @@ func statusOf(field string, err error) error {
 		code = codes.Canceled
 	case errors.Is(err, context.DeadlineExceeded):
 		code = codes.DeadlineExceeded
+	case errors.Is(err, keystore.ErrDeviceUnavailable):
+		code = codes.Unavailable
 	case errors.Is(err, keystore.ErrNotFound):
 		code = codes.NotFound
 	case errors.Is(err, keystore.ErrUnsupported):
@@ -50,5 +52,5 @@ func statusOf(field string, err error) error {
 	if code == codes.Internal && errors.As(err, &de) {
 		code = codes.Unavailable
 	}
-	return status.Errorf(code, "%s: %v", field, err)
+	return status.Errorf(code, "%s: %s", field, keystore.OneLine(err.Error()))
 }

@@ -61,7 +61,14 @@ func logCalls(log *slog.Logger) grpc.UnaryServerInterceptor {
 			// Status messages name fields and device return codes; they
 			// never carry key material or request content.
 			attrs = append(attrs, "error", status.Convert(err).Message())
-			log.Info("call failed", attrs...)
+			// A device failure is the operator's business; a caller's
+			// mistake is not.
+			switch status.Code(err) {
+			case codes.Unavailable, codes.Internal:
+				log.Warn("call failed", attrs...)
+			default:
+				log.Info("call failed", attrs...)
+			}
 		} else {
 			log.Debug("call", attrs...)
 		}

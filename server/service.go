@@ -118,22 +118,27 @@ func checkKeyID(field, id string) error {
 
 func (s *Service) GetInfo(ctx context.Context, _ *pb.GetInfoRequest) (*pb.GetInfoResponse, error) {
 	dev := s.store.Device()
-	resp := &pb.GetInfoResponse{Backend: dev.Backend, Device: dev.Device, Version: s.opts.Version}
-	level := func(role keystore.Role, alg string) pb.Protection {
-		p, err := s.store.ProtectionFor(role, keystore.Algorithm(alg))
-		if err != nil {
-			return pb.Protection_PROTECTION_UNSPECIFIED
+	h := s.store.Health()
+	resp := &pb.GetInfoResponse{
+		Backend: dev.Backend, Device: dev.Device, Version: s.opts.Version,
+		DeviceState: string(h.State), DeviceLastError: h.LastError, DeviceRecoveries: h.Recoveries,
+	}
+	if !h.Since.IsZero() {
+		resp.DeviceStateSince = h.Since.Unix()
+	}
+	level := func(role keystore.Role, alg string) (pb.Protection, string) {
+		p, why := s.store.Availability(role, keystore.Algorithm(alg))
+		if p == "" {
+			return pb.Protection_PROTECTION_UNSPECIFIED, why
 		}
-		return protectionToPB[p]
+		return protectionToPB[p], why
 	}
 	for _, su := range mls.Suites() {
-		resp.Suites = append(resp.Suites, &pb.SuiteSupport{
-			CipherSuite:    uint32(su.ID),
-			Name:           su.Name,
-			Signature:      level(keystore.RoleSignature, su.SignatureAlgorithm),
-			Init:           level(keystore.RoleInit, su.KEMAlgorithm),
-			LeafEncryption: level(keystore.RoleLeafEncryption, su.KEMAlgorithm),
-		})
+		ss := &pb.SuiteSupport{CipherSuite: uint32(su.ID), Name: su.Name}
+		ss.Signature, ss.SignatureNote = level(keystore.RoleSignature, su.SignatureAlgorithm)
+		ss.Init, ss.InitNote = level(keystore.RoleInit, su.KEMAlgorithm)
+		ss.LeafEncryption, ss.LeafEncryptionNote = level(keystore.RoleLeafEncryption, su.KEMAlgorithm)
+		resp.Suites = append(resp.Suites, ss)
 	}
 	return resp, nil
 }

@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"strings"
 	"text/tabwriter"
+	"time"
 
 	"github.com/mlskeyd/mlskeyd/client"
 	mlskeyv1 "github.com/mlskeyd/mlskeyd/proto/mlskey/v1"
@@ -14,6 +16,12 @@ type statusJSON struct {
 	Device  string      `json:"device"`
 	Version string      `json:"version"`
 	Suites  []suiteJSON `json:"suites"`
+	// The device's condition: ready, unavailable (the daemon reconnects)
+	// or failed; its last error and when the state last changed.
+	DeviceState      string `json:"device_state,omitempty"`
+	DeviceLastError  string `json:"device_last_error,omitempty"`
+	DeviceStateSince string `json:"device_state_since,omitempty"`
+	DeviceRecoveries int64  `json:"device_recoveries,omitempty"`
 }
 
 // suiteJSON is a cipher suite in status --json; a role's protection is null
@@ -24,6 +32,8 @@ type suiteJSON struct {
 	Signature      *string `json:"signature"`
 	Init           *string `json:"init"`
 	LeafEncryption *string `json:"leaf_encryption"`
+	// Why a role is below hardware or unavailable (omitted for hardware).
+	Notes map[string]string `json:"notes,omitempty"`
 }
 
 func newStatusJSON(info *mlskeyv1.GetInfoResponse) statusJSON {
@@ -32,6 +42,13 @@ func newStatusJSON(info *mlskeyv1.GetInfoResponse) statusJSON {
 		Device:  info.GetDevice(),
 		Version: info.GetVersion(),
 		Suites:  []suiteJSON{},
+
+		DeviceState:      info.GetDeviceState(),
+		DeviceLastError:  info.GetDeviceLastError(),
+		DeviceRecoveries: info.GetDeviceRecoveries(),
+	}
+	if t := info.GetDeviceStateSince(); t != 0 {
+		out.DeviceStateSince = time.Unix(t, 0).UTC().Format(time.RFC3339)
 	}
 	for _, s := range info.GetSuites() {
 		name := s.GetName()
@@ -44,9 +61,23 @@ func newStatusJSON(info *mlskeyv1.GetInfoResponse) statusJSON {
 			Signature:      optProtection(s.GetSignature()),
 			Init:           optProtection(s.GetInit()),
 			LeafEncryption: optProtection(s.GetLeafEncryption()),
+			Notes:          suiteNotes(s),
 		})
 	}
 	return out
+}
+
+func suiteNotes(s *mlskeyv1.SuiteSupport) map[string]string {
+	m := map[string]string{}
+	for role, n := range map[string]string{"signature": s.GetSignatureNote(), "init": s.GetInitNote(), "leaf_encryption": s.GetLeafEncryptionNote()} {
+		if n != "" {
+			m[role] = n
+		}
+	}
+	if len(m) == 0 {
+		return nil
+	}
+	return m
 }
 
 func (c *cli) status(args []string) error {
@@ -76,6 +107,19 @@ func (c *cli) printStatus(info *mlskeyv1.GetInfoResponse) error {
 	fmt.Fprintf(tw, "backend:\t%s\n", oneLine(st.Backend))
 	fmt.Fprintf(tw, "device:\t%s\n", oneLine(st.Device))
 	fmt.Fprintf(tw, "version:\t%s\n", oneLine(st.Version))
+	if st.DeviceState != "" {
+		state := st.DeviceState
+		if st.DeviceStateSince != "" && st.DeviceState != "ready" {
+			state += " since " + st.DeviceStateSince
+		}
+		if st.DeviceRecoveries > 0 {
+			state += fmt.Sprintf(" (recovered %d times)", st.DeviceRecoveries)
+		}
+		fmt.Fprintf(tw, "state:\t%s\n", oneLine(state))
+	}
+	if st.DeviceLastError != "" {
+		fmt.Fprintf(tw, "last error:\t%s\n", oneLine(st.DeviceLastError))
+	}
 	if err := tw.Flush(); err != nil {
 		return err
 	}
@@ -90,5 +134,31 @@ func (c *cli) printStatus(info *mlskeyv1.GetInfoResponse) error {
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", s.GetCipherSuite(), orDash(oneLine(name)),
 			textProtection(s.GetSignature()), textProtection(s.GetInit()), textProtection(s.GetLeafEncryption()))
 	}
-	return tw.Flush()
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	// The reasons, once per distinct note, so that a degraded or missing
+	// role is explained without widening the table.
+	var notes []string
+	seen := map[string]bool{}
+	for _, su := range st.Suites {
+		for _, role := range []string{"signature", "init", "leaf_encryption"} {
+			n := su.Notes[role]
+			if n == "" {
+				continue
+			}
+			line := fmt.Sprintf("suite %d %s: %s", su.CipherSuite, strings.ReplaceAll(role, "_", " "), oneLine(n))
+			if !seen[line] {
+				seen[line] = true
+				notes = append(notes, line)
+			}
+		}
+	}
+	if len(notes) > 0 {
+		fmt.Fprintln(c.stdout)
+		for _, n := range notes {
+			fmt.Fprintln(c.stdout, n)
+		}
+	}
+	return nil
 }

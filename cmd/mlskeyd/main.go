@@ -121,7 +121,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	be, err := openBackend(ctx, cfg, getenv)
+	be, err := openBackend(ctx, cfg, getenv, log)
 	if err != nil {
 		return err
 	}
@@ -175,6 +175,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 	info := be.Info()
 	log.Info("serving", "socket", l.Addr().String(), "backend", info.Backend, "device", info.Device,
 		"catalog", cfg.str("catalog"), "version", version, "dev", dev)
+	go server.WatchDeviceHealth(ctx, store, hs, log)
 	served := make(chan error, 1)
 	go func() { served <- gs.Serve(l) }()
 	select {
@@ -196,7 +197,7 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 }
 
 // openBackend opens the configured device.
-func openBackend(ctx context.Context, cfg *settings, getenv func(string) string) (keystore.Backend, error) {
+func openBackend(ctx context.Context, cfg *settings, getenv func(string) string, log *slog.Logger) (keystore.Backend, error) {
 	if cfg.str("backend") == "tpm" {
 		timeout, err := cfg.duration("tpm-command-timeout")
 		if err != nil {
@@ -228,6 +229,7 @@ func openBackend(ctx context.Context, cfg *settings, getenv func(string) string)
 		TokenSerial: cfg.str("pkcs11-serial"),
 		PIN:         pin,
 		MaxSessions: sessions,
+		Logger:      log,
 	})
 }
 

@@ -374,8 +374,13 @@ type SuiteSupport struct {
 	Signature      Protection             `protobuf:"varint,3,opt,name=signature,proto3,enum=mlskey.v1.Protection" json:"signature,omitempty"`
 	Init           Protection             `protobuf:"varint,4,opt,name=init,proto3,enum=mlskey.v1.Protection" json:"init,omitempty"`
 	LeafEncryption Protection             `protobuf:"varint,5,opt,name=leaf_encryption,json=leafEncryption,proto3,enum=mlskey.v1.Protection" json:"leaf_encryption,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// Why the role is below hardware or unavailable for the suite (what the
+	// device's probe found, or the policy); empty for hardware.
+	SignatureNote      string `protobuf:"bytes,6,opt,name=signature_note,json=signatureNote,proto3" json:"signature_note,omitempty"`
+	InitNote           string `protobuf:"bytes,7,opt,name=init_note,json=initNote,proto3" json:"init_note,omitempty"`
+	LeafEncryptionNote string `protobuf:"bytes,8,opt,name=leaf_encryption_note,json=leafEncryptionNote,proto3" json:"leaf_encryption_note,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *SuiteSupport) Reset() {
@@ -443,14 +448,45 @@ func (x *SuiteSupport) GetLeafEncryption() Protection {
 	return Protection_PROTECTION_UNSPECIFIED
 }
 
+func (x *SuiteSupport) GetSignatureNote() string {
+	if x != nil {
+		return x.SignatureNote
+	}
+	return ""
+}
+
+func (x *SuiteSupport) GetInitNote() string {
+	if x != nil {
+		return x.InitNote
+	}
+	return ""
+}
+
+func (x *SuiteSupport) GetLeafEncryptionNote() string {
+	if x != nil {
+		return x.LeafEncryptionNote
+	}
+	return ""
+}
+
 type GetInfoResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Backend       string                 `protobuf:"bytes,1,opt,name=backend,proto3" json:"backend,omitempty"`
-	Device        string                 `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
-	Version       string                 `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
-	Suites        []*SuiteSupport        `protobuf:"bytes,4,rep,name=suites,proto3" json:"suites,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Backend string                 `protobuf:"bytes,1,opt,name=backend,proto3" json:"backend,omitempty"`
+	Device  string                 `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
+	Version string                 `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
+	Suites  []*SuiteSupport        `protobuf:"bytes,4,rep,name=suites,proto3" json:"suites,omitempty"`
+	// The device's condition: "ready"; "unavailable" while it is gone and
+	// the daemon reconnects (calls fail with UNAVAILABLE meanwhile);
+	// "failed" when the daemon stopped reconnecting (a rejected PIN).
+	DeviceState string `protobuf:"bytes,5,opt,name=device_state,json=deviceState,proto3" json:"device_state,omitempty"`
+	// The last device failure, one line; empty if none.
+	DeviceLastError string `protobuf:"bytes,6,opt,name=device_last_error,json=deviceLastError,proto3" json:"device_last_error,omitempty"`
+	// When device_state last changed (Unix seconds; 0 if never).
+	DeviceStateSince int64 `protobuf:"varint,7,opt,name=device_state_since,json=deviceStateSince,proto3" json:"device_state_since,omitempty"`
+	// How often the device came back after being lost.
+	DeviceRecoveries int64 `protobuf:"varint,8,opt,name=device_recoveries,json=deviceRecoveries,proto3" json:"device_recoveries,omitempty"`
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *GetInfoResponse) Reset() {
@@ -509,6 +545,34 @@ func (x *GetInfoResponse) GetSuites() []*SuiteSupport {
 		return x.Suites
 	}
 	return nil
+}
+
+func (x *GetInfoResponse) GetDeviceState() string {
+	if x != nil {
+		return x.DeviceState
+	}
+	return ""
+}
+
+func (x *GetInfoResponse) GetDeviceLastError() string {
+	if x != nil {
+		return x.DeviceLastError
+	}
+	return ""
+}
+
+func (x *GetInfoResponse) GetDeviceStateSince() int64 {
+	if x != nil {
+		return x.DeviceStateSince
+	}
+	return 0
+}
+
+func (x *GetInfoResponse) GetDeviceRecoveries() int64 {
+	if x != nil {
+		return x.DeviceRecoveries
+	}
+	return 0
 }
 
 type CreateSignatureKeyRequest struct {
@@ -2045,18 +2109,25 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\n" +
 	"retired_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tretiredAt\x12\x14\n" +
 	"\x05owner\x18\f \x01(\tR\x05owner\"\x10\n" +
-	"\x0eGetInfoRequest\"\xe5\x01\n" +
+	"\x0eGetInfoRequest\"\xdb\x02\n" +
 	"\fSuiteSupport\x12!\n" +
 	"\fcipher_suite\x18\x01 \x01(\rR\vcipherSuite\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x123\n" +
 	"\tsignature\x18\x03 \x01(\x0e2\x15.mlskey.v1.ProtectionR\tsignature\x12)\n" +
 	"\x04init\x18\x04 \x01(\x0e2\x15.mlskey.v1.ProtectionR\x04init\x12>\n" +
-	"\x0fleaf_encryption\x18\x05 \x01(\x0e2\x15.mlskey.v1.ProtectionR\x0eleafEncryption\"\x8e\x01\n" +
+	"\x0fleaf_encryption\x18\x05 \x01(\x0e2\x15.mlskey.v1.ProtectionR\x0eleafEncryption\x12%\n" +
+	"\x0esignature_note\x18\x06 \x01(\tR\rsignatureNote\x12\x1b\n" +
+	"\tinit_note\x18\a \x01(\tR\binitNote\x120\n" +
+	"\x14leaf_encryption_note\x18\b \x01(\tR\x12leafEncryptionNote\"\xb8\x02\n" +
 	"\x0fGetInfoResponse\x12\x18\n" +
 	"\abackend\x18\x01 \x01(\tR\abackend\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\tR\aversion\x12/\n" +
-	"\x06suites\x18\x04 \x03(\v2\x17.mlskey.v1.SuiteSupportR\x06suites\"n\n" +
+	"\x06suites\x18\x04 \x03(\v2\x17.mlskey.v1.SuiteSupportR\x06suites\x12!\n" +
+	"\fdevice_state\x18\x05 \x01(\tR\vdeviceState\x12*\n" +
+	"\x11device_last_error\x18\x06 \x01(\tR\x0fdeviceLastError\x12,\n" +
+	"\x12device_state_since\x18\a \x01(\x03R\x10deviceStateSince\x12+\n" +
+	"\x11device_recoveries\x18\b \x01(\x03R\x10deviceRecoveries\"n\n" +
 	"\x19CreateSignatureKeyRequest\x12!\n" +
 	"\fcipher_suite\x18\x01 \x01(\rR\vcipherSuite\x12 \n" +
 	"\towner_uid\x18\x02 \x01(\rH\x00R\bownerUid\x88\x01\x01B\f\n" +
