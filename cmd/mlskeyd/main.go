@@ -213,7 +213,7 @@ func openBackend(ctx context.Context, cfg *settings, getenv func(string) string,
 				return nil, err
 			}
 		}
-		return tpm.Open(ctx, tpm.Config{Device: cfg.str("tpm"), SimulatorSeed: seed, CommandTimeout: timeout, LoadedKeys: loaded})
+		return tpm.Open(ctx, tpm.Config{Device: cfg.str("tpm"), SimulatorSeed: seed, CommandTimeout: timeout, LoadedKeys: loaded, Logger: log})
 	}
 	sessions, err := cfg.int("pkcs11-max-sessions")
 	if err != nil {
