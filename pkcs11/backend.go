@@ -72,6 +72,8 @@ type Backend struct {
 	healthInterval time.Duration
 	maxBackoff     time.Duration
 	bg             sync.WaitGroup // monitor and reconnection goroutines
+	pendingMu      sync.Mutex
+	pending        map[string]bool // ids to destroy once the token is back
 
 	sem    chan struct{} // one slot per in-flight operation
 	poolMu sync.Mutex

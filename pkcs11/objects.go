@@ -3,6 +3,7 @@ package pkcs11
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -245,6 +246,9 @@ func (b *Backend) Destroy(ctx context.Context, ref []byte) error {
 		}
 		return nil
 	})
+	if errors.Is(err, keystore.ErrDeviceUnavailable) && !isRecovering(ctx) {
+		b.deferDestroy(id) // recover.go: done once the token is back
+	}
 	return devErr("destroy", err)
 }
 

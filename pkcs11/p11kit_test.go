@@ -156,6 +156,10 @@ func TestP11KitServerRestart(t *testing.T) {
 		}
 		refs, pubs = append(refs, ref), append(pubs, pub)
 	}
+	doomed, _, err := b.Generate(ctx, "c", keystore.ECDSAP256)
+	if err != nil {
+		t.Fatal(err)
+	}
 	digest := sha256.Sum256([]byte("m"))
 	verify := func(i int, sig []byte) bool {
 		k, err := ecdsa.ParseUncompressedPublicKey(elliptic.P256(), pubs[i])
@@ -206,6 +210,13 @@ func TestP11KitServerRestart(t *testing.T) {
 		_, err := b.Sign(ctx, refs[0], keystore.ECDSAP256, digest[:])
 		if !errors.Is(err, keystore.ErrDeviceUnavailable) {
 			t.Fatalf("round %d: Sign with the server gone: %v", round, err)
+		}
+		if round == 0 {
+			// A key retired during the outage is destroyed when the
+			// token is back, not left as an orphan.
+			if err := b.Destroy(ctx, doomed); !errors.Is(err, keystore.ErrDeviceUnavailable) {
+				t.Fatalf("Destroy with the server gone: %v", err)
+			}
 		}
 		if err := srv.Start(); err != nil {
 			t.Fatal(err)

@@ -193,6 +193,38 @@ func (b *Backend) reconnect() error {
 		b.sealMu.Unlock()
 		return fmt.Errorf("sealing was %q at start-up and is %q now", mode, now)
 	}
+	return b.destroyPending(ctx)
+}
+
+// deferDestroy remembers a key whose destruction failed because the token
+// was gone. The keystore already retired it (or never committed it), so
+// it must not outlive the outage: reconnect destroys it before serving
+// again. A daemon that stops first leaves it to start-up reconciliation.
+func (b *Backend) deferDestroy(id string) {
+	b.pendingMu.Lock()
+	defer b.pendingMu.Unlock()
+	if b.pending == nil {
+		b.pending = map[string]bool{}
+	}
+	b.pending[id] = true
+}
+
+func (b *Backend) destroyPending(ctx context.Context) error {
+	b.pendingMu.Lock()
+	ids := make([]string, 0, len(b.pending))
+	for id := range b.pending {
+		ids = append(ids, id)
+	}
+	b.pendingMu.Unlock()
+	for _, id := range ids {
+		if err := b.Destroy(ctx, EncodeRef(id)); err != nil {
+			return fmt.Errorf("destroy key %s left over from the outage: %w", id, err)
+		}
+		b.pendingMu.Lock()
+		delete(b.pending, id)
+		b.pendingMu.Unlock()
+		b.log.Info("pkcs11: destroyed a key whose destruction the outage had interrupted", "key", id)
+	}
 	return nil
 }
 
