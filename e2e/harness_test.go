@@ -66,6 +66,12 @@ type daemon struct {
 
 func startDaemon(t testing.TB, state string, args ...string) *daemon {
 	t.Helper()
+	return startDaemonEnv(t, state, nil, args...)
+}
+
+// startDaemonEnv is startDaemon with env added to the daemon's environment.
+func startDaemonEnv(t testing.TB, state string, env []string, args ...string) *daemon {
+	t.Helper()
 	d := &daemon{t: t, state: state, socket: filepath.Join(state, "mlskeyd.sock"), log: new(syncBuffer), exited: make(chan error, 1)}
 	for i, a := range args {
 		if a == "--socket" && i+1 < len(args) {
@@ -80,7 +86,7 @@ func startDaemon(t testing.TB, state string, args ...string) *daemon {
 	}
 	d.cmd = exec.Command(filepath.Join(binDir, "mlskeyd"), append([]string{"--dev", "--state-dir", state, "--log-level", level}, args...)...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
-	d.cmd.Env = cleanEnv()
+	d.cmd.Env = append(cleanEnv(), env...)
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

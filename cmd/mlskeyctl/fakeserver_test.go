@@ -31,6 +31,7 @@ type fakeServer struct {
 	mu       sync.Mutex
 	lastList []*mlskeyv1.ListKeysRequest
 	lastKP   *mlskeyv1.CreateKeyPackagesRequest
+	info     *mlskeyv1.GetInfoResponse // replaces GetInfo's answer when set
 }
 
 var created = timestamppb.New(time.Date(2026, 1, 2, 3, 4, 5, 600, time.UTC))
@@ -66,6 +67,11 @@ func initKey() *mlskeyv1.Key {
 func notFound(id string) error { return status.Errorf(codes.NotFound, "key %q not found", id) }
 
 func (s *fakeServer) GetInfo(context.Context, *mlskeyv1.GetInfoRequest) (*mlskeyv1.GetInfoResponse, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.info != nil {
+		return s.info, nil
+	}
 	return &mlskeyv1.GetInfoResponse{
 		Backend: "fake",
 		Device:  "test device",

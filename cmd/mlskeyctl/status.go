@@ -137,27 +137,29 @@ func (c *cli) printStatus(info *mlskeyv1.GetInfoResponse) error {
 	if err := tw.Flush(); err != nil {
 		return err
 	}
-	// The reasons, once per distinct note, so that a degraded or missing
-	// role is explained without widening the table.
-	var notes []string
-	seen := map[string]bool{}
+	// The reasons, one line per role and reason with the suites it
+	// applies to, so that a degraded or missing role is explained without
+	// widening the table.
+	type noteKey struct{ role, note string }
+	var order []noteKey
+	suitesOf := map[noteKey][]string{}
 	for _, su := range st.Suites {
 		for _, role := range []string{"signature", "init", "leaf_encryption"} {
 			n := su.Notes[role]
 			if n == "" {
 				continue
 			}
-			line := fmt.Sprintf("suite %d %s: %s", su.CipherSuite, strings.ReplaceAll(role, "_", " "), oneLine(n))
-			if !seen[line] {
-				seen[line] = true
-				notes = append(notes, line)
+			k := noteKey{role, oneLine(n)}
+			if suitesOf[k] == nil {
+				order = append(order, k)
 			}
+			suitesOf[k] = append(suitesOf[k], fmt.Sprint(su.CipherSuite))
 		}
 	}
-	if len(notes) > 0 {
+	if len(order) > 0 {
 		fmt.Fprintln(c.stdout)
-		for _, n := range notes {
-			fmt.Fprintln(c.stdout, n)
+		for _, k := range order {
+			fmt.Fprintf(c.stdout, "%s (suites %s): %s\n", strings.ReplaceAll(k.role, "_", " "), strings.Join(suitesOf[k], ","), k.note)
 		}
 	}
 	return nil
