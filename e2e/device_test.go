@@ -10,6 +10,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -253,6 +254,14 @@ func waitHealth(t *testing.T, d *daemon, want healthpb.HealthCheckResponse_Servi
 				return
 			}
 		}
+	}
+	// A stuck daemon shows where with its goroutines (Go prints them on
+	// SIGQUIT).
+	d.cmd.Process.Signal(syscall.SIGQUIT)
+	select {
+	case err := <-d.exited:
+		d.exited <- err
+	case <-time.After(10 * time.Second):
 	}
 	t.Fatalf("health %s, waited for %s\n%s", last, want, notDebug(d.log.String()))
 }
