@@ -67,6 +67,7 @@ type Backend struct {
 	infoMu sync.Mutex // guards token against a reconnect
 	token  p11.TokenInfo
 
+	forwarded      bool // the module is p11-kit's client (C_GetInfo)
 	health         keystore.HealthTracker
 	downErr        atomic.Pointer[error] // the failure that took the device down
 	healthInterval time.Duration
@@ -154,6 +155,15 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 	}
 
 	n := 2*runtime.GOMAXPROCS(0) + 2
+	// p11-kit's client module sends every call over one connection to its
+	// server, so concurrency buys nothing there; and p11-kit 0.24's client
+	// can leave concurrent calls waiting forever when its server dies
+	// under them (TestP11KitServerKilled hung about one run in ten). One
+	// operation at a time, unless configured otherwise.
+	if info, err := mod.ctx.GetInfo(); err == nil && strings.TrimSpace(info.ManufacturerID) == p11KitManufacturer {
+		b.forwarded = true
+		n = 1
+	}
 	if cfg.MaxSessions > 0 {
 		n = cfg.MaxSessions
 	}
@@ -270,6 +280,9 @@ func (b *Backend) Info() keystore.DeviceInfo {
 		b.Route(keystore.X25519), b.Route(keystore.X448))
 	if m := b.SealMode(); m != "" {
 		d += " seal=" + m
+	}
+	if b.forwarded {
+		d += " via p11-kit"
 	}
 	return keystore.DeviceInfo{Backend: "pkcs11", Device: d}
 }

@@ -29,6 +29,10 @@ var (
 	}
 )
 
+// p11KitManufacturer is what p11-kit's proxy and client modules report as
+// their manufacturer in C_GetInfo.
+const p11KitManufacturer = "PKCS#11 Kit"
+
 // P11KitServerAddressEnv is the variable p11-kit-client.so reads at
 // C_Initialize to find the server.
 const P11KitServerAddressEnv = "P11_KIT_SERVER_ADDRESS"

@@ -308,6 +308,14 @@ func (b *Backend) ping() error {
 	if b.closed {
 		return nil
 	}
+	// Take an operation slot, so that a module that must be used one call
+	// at a time (p11-kit's client, MaxSessions 1) is.
+	select {
+	case b.sem <- struct{}{}:
+	case <-b.done:
+		return nil
+	}
+	defer func() { <-b.sem }()
 	b.loginMu.Lock()
 	_, err := b.mod.ctx.GetSessionInfo(b.anchor)
 	b.loginMu.Unlock()
