@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -409,4 +410,46 @@ func TestSwtpmKilled(t *testing.T) {
 	if n := countKeys(t, d2.client(), pb.Protection_PROTECTION_HARDWARE); n == 0 {
 		t.Fatal("no hardware keys after the restart")
 	}
+}
+
+// TestP11KitRefusesCatalogItCannotServe: a catalog made on the token
+// directly holds hardware X25519 keys; behind p11-kit (no ECDH) the daemon
+// refuses to start, with one line naming the problem.
+func TestP11KitRefusesCatalogItCannotServe(t *testing.T) {
+	t.Parallel()
+	_, clientModule := requireP11Kit(t)
+	state := t.TempDir()
+	d := startDaemon(t, state)
+	var kps []createdKP
+	d.ctlJSON(t, &kps, "keypackage", "create", "--suite", "1", "--identity", "direct@example.org")
+	d.stop()
+	conf := filepath.Join(state, "softhsm", "softhsm2.conf")
+	srv, err := pkcs11.StartP11KitServer(filepath.Join(state, "p11kit.sock"), pkcs11.FindSoftHSM(), "mlskeyd-dev", []string{"SOFTHSM2_CONF=" + conf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { srv.Stop() })
+	cmd := exec.Command(filepath.Join(binDir, "mlskeyd"), "--dev", "--state-dir", state, "--pkcs11-module", clientModule)
+	cmd.Env = append(cleanEnv(), pkcs11.P11KitServerAddressEnv+"="+srv.Address())
+	done := make(chan struct{})
+	var out []byte
+	go func() { out, err = cmd.CombinedOutput(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		t.Fatalf("mlskeyd did not exit\n%s", out)
+	}
+	if err == nil {
+		t.Fatalf("mlskeyd started on a token that cannot serve its catalog\n%s", out)
+	}
+	var last string
+	for _, l := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		last = l
+	}
+	if !strings.HasPrefix(last, "mlskeyd: ") || !strings.Contains(last, kps[0].InitKeyID) && !strings.Contains(last, "x25519") {
+		t.Fatalf("start-up error is not one line naming the key or algorithm:\n%s", out)
+	}
+	t.Log(last)
 }
