@@ -100,8 +100,15 @@ func startDaemonEnv(t testing.TB, state string, env []string, args ...string) *d
 			t.Fatalf("mlskeyd exited at start-up: %v\n%s", err, d.log)
 		default:
 		}
-		if _, _, code := d.ctl("status"); code == 0 {
-			return d
+		// The socket answers while the daemon still opens the device
+		// (device_state "starting"): wait for the device.
+		if out, _, code := d.ctl("status", "--json"); code == 0 {
+			var st struct {
+				DeviceState string `json:"device_state"`
+			}
+			if json.Unmarshal([]byte(out), &st) == nil && st.DeviceState != "starting" {
+				return d
+			}
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("mlskeyd did not start serving\n%s", d.log)

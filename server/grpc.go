@@ -35,7 +35,7 @@ func NewGRPCServer(svc *Service, log *slog.Logger, aud *Auditor) (*grpc.Server, 
 		}
 		chain = append(chain, aud.interceptor())
 	}
-	chain = append(chain, authenticate(svc))
+	chain = append(chain, authenticate(svc), startupGate(svc))
 	gs := grpc.NewServer(
 		grpc.Creds(PeerCredentials{}),
 		grpc.MaxRecvMsgSize(MaxWelcomeSize+64<<10),
@@ -43,7 +43,12 @@ func NewGRPCServer(svc *Service, log *slog.Logger, aud *Auditor) (*grpc.Server, 
 	)
 	pb.RegisterKeyServiceServer(gs, svc)
 	hs := health.NewServer()
-	hs.SetServingStatus(pb.KeyService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	st := healthpb.HealthCheckResponse_SERVING
+	if !svc.Started() {
+		st = healthpb.HealthCheckResponse_NOT_SERVING // until Ready and the device watch
+	}
+	hs.SetServingStatus("", st)
+	hs.SetServingStatus(pb.KeyService_ServiceDesc.ServiceName, st)
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)
 	return gs, hs

@@ -52,9 +52,11 @@ type Service struct {
 	opts  Options
 	log   *slog.Logger
 	limit *limiter
+	boot  startup // start-up.go: nil store until Ready
 }
 
-// NewService returns the KeyService for store.
+// NewService returns the KeyService for store. A nil store makes a service
+// that is still starting (see Ready).
 func NewService(store *keystore.Store, opts Options) *Service {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -76,8 +78,12 @@ func NewService(store *keystore.Store, opts Options) *Service {
 	}
 	// A maximum below the default lowers the default with it.
 	opts.DefaultLifetime = min(opts.DefaultLifetime, opts.MaxLifetime)
-	return &Service{store: store, opts: opts, log: opts.Logger,
+	svc := &Service{store: store, opts: opts, log: opts.Logger,
 		limit: &limiter{rate: opts.Policy.RateLimit, now: opts.Now}}
+	if store != nil {
+		svc.boot.ready.Store(true)
+	}
+	return svc
 }
 
 func lookupSuite(field string, id uint32) (*mls.Suite, error) {

@@ -22,6 +22,8 @@ type statusJSON struct {
 	DeviceLastError  string `json:"device_last_error,omitempty"`
 	DeviceStateSince string `json:"device_state_since,omitempty"`
 	DeviceRecoveries int64  `json:"device_recoveries,omitempty"`
+	// While device_state is "starting": what the daemon is doing.
+	StartupPhase string `json:"startup_phase,omitempty"`
 }
 
 // suiteJSON is a cipher suite in status --json; a role's protection is null
@@ -46,6 +48,7 @@ func newStatusJSON(info *mlskeyv1.GetInfoResponse) statusJSON {
 		DeviceState:      info.GetDeviceState(),
 		DeviceLastError:  info.GetDeviceLastError(),
 		DeviceRecoveries: info.GetDeviceRecoveries(),
+		StartupPhase:     info.GetStartupPhase(),
 	}
 	if t := info.GetDeviceStateSince(); t != 0 {
 		out.DeviceStateSince = time.Unix(t, 0).UTC().Format(time.RFC3339)
@@ -111,6 +114,9 @@ func (c *cli) printStatus(info *mlskeyv1.GetInfoResponse) error {
 		state := st.DeviceState
 		if st.DeviceStateSince != "" && st.DeviceState != "ready" {
 			state += " since " + st.DeviceStateSince
+		}
+		if st.StartupPhase != "" {
+			state += " (" + st.StartupPhase + ")"
 		}
 		if st.DeviceRecoveries > 0 {
 			state += fmt.Sprintf(" (recovered %d times)", st.DeviceRecoveries)

@@ -121,21 +121,14 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 
-	be, err := openBackend(ctx, cfg, getenv, log)
-	if err != nil {
-		return err
-	}
-	defer be.Close()
-	store, err := keystore.Open(ctx, cfg.str("catalog"), be, keystore.Options{MinProtection: policy.KeystoreMinProtection(), Logger: log})
-	if err != nil {
-		return err
-	}
-	defer store.Close()
-
-	svc := server.NewService(store, server.Options{
+	// The socket is bound before the device is opened: until the device
+	// is ready, health answers NOT_SERVING and GetInfo the start-up phase,
+	// so that "starting" is not mistaken for "dead".
+	svc := server.NewService(nil, server.Options{
 		Version: version, Logger: log, DefaultLifetime: lifetime, MaxLifetime: maxLifetime,
 		Policy: policy, Access: access,
 	})
+	svc.SetPhase("opening the device")
 	auditPath := cfg.str("audit-log")
 	if auditPath == "" {
 		auditPath = filepath.Join(state, "audit.log")
@@ -172,12 +165,34 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	served := make(chan error, 1)
+	go func() { served <- gs.Serve(l) }()
+	started := false
+	defer func() {
+		if !started {
+			gs.Stop() // closes the listener, which removes the socket
+		}
+	}()
+	log.Info("socket bound; opening the device", "socket", l.Addr().String(), "backend", backend)
+
+	be, err := openBackend(ctx, cfg, getenv, log)
+	if err != nil {
+		return err
+	}
+	defer be.Close()
+	svc.SetPhase("reconciling the catalog with the device")
+	store, err := keystore.Open(ctx, cfg.str("catalog"), be, keystore.Options{MinProtection: policy.KeystoreMinProtection(), Logger: log})
+	if err != nil {
+		return err
+	}
+	defer store.Close()
+	svc.Ready(store)
+	started = true
+	go server.WatchDeviceHealth(ctx, store, hs, log)
+
 	info := be.Info()
 	log.Info("serving", "socket", l.Addr().String(), "backend", info.Backend, "device", info.Device,
 		"catalog", cfg.str("catalog"), "version", version, "dev", dev)
-	go server.WatchDeviceHealth(ctx, store, hs, log)
-	served := make(chan error, 1)
-	go func() { served <- gs.Serve(l) }()
 	select {
 	case err := <-served:
 		return fmt.Errorf("serve: %w", err)

@@ -485,8 +485,12 @@ type GetInfoResponse struct {
 	DeviceStateSince int64 `protobuf:"varint,7,opt,name=device_state_since,json=deviceStateSince,proto3" json:"device_state_since,omitempty"`
 	// How often the device came back after being lost.
 	DeviceRecoveries int64 `protobuf:"varint,8,opt,name=device_recoveries,json=deviceRecoveries,proto3" json:"device_recoveries,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// While device_state is "starting": what the daemon is doing (opening
+	// the device, reconciling the catalog). Every other call answers
+	// UNAVAILABLE until then.
+	StartupPhase  string `protobuf:"bytes,9,opt,name=startup_phase,json=startupPhase,proto3" json:"startup_phase,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *GetInfoResponse) Reset() {
@@ -573,6 +577,13 @@ func (x *GetInfoResponse) GetDeviceRecoveries() int64 {
 		return x.DeviceRecoveries
 	}
 	return 0
+}
+
+func (x *GetInfoResponse) GetStartupPhase() string {
+	if x != nil {
+		return x.StartupPhase
+	}
+	return ""
 }
 
 type CreateSignatureKeyRequest struct {
@@ -2118,7 +2129,7 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\x0fleaf_encryption\x18\x05 \x01(\x0e2\x15.mlskey.v1.ProtectionR\x0eleafEncryption\x12%\n" +
 	"\x0esignature_note\x18\x06 \x01(\tR\rsignatureNote\x12\x1b\n" +
 	"\tinit_note\x18\a \x01(\tR\binitNote\x120\n" +
-	"\x14leaf_encryption_note\x18\b \x01(\tR\x12leafEncryptionNote\"\xb8\x02\n" +
+	"\x14leaf_encryption_note\x18\b \x01(\tR\x12leafEncryptionNote\"\xdd\x02\n" +
 	"\x0fGetInfoResponse\x12\x18\n" +
 	"\abackend\x18\x01 \x01(\tR\abackend\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x18\n" +
@@ -2127,7 +2138,8 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\fdevice_state\x18\x05 \x01(\tR\vdeviceState\x12*\n" +
 	"\x11device_last_error\x18\x06 \x01(\tR\x0fdeviceLastError\x12,\n" +
 	"\x12device_state_since\x18\a \x01(\x03R\x10deviceStateSince\x12+\n" +
-	"\x11device_recoveries\x18\b \x01(\x03R\x10deviceRecoveries\"n\n" +
+	"\x11device_recoveries\x18\b \x01(\x03R\x10deviceRecoveries\x12#\n" +
+	"\rstartup_phase\x18\t \x01(\tR\fstartupPhase\"n\n" +
 	"\x19CreateSignatureKeyRequest\x12!\n" +
 	"\fcipher_suite\x18\x01 \x01(\rR\vcipherSuite\x12 \n" +
 	"\towner_uid\x18\x02 \x01(\rH\x00R\bownerUid\x88\x01\x01B\f\n" +
