@@ -34,6 +34,12 @@ type Options struct {
 	// exceed MaxSize bytes. 0 means never rotate automatically. A single
 	// record larger than MaxSize is still written (to a fresh file).
 	MaxSize int64
+	// Keep, if positive, is how many rotated files are kept: a rotation
+	// removes the oldest ones beyond it, and the new live file starts with
+	// a prune record (OperationPrune) naming the seq and hash of the last
+	// record removed, so that VerifyOptions.FromRotation can check that
+	// what remains starts exactly where the removed files ended.
+	Keep int
 	// OnError, if set, is called with errors that do not fail an Append,
 	// i.e. a failed automatic rotation (the record is then written to the
 	// current file instead). It is called with the Log's mutex held and must
@@ -91,8 +97,8 @@ type Log struct {
 // If the last line of the file it continues from does not parse, Open fails
 // with an error wrapping ErrCorruptTail.
 func Open(path string, opts Options) (*Log, error) {
-	if opts.MaxSize < 0 {
-		return nil, fmt.Errorf("audit: negative MaxSize %d", opts.MaxSize)
+	if opts.MaxSize < 0 || opts.Keep < 0 {
+		return nil, fmt.Errorf("audit: negative MaxSize %d or Keep %d", opts.MaxSize, opts.Keep)
 	}
 	l := &Log{path: path, opts: opts, now: time.Now, prev: Genesis}
 	rotated, err := rotatedFiles(path)
@@ -252,18 +258,13 @@ func (l *Log) Append(r Record) error {
 		}
 	}
 
-	r.Seq = l.seq + 1
-	r.Prev = l.prev
 	if r.Time.IsZero() {
 		r.Time = l.now().UTC()
 	}
-	line, err := json.Marshal(r)
+	line, _, err := l.encode(r)
 	if err != nil {
-		return fmt.Errorf("audit: encode record: %w", err)
+		return err
 	}
-	hash := hashLine(line)
-	line = append(line, '\n')
-
 	if l.opts.MaxSize > 0 && l.size > 0 && l.size+int64(len(line)) > l.opts.MaxSize {
 		if err := l.rotateLocked(); err != nil {
 			if l.opts.OnError != nil {
@@ -276,7 +277,30 @@ func (l *Log) Append(r Record) error {
 			}
 		}
 	}
+	return l.writeLocked(r)
+}
 
+// encode assigns r's Seq and Prev and returns its line (with newline) and
+// hash.
+func (l *Log) encode(r Record) ([]byte, string, error) {
+	r.Seq = l.seq + 1
+	r.Prev = l.prev
+	line, err := json.Marshal(r)
+	if err != nil {
+		return nil, "", fmt.Errorf("audit: encode record: %w", err)
+	}
+	return append(line, '\n'), hashLine(line), nil
+}
+
+// writeLocked appends one record to the live file.
+func (l *Log) writeLocked(r Record) error {
+	if r.Time.IsZero() {
+		r.Time = l.now().UTC()
+	}
+	line, hash, err := l.encode(r)
+	if err != nil {
+		return err
+	}
 	n, err := l.f.Write(line)
 	if err == nil && n != len(line) {
 		err = io.ErrShortWrite
@@ -292,7 +316,7 @@ func (l *Log) Append(r Record) error {
 		return fmt.Errorf("audit: append to %s: %w", l.path, err)
 	}
 	l.size += int64(len(line))
-	l.seq = r.Seq
+	l.seq++
 	l.prev = hash
 	return nil
 }
@@ -354,7 +378,42 @@ func (l *Log) rotateLocked() error {
 		return fmt.Errorf("audit: rotate: %w", err)
 	}
 	syncDir(filepath.Dir(l.path))
-	return nil
+	return l.pruneLocked()
+}
+
+// pruneLocked removes the oldest rotated files beyond Options.Keep and
+// records what it removed as the first record of the (new) live file.
+func (l *Log) pruneLocked() error {
+	if l.opts.Keep <= 0 {
+		return nil
+	}
+	rotated, err := rotatedFiles(l.path)
+	if err != nil || len(rotated) <= l.opts.Keep {
+		return err
+	}
+	old := rotated[:len(rotated)-l.opts.Keep]
+	newest := old[len(old)-1]
+	line, err := readLastLine(newest)
+	if err != nil {
+		return fmt.Errorf("audit: prune: %w", err)
+	}
+	last, err := parseLine(line)
+	if err != nil {
+		return fmt.Errorf("audit: prune: %s: last line: %v", newest, err)
+	}
+	for _, f := range old {
+		if err := os.Remove(f); err != nil {
+			return fmt.Errorf("audit: prune: %w", err)
+		}
+	}
+	syncDir(filepath.Dir(l.path))
+	return l.writeLocked(Record{
+		Operation:  OperationPrune,
+		Outcome:    OutcomeOK,
+		Reason:     fmt.Sprintf("removed %d rotated files through %s (audit keep %d)", len(old), filepath.Base(newest), l.opts.Keep),
+		PrunedSeq:  last.Seq,
+		PrunedHash: hashLine(line),
+	})
 }
 
 // rotatedName picks a name for the rotated file that sorts after every

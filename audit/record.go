@@ -13,6 +13,10 @@ import (
 // Genesis is the Prev value of the very first record of a log: 64 zeros.
 const Genesis = "0000000000000000000000000000000000000000000000000000000000000000"
 
+// OperationPrune is the Operation of the record the log writes itself
+// when Options.Keep removes old rotated files.
+const OperationPrune = "audit.prune"
+
 // Outcome values for Record.Outcome.
 const (
 	OutcomeOK     = "ok"
@@ -40,7 +44,10 @@ type Record struct {
 	Exe string `json:"exe"`
 	// Operation is the RPC name, e.g. "CreateSignatureKey", "SignWithLabel",
 	// "OpenWelcome", "DecryptWithLabel", "DeleteKey", "CreateKeyPackages",
-	// "AttestKey".
+	// "AttestKey"; "Keystore" + an event ("KeystoreDestroyed",
+	// "KeystoreQuarantined", "KeystoreRefused", …) for what the daemon did
+	// to keys on its own authority (its own uid and pid, the reason in
+	// Reason).
 	Operation string `json:"operation"`
 	// KeyID is the key operated on; may be empty.
 	KeyID string `json:"key_id"`
@@ -55,6 +62,10 @@ type Record struct {
 	Code string `json:"code"`
 	// Reason is a short explanation; never secrets or content (see above).
 	Reason string `json:"reason,omitempty"`
+	// PrunedSeq and PrunedHash, on an OperationPrune record, are the seq
+	// and line hash of the last record in the rotated files it removed.
+	PrunedSeq  uint64 `json:"pruned_seq,omitempty"`
+	PrunedHash string `json:"pruned_hash,omitempty"`
 	// Prev is the hex SHA-256 of the previous record's line (without the
 	// trailing newline), or Genesis for the first record.
 	Prev string `json:"prev"`

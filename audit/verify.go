@@ -53,6 +53,11 @@ type Report struct {
 	FirstSeq uint64   // seq of the first record (0 if there were none)
 	LastSeq  uint64   // seq of the last record (0 if there were none)
 	LastHash string   // hash of the last record's line (Genesis if none)
+	// StartPrev is the first record's prev when it is not Genesis (a
+	// pruned log), and PruneChecked says whether a prune record in the log
+	// confirmed it.
+	StartPrev    string
+	PruneChecked bool
 }
 
 // VerifyOptions modify verification.
@@ -62,6 +67,12 @@ type VerifyOptions struct {
 	// (for example after old rotated files were archived). The first
 	// record's prev is then trusted, not checked.
 	AllowNonGenesisStart bool
+	// FromRotation verifies a log whose oldest rotated files were removed
+	// (Options.Keep, or an operator): the first record may follow records
+	// that are gone, but if the log recorded a pruning (an OperationPrune
+	// record), the first record must follow exactly the last record that
+	// pruning removed.
+	FromRotation bool
 }
 
 // Verify checks the hash chain of the given files, read in order (oldest
@@ -82,10 +93,14 @@ func VerifyWith(opts VerifyOptions, paths ...string) (*Report, error) {
 	rd := &lineReader{paths: paths}
 	defer rd.close()
 	rep := &Report{Files: append([]string(nil), paths...), LastHash: Genesis}
-	var prev *entry // last verified record
+	var prev, first *entry // last verified record, first record
+	var prune *Record      // the last prune record seen
 	for {
 		cur, err := rd.next()
 		if err == io.EOF {
+			if err := checkPrune(opts, rep, first, prune); err != nil {
+				return nil, err
+			}
 			return rep, nil
 		}
 		if err != nil {
@@ -98,9 +113,16 @@ func VerifyWith(opts VerifyOptions, paths ...string) (*Report, error) {
 			if err := checkStart(opts, cur); err != nil {
 				return nil, err
 			}
-			rep.FirstSeq = cur.rec.Seq
+			rep.FirstSeq, first = cur.rec.Seq, cur
+			if cur.rec.Prev != Genesis {
+				rep.StartPrev = cur.rec.Prev
+			}
 		} else if cur.rec.Seq != prev.rec.Seq+1 || cur.rec.Prev != prev.hash {
 			return nil, classify(rd, prev, cur)
+		}
+		if cur.rec.Operation == OperationPrune {
+			r := cur.rec
+			prune = &r
 		}
 		rep.Records++
 		rep.LastSeq = cur.rec.Seq
@@ -109,8 +131,29 @@ func VerifyWith(opts VerifyOptions, paths ...string) (*Report, error) {
 	}
 }
 
+// checkPrune, for a pruned log, checks that the first record follows the
+// last record the latest pruning removed: anything else means records were
+// removed beyond what the log itself recorded.
+func checkPrune(opts VerifyOptions, rep *Report, first *entry, prune *Record) error {
+	if !opts.FromRotation || first == nil || rep.StartPrev == "" || prune == nil {
+		return nil
+	}
+	if prune.PrunedSeq+1 == first.rec.Seq && prune.PrunedHash == first.rec.Prev {
+		rep.PruneChecked = true
+		return nil
+	}
+	if prune.PrunedSeq+1 < first.rec.Seq {
+		return first.chainErr(KindRemoved, fmt.Sprintf(
+			"records removed before this one: the last pruning (seq %d) removed records through seq %d, but seq %d..%d are missing too",
+			prune.Seq, prune.PrunedSeq, prune.PrunedSeq+1, first.rec.Seq-1))
+	}
+	return first.chainErr(KindEdited, fmt.Sprintf(
+		"the first record does not follow the last record removed by the pruning at seq %d (seq %d, hash %s)",
+		prune.Seq, prune.PrunedSeq, prune.PrunedHash))
+}
+
 func checkStart(opts VerifyOptions, cur *entry) error {
-	if opts.AllowNonGenesisStart {
+	if opts.AllowNonGenesisStart || opts.FromRotation && cur.line == 1 {
 		return nil
 	}
 	switch {
@@ -122,7 +165,7 @@ func checkStart(opts VerifyOptions, cur *entry) error {
 		return cur.chainErr(KindEdited, "record with seq 1 does not have the genesis prev")
 	default:
 		return cur.chainErr(KindStart, fmt.Sprintf(
-			"first record has seq %d and a non-genesis prev: records before it were removed (or only a suffix of the history was given; see AllowNonGenesisStart)",
+			"first record has seq %d and a non-genesis prev: records before it were removed (if old rotated files were pruned, verify what remains with mlskeyctl audit verify --from-rotation)",
 			cur.rec.Seq))
 	}
 }

@@ -2,18 +2,34 @@
 // MLS (RFC 9420) private keys in an HSM or TPM and serves the
 // mlskey.v1.KeyService gRPC API on a Unix socket.
 //
-// A Client is a mlskeyv1.KeyServiceClient plus a few conveniences:
+// A Client embeds mlskeyv1.KeyServiceClient, so every RPC of the API is a
+// method of it, and adds what MLS code wants instead of gRPC:
 //
-//	c, err := client.Dial(ctx, client.DefaultSocket())
+//   - SignatureKey / NewSignatureKey: a signature key with SignWithLabel,
+//     its MLS public key and suite, CreateCSR (a PKCS#10 request the daemon
+//     signs for the key itself) and a crypto.Signer view for X.509 work;
+//   - HPKEKey: an init or leaf encryption key with DecryptWithLabel;
+//   - CreateMLSKeyPackages and OpenMLSWelcome, which return mls types.
+//
+// For example:
+//
+//	c, err := client.Dial(ctx, client.DefaultSocket(), client.CallTimeout(30*time.Second))
 //	if err != nil {
 //		return err
 //	}
 //	defer c.Close()
-//	sig, err := c.Sign(ctx, keyID, "FramedContentTBS", tbs)
+//	key, err := c.SignatureKey(ctx, keyID)
+//	...
+//	sig, err := key.SignWithLabel(ctx, "FramedContentTBS", tbs)
+//
+// Errors from the daemon are *Error values that keep their gRPC status and
+// match ErrNotFound, ErrConsumed, ErrPermissionDenied and ErrUnavailable
+// with errors.Is.
 //
 // The connection uses no transport security: access control is the file
-// mode of the socket, so only local users the daemon's administrator allowed
-// can connect.
+// mode of the socket and the peer credentials the daemon reads from it, so
+// only local users the daemon's administrator allowed can connect.
+// docs/clients.md shows how an MLS engine plugs this in.
 package client
 
 import (
@@ -62,8 +78,8 @@ type Client struct {
 // Like grpc.NewClient, Dial does not wait for the daemon: a missing or
 // unreachable daemon shows up as codes.Unavailable on the first call. ctx is
 // only checked for cancellation. opts are appended to the defaults
-// (insecure transport credentials and a 64 MiB receive limit), so they can
-// override them.
+// (insecure transport credentials, a 64 MiB receive limit and TypedErrors),
+// so they can override them; CallTimeout bounds calls without a deadline.
 func Dial(ctx context.Context, socket string, opts ...grpc.DialOption) (*Client, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -81,6 +97,7 @@ func Dial(ctx context.Context, socket string, opts ...grpc.DialOption) (*Client,
 	all := []grpc.DialOption{
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(maxRecvMsgSize)),
+		TypedErrors(),
 	}
 	all = append(all, opts...)
 	conn, err := grpc.NewClient(target, all...)
@@ -124,6 +141,7 @@ func (c *Client) ListAllKeys(ctx context.Context, req *mlskeyv1.ListKeysRequest)
 	r := &mlskeyv1.ListKeysRequest{}
 	if req != nil {
 		r.Role, r.State, r.CipherSuite, r.PageSize = req.GetRole(), req.GetState(), req.GetCipherSuite(), req.GetPageSize()
+		r.OwnerUid = req.OwnerUid
 	}
 	if r.PageSize == 0 {
 		r.PageSize = 1000

@@ -194,6 +194,9 @@ func TestRequestValidation(t *testing.T) {
 		t.Fatal(err)
 	}
 	ow("Welcome for a deleted init key", "welcome", codes.FailedPrecondition, w)
+	if _, err := c.OpenWelcome(ctx, &pb.OpenWelcomeRequest{Welcome: w}); !strings.Contains(status.Convert(err).Message(), "was deleted") {
+		t.Errorf("Welcome for a deleted init key: %v, want it to say the key was deleted", err)
+	}
 
 	// Nothing above changed the first KeyPackage's keys.
 	for _, id := range []string{kp.InitKeyId, kp.LeafEncryptionKeyId, sigID} {
@@ -205,8 +208,11 @@ func TestRequestValidation(t *testing.T) {
 }
 
 // countingBackend fails the test if reconciliation has anything to repair.
+// It embeds the PKCS#11 backend itself, not the Backend interface, so that
+// its capabilities (Lister, Binder, Checker) reach the keystore and the
+// second start reconciles and checks the binding for real.
 type countingBackend struct {
-	keystore.Backend
+	*pkcs11.Backend
 	mu        sync.Mutex
 	destroyed int
 }
@@ -223,6 +229,7 @@ func TestCrashDuringKeyPackageCreation(t *testing.T) {
 	d := startDaemon(t, state)
 	c := d.client()
 	createKPs(t, c, 2, 2)
+	baseline := deviceKeyFiles(t, state)
 
 	done := make(chan error, 1)
 	go func() {
@@ -235,17 +242,19 @@ func TestCrashDuringKeyPackageCreation(t *testing.T) {
 	// Wait until the daemon is generating keys, then kill it. Where exactly
 	// the kill lands does not matter: every point must recover.
 	deadline := time.Now().Add(30 * time.Second)
-	for time.Now().Before(deadline) && deviceKeyFiles(t, state) < 4+10 {
+	for time.Now().Before(deadline) && deviceKeyFiles(t, state) < baseline+10 {
 		time.Sleep(50 * time.Millisecond)
 	}
 	d.kill()
 	err := <-done
-	t.Logf("CreateKeyPackages at kill: %v; token objects before restart: %d", err, deviceKeyFiles(t, state))
+	atKill := deviceKeyFiles(t, state)
+	t.Logf("CreateKeyPackages at kill: %v; token objects before restart: %d", err, atKill)
 
 	d = startDaemon(t, state)
 	var keys []keyJSON
 	d.ctlJSON(t, &keys, "key", "list")
 	d.stop()
+	afterRestart := deviceKeyFiles(t, state)
 
 	// The restarted daemon reconciled; a second reconciliation must find
 	// nothing to repair, and catalog and token must hold the same keys.
@@ -267,6 +276,12 @@ func TestCrashDuringKeyPackageCreation(t *testing.T) {
 	defer st.Close()
 	if cb.destroyed != 0 {
 		t.Fatalf("second reconciliation destroyed %d keys", cb.destroyed)
+	}
+	if strays := st.Strays(); len(strays) != 0 {
+		t.Errorf("second reconciliation found %d strays", len(strays))
+	}
+	if missing, err := st.Missing(); err != nil || len(missing) != 0 {
+		t.Errorf("second reconciliation found %d missing keys (%v)", len(missing), err)
 	}
 	dev, err := be.List(context.Background())
 	if err != nil {
@@ -297,6 +312,20 @@ func TestCrashDuringKeyPackageCreation(t *testing.T) {
 	if len(keys) != len(active) {
 		t.Errorf("daemon listed %d keys, catalog has %d active", len(keys), len(active))
 	}
+	// An uncommitted batch's keys were removed on the journal's word, and
+	// the audit log says so; a committed one lost nothing.
+	destroyed := 0
+	for _, r := range readAudit(t, filepath.Join(state, "audit.log")) {
+		if r.Operation == "KeystoreDestroyed" && strings.Contains(r.Reason, "interrupted batch") {
+			destroyed += 1 + len(r.KeyIDs)
+		}
+	}
+	if (afterRestart < atKill && destroyed == 0) || (len(active) != 5 && destroyed > 0) {
+		t.Errorf("%d active keys, token objects %d before the batch, %d at the kill, %d after the restart; %d keys of an interrupted batch destroyed",
+			len(active), baseline, atKill, afterRestart, destroyed)
+	}
+	t.Logf("token objects %d before the batch, %d at the kill, %d after the restart; %d keys of the interrupted batch destroyed",
+		baseline, atKill, afterRestart, destroyed)
 }
 
 // deviceKeyFiles counts SoftHSM object files in the dev token, a way to see

@@ -220,3 +220,20 @@ func (e *DeviceError) Error() string {
 	return OneLine(fmt.Sprintf("device %s: %s", e.Op, msg))
 }
 func (e *DeviceError) Unwrap() error { return e.Err }
+
+// ForeignKeyError is returned by a Checker when the device refuses a key's
+// object because another device, or another root key of this one, made it.
+// The key is not lost: the catalog belongs to another device, and the
+// daemon was most likely started on the wrong state directory.
+type ForeignKeyError struct {
+	Device string // "TPM"
+	Code   string // the device's refusal, "TPM_RC_INTEGRITY"
+	Owner  string // who made the object: "another TPM or storage root key"
+	Err    error
+}
+
+func (e *ForeignKeyError) Error() string {
+	return fmt.Sprintf("blob does not load on this %s (%s): this catalog belongs to %s", e.Device, e.Code, e.Owner)
+}
+
+func (e *ForeignKeyError) Unwrap() error { return e.Err }

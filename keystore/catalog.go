@@ -31,8 +31,14 @@ const (
 	StateActive State = "active"
 	// StateConsumed: an init key whose Welcome was opened (RFC 9750 §5.1).
 	StateConsumed State = "consumed"
-	// StateDestroyed: deleted by a caller, or found missing from the device.
+	// StateDestroyed: deleted by a caller, or retired by an administrator's
+	// repair after it went missing.
 	StateDestroyed State = "destroyed"
+	// StateMissing: an active key whose device object was not found at
+	// start-up. It is quarantined, not retired: unusable until the object
+	// is back (the next start makes it active again) or an administrator
+	// retires it (mlskeyctl repair --retire-missing).
+	StateMissing State = "missing"
 )
 
 // Record is one key in the catalog. Lookups by id and by KeyPackageRef are
@@ -49,8 +55,11 @@ type Record struct {
 	// Sealed is the private key encrypted by the Backend's Sealer, for
 	// protection level sealed.
 	Sealed []byte `json:"sealed,omitempty"`
-	Owner  string `json:"owner,omitempty"`
-	State  State  `json:"state"`
+	// Epoch names the device key Sealed is sealed under (see Epocher);
+	// empty for keys sealed before epochs existed.
+	Epoch string `json:"epoch,omitempty"`
+	Owner string `json:"owner,omitempty"`
+	State State  `json:"state"`
 	// KeyPackageRef, LastResort and SignatureKeyID describe the KeyPackage
 	// an init or leaf encryption key was made for.
 	KeyPackageRef  []byte    `json:"key_package_ref,omitempty"`
@@ -66,12 +75,15 @@ type Record struct {
 func (r *Record) Live() bool { return r.State == StateActive }
 
 // The catalog is a bbolt file: one bucket of records keyed by id (ids sort
-// by creation time), one index from KeyPackageRef to init key id, and a
-// bucket of metadata.
+// by creation time), one index from KeyPackageRef to init key id, a
+// bucket of metadata (schema, installation binding) and the journal of
+// batches whose device work has started but whose records are not yet
+// committed (see journal.go).
 var (
 	bucketKeys  = []byte("keys")
 	bucketRefs  = []byte("kpref")
 	bucketMeta  = []byte("meta")
+	bucketJrnl  = []byte("journal")
 	keySchema   = []byte("schema")
 	schemaValue = []byte("1")
 )
@@ -89,7 +101,7 @@ func openCatalog(path string) (*catalog, error) {
 		return nil, fmt.Errorf("open catalog %s: %w", path, err)
 	}
 	err = db.Update(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketKeys, bucketRefs, bucketMeta} {
+		for _, b := range [][]byte{bucketKeys, bucketRefs, bucketMeta, bucketJrnl} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
 				return err
 			}
@@ -160,18 +172,6 @@ func (c *catalog) byKeyPackageRef(ref []byte) (*Record, error) {
 		return err
 	})
 	return r, err
-}
-
-// putAll writes records in one transaction: the commit point of a batch.
-func (c *catalog) putAll(rs []*Record) error {
-	return c.db.Update(func(tx *bolt.Tx) error {
-		for _, r := range rs {
-			if err := putRecord(tx, r); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
 }
 
 // update applies fn to one record inside a transaction; fn's error aborts

@@ -19,6 +19,23 @@ type fakeBackend struct {
 	sealKey  cipher.AEAD
 	failGen  error
 	ecdhCall int
+	marker   string // installation marker (Binder)
+}
+
+func (f *fakeBackend) Binding(context.Context) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.marker, nil
+}
+
+func (f *fakeBackend) Bind(_ context.Context, id string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.marker != "" && f.marker != id {
+		return errors.New("device belongs to another installation")
+	}
+	f.marker = id
+	return nil
 }
 
 type fakeKey struct {

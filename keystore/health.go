@@ -50,9 +50,9 @@ type HealthReporter interface {
 	HealthChanged() <-chan struct{}
 }
 
-// SealChecker is an optional capability of a Sealer whose sealing may not
-// work on this device (its probe failed): SealError says why, nil when it
-// works. Without it a Sealer is trusted to seal.
+// SealChecker is an optional capability of a device whose sealing may not
+// work (its probe failed): SealError says why, nil when it works. Without
+// it a Sealer or Epocher is trusted to seal.
 type SealChecker interface {
 	SealError() error
 }
@@ -203,10 +203,10 @@ func (s *Store) Availability(role Role, alg Algorithm) (Protection, string) {
 			why += " (" + note + ")"
 		}
 		switch {
-		case s.sealer == nil:
-			why += " and cannot seal"
 		case s.sealErr != nil:
 			why += " and sealing failed its probe: " + s.sealErr.Error()
+		case s.sealer == nil:
+			why += " and cannot seal"
 		}
 		return "", OneLine(why)
 	}

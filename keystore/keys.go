@@ -27,7 +27,7 @@ type Signer struct {
 // new KeyPackage can be signed before its keys are committed.
 func (s *Store) SignerFor(ctx context.Context, r *Record) (*Signer, error) {
 	if r.Role != RoleSignature {
-		return nil, fmt.Errorf("key %q is a %s key: %w", r.ID, r.Role, ErrWrongRole)
+		return nil, fmt.Errorf("key %q is %s key: %w", r.ID, aRole(r.Role), ErrWrongRole)
 	}
 	pub, err := publicKey(r.Algorithm, r.PublicKey)
 	if err != nil {
@@ -88,6 +88,13 @@ func (s *Store) withPrivate(ctx context.Context, r *Record, op string, hw func()
 			return fmt.Errorf("key %q is sealed but the device cannot unseal: %w", r.ID, ErrUnsupportedAlgorithm)
 		}
 		priv, err := s.sealer.Unseal(ctx, r.Sealed, sealAAD(r))
+		if errors.Is(err, ErrEpochDestroyed) {
+			// A rotation may have moved the key to a newer epoch since the
+			// caller read the record.
+			if cur, gerr := s.cat.get(r.ID); gerr == nil && cur.Live() && cur.Epoch != r.Epoch {
+				priv, err = s.sealer.Unseal(ctx, cur.Sealed, sealAAD(cur))
+			}
+		}
 		if err != nil {
 			return &DeviceError{Op: "unseal key " + r.ID, Err: err}
 		}

@@ -56,12 +56,14 @@ func softGenerate(alg Algorithm) (priv, pub []byte, err error) {
 		if err != nil {
 			return nil, nil, err
 		}
+		defer wipeKey(s)
 		return s.Seed(), p, nil
 	case Ed448:
 		p, s, err := ed448.GenerateKey(rand.Reader)
 		if err != nil {
 			return nil, nil, err
 		}
+		defer wipeKey(s)
 		return s.Seed(), p, nil
 	case X448:
 		var s, p x448.Key
@@ -75,6 +77,7 @@ func softGenerate(alg Algorithm) (priv, pub []byte, err error) {
 		if err != nil {
 			return nil, nil, err
 		}
+		defer wipeKey(k)
 		s, err := k.Bytes()
 		if err != nil {
 			return nil, nil, err
@@ -95,6 +98,26 @@ func softGenerate(alg Algorithm) (priv, pub []byte, err error) {
 	return nil, nil, fmt.Errorf("%s: %w", alg, ErrUnsupportedAlgorithm)
 }
 
+// wipeKey zeroes what Go lets the daemon reach of a software private key
+// built from an unsealed one: the 64-byte Ed25519 and 114-byte Ed448
+// private keys (seed and public key), and an ECDSA key's scalar D. Copies
+// inside the standard library and circl (the expanded Ed25519/Ed448
+// scalar and prefix while signing, crypto/ecdsa's and crypto/ecdh's
+// internal key forms) are not reachable and are left to the garbage
+// collector; docs/security.md says so.
+func wipeKey(k any) {
+	switch k := k.(type) {
+	case ed25519.PrivateKey:
+		clear(k)
+	case ed448.PrivateKey:
+		clear(k)
+	case *ecdsa.PrivateKey:
+		if k.D != nil {
+			clear(k.D.Bits())
+		}
+	}
+}
+
 // softSign follows Backend.Sign's conventions: ECDSA gets a digest and
 // answers raw r||s, so device and software keys share one conversion path.
 func softSign(alg Algorithm, priv, msg []byte) ([]byte, error) {
@@ -103,17 +126,22 @@ func softSign(alg Algorithm, priv, msg []byte) ([]byte, error) {
 		if len(priv) != ed25519.SeedSize {
 			return nil, errors.New("bad Ed25519 seed length")
 		}
-		return ed25519.Sign(ed25519.NewKeyFromSeed(priv), msg), nil
+		k := ed25519.NewKeyFromSeed(priv)
+		defer wipeKey(k)
+		return ed25519.Sign(k, msg), nil
 	case Ed448:
 		if len(priv) != ed448.SeedSize {
 			return nil, errors.New("bad Ed448 seed length")
 		}
-		return ed448.Sign(ed448.NewKeyFromSeed(priv), msg, ""), nil
+		k := ed448.NewKeyFromSeed(priv)
+		defer wipeKey(k)
+		return ed448.Sign(k, msg, ""), nil
 	case ECDSAP256, ECDSAP384, ECDSAP521:
 		k, err := ecdsa.ParseRawPrivateKey(ecdsaCurve(alg), priv)
 		if err != nil {
 			return nil, err
 		}
+		defer wipeKey(k)
 		der, err := ecdsa.SignASN1(rand.Reader, k, msg)
 		if err != nil {
 			return nil, err

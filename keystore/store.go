@@ -7,7 +7,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
+	"os"
+	"slices"
+	"strings"
 	"sync"
 	"time"
 )
@@ -23,29 +27,63 @@ type Options struct {
 	Logger              *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// DestroyTimeout bounds one device destruction, which runs detached
+	// from the request that caused it; 0 means DefaultDestroyTimeout.
+	DestroyTimeout time.Duration
+	// AdoptDevice lets Open bind a catalog and a device that carry no
+	// common installation id (a new catalog on a device of an existing
+	// installation, or a catalog on a device without a marker). It never
+	// overrides two different installation ids.
+	AdoptDevice bool
+	// OnEvent receives every destruction and quarantine the store does on
+	// its own authority (start-up reconciliation, aborted batches, repair),
+	// for the audit log. It must not call back into the store.
+	OnEvent func(Event)
+	// EpochLength is how long one sealing epoch lasts on a device with
+	// epochs (Epocher); 0 means DefaultEpochLength. A retired sealed key
+	// stays recoverable from an old copy of the catalog until its epoch
+	// ends: at most 1.25 × EpochLength.
+	EpochLength time.Duration
+	// EpochPerRetirement starts a new epoch whenever a sealed key of the
+	// current epoch is retired, before the retiring call returns: no window
+	// at all, at the cost of re-sealing every active sealed key each time.
+	EpochPerRetirement bool
 }
 
 // Store is the device-neutral key store: the catalog, the lifecycle of
 // every key and the policy on protection levels. See docs/design.md for the
 // consistency protocol between catalog and device; in short, a device key is
 // live if and only if its catalog record is active, creation commits to the
-// catalog after the device, retirement commits to the catalog before the
-// device, and Open removes whatever a crash left in between.
+// catalog after the device (behind a journal entry written before it),
+// retirement commits to the catalog before the device, and Open finishes
+// what a crash left in between where that is provably safe and quarantines
+// the rest (see reconcile.go).
 type Store struct {
 	cat    *catalog
+	path   string
 	be     Backend
-	sealer Sealer
-	// sealErr is why the Sealer failed its probe; sealed keys are then
-	// unavailable rather than promised.
+	sealer Unsealer
+	// sealErr is why the device's sealing failed its probe; sealed keys
+	// are then unavailable rather than promised.
 	sealErr error
+	seal    Sealer  // a device without epochs
+	ep      *epochs // a device with epochs
 	hw      map[Algorithm]bool
 	opts    Options
 	log     *slog.Logger
 	locks   keyLocks
+	life    lifecycle
+	strays  strays
+
+	installation    string
+	adopted         bool // a device was adopted at this start
+	adoptedIdentity bool // the device's identity was adopted at this start
 }
 
-// Open opens (or creates) the catalog at path, reconciles it with the
-// device and checks every hardware key.
+// Open opens (or creates) the catalog at path, checks that it and the
+// device belong to the same installation (binding them at the first start),
+// reconciles them and checks every hardware key. A refused binding wraps
+// ErrBinding and changes nothing.
 func Open(ctx context.Context, path string, be Backend, opts Options) (*Store, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -61,27 +99,63 @@ func Open(ctx context.Context, path string, be Backend, opts Options) (*Store, e
 			return nil, fmt.Errorf("policy: minimum protection %q for role %q: %w", p, role, ErrInvalidArgument)
 		}
 	}
+	_, statErr := os.Stat(path)
+	isNew := errors.Is(statErr, fs.ErrNotExist)
 	cat, err := openCatalog(path)
 	if err != nil {
 		return nil, err
 	}
-	s := &Store{cat: cat, be: be, opts: opts, log: opts.Logger, hw: map[Algorithm]bool{}}
-	s.sealer, _ = be.(Sealer)
-	if sc, ok := be.(SealChecker); ok && s.sealer != nil {
+	s := &Store{cat: cat, path: path, be: be, opts: opts, log: opts.Logger, hw: map[Algorithm]bool{}}
+	if ep, ok := be.(Epocher); ok && epochsSupported(be) {
+		s.sealer = ep
+		s.ep = &epochs{dev: ep, pins: map[string]int{}, stop: make(chan struct{}), done: make(chan struct{})}
+	} else if se, ok := be.(Sealer); ok {
+		s.sealer, s.seal = se, se
+	}
+	// A device that failed its sealing probe offers no epochs (so no
+	// sealer); the probe's reason is kept for GetInfo.
+	if sc, ok := be.(SealChecker); ok {
 		s.sealErr = sc.SealError()
 	}
 	for _, a := range be.Algorithms() {
 		s.hw[a] = true
 	}
+	if err := s.bind(ctx); err != nil {
+		cat.close()
+		if isNew {
+			// A refused start leaves no trace, not even an empty catalog
+			// at the wrong path.
+			os.Remove(path)
+		}
+		return nil, err
+	}
 	if err := s.reconcile(ctx); err != nil {
 		cat.close()
 		return nil, err
 	}
+	if s.ep != nil {
+		if err := s.initEpochs(ctx); err != nil {
+			cat.close()
+			return nil, fmt.Errorf("sealing epochs: %w", err)
+		}
+		go s.runEpochs()
+	}
 	return s, nil
 }
 
-// Close closes the catalog. The Backend belongs to the caller.
-func (s *Store) Close() error { return s.cat.close() }
+// Close shuts the store down (see Shutdown), retries the device
+// destructions that failed and closes the catalog. Its error says what is
+// left on the device for the next start to remove. Callers must have
+// finished every operation; the Backend belongs to the caller and must
+// still be open.
+func (s *Store) Close() error {
+	if s.ep != nil {
+		s.ep.stopOnce.Do(func() { close(s.ep.stop) })
+		<-s.ep.done
+	}
+	left := s.settle()
+	return errors.Join(left, s.cat.close())
+}
 
 // Device describes the backend.
 func (s *Store) Device() DeviceInfo { return s.be.Info() }
@@ -158,22 +232,33 @@ type KeySpec struct {
 // Batch creates keys that become usable together: nothing is in the
 // catalog until Commit, and Abort (or a crash, via Open's reconciliation)
 // removes the device keys it made. KeyPackage creation uses one batch for
-// all its keys so that a failure leaves no half-built KeyPackages.
+// all its keys so that a failure leaves no half-built KeyPackages. The ids
+// of its keys are journalled before the device makes them (journal.go).
 type Batch struct {
-	s    *Store
-	mu   sync.Mutex
-	recs []*Record
-	done bool
+	s      *Store
+	jid    string // journal entry
+	mu     sync.Mutex
+	recs   []*Record
+	unpins []func() // epochs to keep until the records are committed
+	done   bool
 }
 
 // NewBatch starts a batch.
-func (s *Store) NewBatch() *Batch { return &Batch{s: s} }
+func (s *Store) NewBatch() *Batch { return &Batch{s: s, jid: s.newID()} }
 
 // Generate creates keys for specs, in parallel on the device, and returns
 // their records (not yet committed) in the order of specs. On error the
 // keys this call made are destroyed again.
+//
+// A batch still generating when the store shuts down stops, destroys what
+// it made and returns ErrShuttingDown.
 func (b *Batch) Generate(ctx context.Context, specs []KeySpec) ([]*Record, error) {
 	s := b.s
+	if s.life.done() {
+		return nil, ErrShuttingDown
+	}
+	ctx, cancel := s.life.bind(ctx)
+	defer cancel()
 	prots := make([]Protection, len(specs))
 	for i, sp := range specs {
 		if !sp.Role.Valid() {
@@ -188,7 +273,15 @@ func (b *Batch) Generate(ctx context.Context, specs []KeySpec) ([]*Record, error
 		}
 		prots[i] = p
 	}
+	ids := make([]string, len(specs))
+	for i := range ids {
+		ids[i] = s.newID()
+	}
+	if err := s.cat.journalAdd(b.jid, ids); err != nil {
+		return nil, fmt.Errorf("journal the batch: %w", err)
+	}
 	recs := make([]*Record, len(specs))
+	unpins := make([]func(), len(specs))
 	errs := make([]error, len(specs))
 	sem := make(chan struct{}, s.opts.GenerateParallelism)
 	var wg sync.WaitGroup
@@ -200,78 +293,90 @@ func (b *Batch) Generate(ctx context.Context, specs []KeySpec) ([]*Record, error
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
-			recs[i], errs[i] = s.generate(ctx, sp, prots[i])
+			recs[i], unpins[i], errs[i] = s.generate(ctx, ids[i], sp, prots[i])
 		})
 	}
 	wg.Wait()
-	if err := firstErr(errs); err != nil {
+	if err := aggregate(errs, len(specs)); err != nil {
 		var made []*Record
 		for _, r := range recs {
 			if r != nil {
 				made = append(made, r)
 			}
 		}
-		s.destroyDevice(context.WithoutCancel(ctx), made, "batch generation failed")
+		defer runAll(unpins)
+		if s.life.done() {
+			s.destroyBatch(ctx, b.jid, made, "batch aborted at shutdown")
+			return nil, ErrShuttingDown
+		}
+		s.destroyBatch(ctx, b.jid, made, "batch generation failed")
 		return nil, err
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	if b.done {
-		s.destroyDevice(context.WithoutCancel(ctx), recs, "batch already finished")
+		s.destroyBatch(ctx, b.jid, recs, "batch already finished")
+		runAll(unpins)
 		return nil, errors.New("keystore: batch already finished")
 	}
 	b.recs = append(b.recs, recs...)
+	b.unpins = append(b.unpins, unpins...)
 	return recs, nil
 }
 
-func (s *Store) generate(ctx context.Context, sp KeySpec, p Protection) (*Record, error) {
+func runAll(fs []func()) {
+	for _, f := range fs {
+		if f != nil {
+			f()
+		}
+	}
+}
+
+func (s *Store) generate(ctx context.Context, id string, sp KeySpec, p Protection) (rec *Record, unpin func(), err error) {
 	r := &Record{
-		ID: s.newID(), Role: sp.Role, Suite: sp.Suite, Algorithm: sp.Algorithm,
+		ID: id, Role: sp.Role, Suite: sp.Suite, Algorithm: sp.Algorithm,
 		Protection: p, Owner: sp.Owner, State: StateActive, CreatedAt: s.opts.Now().UTC(),
 	}
 	switch p {
 	case ProtectionHardware:
-		ref, pub, err := s.be.Generate(ctx, r.ID, sp.Algorithm)
+		var ref, pub []byte
+		if eg, ok := s.be.(EpochGenerator); ok && s.ep != nil {
+			r.Epoch, unpin = s.pinEpoch()
+			ref, pub, err = eg.GenerateIn(ctx, r.Epoch, r.ID, sp.Algorithm)
+		} else {
+			ref, pub, err = s.be.Generate(ctx, r.ID, sp.Algorithm)
+		}
 		if err != nil {
-			return nil, deviceErr("generate "+string(sp.Algorithm), err)
+			if unpin != nil {
+				unpin()
+			}
+			return nil, nil, deviceErr("generate "+string(sp.Algorithm), err)
 		}
 		r.DeviceRef, r.PublicKey = ref, pub
 	case ProtectionSealed:
 		priv, pub, err := softGenerate(sp.Algorithm)
 		if err != nil {
-			return nil, err
+			return nil, nil, err
 		}
-		blob, err := s.sealer.Seal(ctx, priv, sealAAD(r))
-		clear(priv)
+		defer clear(priv)
+		var blob []byte
+		if s.ep != nil {
+			r.Epoch, unpin = s.pinEpoch()
+			blob, err = s.ep.dev.SealIn(ctx, r.Epoch, priv, sealAAD(r))
+		} else {
+			blob, err = s.seal.Seal(ctx, priv, sealAAD(r))
+		}
 		if err != nil {
-			return nil, deviceErr("seal", err)
+			if unpin != nil {
+				unpin()
+			}
+			return nil, nil, deviceErr("seal", err)
 		}
 		r.Sealed, r.PublicKey = blob, pub
 	default:
-		return nil, fmt.Errorf("protection %s: %w", p, ErrUnsupportedAlgorithm)
+		return nil, nil, fmt.Errorf("protection %s: %w", p, ErrUnsupportedAlgorithm)
 	}
-	return r, nil
-}
-
-// firstErr reduces the errors of a batch to one line: the first failure,
-// with how many keys failed (errors.Join would repeat the same device
-// error once per key, over several lines).
-func firstErr(errs []error) error {
-	var first error
-	n := 0
-	for _, e := range errs {
-		if e == nil {
-			continue
-		}
-		if first == nil {
-			first = e
-		}
-		n++
-	}
-	if n <= 1 {
-		return first
-	}
-	return fmt.Errorf("%w (and %d more keys of the batch failed)", first, n-1)
+	return r, unpin, nil
 }
 
 // deviceErr wraps a device failure once: a backend's error that already
@@ -300,11 +405,12 @@ func (b *Batch) Commit() error {
 		return errors.New("keystore: batch already finished")
 	}
 	b.done = true
+	defer runAll(b.unpins)
 	if len(b.recs) == 0 {
 		return nil
 	}
-	if err := b.s.cat.putAll(b.recs); err != nil {
-		b.s.destroyDevice(context.Background(), b.recs, "catalog commit failed")
+	if err := b.s.cat.commitBatch(b.jid, b.recs); err != nil {
+		b.s.destroyBatch(context.Background(), b.jid, b.recs, "catalog commit failed")
 		return fmt.Errorf("commit %d keys to the catalog: %w", len(b.recs), err)
 	}
 	return nil
@@ -319,7 +425,10 @@ func (b *Batch) Abort(ctx context.Context) {
 		return
 	}
 	b.done = true
-	b.s.destroyDevice(context.WithoutCancel(ctx), b.recs, "batch aborted")
+	if len(b.recs) > 0 {
+		b.s.destroyBatch(ctx, b.jid, b.recs, "batch aborted")
+	}
+	runAll(b.unpins)
 }
 
 // destroyRef destroys the device key of a record just retired; ref is its
@@ -330,15 +439,23 @@ func (s *Store) destroyRef(ctx context.Context, r *Record, ref []byte, why strin
 	s.destroyDevice(ctx, []*Record{&c}, why)
 }
 
+// destroyDevice destroys the device keys of records the catalog no longer
+// holds active (or never held). It runs detached from ctx's cancellation:
+// see destroyContext. A key it cannot destroy is retried by Sweep and
+// Close, and else by Open's reconciliation at the next start.
 func (s *Store) destroyDevice(ctx context.Context, recs []*Record, why string) {
+	dctx, cancel := s.destroyContext(ctx)
+	defer cancel()
 	for _, r := range recs {
 		if r == nil || r.Protection != ProtectionHardware {
 			continue
 		}
-		if err := s.be.Destroy(ctx, r.DeviceRef); err != nil {
-			// Open's reconciliation removes it at the next start.
-			s.log.Warn("could not destroy device key", "key", r.ID, "why", why, "err", err)
+		if err := s.be.Destroy(dctx, r.DeviceRef); err != nil {
+			s.life.owe(r.ID, r.DeviceRef, why)
+			s.log.Warn("could not destroy device key; will retry", "key", r.ID, "why", why, "err", err)
+			continue
 		}
+		s.life.paid(r.ID)
 	}
 }
 
@@ -358,35 +475,201 @@ func (s *Store) Create(ctx context.Context, sp KeySpec) (*Record, error) {
 
 // Delete destroys a key's private key and keeps its record as a tombstone.
 // The catalog changes first: a crash before the device call leaves a device
-// key that Open destroys, never an active record without a key.
-func (s *Store) Delete(ctx context.Context, id string) (*Record, error) {
-	unlock := s.locks.lock(id)
-	defer unlock()
-	var ref []byte
-	r, err := s.cat.update(id, func(r *Record) error {
+// key that Open destroys, never an active record without a key. The device
+// call does not depend on ctx's cancellation (see destroyDevice).
+//
+// A signature key that unused KeyPackages use (their init keys are active)
+// is refused with an *InUseError unless cascade is set; with it, the init
+// and leaf encryption keys of those KeyPackages are retired in the same
+// catalog transaction. For an init key, cascade also retires its
+// KeyPackage's leaf encryption key. Delete returns the key's record and
+// the records retired with it.
+//
+// Delete holds the key's lock exclusively (and those of the keys it
+// retires with it): operations holding it shared finish first.
+func (s *Store) Delete(ctx context.Context, id string, cascade bool) (*Record, []*Record, error) {
+	out, cascaded, err := s.delete(ctx, id, cascade)
+	if err == nil {
+		// After the locks are released: a rotation waits for key locks.
+		for _, r := range append([]*Record{out}, cascaded...) {
+			if strings.HasPrefix(r.RetiredWhy, "deleted") { // not consumed before
+				s.epochRetired(ctx, r)
+			}
+		}
+	}
+	return out, cascaded, err
+}
+
+func (s *Store) delete(ctx context.Context, id string, cascade bool) (*Record, []*Record, error) {
+	// groups maps each unused KeyPackage concerned to its init and leaf
+	// key ("" if none is active). It is found once without locks, to know
+	// what to lock, and again under them: every key is locked in one sorted
+	// pass, so that two deletions of overlapping keys cannot deadlock, and
+	// a KeyPackage committed in between makes the loop lock again.
+	var groups map[string]string
+	for {
+		_, g, err := s.deletionSet(id, cascade)
+		if err != nil {
+			return nil, nil, err
+		}
+		locked := lockSet(id, g)
+		unlock := s.locks.lockAll(locked)
+		r, g2, err := s.deletionSet(id, cascade)
+		if err != nil {
+			unlock()
+			return nil, nil, err
+		}
+		if !slices.Equal(lockSet(id, g2), locked) {
+			unlock()
+			continue
+		}
+		defer unlock()
+		if r.Role == RoleSignature && len(g2) > 0 && !cascade {
+			return nil, nil, &InUseError{ID: id, KeyPackages: len(g2)}
+		}
+		groups = g2
+		break
+	}
+
+	refs := map[string][]byte{}
+	var out *Record
+	var cascaded []*Record
+	err := s.cat.updateMany(func(get func(string) (*Record, error), put func(*Record) error) error {
+		cascaded = nil
+		retire := func(r *Record, why string) error {
+			refs[r.ID] = r.DeviceRef
+			s.retire(r, StateDestroyed, why)
+			return put(r)
+		}
+		r, err := get(id)
+		if err != nil {
+			return err
+		}
 		if r.State == StateDestroyed {
 			return fmt.Errorf("key %q is already destroyed: %w", id, ErrNotActive)
 		}
-		ref = r.DeviceRef
-		if r.State == StateActive {
+		refs[r.ID] = r.DeviceRef
+		if r.State == StateActive || r.State == StateMissing {
 			s.retire(r, StateDestroyed, "deleted")
 		}
 		r.State = StateDestroyed
+		if err := put(r); err != nil {
+			return err
+		}
+		out = r
+		for initID, leafID := range groups {
+			if initID != id {
+				// Held locked since deletionSet found it active, so not
+				// consumed since; a consumed init key's leaf key would
+				// serve the group its Welcome joined.
+				ir, err := get(initID)
+				if err != nil {
+					return err
+				}
+				if !ir.Live() {
+					continue
+				}
+				if err := retire(ir, "deleted with key "+id); err != nil {
+					return err
+				}
+				cascaded = append(cascaded, ir)
+			}
+			if leafID == "" {
+				continue
+			}
+			lr, err := get(leafID)
+			if err != nil {
+				return err
+			}
+			if lr.Live() {
+				if err := retire(lr, "deleted with key "+id); err != nil {
+					return err
+				}
+				cascaded = append(cascaded, lr)
+			}
+		}
 		return nil
 	})
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	s.destroyRef(ctx, r, ref, "delete")
-	return r, nil
+	slices.SortFunc(cascaded, func(a, b *Record) int { return strings.Compare(a.ID, b.ID) })
+	for _, c := range append([]*Record{out}, cascaded...) {
+		s.destroyRef(ctx, c, refs[c.ID], "delete")
+	}
+	return out, cascaded, nil
+}
+
+// lockSet lists, sorted, the keys a deletion of id with groups locks.
+func lockSet(id string, groups map[string]string) []string {
+	ids := []string{id}
+	for initID, leafID := range groups {
+		ids = append(ids, initID)
+		if leafID != "" {
+			ids = append(ids, leafID)
+		}
+	}
+	slices.Sort(ids)
+	return slices.Compact(ids)
+}
+
+// deletionSet reads the key to delete and the unused KeyPackages its
+// deletion concerns: for a signature key, every KeyPackage whose init key
+// is active; for an init key with cascade, its own. It maps init key id to
+// leaf key id.
+func (s *Store) deletionSet(id string, cascade bool) (*Record, map[string]string, error) {
+	r, err := s.cat.get(id)
+	if err != nil {
+		return nil, nil, err
+	}
+	if r.State == StateDestroyed {
+		return nil, nil, fmt.Errorf("key %q is already destroyed: %w", id, ErrNotActive)
+	}
+	groups := map[string]string{}
+	switch {
+	case r.Role == RoleSignature:
+	case r.Role == RoleInit && cascade && len(r.KeyPackageRef) > 0 && r.Live():
+		groups[r.ID] = ""
+	default:
+		return r, groups, nil
+	}
+	byRef := map[string]string{}
+	err = s.cat.all(func(c *Record) error {
+		if !c.Live() {
+			return nil
+		}
+		switch {
+		case r.Role == RoleSignature && c.Role == RoleInit && c.SignatureKeyID == r.ID:
+			groups[c.ID] = ""
+			byRef[string(c.KeyPackageRef)] = c.ID
+		case r.Role == RoleInit && c.Role == RoleInit && c.ID == r.ID:
+			byRef[string(c.KeyPackageRef)] = c.ID
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	err = s.cat.all(func(c *Record) error {
+		if c.Live() && c.Role == RoleLeafEncryption && len(c.KeyPackageRef) > 0 {
+			if initID, ok := byRef[string(c.KeyPackageRef)]; ok {
+				groups[initID] = c.ID
+			}
+		}
+		return nil
+	})
+	return r, groups, err
 }
 
 func (s *Store) retire(r *Record, st State, why string) {
 	r.State = st
 	r.RetiredAt = s.opts.Now().UTC()
 	r.RetiredWhy = why
-	// A sealed blob is the key: dropping it is what destroys it. So is the
-	// reference of a device that keeps no per-key state (see Lister).
+	// A sealed blob is the key: dropping it from the record is the first
+	// step; destroying its epoch key (epochRetired, rotation) is what makes
+	// copies of the blob useless. So is the reference of a device that
+	// keeps no per-key state (see Lister). r.Epoch stays, so that sweeps
+	// and operators can tell which epoch the key was in.
 	r.Sealed = nil
 	if _, ok := s.be.(Lister); !ok {
 		r.DeviceRef = nil
@@ -399,6 +682,15 @@ func (s *Store) retire(r *Record, st State, why string) {
 // key are serialised, so of concurrent calls exactly one succeeds; a failing
 // fn changes nothing.
 func (s *Store) UseInitKey(ctx context.Context, id string, fn func(hpkeKey any) error) (*Record, error) {
+	r, err := s.useInitKey(ctx, id, fn)
+	if err == nil && r.State == StateConsumed {
+		// After the lock is released: a rotation waits for key locks.
+		s.epochRetired(ctx, r)
+	}
+	return r, err
+}
+
+func (s *Store) useInitKey(ctx context.Context, id string, fn func(hpkeKey any) error) (*Record, error) {
 	unlock := s.locks.lock(id)
 	defer unlock()
 	r, err := s.cat.get(id)
@@ -406,7 +698,7 @@ func (s *Store) UseInitKey(ctx context.Context, id string, fn func(hpkeKey any) 
 		return nil, err
 	}
 	if r.Role != RoleInit {
-		return nil, fmt.Errorf("key %q is a %s key, not an init key: %w", id, r.Role, ErrWrongRole)
+		return nil, fmt.Errorf("key %q is %s key, not an init key: %w", id, aRole(r.Role), ErrWrongRole)
 	}
 	if r.State != StateActive {
 		return nil, fmt.Errorf("init key %q is %s: %w", id, r.State, ErrNotActive)
@@ -433,6 +725,8 @@ func (s *Store) UseInitKey(ctx context.Context, id string, fn func(hpkeKey any) 
 	if err != nil {
 		return nil, err
 	}
+	// The Welcome is open: the caller giving up now must not keep the
+	// init key on the device (destroyDevice does not depend on ctx).
 	s.destroyRef(ctx, r, ref, "consume")
 	return r, nil
 }
@@ -472,11 +766,19 @@ func (s *Store) active(id string, role Role) (*Record, error) {
 	return r, r.Usable(role)
 }
 
+// aRole is the role with its indefinite article: "an init", "a signature".
+func aRole(r Role) string {
+	if r == RoleInit {
+		return "an " + string(r)
+	}
+	return "a " + string(r)
+}
+
 // Usable reports whether the key can serve as a key of role now: it must
 // have that role (ErrWrongRole) and be active (ErrNotActive).
 func (r *Record) Usable(role Role) error {
 	if r.Role != role {
-		return fmt.Errorf("key %q is a %s key, not a %s key: %w", r.ID, r.Role, role, ErrWrongRole)
+		return fmt.Errorf("key %q is %s key, not %s key: %w", r.ID, aRole(r.Role), aRole(role), ErrWrongRole)
 	}
 	if r.State != StateActive {
 		return fmt.Errorf("key %q is %s: %w", r.ID, r.State, ErrNotActive)
@@ -484,19 +786,22 @@ func (r *Record) Usable(role Role) error {
 	return nil
 }
 
-// keyLocks serialises operations that retire a key.
+// keyLocks holds one read-write lock per key in use: operations that use a
+// key take it shared, those that retire it (Delete, consuming an init key,
+// Sweep) exclusively.
 type keyLocks struct {
 	mu sync.Mutex
 	m  map[string]*keyLock
 }
 
 type keyLock struct {
-	sync.Mutex
+	sync.RWMutex
 	refs int
 }
 
-func (l *keyLocks) lock(id string) (unlock func()) {
+func (l *keyLocks) get(id string) *keyLock {
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	if l.m == nil {
 		l.m = map[string]*keyLock{}
 	}
@@ -506,97 +811,29 @@ func (l *keyLocks) lock(id string) (unlock func()) {
 		l.m[id] = k
 	}
 	k.refs++
-	l.mu.Unlock()
+	return k
+}
+
+func (l *keyLocks) put(id string, k *keyLock) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if k.refs--; k.refs == 0 {
+		delete(l.m, id)
+	}
+}
+
+// lock takes id's lock exclusively.
+func (l *keyLocks) lock(id string) (unlock func()) {
+	k := l.get(id)
 	k.Lock()
-	return func() {
-		k.Unlock()
-		l.mu.Lock()
-		if k.refs--; k.refs == 0 {
-			delete(l.m, id)
-		}
-		l.mu.Unlock()
-	}
+	return func() { k.Unlock(); l.put(id, k) }
 }
 
-// reconcile restores the invariant "a device key is live iff its record is
-// active" after a crash, and checks that hardware keys are still sound.
-func (s *Store) reconcile(ctx context.Context) error {
-	lister, ok := s.be.(Lister)
-	if !ok {
-		return s.checkHardware(ctx, nil)
-	}
-	dev, err := lister.List(ctx)
-	if err != nil {
-		return &DeviceError{Op: "list keys", Err: err}
-	}
-	onDevice := map[string]bool{}
-	for _, dk := range dev {
-		onDevice[dk.ID] = true
-		r, err := s.cat.get(dk.ID)
-		switch {
-		case errors.Is(err, ErrNotFound):
-		case err != nil:
-			return err
-		case r.Live():
-			continue
-		}
-		why := "not in the catalog (creation interrupted)"
-		if r != nil {
-			why = "catalog says " + string(r.State) + " (retirement interrupted)"
-		}
-		if err := s.be.Destroy(ctx, dk.Ref); err != nil {
-			return &DeviceError{Op: "destroy stray key " + dk.ID, Err: err}
-		}
-		s.log.Info("destroyed stray device key", "key", dk.ID, "why", why)
-	}
-	if err := s.checkHardware(ctx, onDevice); err != nil {
-		return err
-	}
-	s.log.Info("catalog reconciled", "device_keys", len(dev))
-	return nil
-}
-
-// checkHardware marks active hardware records whose device key is missing
-// (when onDevice says what the device has) as destroyed, and has the
-// Checker confirm the others.
-func (s *Store) checkHardware(ctx context.Context, onDevice map[string]bool) error {
-	var lost []string
-	var check []*Record
-	err := s.cat.all(func(r *Record) error {
-		if !r.Live() || r.Protection != ProtectionHardware {
-			return nil
-		}
-		if onDevice != nil && !onDevice[r.ID] {
-			lost = append(lost, r.ID)
-			return nil
-		}
-		check = append(check, r)
-		return nil
-	})
-	if err != nil {
-		return err
-	}
-	for _, id := range lost {
-		_, err := s.cat.update(id, func(r *Record) error {
-			s.retire(r, StateDestroyed, "missing from the device at start-up")
-			return nil
-		})
-		if err != nil {
-			return err
-		}
-		s.log.Warn("catalog key missing from the device; marked destroyed", "key", id)
-	}
-	if c, ok := s.be.(Checker); ok {
-		for _, r := range check {
-			if err := c.Check(ctx, r.DeviceRef, r.Algorithm); err != nil {
-				return fmt.Errorf("hardware key %q failed its start-up check: %w", r.ID, err)
-			}
-		}
-	}
-	if len(check) > 0 || len(lost) > 0 {
-		s.log.Info("hardware keys checked", "checked", len(check), "lost", len(lost))
-	}
-	return nil
+// share takes id's lock shared.
+func (l *keyLocks) share(id string) (unlock func()) {
+	k := l.get(id)
+	k.RLock()
+	return func() { k.RUnlock(); l.put(id, k) }
 }
 
 // Attest returns the device's evidence for an active hardware key, bound

@@ -17,7 +17,7 @@ import (
 	"github.com/cloudflare/circl/sign/ed448"
 )
 
-func openStore(t *testing.T, be Backend, opts Options) (*Store, string) {
+func openStore(t testing.TB, be Backend, opts Options) (*Store, string) {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "catalog.db")
 	s, err := Open(context.Background(), path, be, opts)
@@ -279,8 +279,8 @@ func TestReconcileAfterCrash(t *testing.T) {
 	if be.has(retired.ID) {
 		t.Error("consumed key still on the device")
 	}
-	if r, _ := s.Get(lost.ID); r.State != StateDestroyed {
-		t.Errorf("lost key is %s", r.State)
+	if r, _ := s.Get(lost.ID); r.State != StateMissing {
+		t.Errorf("lost key is %s, want missing", r.State)
 	}
 	if r, _ := s.Get(kept.ID); r.State != StateActive || !be.has(kept.ID) {
 		t.Error("kept key damaged")
@@ -331,7 +331,7 @@ func TestDeleteKeepsTombstone(t *testing.T) {
 	be := newFake()
 	s, _ := openStore(t, be, Options{})
 	r, _ := s.Create(ctx, KeySpec{Role: RoleSignature, Algorithm: ECDSAP256})
-	if _, err := s.Delete(ctx, r.ID); err != nil {
+	if _, _, err := s.Delete(ctx, r.ID, false); err != nil {
 		t.Fatal(err)
 	}
 	got, _ := s.Get(r.ID)
@@ -341,7 +341,7 @@ func TestDeleteKeepsTombstone(t *testing.T) {
 	if _, err := s.Signer(ctx, r.ID); !errors.Is(err, ErrNotActive) {
 		t.Fatalf("signer of destroyed key: %v", err)
 	}
-	if _, err := s.Delete(ctx, r.ID); !errors.Is(err, ErrNotActive) {
+	if _, _, err := s.Delete(ctx, r.ID, false); !errors.Is(err, ErrNotActive) {
 		t.Fatalf("second delete: %v", err)
 	}
 }

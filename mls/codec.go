@@ -294,16 +294,20 @@ func (d *decoder) optional(field string) bool {
 	return v
 }
 
-// list decodes a vector whose content is a sequence of structures. Each
-// element consumes at least one byte or fails, so the loop is bounded by the
-// vector length.
-func (d *decoder) list(field string, each func(*decoder)) {
-	b := d.vec(field)
+// list decodes a vector whose content is a sequence of structures, at most
+// max of them (see limits.go): each element consumes at least one byte, but
+// a byte per element still allows millions of them.
+func (d *decoder) list(field string, max int, each func(*decoder)) {
+	b := d.vecView(field)
 	if d.err != nil {
 		return
 	}
 	sub := newDecoder(b)
-	for sub.err == nil && !sub.r.Empty() {
+	for n := 0; sub.err == nil && !sub.r.Empty(); n++ {
+		if n == max {
+			d.failf(field, "more than %d entries", max)
+			return
+		}
 		each(sub)
 	}
 	if sub.err != nil {
@@ -311,13 +315,47 @@ func (d *decoder) list(field string, each func(*decoder)) {
 	}
 }
 
-func (d *decoder) u16list(field string) []uint16 {
-	b := d.vec(field)
+// vecView is vec without the copy, for vectors that are decoded further
+// and never kept.
+func (d *decoder) vecView(field string) []byte {
+	if d.err != nil {
+		return nil
+	}
+	n, nlen, err := ReadVarint(d.r.b)
+	if err == nil && n > uint64(len(d.r.b)-nlen) {
+		err = fmt.Errorf("%w: vector length %d exceeds remaining %d bytes", ErrMalformed, n, len(d.r.b)-nlen)
+	}
+	if err != nil {
+		d.fail(field, err)
+		return nil
+	}
+	v := d.r.b[nlen : nlen+int(n)]
+	d.r.b = d.r.b[nlen+int(n):]
+	return v
+}
+
+// sizedVec reads an opaque<V> that must be exactly size bytes (any size
+// when size is negative).
+func (d *decoder) sizedVec(field string, size int) []byte {
+	v := d.vec(field)
+	if d.err == nil && size >= 0 && len(v) != size {
+		d.failf(field, "%d bytes, want %d", len(v), size)
+		return nil
+	}
+	return v
+}
+
+func (d *decoder) u16list(field string, max int) []uint16 {
+	b := d.vecView(field)
 	if d.err != nil {
 		return nil
 	}
 	if len(b)%2 != 0 {
 		d.failf(field, "uint16 vector of odd length %d", len(b))
+		return nil
+	}
+	if len(b)/2 > max {
+		d.failf(field, "%d entries, more than %d", len(b)/2, max)
 		return nil
 	}
 	out := make([]uint16, len(b)/2)

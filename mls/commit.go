@@ -43,10 +43,10 @@ func (up *UpdatePath) encode(w *Writer) {
 func decodeUpdatePath(d *decoder) UpdatePath {
 	var up UpdatePath
 	up.LeafNode = decodeLeafNode(d)
-	d.list("UpdatePath.nodes", func(d *decoder) {
+	d.list("UpdatePath.nodes", MaxPathNodes, func(d *decoder) {
 		var n UpdatePathNode
 		n.EncryptionKey = d.vec("UpdatePathNode.encryption_key")
-		d.list("UpdatePathNode.encrypted_path_secret", func(d *decoder) {
+		d.list("UpdatePathNode.encrypted_path_secret", MaxPathSecrets, func(d *decoder) {
 			ct := HPKECiphertext{
 				KEMOutput:  d.vec("HPKECiphertext.kem_output"),
 				Ciphertext: d.vec("HPKECiphertext.ciphertext"),
@@ -83,7 +83,7 @@ func (c *Commit) Marshal() []byte {
 
 func decodeCommit(d *decoder) Commit {
 	var c Commit
-	d.list("Commit.proposals", func(d *decoder) {
+	d.list("Commit.proposals", MaxProposals, func(d *decoder) {
 		p := decodeProposalOrRef(d)
 		if d.err == nil {
 			c.Proposals = append(c.Proposals, p)

@@ -44,7 +44,7 @@ func decodeCredential(d *decoder) Credential {
 	case c.Type == CredentialTypeBasic:
 		c.Identity = d.vec("Credential.identity")
 	case c.Type == CredentialTypeX509:
-		d.list("Credential.certificates", func(d *decoder) {
+		d.list("Credential.certificates", MaxCertificates, func(d *decoder) {
 			if cert := d.vec("Certificate.cert_data"); d.err == nil {
 				c.Certificates = append(c.Certificates, cert)
 			}

@@ -116,6 +116,7 @@ func (c rfc9180) kemSharedSecret(dh, enc, pkR []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer clear(prk)
 	kemContext := append(append([]byte{}, enc...), pkR...)
 	return labeledExpand(c.kemHash, suiteID, prk, "shared_secret", kemContext, c.nSecret)
 }
@@ -141,6 +142,7 @@ func (c rfc9180) baseKeyNonce(shared, info []byte) (key, nonce []byte, err error
 	if err != nil {
 		return nil, nil, err
 	}
+	defer clear(secret)
 	if key, err = labeledExpand(c.kdfHash, suiteID, secret, "key", ksc, c.nk); err != nil {
 		return nil, nil, err
 	}
@@ -155,10 +157,12 @@ func (c rfc9180) open(dh, enc, pkR, info, ciphertext []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer clear(shared)
 	key, nonce, err := c.baseKeyNonce(shared, info)
 	if err != nil {
 		return nil, err
 	}
+	defer clear(key)
 	aead, err := newAEAD(c.aeadID, key)
 	if err != nil {
 		return nil, err
@@ -171,10 +175,12 @@ func (c rfc9180) seal(dh, enc, pkR, info, plaintext []byte) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	defer clear(shared)
 	key, nonce, err := c.baseKeyNonce(shared, info)
 	if err != nil {
 		return nil, err
 	}
+	defer clear(key)
 	aead, err := newAEAD(c.aeadID, key)
 	if err != nil {
 		return nil, err
@@ -191,10 +197,12 @@ func sealX448(s *Suite, pkR, info, plaintext []byte) (kemOutput, ciphertext []by
 	if err != nil {
 		return nil, nil, err
 	}
+	defer clear(eph.priv[:])
 	dh, err := eph.X448(pkR)
 	if err != nil {
 		return nil, nil, fmt.Errorf("mls: X448 encapsulation: %w", err)
 	}
+	defer clear(dh)
 	enc := eph.X448PublicKey()
 	ct, err := x448HPKE(s).seal(dh, enc, pkR, info, plaintext)
 	if err != nil {
@@ -212,6 +220,7 @@ func openX448(s *Suite, k X448KeyExchanger, enc, info, ciphertext []byte) ([]byt
 	if err != nil {
 		return nil, fmt.Errorf("%w: X448: %w", ErrDecryption, err)
 	}
+	defer clear(dh)
 	// RFC 9180 §7.1.4: an all-zero DH output means a low-order peer point;
 	// checked here too in case a device does not.
 	if len(dh) != x448KeySize || isZero(dh) {

@@ -161,9 +161,18 @@ type KeyPackageParams struct {
 }
 
 // appendUnique appends the values of add not yet in list, keeping order.
+// A set keeps it linear: callers may pass thousands of values.
 func appendUnique(list []uint16, add ...uint16) []uint16 {
+	if len(add) == 0 {
+		return list
+	}
+	seen := make(map[uint16]struct{}, len(list)+len(add))
+	for _, v := range list {
+		seen[v] = struct{}{}
+	}
 	for _, v := range add {
-		if !contains(list, v) {
+		if _, ok := seen[v]; !ok {
+			seen[v] = struct{}{}
 			list = append(list, v)
 		}
 	}
@@ -219,6 +228,12 @@ func NewKeyPackage(p KeyPackageParams, signer crypto.Signer) (*KeyPackage, error
 	if size > maxField {
 		return nil, invalidParams("credential and extensions exceed %d bytes", maxField)
 	}
+	// What this package could not decode again is not built.
+	for name, l := range map[string]int{"leaf extensions": len(p.LeafExtensions), "KeyPackage extensions": len(p.Extensions) + 1} {
+		if l > MaxExtensions {
+			return nil, invalidParams("%d %s, more than %d", l, name, MaxExtensions)
+		}
+	}
 	for _, t := range p.Capabilities.Extensions {
 		if isDefaultExtension(t) {
 			return nil, invalidParams("default extension type %d must not be listed in capabilities", t)
@@ -249,16 +264,23 @@ func NewKeyPackage(p KeyPackageParams, signer crypto.Signer) (*KeyPackage, error
 	var caps Capabilities
 	caps.Versions = appendUnique([]uint16{ProtocolVersionMLS10}, p.Capabilities.Versions...)
 	caps.CipherSuites = appendUnique([]uint16{uint16(p.Suite)}, p.Capabilities.CipherSuites...)
+	var used []uint16
 	for _, list := range [][]Extension{p.LeafExtensions, exts} {
 		for _, e := range list {
 			if !isDefaultExtension(e.Type) {
-				caps.Extensions = appendUnique(caps.Extensions, e.Type)
+				used = append(used, e.Type)
 			}
 		}
 	}
-	caps.Extensions = appendUnique(caps.Extensions, p.Capabilities.Extensions...)
+	caps.Extensions = appendUnique(nil, append(used, p.Capabilities.Extensions...)...)
 	caps.Proposals = appendUnique(nil, p.Capabilities.Proposals...)
 	caps.Credentials = appendUnique([]uint16{p.Credential.Type}, p.Capabilities.Credentials...)
+	for name, l := range map[string]int{"versions": len(caps.Versions), "cipher_suites": len(caps.CipherSuites),
+		"extensions": len(caps.Extensions), "proposals": len(caps.Proposals), "credentials": len(caps.Credentials)} {
+		if l > MaxCapabilityEntries {
+			return nil, invalidParams("capabilities.%s: %d entries, more than %d", name, l, MaxCapabilityEntries)
+		}
+	}
 
 	lt := p.Lifetime
 	kp := &KeyPackage{

@@ -54,11 +54,11 @@ func (c *Capabilities) encode(w *Writer) {
 
 func decodeCapabilities(d *decoder) Capabilities {
 	return Capabilities{
-		Versions:     d.u16list("Capabilities.versions"),
-		CipherSuites: d.u16list("Capabilities.cipher_suites"),
-		Extensions:   d.u16list("Capabilities.extensions"),
-		Proposals:    d.u16list("Capabilities.proposals"),
-		Credentials:  d.u16list("Capabilities.credentials"),
+		Versions:     d.u16list("Capabilities.versions", MaxCapabilityEntries),
+		CipherSuites: d.u16list("Capabilities.cipher_suites", MaxCapabilityEntries),
+		Extensions:   d.u16list("Capabilities.extensions", MaxCapabilityEntries),
+		Proposals:    d.u16list("Capabilities.proposals", MaxCapabilityEntries),
+		Credentials:  d.u16list("Capabilities.credentials", MaxCapabilityEntries),
 	}
 }
 
@@ -73,7 +73,7 @@ func encodeExtensions(w *Writer, exts []Extension) {
 
 func decodeExtensions(d *decoder, field string) []Extension {
 	var exts []Extension
-	d.list(field, func(d *decoder) {
+	d.list(field, MaxExtensions, func(d *decoder) {
 		e := Extension{Type: d.u16("Extension.extension_type"), Data: d.vec("Extension.extension_data")}
 		if d.err == nil {
 			exts = append(exts, e)
@@ -172,14 +172,18 @@ func (ln *LeafNode) checkCapabilities(extra ...[]Extension) error {
 	if !contains(ln.Capabilities.Credentials, ln.Credential.Type) {
 		return fmt.Errorf("credential type %d not listed in capabilities.credentials", ln.Credential.Type)
 	}
+	listed := make(map[uint16]struct{}, len(ln.Capabilities.Extensions))
+	for _, t := range ln.Capabilities.Extensions {
+		listed[t] = struct{}{}
+	}
 	for _, list := range append([][]Extension{ln.Extensions}, extra...) {
-		seen := map[uint16]bool{}
+		seen := make(map[uint16]struct{}, len(list))
 		for _, e := range list {
-			if seen[e.Type] {
+			if _, dup := seen[e.Type]; dup {
 				return fmt.Errorf("duplicate extension type 0x%04x", e.Type)
 			}
-			seen[e.Type] = true
-			if !isDefaultExtension(e.Type) && !contains(ln.Capabilities.Extensions, e.Type) {
+			seen[e.Type] = struct{}{}
+			if _, ok := listed[e.Type]; !isDefaultExtension(e.Type) && !ok {
 				return fmt.Errorf("extension type 0x%04x not listed in capabilities.extensions", e.Type)
 			}
 		}

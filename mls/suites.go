@@ -1,6 +1,8 @@
 package mls
 
 import (
+	"golang.org/x/crypto/chacha20poly1305"
+
 	"crypto"
 	"crypto/aes"
 	"crypto/cipher"
@@ -161,7 +163,11 @@ func newAEAD(id uint16, key []byte) (cipher.AEAD, error) {
 		}
 		return cipher.NewGCM(b)
 	case AEADChaCha20Poly1305:
-		return newChaCha20Poly1305(key)
+		// The standard library keeps its ChaCha20-Poly1305 internal.
+		if len(key) != chacha20poly1305.KeySize {
+			return nil, fmt.Errorf("mls: AEAD key of %d bytes, want %d", len(key), chacha20poly1305.KeySize)
+		}
+		return chacha20poly1305.New(key)
 	}
 	return nil, fmt.Errorf("mls: unknown AEAD 0x%04x", id)
 }

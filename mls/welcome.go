@@ -52,10 +52,17 @@ func (w *Welcome) Marshal() []byte {
 func decodeWelcome(d *decoder) Welcome {
 	var w Welcome
 	w.CipherSuite = CipherSuite(d.u16("Welcome.cipher_suite"))
-	d.list("Welcome.secrets", func(d *decoder) {
+	// For a known suite the fixed sizes are checked entry by entry, so a
+	// Welcome of short or empty entries fails at the first one: a
+	// KeyPackageRef is Nh bytes (§5.2) and a kem_output Nenc.
+	refSize, kemSize := -1, -1
+	if s, err := LookupSuite(w.CipherSuite); err == nil {
+		refSize, kemSize = s.HashSize(), s.KEMOutputSize()
+	}
+	d.list("Welcome.secrets", MaxWelcomeSecrets, func(d *decoder) {
 		e := EncryptedGroupSecrets{
-			NewMember:  d.vec("EncryptedGroupSecrets.new_member"),
-			KEMOutput:  d.vec("HPKECiphertext.kem_output"),
+			NewMember:  d.sizedVec("EncryptedGroupSecrets.new_member", refSize),
+			KEMOutput:  d.sizedVec("HPKECiphertext.kem_output", kemSize),
 			Ciphertext: d.vec("HPKECiphertext.ciphertext"),
 		}
 		if d.err == nil {
@@ -156,7 +163,7 @@ func UnmarshalGroupSecrets(b []byte) (*GroupSecrets, error) {
 	if d.optional("GroupSecrets.path_secret") {
 		gs.PathSecret = d.vec("PathSecret.path_secret")
 	}
-	d.list("GroupSecrets.psks", func(d *decoder) {
+	d.list("GroupSecrets.psks", MaxPSKs, func(d *decoder) {
 		p := decodePreSharedKeyID(d)
 		if d.err == nil {
 			gs.PSKs = append(gs.PSKs, p)
@@ -200,18 +207,23 @@ func (s *Suite) DecryptGroupInfo(w *Welcome, gs *GroupSecrets, pskSecret []byte)
 	if pskSecret == nil {
 		pskSecret = make([]byte, s.HashSize())
 	}
+	// The intermediate secrets are wiped: the caller gets the joiner
+	// secret and the GroupInfo, nothing derived on the way.
 	member, err := s.Extract(gs.JoinerSecret, pskSecret)
 	if err != nil {
 		return nil, err
 	}
+	defer clear(member)
 	welcomeSecret, err := s.DeriveSecret(member, "welcome")
 	if err != nil {
 		return nil, err
 	}
+	defer clear(welcomeSecret)
 	key, err := s.ExpandWithLabel(welcomeSecret, "key", nil, s.AEADKeySize())
 	if err != nil {
 		return nil, err
 	}
+	defer clear(key)
 	nonce, err := s.ExpandWithLabel(welcomeSecret, "nonce", nil, s.AEADNonceSize())
 	if err != nil {
 		return nil, err

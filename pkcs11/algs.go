@@ -128,3 +128,12 @@ func ecParamsMatch(b []byte, oid asn1.ObjectIdentifier) bool {
 	}
 	return false
 }
+
+// keyTypes are the CKA_KEY_TYPE values a private key of this algorithm may
+// have: X25519/X448 keys made under either route stay usable.
+func (s *algSpec) keyTypes() []uint {
+	if s.alg == keystore.X25519 || s.alg == keystore.X448 {
+		return []uint{ckkECMontgomery, ckkECEdwards}
+	}
+	return []uint{s.keyType}
+}

@@ -17,10 +17,11 @@ import (
 )
 
 var (
-	_ keystore.Backend = (*Backend)(nil)
-	_ keystore.Sealer  = (*Backend)(nil)
-	_ keystore.Checker = (*Backend)(nil)
-	_ keystore.Lister  = (*Backend)(nil)
+	_ keystore.Backend          = (*Backend)(nil)
+	_ keystore.Epocher          = (*Backend)(nil)
+	_ keystore.EpochSealChecker = (*Backend)(nil)
+	_ keystore.Checker          = (*Backend)(nil)
+	_ keystore.Lister           = (*Backend)(nil)
 
 	_ keystore.HealthReporter = (*Backend)(nil)
 	_ keystore.SealChecker    = (*Backend)(nil)
@@ -95,13 +96,11 @@ type Backend struct {
 	specs   map[keystore.Algorithm]*algSpec // supported algorithms only
 	notes   map[keystore.Algorithm]string   // why an algorithm is missing
 
-	sealMu  sync.RWMutex
-	sealIDs []string // CKA_IDs of the sealing keys; sealIDs[0] seals
+	sealMu sync.RWMutex
 	// How this token seals, chosen by probing (sealprobe.go): "gcm",
 	// "hmac-kdf", or "" with the reason in sealErr.
 	sealMode string
 	sealErr  error
-	hmacIDs  []string // CKA_IDs of the HMAC sealing keys (hmac-kdf)
 
 	done      chan struct{}
 	closeOnce sync.Once
@@ -111,8 +110,8 @@ type Backend struct {
 }
 
 // Open initialises the module, finds the token, logs in once, probes the
-// algorithms (including the X25519/X448 route) and makes sure the sealing
-// key exists.
+// algorithms (including the X25519/X448 route) and checks any sealing key
+// from before epochs; the keystore manages the epoch keys.
 func Open(ctx context.Context, cfg Config) (*Backend, error) {
 	if cfg.TokenLabel == "" && cfg.TokenSerial == "" {
 		return nil, errors.New("pkcs11: set TokenLabel or TokenSerial")
@@ -188,6 +187,9 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 	}
 	if b.specs, b.notes, err = b.probe(ctx); err != nil {
 		return nil, devErr("probe", err)
+	}
+	if err := b.checkLegacySealKeys(ctx); err != nil {
+		return nil, devErr("seal key", err)
 	}
 	// A token that cannot seal still serves what it computes; SealError
 	// says why, and the keystore offers no sealed keys.

@@ -356,7 +356,7 @@ func TestReopen(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	blob, err := b1.Seal(ctx, []byte("secret"), []byte("aad"))
+	blob, err := testSeal(ctx, b1, []byte("secret"), []byte("aad"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -386,8 +386,8 @@ func TestReopen(t *testing.T) {
 	if err != nil || string(pt) != "secret" {
 		t.Fatalf("Unseal after reopen: %q, %v", pt, err)
 	}
-	if len(b2.sealIDs) != 1 {
-		t.Fatalf("%d sealing keys, want 1", len(b2.sealIDs))
+	if ids, err := b2.Epochs(ctx); err != nil || len(ids) != 1 {
+		t.Fatalf("epochs after reopen: %v %v, want one", ids, err)
 	}
 }
 
@@ -445,7 +445,7 @@ func TestSessionRecovery(t *testing.T) {
 		t.Fatal(err)
 	}
 	verifySign(t, b, ref, keystore.Ed25519, pub)
-	blob, err := b.Seal(ctx, []byte("p"), nil)
+	blob, err := testSeal(ctx, b, []byte("p"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -101,8 +101,11 @@ func BenchmarkSeal(b *testing.B) {
 	ctx := context.Background()
 	pt := make([]byte, 64)
 	aad := []byte("catalog-id")
+	if err := be.NewEpoch(ctx, testEpoch); err != nil {
+		b.Fatal(err)
+	}
 	for b.Loop() {
-		blob, err := be.Seal(ctx, pt, aad)
+		blob, err := be.SealIn(ctx, testEpoch, pt, aad)
 		if err != nil {
 			b.Fatal(err)
 		}
@@ -121,6 +124,29 @@ func BenchmarkOpen(b *testing.B) {
 			b.Fatal(err)
 		}
 		if err := be.Close(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkEpochRotation: one rotation (new AES key, re-seal of 200 active
+// sealed keys, destruction of the old key): the cost --seal-epoch retire
+// pays at every retirement.
+func BenchmarkEpochRotation(b *testing.B) {
+	be := openBackend(b, newToken(b))
+	ctx := context.Background()
+	st, err := keystore.Open(ctx, b.TempDir()+"/catalog.db", sealOnly{be}, keystore.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	for range 200 {
+		if _, err := st.Create(ctx, keystore.KeySpec{Role: keystore.RoleInit, Suite: 1, Algorithm: keystore.X25519}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for b.Loop() {
+		if err := st.RotateEpoch(ctx); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -1,7 +1,7 @@
 // Package pkcs11 is the PKCS#11 device backend of mlskeyd: it keeps private
 // keys inside a token (SoftHSM 2 in tests and development, an HSM in
-// production) and implements keystore.Backend, keystore.Sealer and
-// keystore.Checker. It knows nothing of MLS or gRPC.
+// production) and implements keystore.Backend, keystore.Epocher (sealing),
+// keystore.Lister and keystore.Checker. It knows nothing of MLS or gRPC.
 //
 // # Keys and objects
 //
@@ -26,14 +26,23 @@
 // choice. Every other algorithm is also probed with a session key before
 // Algorithms reports it.
 //
-// The Sealer uses a token AES-256 key labelled "mlskeyd:seal-v1"
-// (sensitive, never extractable) with CKM_AES_GCM: blob = 0x01 || 12-byte
-// random IV || ciphertext || 16-byte tag, with the caller's aad
-// authenticated. Sealing is probed at Open (a throwaway session key, then
-// a round trip with the token key); a token without working AES-GCM (p11-kit
-// 0.24 forwards none) seals in the "hmac-kdf" mode instead, a per-blob
-// AES-GCM key derived with CKM_SHA256_HMAC from the token secret
-// "mlskeyd:seal-hmac-v1" (see sealprobe.go); a token that can do neither
+// Sealing uses one token AES-256 key per epoch (keystore.Epocher), labelled
+// "mlskeyd:seal-epoch" with CKA_ID = the epoch id, with CKM_AES_GCM: blob =
+// 0x02 || len(epoch) || epoch || 12-byte random IV || ciphertext || 16-byte
+// tag, header and the caller's aad authenticated. Every search for a
+// private or sealing key requires CKA_PRIVATE=true and the expected
+// CKA_KEY_TYPE, so public objects planted without the PIN are never found;
+// every sealing key must be a LOCAL, ALWAYS_SENSITIVE, NEVER_EXTRACTABLE,
+// sensitive, unextractable 32-byte AES key, or Epochs (and so start-up)
+// fails. Version 1 blobs (0x01 || IV || ciphertext || tag) still open under
+// "mlskeyd:seal-v1" keys, which are never used to seal.
+// Sealing is probed at Open (with throwaway session keys); a token
+// without working AES-GCM (p11-kit 0.24 forwards none) seals in the
+// "hmac-kdf" mode instead: its epoch keys are 32-byte CKK_GENERIC_SECRET
+// keys labelled "mlskeyd:seal-hmac-epoch" (CKA_ID = the epoch id, found
+// and checked by the same rules), each blob's AES-GCM key derived with
+// CKM_SHA256_HMAC and blob = 0x03 || len(epoch) || epoch || salt ||
+// ciphertext || tag (see sealprobe.go). A token that can do neither
 // reports it in SealError and the keystore offers no sealed keys.
 //
 // # Device loss
@@ -115,11 +124,8 @@
 //   - Generate checks that the id is unused, but two concurrent Generate
 //     calls with the same id (which the keystore never makes) could both
 //     succeed; lookups then use the first match and Destroy removes all.
-//   - If two processes create the sealing key at the same moment, two keys
-//     exist. Seal uses the one with the lowest CKA_ID it knows of and Unseal
-//     tries all of them, looking again when none fits, so no blob is lost.
-//   - AES-GCM uses random 96-bit IVs: keep the number of Seal calls under one
-//     key well below 2^32.
+//   - AES-GCM uses random 96-bit IVs: keep the number of SealIn calls under
+//     one epoch key well below 2^32.
 //   - SoftHSM reports off-curve and low-order ECDH peers as
 //     CKR_GENERAL_ERROR, which ECDH maps to keystore.ErrInvalidPeerKey; on
 //     another module a genuine internal failure in C_DeriveKey with that

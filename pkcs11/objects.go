@@ -50,24 +50,50 @@ type objKey struct {
 }
 
 func (k objKey) label() string {
-	if k.class == p11.CKO_SECRET_KEY {
-		if strings.HasPrefix(k.id, hmacIDPrefix) {
-			return sealHMACLabel
-		}
-		return sealLabel
+	switch k.class {
+	case p11.CKO_SECRET_KEY:
+		return sealEpochLabel
+	case classHMACSecret:
+		return sealHMACEpochLabel
 	}
 	return labelPrefix + k.id
 }
 
 // template matches the object exactly: class, CKA_ID and CKA_LABEL (the
 // label keeps keys of other applications that reuse an id out of reach).
+// Private and secret keys must also be CKA_PRIVATE: only a logged-in
+// session can make such an object, so nobody without the PIN can plant a
+// key the daemon would then use. Secret keys must be AES, or generic
+// secrets for the hmac-kdf epoch keys.
 func (k objKey) template() []*p11.Attribute {
-	return []*p11.Attribute{
-		p11.NewAttribute(p11.CKA_CLASS, k.class),
+	t := []*p11.Attribute{
+		p11.NewAttribute(p11.CKA_CLASS, k.p11Class()),
 		p11.NewAttribute(p11.CKA_TOKEN, true),
 		p11.NewAttribute(p11.CKA_ID, []byte(k.id)),
 		p11.NewAttribute(p11.CKA_LABEL, k.label()),
 	}
+	switch k.class {
+	case p11.CKO_PRIVATE_KEY:
+		t = append(t, p11.NewAttribute(p11.CKA_PRIVATE, true))
+	case p11.CKO_SECRET_KEY:
+		t = append(t, p11.NewAttribute(p11.CKA_PRIVATE, true), p11.NewAttribute(p11.CKA_KEY_TYPE, p11.CKK_AES))
+	case classHMACSecret:
+		t = append(t, p11.NewAttribute(p11.CKA_PRIVATE, true), p11.NewAttribute(p11.CKA_KEY_TYPE, p11.CKK_GENERIC_SECRET))
+	}
+	return t
+}
+
+// classHMACSecret is objKey's class for an hmac-kdf epoch key: a
+// CKO_SECRET_KEY of type CKK_GENERIC_SECRET under its own label, so that
+// the two kinds of epoch key, which share their CKA_ID (the epoch id),
+// are never taken for one another.
+const classHMACSecret = 1<<31 | p11.CKO_SECRET_KEY
+
+func (k objKey) p11Class() uint {
+	if k.class == classHMACSecret {
+		return p11.CKO_SECRET_KEY
+	}
+	return k.class
 }
 
 // handleCache remembers object handles within this module instance. Entries
@@ -131,11 +157,22 @@ func (b *Backend) findAll(s p11.SessionHandle, tmpl []*p11.Attribute) ([]p11.Obj
 }
 
 // lookup returns the handle of object k, from the cache or by searching.
-func (b *Backend) lookup(s p11.SessionHandle, k objKey) (p11.ObjectHandle, error) {
+// types, if given, are the CKA_KEY_TYPE values the object may have: the
+// search requires one of them.
+func (b *Backend) lookup(s p11.SessionHandle, k objKey, types ...uint) (p11.ObjectHandle, error) {
 	if h, ok := b.cache.get(k); ok {
 		return h, nil
 	}
-	hs, err := b.findAll(s, k.template())
+	var hs []p11.ObjectHandle
+	var err error
+	if len(types) == 0 {
+		hs, err = b.findAll(s, k.template())
+	}
+	for _, t := range types {
+		if hs, err = b.findAll(s, append(k.template(), p11.NewAttribute(p11.CKA_KEY_TYPE, t))); err != nil || len(hs) > 0 {
+			break
+		}
+	}
 	if err != nil {
 		return 0, err
 	}
@@ -151,9 +188,9 @@ func (b *Backend) lookup(s p11.SessionHandle, k objKey) (p11.ObjectHandle, error
 
 // withKey runs fn on a pooled session with the handle of object k. A stale
 // cached handle is dropped and fn runs again with a fresh one.
-func (b *Backend) withKey(ctx context.Context, k objKey, fn func(s p11.SessionHandle, h p11.ObjectHandle) error) error {
+func (b *Backend) withKey(ctx context.Context, k objKey, fn func(s p11.SessionHandle, h p11.ObjectHandle) error, types ...uint) error {
 	return b.withSession(ctx, func(s p11.SessionHandle) error {
-		h, err := b.lookup(s, k)
+		h, err := b.lookup(s, k, types...)
 		if err != nil {
 			return err
 		}
@@ -162,7 +199,7 @@ func (b *Backend) withKey(ctx context.Context, k objKey, fn func(s p11.SessionHa
 			return err
 		}
 		b.cache.drop(k)
-		if h, err = b.lookup(s, k); err != nil {
+		if h, err = b.lookup(s, k, types...); err != nil {
 			return err
 		}
 		return fn(s, h)
@@ -315,7 +352,7 @@ func (b *Backend) Check(ctx context.Context, ref []byte, alg keystore.Algorithm)
 			}
 		}
 		return nil
-	})
+	}, spec.keyTypes()...)
 	if err == nil {
 		err = problem
 	}

@@ -134,7 +134,7 @@ func (b *Backend) Sign(ctx context.Context, ref []byte, alg keystore.Algorithm, 
 		var err error
 		sig, err = b.signIn(s, spec, h, msg)
 		return err
-	})
+	}, spec.keyTypes()...)
 	if err != nil {
 		return nil, devErr("sign "+string(alg), err)
 	}
@@ -177,7 +177,7 @@ func (b *Backend) ECDH(ctx context.Context, ref []byte, alg keystore.Algorithm, 
 		var err error
 		z, err = b.deriveIn(s, spec, h, peer)
 		return err
-	})
+	}, spec.keyTypes()...)
 	if err != nil {
 		return nil, devErr("ecdh "+string(alg), err)
 	}

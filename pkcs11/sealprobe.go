@@ -6,10 +6,8 @@ import (
 	"crypto/aes"
 	"crypto/cipher"
 	"crypto/rand"
-	"encoding/hex"
 	"errors"
 	"fmt"
-	"slices"
 	"strings"
 
 	p11 "github.com/miekg/pkcs11"
@@ -25,31 +23,34 @@ import (
 // Two modes, chosen by what the token (or a forwarder in front of it)
 // actually does:
 //
-//   - gcm: CKM_AES_GCM under the AES-256 key "mlskeyd:seal-v1" (seal.go).
+// Both modes seal under the keystore's epoch keys (seal.go): one token key
+// per epoch, CKA_ID = the epoch id, the epoch id in the blob's header, and
+// an epoch's blobs useless once its key is destroyed.
+//
+//   - gcm: CKM_AES_GCM under the epoch's AES-256 key "mlskeyd:seal-epoch".
 //   - hmac-kdf: for tokens that offer no AES-GCM. p11-kit 0.24's RPC
 //     forwards no mechanism with a parameter it does not know, so behind
 //     p11-kit-client.so AES-GCM, AES-CBC-PAD and AES-KEY-WRAP-PAD all fail
 //     with CKR_MECHANISM_INVALID, while CKM_SHA256_HMAC (no parameter)
-//     works. A token generic secret "mlskeyd:seal-hmac-v1" (sensitive,
-//     never extractable, sign only) derives a one-blob key:
+//     works. The epoch's key is a 32-byte generic secret
+//     "mlskeyd:seal-hmac-epoch" (private, sensitive, never extractable,
+//     generated in the token, sign only), found and checked like the AES
+//     epoch keys. It derives a one-blob key:
 //     K = HMAC-SHA256_token("mlskeyd seal-hmac v1" || salt) with a random
 //     32-byte salt, and the daemon encrypts with AES-256-GCM under K (zero
-//     nonce: K is used once), the caller's aad authenticated. Blob =
-//     0x02 || salt || ciphertext || tag. Without the token key nobody can
-//     compute K, so a copied catalog is as useless as with the gcm mode; K
-//     itself is in daemon memory for the one operation, as the unsealed
-//     private key is anyway, and wiped after.
+//     nonce: K is used once), header and caller's aad authenticated. Blob =
+//     0x03 || len(epoch) || epoch || salt || ciphertext || tag. Without the
+//     epoch's token key nobody can compute K, so a copied catalog is as
+//     useless as with the gcm mode, and destroying the epoch makes its
+//     blobs useless for good; K itself is in daemon memory for the one
+//     operation, as the unsealed private key is anyway, and wiped after.
 
 const (
 	sealModeGCM  = "gcm"
 	sealModeHMAC = "hmac-kdf"
 
-	sealHMACLabel   = "mlskeyd:seal-hmac-v1"
-	sealHMACVersion = 0x02
-	sealHMACSalt    = 32
-	// hmacIDPrefix marks the CKA_IDs of HMAC sealing keys, so that objKey
-	// finds them under their own label.
-	hmacIDPrefix = "hmac-"
+	sealHMACEpochLabel = "mlskeyd:seal-hmac-epoch"
+	sealHMACSalt       = 32
 )
 
 var sealHMACContext = []byte("mlskeyd seal-hmac v1")
@@ -70,10 +71,10 @@ func (b *Backend) SealError() error {
 	return b.sealErr
 }
 
-// setUpSealing picks the sealing mode by trying: first AES-GCM with a
-// throwaway session key (so that no token key is made for a mechanism that
-// does not work), then the token key and a seal/unseal round trip; then
-// the same for the HMAC fallback. A failure of both is recorded in
+// setUpSealing picks the sealing mode by trying AES-GCM, then the HMAC
+// fallback, each with a throwaway session key (so that no token key is made
+// for a mechanism that does not work); the epoch keys themselves are made
+// by NewEpoch, which proves each with a round trip. A failure of both is recorded in
 // SealError, not returned: the token can still serve what it computes.
 // Only a lost session or device, or a closed Backend, is returned.
 func (b *Backend) setUpSealing(ctx context.Context) error {
@@ -87,43 +88,31 @@ func (b *Backend) setUpSealing(ctx context.Context) error {
 	}
 	var why []string
 	var fatal error
-	try := func(mode string, mechs []uint, probe func() error, ensure func() error) bool {
+	try := func(mode string, mechs []uint, probe func() error) bool {
 		for _, m := range mechs {
 			if !has[m] {
 				why = append(why, fmt.Sprintf("%s: %s not offered", mode, mechName(m)))
 				return false
 			}
 		}
-		b.sealMu.Lock()
-		b.sealMode = mode
-		b.sealMu.Unlock()
 		err := probe()
 		if sessionLost(err) || deviceGone(err) || errors.Is(err, ErrClosed) {
 			fatal = err
 			return false
 		}
-		if err == nil {
-			err = ensure()
-		}
-		if err == nil {
-			err = b.sealRoundTrip(ctx)
-		}
 		if err != nil {
-			b.sealMu.Lock()
-			b.sealMode = ""
-			b.sealMu.Unlock()
 			why = append(why, fmt.Sprintf("%s: %v", mode, err))
 			return false
 		}
 		return true
 	}
+	mode := sealModeGCM
 	ok := try(sealModeGCM, []uint{p11.CKM_AES_KEY_GEN, p11.CKM_AES_GCM},
-		func() error { return b.withSession(ctx, b.probeGCM) },
-		func() error { return b.ensureSealKey(ctx) })
-	if !ok {
+		func() error { return b.withSession(ctx, b.probeGCM) })
+	if !ok && fatal == nil {
+		mode = sealModeHMAC
 		ok = try(sealModeHMAC, []uint{p11.CKM_GENERIC_SECRET_KEY_GEN, p11.CKM_SHA256_HMAC},
-			func() error { return b.withSession(ctx, b.probeHMAC) },
-			func() error { return b.ensureHMACSealKey(ctx) })
+			func() error { return b.withSession(ctx, b.probeHMAC) })
 	}
 	if err := ctx.Err(); err != nil {
 		return err
@@ -134,10 +123,10 @@ func (b *Backend) setUpSealing(ctx context.Context) error {
 	b.sealMu.Lock()
 	defer b.sealMu.Unlock()
 	if ok {
-		b.sealErr = nil
+		b.sealMode, b.sealErr = mode, nil
 		return nil
 	}
-	b.sealErr = errors.New(strings.Join(why, "; "))
+	b.sealMode, b.sealErr = "", errors.New(strings.Join(why, "; "))
 	return nil
 }
 
@@ -167,14 +156,15 @@ func mechName(m uint) string {
 	return fmt.Sprintf("mechanism 0x%x", m)
 }
 
-// sealRoundTrip seals and unseals a throwaway secret with the real key.
-func (b *Backend) sealRoundTrip(ctx context.Context) error {
+// epochRoundTrip seals and unseals a throwaway secret with the epoch's
+// new key.
+func (b *Backend) epochRoundTrip(ctx context.Context, epoch string) error {
 	secret := make([]byte, 32)
 	if _, err := rand.Read(secret); err != nil {
 		return err
 	}
 	aad := []byte("mlskeyd seal probe")
-	blob, err := b.Seal(ctx, secret, aad)
+	blob, err := b.SealIn(ctx, epoch, secret, aad)
 	if err != nil {
 		return err
 	}
@@ -285,79 +275,41 @@ func (b *Backend) hmacIn(s p11.SessionHandle, h p11.ObjectHandle, msg []byte) ([
 	return mac, nil
 }
 
-func hmacSealTemplate() []*p11.Attribute {
-	return []*p11.Attribute{
-		p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
-		p11.NewAttribute(p11.CKA_TOKEN, true),
-		p11.NewAttribute(p11.CKA_LABEL, sealHMACLabel),
-	}
-}
-
-// ensureHMACSealKey finds the HMAC sealing keys, creating one if there is
-// none. As with the AES key, a race between two processes leaves two keys;
-// sealing uses the lowest CKA_ID and unsealing tries all.
-func (b *Backend) ensureHMACSealKey(ctx context.Context) error {
-	return b.withSession(ctx, func(s p11.SessionHandle) error {
+// newHMACEpoch generates the epoch's HMAC key in the token and checks it
+// like an AES epoch key.
+func (b *Backend) newHMACEpoch(ctx context.Context, id string) error {
+	tmpl := append(hmacKeyTemplate(true),
+		p11.NewAttribute(p11.CKA_ID, []byte(id)),
+		p11.NewAttribute(p11.CKA_LABEL, sealHMACEpochLabel))
+	b.storeMu.Lock()
+	defer b.storeMu.Unlock()
+	err := b.withSession(ctx, func(s p11.SessionHandle) error {
 		if err := b.requireLogin(s); err != nil {
 			return err
 		}
-		ids, err := b.loadHMACSealIDs(s)
-		if err != nil {
+		if err := b.epochExists(s, id); err != nil {
 			return err
 		}
-		if len(ids) == 0 {
-			var rnd [16]byte
-			if _, err := rand.Read(rnd[:]); err != nil {
-				return err
-			}
-			tmpl := append(hmacKeyTemplate(true),
-				p11.NewAttribute(p11.CKA_ID, []byte(hmacIDPrefix+hex.EncodeToString(rnd[:]))),
-				p11.NewAttribute(p11.CKA_LABEL, sealHMACLabel))
-			if _, err := b.mod.ctx.GenerateKey(s, []*p11.Mechanism{p11.NewMechanism(p11.CKM_GENERIC_SECRET_KEY_GEN, nil)}, tmpl); err != nil {
-				return fmt.Errorf("C_GenerateKey(HMAC sealing key): %w", err)
-			}
-			if ids, err = b.loadHMACSealIDs(s); err != nil {
-				return err
-			}
-			if len(ids) == 0 {
-				return errors.New("HMAC sealing key not found after creating it")
-			}
+		h, err := b.mod.ctx.GenerateKey(s, []*p11.Mechanism{p11.NewMechanism(p11.CKM_GENERIC_SECRET_KEY_GEN, nil)}, tmpl)
+		if err != nil {
+			return fmt.Errorf("C_GenerateKey(HMAC epoch key): %w", err)
 		}
-		b.sealMu.Lock()
-		b.hmacIDs = ids
-		b.sealMu.Unlock()
+		if err := b.checkSealKeyOf(s, h, fmt.Sprintf("%q", id), p11.CKK_GENERIC_SECRET); err != nil {
+			_ = b.mod.ctx.DestroyObject(s, h)
+			return err
+		}
+		b.cache.put(objKey{classHMACSecret, id}, h)
 		return nil
 	})
+	return devErr("new epoch", err)
 }
 
-func (b *Backend) loadHMACSealIDs(s p11.SessionHandle) ([]string, error) {
-	hs, err := b.findAll(s, hmacSealTemplate())
-	if err != nil {
-		return nil, err
-	}
-	var ids []string
-	for _, h := range hs {
-		attrs, err := b.mod.ctx.GetAttributeValue(s, h, []*p11.Attribute{p11.NewAttribute(p11.CKA_ID, nil)})
-		if err != nil {
-			if handleInvalid(err) {
-				continue
-			}
-			return nil, fmt.Errorf("C_GetAttributeValue(CKA_ID): %w", err)
-		}
-		if id := string(attrs[0].Value); strings.HasPrefix(id, hmacIDPrefix) {
-			ids = append(ids, id)
-			b.cache.put(objKey{p11.CKO_SECRET_KEY, id}, h)
-		}
-	}
-	slices.Sort(ids)
-	return slices.Compact(ids), nil
-}
-
-// blobKey derives the one-blob AES key inside the token.
-func (b *Backend) blobKey(ctx context.Context, id string, salt []byte) ([]byte, error) {
+// blobKey derives the one-blob AES key inside the token, with the HMAC key
+// of the epoch.
+func (b *Backend) blobKey(ctx context.Context, epoch string, salt []byte) ([]byte, error) {
 	var k []byte
 	msg := append(append([]byte{}, sealHMACContext...), salt...)
-	err := b.withKey(ctx, objKey{p11.CKO_SECRET_KEY, id}, func(s p11.SessionHandle, h p11.ObjectHandle) error {
+	err := b.withKey(ctx, objKey{classHMACSecret, epoch}, func(s p11.SessionHandle, h p11.ObjectHandle) error {
 		var err error
 		k, err = b.hmacIn(s, h, msg)
 		return err
@@ -377,18 +329,16 @@ func gcmWith(k []byte) (cipher.AEAD, error) {
 	return cipher.NewGCM(blk)
 }
 
-func (b *Backend) sealHMAC(ctx context.Context, plaintext, aad []byte) ([]byte, error) {
-	b.sealMu.RLock()
-	ids := b.hmacIDs
-	b.sealMu.RUnlock()
-	if len(ids) == 0 {
-		return nil, devErr("seal", errors.New("no HMAC sealing key"))
-	}
+// sealHMACIn seals in the hmac-kdf mode under the epoch's HMAC key.
+func (b *Backend) sealHMACIn(ctx context.Context, epoch string, plaintext, aad []byte) ([]byte, error) {
 	salt := make([]byte, sealHMACSalt)
 	if _, err := rand.Read(salt); err != nil {
 		return nil, err
 	}
-	k, err := b.blobKey(ctx, ids[0], salt)
+	k, err := b.blobKey(ctx, epoch, salt)
+	if errors.Is(err, keystore.ErrDeviceKeyNotFound) {
+		err = fmt.Errorf("epoch %s: %w", epoch, keystore.ErrEpochDestroyed)
+	}
 	if err != nil {
 		return nil, devErr("seal", err)
 	}
@@ -397,58 +347,32 @@ func (b *Backend) sealHMAC(ctx context.Context, plaintext, aad []byte) ([]byte, 
 	if err != nil {
 		return nil, devErr("seal", err)
 	}
-	blob := append([]byte{sealHMACVersion}, salt...)
-	return g.Seal(blob, make([]byte, g.NonceSize()), plaintext, aad), nil
+	hdr := sealHeader(sealV3, epoch)
+	blob := append(append([]byte(nil), hdr...), salt...)
+	return g.Seal(blob, make([]byte, g.NonceSize()), plaintext, append(hdr, aad...)), nil
 }
 
 func (b *Backend) unsealHMAC(ctx context.Context, blob, aad []byte) ([]byte, error) {
-	if len(blob) < 1+sealHMACSalt+gcmTagLen {
-		return nil, devErr("unseal", fmt.Errorf("%w: malformed", ErrSealedBlob))
+	epoch, hdr, rest, err := parseHeader(blob, sealV3, sealHMACSalt+gcmTagLen)
+	if err != nil {
+		return nil, devErr("unseal", err)
 	}
-	salt, ct := blob[1:1+sealHMACSalt], blob[1+sealHMACSalt:]
-	b.sealMu.RLock()
-	ids := b.hmacIDs
-	b.sealMu.RUnlock()
-	tried := map[string]bool{}
-	for round := 0; round < 2; round++ {
-		for _, id := range ids {
-			if tried[id] {
-				continue
-			}
-			tried[id] = true
-			k, err := b.blobKey(ctx, id, salt)
-			if err != nil {
-				if !errors.Is(err, keystore.ErrDeviceKeyNotFound) {
-					return nil, devErr("unseal", err)
-				}
-				continue
-			}
-			g, err := gcmWith(k)
-			clear(k)
-			if err != nil {
-				return nil, devErr("unseal", err)
-			}
-			if pt, err := g.Open(nil, make([]byte, g.NonceSize()), ct, aad); err == nil {
-				return pt, nil
-			}
-		}
-		if round == 1 {
-			break
-		}
-		// Another process may have added a sealing key: look again.
-		err := b.withSession(ctx, func(s p11.SessionHandle) error {
-			var err error
-			ids, err = b.loadHMACSealIDs(s)
-			return err
-		})
-		if err != nil {
-			return nil, devErr("unseal", err)
-		}
-		if len(ids) > 0 {
-			b.sealMu.Lock()
-			b.hmacIDs = ids
-			b.sealMu.Unlock()
-		}
+	salt, ct := rest[:sealHMACSalt], rest[sealHMACSalt:]
+	k, err := b.blobKey(ctx, epoch, salt)
+	if errors.Is(err, keystore.ErrDeviceKeyNotFound) {
+		err = fmt.Errorf("epoch %q: %w", epoch, keystore.ErrEpochDestroyed)
 	}
-	return nil, devErr("unseal", ErrSealedBlob)
+	if err != nil {
+		return nil, devErr("unseal", err)
+	}
+	g, err := gcmWith(k)
+	clear(k)
+	if err != nil {
+		return nil, devErr("unseal", err)
+	}
+	pt, err := g.Open(nil, make([]byte, g.NonceSize()), ct, append(append([]byte(nil), hdr...), aad...))
+	if err != nil {
+		return nil, devErr("unseal", ErrSealedBlob)
+	}
+	return pt, nil
 }

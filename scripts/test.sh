@@ -3,7 +3,9 @@
 # device tests against SoftHSM and swtpm (installed with apt-get when missing)
 # and the in-process TPM simulator, the
 # end-to-end tests of the real binaries, interoperability with ts-mls (Node.js
-# installed with apt-get when missing), and a short run of every fuzz target.
+# installed with apt-get when missing), the ts-mls provider's tests
+# (clients/ts-mls, npm test against dev daemons), and a short run of every
+# fuzz target.
 #   scripts/test.sh            everything
 #   FUZZTIME=30s scripts/test.sh   longer fuzzing
 set -euo pipefail
@@ -30,6 +32,13 @@ scripts/gen-proto.sh --check
 
 echo "== ts-mls (clients/interop)"
 (cd clients/interop && npm ci --no-audit --no-fund --loglevel=error)
+
+echo "== @mlskeyd/ts-mls (clients/ts-mls), against dev daemons"
+tsbin=$(mktemp -d)
+go build -o "$tsbin" ./cmd/mlskeyd ./cmd/mlskeyctl
+(cd clients/ts-mls && npm ci --no-audit --no-fund --loglevel=error &&
+  MLSKEYD_BIN_DIR="$tsbin" MLSKEYD_REQUIRE_DAEMON=1 npm test --silent)
+rm -rf "$tsbin"
 
 echo "== go test -race"
 go test -race -count=1 -timeout 20m ./...

@@ -2,10 +2,15 @@ package server
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/mlskeyd/mlskeyd/audit"
+	"github.com/mlskeyd/mlskeyd/mls"
 	pb "github.com/mlskeyd/mlskeyd/proto/mlskey/v1"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -58,8 +63,48 @@ func noteDenied(ctx context.Context, reason string) {
 	}
 }
 
-// requestFacts returns the key id and label a request names.
+// requestFacts returns the key id and label a request names, as far as
+// they are valid: an audit record keeps only validated values, so a
+// caller cannot grow the log by sending a 100 kB label or key id.
 func requestFacts(req any) (keyID, label string) {
+	keyID, label = rawFacts(req)
+	if keyID != "" && checkKeyID("", keyID) != nil {
+		keyID = ""
+	}
+	if label != "" && !knownLabel(label) {
+		label = fmt.Sprintf("<unknown label of %d bytes>", len(label))
+	}
+	return keyID, label
+}
+
+func knownLabel(l string) bool {
+	return slices.Contains(mls.SignatureLabels, l) || l == mls.LabelUpdatePathNode || l == mls.LabelWelcome || l == csrLabel
+}
+
+// maxReason bounds an audit record's reason.
+const maxReason = 200
+
+// oneLine makes s a single line of at most max bytes (cut at a rune
+// boundary, marked with "…"): reasons come from error messages, which
+// must neither split a record nor grow it without bound.
+func oneLine(s string, max int) string {
+	s = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) || r == unicode.ReplacementChar {
+			return ' '
+		}
+		return r
+	}, strings.ToValidUTF8(s, "?"))
+	if len(s) <= max {
+		return s
+	}
+	cut := max - len("…")
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…"
+}
+
+func rawFacts(req any) (keyID, label string) {
 	switch r := req.(type) {
 	case *pb.GetKeyRequest:
 		return r.GetId(), ""
@@ -77,6 +122,8 @@ func requestFacts(req any) (keyID, label string) {
 		return r.GetSignatureKeyId(), ""
 	case *pb.OpenWelcomeRequest:
 		return "", "Welcome"
+	case *pb.CreateCSRRequest:
+		return r.GetKeyId(), csrLabel
 	}
 	return "", ""
 }
@@ -87,11 +134,11 @@ func outcome(err error, e *auditEntry) (string, string) {
 	case code == codes.OK:
 		return audit.OutcomeOK, ""
 	case e.denied != "":
-		return audit.OutcomeDenied, e.denied
+		return audit.OutcomeDenied, oneLine(e.denied, maxReason)
 	case code == codes.PermissionDenied || code == codes.Unauthenticated || code == codes.ResourceExhausted:
-		return audit.OutcomeDenied, status.Convert(err).Message()
+		return audit.OutcomeDenied, oneLine(status.Convert(err).Message(), maxReason)
 	}
-	return audit.OutcomeError, status.Convert(err).Message()
+	return audit.OutcomeError, oneLine(status.Convert(err).Message(), maxReason)
 }
 
 // interceptor audits KeyService calls; GetInfo, health and reflection name

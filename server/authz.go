@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
 
 	"github.com/mlskeyd/mlskeyd/keystore"
 	"google.golang.org/grpc/codes"
@@ -66,6 +67,9 @@ func (s *Service) key(ctx context.Context, field, id string) (*keystore.Record, 
 	if err := checkKeyID(field, id); err != nil {
 		return nil, c, err
 	}
+	// Key ids are hex; one copied from a tool that prints hex in upper
+	// case names the same key.
+	id = strings.ToLower(id)
 	r, err := s.store.Get(id)
 	if err != nil {
 		return nil, c, statusOf(field, err)

@@ -17,6 +17,7 @@ var stateToPB = map[keystore.State]pb.KeyState{
 	keystore.StateActive:    pb.KeyState_KEY_STATE_ACTIVE,
 	keystore.StateConsumed:  pb.KeyState_KEY_STATE_CONSUMED,
 	keystore.StateDestroyed: pb.KeyState_KEY_STATE_DESTROYED,
+	keystore.StateMissing:   pb.KeyState_KEY_STATE_MISSING,
 }
 
 var protectionToPB = map[keystore.Protection]pb.Protection{

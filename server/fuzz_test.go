@@ -22,11 +22,12 @@ import (
 // the documented codes, never a panic, and a failed request changes no key.
 
 type fuzzEnv struct {
-	svc  *Service
-	ctx  context.Context
-	kp   *pb.CreatedKeyPackage
-	sig  string
-	suit *mls.Suite
+	svc   *Service
+	store *keystore.Store
+	ctx   context.Context
+	kp    *pb.CreatedKeyPackage
+	sig   string
+	suit  *mls.Suite
 }
 
 var (
@@ -83,7 +84,7 @@ func newFuzzEnv() (*fuzzEnv, error) {
 		return nil, err
 	}
 	su, _ := mls.LookupSuite(1)
-	return &fuzzEnv{svc: svc, ctx: ctx, kp: resp.KeyPackages[0], sig: resp.SignatureKey.Id, suit: su}, nil
+	return &fuzzEnv{svc: svc, store: st, ctx: ctx, kp: resp.KeyPackages[0], sig: resp.SignatureKey.Id, suit: su}, nil
 }
 
 // welcomeFor builds a Welcome for the env's (last-resort, so reusable)

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"runtime/debug"
 	"strings"
+	"sync"
 	"time"
 
 	pb "github.com/mlskeyd/mlskeyd/proto/mlskey/v1"
@@ -38,8 +39,13 @@ func NewGRPCServer(svc *Service, log *slog.Logger, aud *Auditor) (*grpc.Server, 
 	chain = append(chain, authenticate(svc), startupGate(svc))
 	gs := grpc.NewServer(
 		grpc.Creds(PeerCredentials{}),
-		grpc.MaxRecvMsgSize(MaxWelcomeSize+64<<10),
+		grpc.MaxRecvMsgSize(MaxRequestSize),
+		grpc.MaxSendMsgSize(MaxResponseSize),
+		grpc.MaxConcurrentStreams(MaxStreamsPerConn),
 		grpc.ChainUnaryInterceptor(chain...),
+		// Stop returns only when every handler has, so the daemon closes
+		// the device and the audit log after the last call used them.
+		grpc.WaitForHandlers(true),
 	)
 	pb.RegisterKeyServiceServer(gs, svc)
 	hs := health.NewServer()
@@ -100,6 +106,11 @@ func authenticate(svc *Service) grpc.UnaryServerInterceptor {
 		if !svc.limit.allow(p.UID) {
 			return nil, status.Errorf(codes.ResourceExhausted, "caller: uid %d is over its rate limit", p.UID)
 		}
+		done, ok := svc.inflight.enter(p.UID)
+		if !ok {
+			return nil, status.Errorf(codes.ResourceExhausted, "caller: uid %d already has %d calls in flight, the most allowed; retry when one has finished", p.UID, svc.inflight.max)
+		}
+		defer done()
 		return h(ctx, req)
 	}
 }
@@ -114,4 +125,31 @@ func recoverPanics(log *slog.Logger) grpc.UnaryServerInterceptor {
 		}()
 		return h(ctx, req)
 	}
+}
+
+// inflight counts each uid's running KeyService calls: streams are bounded
+// per connection, but a uid can open many connections.
+type inflight struct {
+	max   int
+	mu    sync.Mutex
+	calls map[uint32]int
+}
+
+func (f *inflight) enter(uid uint32) (done func(), ok bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.calls[uid] >= f.max {
+		return nil, false
+	}
+	if f.calls == nil {
+		f.calls = map[uint32]int{}
+	}
+	f.calls[uid]++
+	return func() {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if f.calls[uid]--; f.calls[uid] == 0 {
+			delete(f.calls, uid)
+		}
+	}, true
 }

@@ -1,8 +1,10 @@
 package server
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"hash/fnv"
 	"slices"
 	"sync"
 	"time"
@@ -31,6 +33,10 @@ type Policy struct {
 	// MaxOutstandingKeyPackages bounds the unused, non-last-resort
 	// KeyPackages (active init keys) one owner may hold; 0 means no bound.
 	MaxOutstandingKeyPackages int `json:"max_outstanding_keypackages,omitempty"`
+	// MaxLastResortKeyPackages bounds the unused last-resort KeyPackages
+	// of one owner; 0 means DefaultMaxLastResort when
+	// MaxOutstandingKeyPackages is set, and no bound otherwise.
+	MaxLastResortKeyPackages int `json:"max_last_resort_keypackages,omitempty"`
 	// RateLimit bounds each caller uid's requests.
 	RateLimit RateLimit `json:"rate_limit,omitzero"`
 	// StrictContent (default true) makes the daemon parse what it is asked
@@ -39,6 +45,9 @@ type Policy struct {
 	StrictContent *bool `json:"strict_content,omitempty"`
 	// Keys holds per-key rules, by key id.
 	Keys map[string]KeyPolicy `json:"keys,omitempty"`
+	// KeyPackageDefaults is the capabilities profile added to every
+	// CreateKeyPackages request.
+	KeyPackageDefaults KeyPackageDefaults `json:"keypackage_defaults,omitzero"`
 }
 
 // KeyPolicy narrows the global policy for one key.
@@ -142,10 +151,10 @@ func (p *Policy) Check() error {
 		return fmt.Errorf("policy: keypackage_default_lifetime %v is over keypackage_max_lifetime %v",
 			time.Duration(p.KeyPackageDefaultLifetime), time.Duration(p.KeyPackageMaxLifetime))
 	}
-	if p.MaxOutstandingKeyPackages < 0 || p.RateLimit.PerSecond < 0 || p.RateLimit.Burst < 0 {
+	if p.MaxOutstandingKeyPackages < 0 || p.MaxLastResortKeyPackages < 0 || p.RateLimit.PerSecond < 0 || p.RateLimit.Burst < 0 {
 		return fmt.Errorf("policy: limits must not be negative")
 	}
-	return nil
+	return p.KeyPackageDefaults.check()
 }
 
 // KeystoreMinProtection converts MinProtection for keystore.Options.
@@ -155,6 +164,21 @@ func (p *Policy) KeystoreMinProtection() map[keystore.Role]keystore.Protection {
 		out[keystore.Role(role)] = keystore.Protection(level)
 	}
 	return out
+}
+
+// DefaultMaxLastResort is the last-resort bound that comes with
+// max_outstanding_keypackages: a client keeps one last-resort KeyPackage
+// per cipher suite, and a few suites at most.
+const DefaultMaxLastResort = 4
+
+func (p *Policy) lastResortLimit() int {
+	if p.MaxLastResortKeyPackages > 0 {
+		return p.MaxLastResortKeyPackages
+	}
+	if p.MaxOutstandingKeyPackages > 0 {
+		return DefaultMaxLastResort
+	}
+	return 0
 }
 
 func (p *Policy) suiteAllowed(s uint16) bool {
@@ -215,4 +239,32 @@ func (l *limiter) allow(uid uint32) bool {
 	}
 	b.tokens--
 	return true
+}
+
+// ownerLocks serialise KeyPackage creation per owner. A fixed set of
+// stripes keeps memory bounded however many owners there are; two owners
+// sharing a stripe only wait for each other.
+type ownerLocks struct {
+	stripes [64]chan struct{}
+}
+
+func newOwnerLocks() *ownerLocks {
+	l := &ownerLocks{}
+	for i := range l.stripes {
+		l.stripes[i] = make(chan struct{}, 1)
+	}
+	return l
+}
+
+// lock waits for owner's stripe, or until ctx ends.
+func (l *ownerLocks) lock(ctx context.Context, owner string) (func(), error) {
+	h := fnv.New32a()
+	h.Write([]byte(owner))
+	c := l.stripes[h.Sum32()%uint32(len(l.stripes))]
+	select {
+	case c <- struct{}{}:
+		return func() { <-c }, nil
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
 }

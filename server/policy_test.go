@@ -2,10 +2,12 @@ package server
 
 import (
 	"encoding/json"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/mlskeyd/mlskeyd/keystore"
+	"github.com/mlskeyd/mlskeyd/mls"
 )
 
 func TestPolicyRules(t *testing.T) {
@@ -89,5 +91,44 @@ func TestRateLimiter(t *testing.T) {
 		if !unlimited.allow(1) {
 			t.Fatal("no rate limit configured, yet refused")
 		}
+	}
+}
+
+func TestKeyPackageDefaults(t *testing.T) {
+	var p Policy
+	if err := json.Unmarshal([]byte(`{"keypackage_defaults": {"credentials": ["basic", "x509", 0xf000], "extensions": ["0xff01", 10], "grease": false}}`), &p); err == nil {
+		t.Fatal("a JSON hex literal was accepted")
+	}
+	err := json.Unmarshal([]byte(`{"keypackage_defaults": {"credentials": ["basic", "x509", 61440], "extensions": ["0xff01", 10], "proposals": ["8"], "cipher_suites": [1, "0x004d"], "grease": false}}`), &p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Check(); err != nil {
+		t.Fatal(err)
+	}
+	d := p.KeyPackageDefaults
+	if !slices.Equal(d.Credentials, []uint16{1, 2, 0xf000}) || !slices.Equal(d.Extensions, []uint16{0xff01, 10}) ||
+		!slices.Equal(d.Proposals, []uint16{8}) || !slices.Equal(d.CipherSuites, []uint16{1, 0x4d}) || *d.Grease {
+		t.Fatalf("defaults = %+v", d)
+	}
+	c := d.withDefaults(mls.Capabilities{Credentials: []uint16{2, 3}})
+	if !slices.Equal(c.Credentials, []uint16{2, 3, 1, 0xf000}) {
+		t.Errorf("merged credentials = %v", c.Credentials)
+	}
+	for _, bad := range []string{
+		`{"keypackage_defaults": {"extensions": [3]}}`,
+		`{"keypackage_defaults": {"proposals": [7]}}`,
+	} {
+		var p Policy
+		if err := json.Unmarshal([]byte(bad), &p); err != nil {
+			t.Fatal(err)
+		}
+		if err := p.Check(); err == nil {
+			t.Errorf("%s accepted", bad)
+		}
+	}
+	var q Policy
+	if err := json.Unmarshal([]byte(`{"keypackage_defaults": {"credentials": ["x500"]}}`), &q); err == nil {
+		t.Error("an unknown credential name was accepted")
 	}
 }

@@ -5,8 +5,10 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/mlskeyd/mlskeyd/keystore"
@@ -26,9 +28,27 @@ const (
 	MaxCertChainSize  = 64 << 10
 	MaxExtensionsSize = 64 << 10
 	MaxKeyPackages    = 1000
-	maxKeyIDLen       = 64
-	defaultPageSize   = 100
-	maxPageSize       = 1000
+	// MaxRequestSize is the gRPC receive limit: the largest field (a
+	// Welcome) with room for the rest of its message. A larger request is
+	// refused by gRPC before it reaches a handler, so clients should check
+	// their inputs against the field limits first (mlskeyctl does).
+	MaxRequestSize = MaxWelcomeSize + 64<<10
+	// MaxResponseSize bounds a response, CreateKeyPackages' in particular
+	// (its size is checked before any key is made); it is the gRPC send
+	// limit and a quarter of the Go client's receive limit.
+	MaxResponseSize = 16 << 20
+	// MaxStreamsPerConn bounds concurrent calls on one connection, and
+	// MaxInFlightPerUID those of one uid over all its connections.
+	MaxStreamsPerConn = 16
+	MaxInFlightPerUID = 32
+	// MinKeyPackageLifetime is the shortest KeyPackage lifetime served: a
+	// KeyPackage must outlive its upload and a peer's fetch, and lifetimes
+	// are whole seconds, so a nanosecond would make one that is already
+	// expired.
+	MinKeyPackageLifetime = time.Hour
+	maxKeyIDLen           = 64
+	defaultPageSize       = 100
+	maxPageSize           = 1000
 )
 
 // Options configure the service.
@@ -48,11 +68,13 @@ type Options struct {
 // Service implements mlskey.v1.KeyService over a keystore.
 type Service struct {
 	pb.UnimplementedKeyServiceServer
-	store *keystore.Store
-	opts  Options
-	log   *slog.Logger
-	limit *limiter
-	boot  startup // start-up.go: nil store until Ready
+	store    *keystore.Store
+	opts     Options
+	log      *slog.Logger
+	limit    *limiter
+	owners   *ownerLocks
+	inflight *inflight
+	boot     startup // startup.go: nil store until Ready
 }
 
 // NewService returns the KeyService for store. A nil store makes a service
@@ -79,7 +101,8 @@ func NewService(store *keystore.Store, opts Options) *Service {
 	// A maximum below the default lowers the default with it.
 	opts.DefaultLifetime = min(opts.DefaultLifetime, opts.MaxLifetime)
 	svc := &Service{store: store, opts: opts, log: opts.Logger,
-		limit: &limiter{rate: opts.Policy.RateLimit, now: opts.Now}}
+		limit: &limiter{rate: opts.Policy.RateLimit, now: opts.Now}, owners: newOwnerLocks(),
+		inflight: &inflight{max: MaxInFlightPerUID}}
 	if store != nil {
 		svc.boot.ready.Store(true)
 	}
@@ -109,6 +132,17 @@ func (s *Service) allowedSuite(field string, id uint32) (*mls.Suite, error) {
 	return su, nil
 }
 
+// quoteShort quotes a caller's string for an error message, cut to a
+// few dozen bytes: the message goes to the caller, the daemon's log and
+// the audit record.
+func quoteShort(v string) string {
+	const max = 40
+	if len(v) <= max {
+		return fmt.Sprintf("%q", v)
+	}
+	return fmt.Sprintf("%q… (%d bytes)", strings.ToValidUTF8(v[:max], ""), len(v))
+}
+
 func checkKeyID(field, id string) error {
 	if id == "" {
 		return invalid(field, "required")
@@ -127,10 +161,20 @@ func (s *Service) GetInfo(ctx context.Context, _ *pb.GetInfoRequest) (*pb.GetInf
 	h := s.store.Health()
 	resp := &pb.GetInfoResponse{
 		Backend: dev.Backend, Device: dev.Device, Version: s.opts.Version,
-		DeviceState: string(h.State), DeviceLastError: h.LastError, DeviceRecoveries: h.Recoveries,
+		InstallationId: s.store.Installation(),
+		DeviceState:    string(h.State), DeviceLastError: h.LastError, DeviceRecoveries: h.Recoveries,
 	}
 	if !h.Since.IsZero() {
 		resp.DeviceStateSince = h.Since.Unix()
+	}
+	strays, missing, err := s.quarantined()
+	if err != nil {
+		return nil, statusOf("catalog", err)
+	}
+	resp.StrayKeys, resp.MissingKeys = uint32(len(strays)), uint32(len(missing))
+	// Key ids are shown to admins only, like the keys themselves.
+	if c, err := s.callerOf(ctx); err == nil && c.admin {
+		resp.StrayKeyIds, resp.MissingKeyIds = strays, missing
 	}
 	level := func(role keystore.Role, alg string) (pb.Protection, string) {
 		p, why := s.store.Availability(role, keystore.Algorithm(alg))
@@ -140,6 +184,12 @@ func (s *Service) GetInfo(ctx context.Context, _ *pb.GetInfoRequest) (*pb.GetInf
 		return protectionToPB[p], why
 	}
 	for _, su := range mls.Suites() {
+		// A suite the policy forbids is listed, so callers learn why it
+		// cannot be used, but with no role available.
+		if !s.opts.Policy.suiteAllowed(uint16(su.ID)) {
+			resp.Suites = append(resp.Suites, &pb.SuiteSupport{CipherSuite: uint32(su.ID), Name: su.Name, RefusedByPolicy: true})
+			continue
+		}
 		ss := &pb.SuiteSupport{CipherSuite: uint32(su.ID), Name: su.Name}
 		ss.Signature, ss.SignatureNote = level(keystore.RoleSignature, su.SignatureAlgorithm)
 		ss.Init, ss.InitNote = level(keystore.RoleInit, su.KEMAlgorithm)
@@ -190,6 +240,12 @@ func (s *Service) ListKeys(ctx context.Context, req *pb.ListKeysRequest) (*pb.Li
 	if !c.admin {
 		f.Owner = ownerString(c.UID)
 	}
+	if req.OwnerUid != nil {
+		if !c.admin && req.GetOwnerUid() != c.UID {
+			return nil, status.Error(codes.PermissionDenied, "owner_uid: only admins may list another owner's keys")
+		}
+		f.Owner = ownerString(req.GetOwnerUid())
+	}
 	if req.GetRole() != pb.KeyRole_KEY_ROLE_UNSPECIFIED {
 		r, ok := roleFromPB[req.GetRole()]
 		if !ok {
@@ -237,23 +293,29 @@ func (s *Service) ListKeys(ctx context.Context, req *pb.ListKeysRequest) (*pb.Li
 }
 
 func (s *Service) DeleteKey(ctx context.Context, req *pb.DeleteKeyRequest) (*pb.Key, error) {
-	if _, _, err := s.key(ctx, "id", req.GetId()); err != nil {
+	k, _, err := s.key(ctx, "id", req.GetId())
+	if err != nil {
 		return nil, err
 	}
-	r, err := s.store.Delete(ctx, req.GetId())
+	r, cascaded, err := s.store.Delete(ctx, k.ID, req.GetCascade())
 	if err != nil {
 		return nil, statusOf("id", err)
+	}
+	for _, c := range cascaded {
+		noteKeys(ctx, c.ID)
 	}
 	return keyToPB(r), nil
 }
 
 func (s *Service) SignWithLabel(ctx context.Context, req *pb.SignWithLabelRequest) (*pb.SignWithLabelResponse, error) {
+	// Held shared until the signature is made: a DeleteKey waits for it.
+	defer s.store.Share(req.GetKeyId())()
 	r, _, err := s.key(ctx, "key_id", req.GetKeyId())
 	if err != nil {
 		return nil, err
 	}
 	if !slices.Contains(mls.SignatureLabels, req.GetLabel()) {
-		return nil, invalid("label", "%q is not an RFC 9420 signature label (want one of %v)", req.GetLabel(), mls.SignatureLabels)
+		return nil, invalid("label", "%s is not an RFC 9420 signature label (want one of %v)", quoteShort(req.GetLabel()), mls.SignatureLabels)
 	}
 	if len(req.GetContent()) > MaxContentSize {
 		return nil, invalid("content", "%d bytes is over the limit of %d", len(req.GetContent()), MaxContentSize)
@@ -285,12 +347,13 @@ func (s *Service) SignWithLabel(ctx context.Context, req *pb.SignWithLabelReques
 }
 
 func (s *Service) DecryptWithLabel(ctx context.Context, req *pb.DecryptWithLabelRequest) (*pb.DecryptWithLabelResponse, error) {
+	defer s.store.Share(req.GetKeyId())()
 	r, _, err := s.key(ctx, "key_id", req.GetKeyId())
 	if err != nil {
 		return nil, err
 	}
 	if req.GetLabel() != mls.LabelUpdatePathNode {
-		return nil, invalid("label", "%q is not served (only %q; Welcome secrets are opened with OpenWelcome)", req.GetLabel(), mls.LabelUpdatePathNode)
+		return nil, invalid("label", "%s is not served (only %q; Welcome secrets are opened with OpenWelcome)", quoteShort(req.GetLabel()), mls.LabelUpdatePathNode)
 	}
 	if len(req.GetContext()) > MaxCiphertextSize {
 		return nil, invalid("context", "%d bytes is over the limit of %d", len(req.GetContext()), MaxCiphertextSize)
@@ -357,15 +420,21 @@ func (s *Service) OpenWelcome(ctx context.Context, req *pb.OpenWelcomeRequest) (
 	}
 	// The first entry addressed to one of our KeyPackages wins; a Welcome
 	// names each new member once.
+	// All entries are looked up in one catalog transaction: the decoder
+	// caps them at mls.MaxWelcomeSecrets.
+	refs := make([][]byte, len(w.Secrets))
+	for i := range w.Secrets {
+		refs[i] = w.Secrets[i].NewMember
+	}
+	found, err := s.store.ByKeyPackageRefs(refs)
+	if err != nil {
+		return nil, statusOf("welcome", err)
+	}
 	var rec *keystore.Record
 	var entry *mls.EncryptedGroupSecrets
-	for i := range w.Secrets {
-		r, err := s.store.ByKeyPackageRef(w.Secrets[i].NewMember)
-		if errors.Is(err, keystore.ErrNotFound) {
+	for i, r := range found {
+		if r == nil {
 			continue
-		}
-		if err != nil {
-			return nil, statusOf("welcome", err)
 		}
 		if !c.mayUse(r) {
 			noteDenied(ctx, "KeyPackage belongs to "+r.Owner)
@@ -408,7 +477,13 @@ func (s *Service) OpenWelcome(ctx context.Context, req *pb.OpenWelcomeRequest) (
 			return nil, status.Errorf(codes.InvalidArgument, "welcome.encrypted_group_info: %v", ge.err)
 		}
 		if errors.Is(err, keystore.ErrNotActive) {
+			if cur, gerr := s.store.Get(rec.ID); gerr == nil && cur.State == keystore.StateDestroyed {
+				return nil, status.Errorf(codes.FailedPrecondition, "welcome: the init key of KeyPackage %x was deleted", rec.KeyPackageRef)
+			}
 			return nil, status.Errorf(codes.FailedPrecondition, "welcome: the init key of KeyPackage %x was already used", rec.KeyPackageRef)
+		}
+		if errors.Is(err, keystore.ErrEpochDestroyed) {
+			return nil, status.Errorf(codes.FailedPrecondition, "welcome: the init key %s of KeyPackage %x is gone: %v", rec.ID, rec.KeyPackageRef, keystore.ErrEpochDestroyed)
 		}
 		return nil, decryptStatus("welcome.secrets", err)
 	}
@@ -454,12 +529,12 @@ func (s *Service) CreateKeyPackages(ctx context.Context, req *pb.CreateKeyPackag
 			return nil, invalid("lifetime", "%v", err)
 		}
 		lifetime = d.AsDuration()
-		if lifetime <= 0 {
-			return nil, invalid("lifetime", "must be positive")
+		if lifetime < MinKeyPackageLifetime {
+			return nil, invalid("lifetime", "%v is under the minimum of %v (valid: %v to %v)", lifetime, MinKeyPackageLifetime, MinKeyPackageLifetime, s.opts.MaxLifetime)
 		}
 	}
 	if lifetime > s.opts.MaxLifetime {
-		return nil, invalid("lifetime", "%v is over the maximum of %v", lifetime, s.opts.MaxLifetime)
+		return nil, invalid("lifetime", "%v is over the maximum of %v (valid: %v to %v)", lifetime, s.opts.MaxLifetime, MinKeyPackageLifetime, s.opts.MaxLifetime)
 	}
 	caps, err := extraCapabilities(req)
 	if err != nil {
@@ -473,6 +548,24 @@ func (s *Service) CreateKeyPackages(ctx context.Context, req *pb.CreateKeyPackag
 	if err != nil {
 		return nil, err
 	}
+	// Every extension type used is also listed in capabilities, so the
+	// union must fit the decoders' limit; checked here, before any key is
+	// made, rather than by NewKeyPackage after.
+	listed := map[uint16]bool{mls.ExtensionLastResort: true}
+	for _, t := range caps.Extensions {
+		listed[t] = true
+	}
+	for _, list := range [][]mls.Extension{leafExt, kpExt} {
+		for _, e := range list {
+			listed[e.Type] = true
+		}
+	}
+	if len(listed) > mls.MaxCapabilityEntries {
+		return nil, invalid("extra_extensions", "with the extensions used, %d extension types would be listed in capabilities, more than %d", len(listed), mls.MaxCapabilityEntries)
+	}
+	if err := checkResponseSize(n, cred, caps, leafExt, kpExt); err != nil {
+		return nil, err
+	}
 	if cred.Type == mls.CredentialTypeX509 && req.GetSignatureKeyId() == "" {
 		return nil, invalid("credential.x509", "needs signature_key_id: a certificate can only name an existing key")
 	}
@@ -481,21 +574,25 @@ func (s *Service) CreateKeyPackages(ctx context.Context, req *pb.CreateKeyPackag
 	if err != nil {
 		return nil, err
 	}
-	if max := s.opts.Policy.MaxOutstandingKeyPackages; max > 0 && !req.GetLastResort() {
-		have, err := s.store.Count(keystore.Filter{Role: keystore.RoleInit, State: keystore.StateActive, Owner: own},
-			func(r *keystore.Record) bool { return !r.LastResort })
+	// Where the policy bounds outstanding KeyPackages, the count and the
+	// commit of new ones happen under the owner's lock: concurrent
+	// requests could otherwise each see room for their batch and together
+	// pass the maximum.
+	if s.opts.Policy.MaxOutstandingKeyPackages > 0 || s.opts.Policy.lastResortLimit() > 0 {
+		unlock, err := s.owners.lock(ctx, own)
 		if err != nil {
-			return nil, statusOf("catalog", err)
+			return nil, statusOf("count", err)
 		}
-		if have+n > max {
-			return nil, status.Errorf(codes.ResourceExhausted, "count: %s has %d unused KeyPackages; %d more would pass the policy's maximum of %d", own, have, n, max)
+		defer unlock()
+		if err := s.checkOutstanding(own, n, req.GetLastResort()); err != nil {
+			return nil, err
 		}
 	}
-	batch := s.store.NewBatch()
-	defer batch.Abort(ctx)
-	var specs []keystore.KeySpec
 	var sigRec *keystore.Record
 	if id := req.GetSignatureKeyId(); id != "" {
+		// Held shared until the KeyPackages are committed, so a DeleteKey
+		// of the key sees them (and refuses or cascades) or they fail.
+		defer s.store.Share(id)()
 		r, _, err := s.key(ctx, "signature_key_id", id)
 		if err != nil {
 			return nil, err
@@ -510,7 +607,27 @@ func (s *Service) CreateKeyPackages(ctx context.Context, req *pb.CreateKeyPackag
 		if sigRec.Suite != uint16(su.ID) {
 			return nil, invalid("signature_key_id", "key %s is for cipher suite 0x%04x, not 0x%04x", id, sigRec.Suite, uint16(su.ID))
 		}
-	} else {
+	}
+	// The signature key signs a LeafNodeTBS and a KeyPackageTBS for every
+	// KeyPackage, so both labels must be allowed for it (for a new key, by
+	// the role's list) exactly as if it were asked through SignWithLabel.
+	policyKey := sigRec
+	if policyKey == nil {
+		policyKey = &keystore.Record{Role: keystore.RoleSignature}
+	}
+	for _, l := range []string{mls.LabelLeafNodeTBS, mls.LabelKeyPackageTBS} {
+		if !s.opts.Policy.labelAllowed(policyKey, l) {
+			what := "new signature keys"
+			if sigRec != nil {
+				what = "key " + sigRec.ID
+			}
+			return nil, status.Errorf(codes.PermissionDenied, "signature_key_id: policy does not allow %q for %s, and a KeyPackage needs it", l, what)
+		}
+	}
+	batch := s.store.NewBatch()
+	defer batch.Abort(ctx)
+	var specs []keystore.KeySpec
+	if sigRec == nil {
 		specs = append(specs, keystore.KeySpec{Role: keystore.RoleSignature, Suite: uint16(su.ID),
 			Algorithm: keystore.Algorithm(su.SignatureAlgorithm), Owner: own})
 	}
@@ -537,6 +654,9 @@ func (s *Service) CreateKeyPackages(ctx context.Context, req *pb.CreateKeyPackag
 	lt := mls.Lifetime{NotBefore: uint64(now.Add(-time.Hour).Unix()), NotAfter: uint64(now.Add(lifetime).Unix())}
 	resp := &pb.CreateKeyPackagesResponse{}
 	for i := range n {
+		if err := ctx.Err(); err != nil {
+			return nil, statusOf("count", err)
+		}
 		initRec, leafRec := recs[2*i], recs[2*i+1]
 		kp, err := mls.NewKeyPackage(mls.KeyPackageParams{
 			Suite:          su.ID,
@@ -544,7 +664,7 @@ func (s *Service) CreateKeyPackages(ctx context.Context, req *pb.CreateKeyPackag
 			EncryptionKey:  leafRec.PublicKey,
 			SignatureKey:   sigRec.PublicKey,
 			Credential:     cred,
-			Capabilities:   caps,
+			Capabilities:   s.capabilitiesFor(req, caps),
 			LeafExtensions: leafExt,
 			Extensions:     kpExt,
 			Lifetime:       lt,
@@ -578,6 +698,29 @@ func (s *Service) CreateKeyPackages(ctx context.Context, req *pb.CreateKeyPackag
 	return resp, nil
 }
 
+// checkOutstanding applies the policy's bounds on unused KeyPackages: the
+// ordinary ones, and the last-resort ones against their own, small limit
+// (they are reusable, so a client needs one per suite, not dozens). The
+// caller holds the owner's lock.
+func (s *Service) checkOutstanding(own string, n int, lastResort bool) error {
+	max, kind := s.opts.Policy.MaxOutstandingKeyPackages, "unused KeyPackages"
+	if lastResort {
+		max, kind = s.opts.Policy.lastResortLimit(), "unused last-resort KeyPackages"
+	}
+	if max <= 0 {
+		return nil
+	}
+	have, err := s.store.Count(keystore.Filter{Role: keystore.RoleInit, State: keystore.StateActive, Owner: own},
+		func(r *keystore.Record) bool { return r.LastResort == lastResort })
+	if err != nil {
+		return statusOf("catalog", err)
+	}
+	if have+n > max {
+		return status.Errorf(codes.ResourceExhausted, "count: %s has %d %s; %d more would pass the policy's maximum of %d", own, have, kind, n, max)
+	}
+	return nil
+}
+
 func (s *Service) credential(c *pb.Credential) (mls.Credential, error) {
 	switch v := c.GetCredential().(type) {
 	case *pb.Credential_BasicIdentity:
@@ -609,6 +752,10 @@ func (s *Service) credential(c *pb.Credential) (mls.Credential, error) {
 }
 
 func u16s(field string, vs []uint32) ([]uint16, error) {
+	// Required entries are added to the caller's, so a few places are kept.
+	if len(vs) > mls.MaxCapabilityEntries-8 {
+		return nil, invalid(field, "%d entries, more than %d", len(vs), mls.MaxCapabilityEntries-8)
+	}
 	out := make([]uint16, 0, len(vs))
 	for _, v := range vs {
 		if v > 0xffff {
@@ -637,7 +784,64 @@ func extraCapabilities(req *pb.CreateKeyPackagesRequest) (mls.Capabilities, erro
 	return c, nil
 }
 
+// keyPackageOverhead bounds what a KeyPackage and its response entry hold
+// besides the caller's credential, extensions and capabilities: three
+// public keys (at most 133 bytes each), two signatures (at most 139), the
+// KeyPackageRef, two key ids, the lifetime, the required capabilities and
+// every length prefix and protobuf tag, with room to spare.
+const keyPackageOverhead = 2048
+
+// keyPackageSize is an upper bound of one CreatedKeyPackage's encoded
+// size, from the request alone.
+func keyPackageSize(cred mls.Credential, caps mls.Capabilities, leafExt, kpExt []mls.Extension) int {
+	size := keyPackageOverhead + len(cred.Identity)
+	for _, c := range cred.Certificates {
+		size += len(c) + 4
+	}
+	for _, list := range [][]mls.Extension{leafExt, kpExt} {
+		for _, e := range list {
+			// The type, the data's length prefix, and the type again in
+			// capabilities.extensions.
+			size += len(e.Data) + 8
+		}
+	}
+	size += 2 * (len(caps.CipherSuites) + len(caps.Extensions) + len(caps.Proposals) + len(caps.Credentials))
+	return size
+}
+
+// checkResponseSize refuses, before any key is made, a batch whose
+// response could pass MaxResponseSize: gRPC would refuse to send it, and
+// the keys, made and committed, would reach nobody.
+func checkResponseSize(n int, cred mls.Credential, caps mls.Capabilities, leafExt, kpExt []mls.Extension) error {
+	each := keyPackageSize(cred, caps, leafExt, kpExt)
+	if total := n * each; total+keyPackageOverhead > MaxResponseSize {
+		return invalid("count", "%d KeyPackages of up to %d bytes each (credential %d, extensions %d+%d) make a response of up to %d bytes, over the limit of %d; ask for at most %d",
+			n, each, credSize(cred), extSize(leafExt), extSize(kpExt), total, MaxResponseSize, (MaxResponseSize-keyPackageOverhead)/each)
+	}
+	return nil
+}
+
+func credSize(c mls.Credential) int {
+	n := len(c.Identity)
+	for _, der := range c.Certificates {
+		n += len(der)
+	}
+	return n
+}
+
+func extSize(exts []mls.Extension) int {
+	n := 0
+	for _, e := range exts {
+		n += len(e.Data)
+	}
+	return n
+}
+
 func extensions(field string, in []*pb.Extension) ([]mls.Extension, error) {
+	if len(in) > mls.MaxExtensions-1 {
+		// One place is kept for last_resort_key_package.
+		return nil, invalid(field, "%d extensions, more than %d", len(in), mls.MaxExtensions-1)
+	}
 	var out []mls.Extension
 	total := 0
 	for _, e := range in {
@@ -658,13 +862,15 @@ func extensions(field string, in []*pb.Extension) ([]mls.Extension, error) {
 const MaxNonceSize = 64
 
 func (s *Service) AttestKey(ctx context.Context, req *pb.AttestKeyRequest) (*pb.AttestKeyResponse, error) {
-	if _, _, err := s.key(ctx, "key_id", req.GetKeyId()); err != nil {
+	k, _, err := s.key(ctx, "key_id", req.GetKeyId())
+	if err != nil {
 		return nil, err
 	}
+	defer s.store.Share(k.ID)()
 	if n := len(req.GetNonce()); n == 0 || n > MaxNonceSize {
 		return nil, invalid("nonce", "%d bytes, want 1..%d", n, MaxNonceSize)
 	}
-	a, err := s.store.Attest(ctx, req.GetKeyId(), req.GetNonce())
+	a, err := s.store.Attest(ctx, k.ID, req.GetNonce())
 	if err != nil {
 		return nil, statusOf("key_id", err)
 	}

@@ -82,6 +82,23 @@ func (b *Backend) Attest(ctx context.Context, ref []byte, alg keystore.Algorithm
 	var out *keystore.Attestation
 	err = b.do(ctx, "attest", func() (err error) {
 		b.roomForAK(key)
+		// The key is loaded before the AK is made: loading under an epoch
+		// parent briefly takes a slot for the parent too. It leaves the
+		// cache meanwhile, so that making room for the AK (withObjectSlot,
+		// on a TPM with fewer slots than assumed) evicts only other keys.
+		obj, err := b.loaded(bl, key)
+		if err != nil {
+			return err
+		}
+		b.lru.remove(key)
+		cached := false
+		recache := func() {
+			if !cached {
+				cached = true
+				b.lru.add(key, obj, bl.epoch)
+			}
+		}
+		defer recache()
 		ak, akPub, err := b.createAK()
 		if err != nil {
 			return err
@@ -91,19 +108,14 @@ func (b *Backend) Attest(ctx context.Context, ref []byte, alg keystore.Algorithm
 				err = ferr
 			}
 		}()
-		// The AK was created first, so that withObjectSlot (on a TPM with
-		// fewer slots than assumed) can only evict cache entries, never
-		// the key being certified once it is loaded.
-		obj, err := b.loaded(bl, key)
-		if err != nil {
-			return err
-		}
 		rsp, err := tpm2.Certify{
 			ObjectHandle:   tpm2.AuthHandle{Handle: obj.Handle, Name: obj.Name, Auth: tpm2.PasswordAuth(nil)},
 			SignHandle:     tpm2.AuthHandle{Handle: ak.Handle, Name: ak.Name, Auth: tpm2.PasswordAuth(nil)},
 			QualifyingData: tpm2.TPM2BData{Buffer: nonce},
 			InScheme:       tpm2.TPMTSigScheme{Scheme: tpm2.TPMAlgNull},
 		}.Execute(b.tpm)
+		// Certified: the key may be evicted again to make room for the EK.
+		recache()
 		if err != nil {
 			return cmdErr("TPM2_Certify", err)
 		}

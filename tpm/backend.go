@@ -16,9 +16,11 @@ import (
 )
 
 var (
-	_ keystore.Backend = (*Backend)(nil)
-	_ keystore.Sealer  = (*Backend)(nil)
-	_ keystore.Checker = (*Backend)(nil)
+	_ keystore.Backend        = (*Backend)(nil)
+	_ keystore.Sealer         = (*Backend)(nil)
+	_ keystore.Epocher        = (*Backend)(nil)
+	_ keystore.EpochGenerator = (*Backend)(nil)
+	_ keystore.Checker        = (*Backend)(nil)
 
 	_ keystore.HealthReporter = (*Backend)(nil)
 	_ keystore.ProbeNoter     = (*Backend)(nil)
@@ -42,6 +44,9 @@ type Config struct {
 	// 0 means 2: a TPM may have only 3 transient object slots, one of
 	// which holds the SRK.
 	LoadedKeys int
+	// EpochHandles is how many persistent handles (from 0x814D4C00) the
+	// sealing epochs may take; 0 means 3. See epoch.go.
+	EpochHandles int
 	// Logger receives connection-loss and recovery events; nil discards
 	// them.
 	Logger *slog.Logger
@@ -74,6 +79,10 @@ type Backend struct {
 	srkPub tpm2.TPMTPublic
 	lru    lru
 	closed bool
+	// epochs maps epoch ids to their persistent parents; epochMax bounds
+	// the handles they take.
+	epochs   map[string]tpm2.NamedHandle
+	epochMax int
 	// ekPub is the endorsement key's TPMT_PUBLIC once Attest made it (the
 	// same for the life of the endorsement seed).
 	ekPub []byte
@@ -106,8 +115,11 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 	if cfg.Device == "" {
 		cfg.Device = "/dev/tpmrm0"
 	}
-	if cfg.CommandTimeout < 0 || cfg.LoadedKeys < 0 {
-		return nil, errors.New("tpm: CommandTimeout and LoadedKeys must not be negative")
+	if cfg.CommandTimeout < 0 || cfg.LoadedKeys < 0 || cfg.EpochHandles < 0 {
+		return nil, errors.New("tpm: CommandTimeout, LoadedKeys and EpochHandles must not be negative")
+	}
+	if cfg.EpochHandles == 0 {
+		cfg.EpochHandles = defaultEpochHandles
 	}
 	if cfg.CommandTimeout == 0 {
 		cfg.CommandTimeout = 10 * time.Second
@@ -127,14 +139,16 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 		return nil, devErr("open", err)
 	}
 	b := &Backend{
-		timeout: cfg.CommandTimeout,
-		kind:    kind,
-		rm:      rm,
-		isSim:   cfg.Device == "sim",
-		notes:   map[keystore.Algorithm]string{},
-		queue:   make(chan struct{}, 1),
-		raw:     raw,
-		lru:     lru{max: cfg.LoadedKeys},
+		timeout:  cfg.CommandTimeout,
+		kind:     kind,
+		rm:       rm,
+		isSim:    cfg.Device == "sim",
+		notes:    map[keystore.Algorithm]string{},
+		queue:    make(chan struct{}, 1),
+		raw:      raw,
+		lru:      lru{max: cfg.LoadedKeys},
+		epochs:   map[string]tpm2.NamedHandle{},
+		epochMax: cfg.EpochHandles,
 
 		dev:        cfg.Device,
 		track:      &ioTracker{next: raw},

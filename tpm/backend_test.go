@@ -338,7 +338,10 @@ func TestForeignBlob(t *testing.T) {
 		if !errors.Is(err, ErrForeignBlob) {
 			t.Fatalf("Check of a foreign blob: %v, want ErrForeignBlob", err)
 		}
-		t.Logf("Check: %v", err)
+		var fe *keystore.ForeignKeyError
+		if !errors.As(err, &fe) || err.Error() != "blob does not load on this TPM (TPM_RC_INTEGRITY): this catalog belongs to another TPM or storage root key" {
+			t.Fatalf("Check of a foreign blob: %q, want a keystore.ForeignKeyError saying so", err)
+		}
 		if _, err := o.Sign(ctx, ref, keystore.ECDSAP256, digestFor(keystore.ECDSAP256, "m")); !errors.Is(err, ErrForeignBlob) {
 			t.Fatalf("Sign with a foreign blob: %v, want ErrForeignBlob", err)
 		}

@@ -96,3 +96,47 @@ func BenchmarkSignLoadFlush(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkEpochRotation: one rotation (new parent, re-seal of the active
+// sealed keys, eviction of the old parent) with 20 active sealed keys: the
+// cost --seal-epoch retire pays at every retirement.
+func BenchmarkEpochRotation(b *testing.B) {
+	env := swtpmEnv(b)
+	be := env.open(b)
+	ctx := context.Background()
+	st, err := keystore.Open(ctx, b.TempDir()+"/catalog.db", be, keystore.Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	for range 20 {
+		if _, err := st.Create(ctx, keystore.KeySpec{Role: keystore.RoleInit, Suite: 1, Algorithm: keystore.X25519}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for b.Loop() {
+		if err := st.RotateEpoch(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkUnsealEpoch: one unseal of a blob under a persistent epoch
+// parent (load, unseal in a salted session, flush).
+func BenchmarkUnsealEpoch(b *testing.B) {
+	env := swtpmEnv(b)
+	be := env.open(b)
+	ctx := context.Background()
+	if err := be.NewEpoch(ctx, "bench"); err != nil {
+		b.Fatal(err)
+	}
+	blob, err := be.SealIn(ctx, "bench", make([]byte, 32), []byte("aad"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if _, err := be.Unseal(ctx, blob, []byte("aad")); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -14,6 +14,9 @@ import (
 const (
 	blobKey    = 0x01 // key reference: 0x01 || TPM2B_PUBLIC || TPM2B_PRIVATE
 	blobSealed = 0x02 // sealed data:   0x02 || TPM2B_PUBLIC || TPM2B_PRIVATE
+	// 0x03 (sealed data in an epoch) and 0x04 (a key in an epoch) carry
+	// len(epoch) || epoch after the version byte; see epoch.go.
+	blobKeyEpoch = 0x04
 )
 
 // algSpec is how one keystore algorithm maps onto a TPM ECC key.
@@ -95,9 +98,10 @@ func specFor(alg keystore.Algorithm) (algSpec, error) {
 
 // blob is a parsed key reference or sealed blob.
 type blob struct {
-	pub  tpm2.TPM2BPublic
-	priv tpm2.TPM2BPrivate
-	area *tpm2.TPMTPublic // the parsed public area
+	epoch string // the parent's epoch; "" for the SRK
+	pub   tpm2.TPM2BPublic
+	priv  tpm2.TPM2BPrivate
+	area  *tpm2.TPMTPublic // the parsed public area
 }
 
 func encodeBlob(version byte, pub tpm2.TPM2BPublic, priv tpm2.TPM2BPrivate) []byte {

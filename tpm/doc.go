@@ -1,6 +1,7 @@
 // Package tpm is the TPM 2.0 device backend of mlskeyd: it keeps private
 // keys under a TPM's storage root key and implements keystore.Backend,
-// keystore.Sealer, keystore.Checker and keystore.Attester (not
+// keystore.Sealer, keystore.Epocher, keystore.EpochGenerator,
+// keystore.Checker and keystore.Attester (not
 // keystore.Lister: nothing per key lives in the TPM). It talks to /dev/tpmrm0, to swtpm's data channel
 // (tcp:// or unix://, raw TPM commands) or to the in-process go-tpm-tools
 // simulator, through go-tpm's tpm2 direct API. It knows nothing of MLS or
@@ -21,7 +22,9 @@
 // encrypted and integrity-protected under the SRK, so the blob is useless
 // to anyone but this TPM, and its holder (the catalog) is its only store.
 // A blob from another TPM or another SRK fails TPM2_Load with
-// TPM_RC_INTEGRITY, reported as ErrForeignBlob.
+// TPM_RC_INTEGRITY, reported as ErrForeignBlob (and, from Check, inside a
+// keystore.ForeignKeyError, so that start-up can say the catalog belongs to
+// another TPM).
 //
 // Sign uses TPM2_Sign with a NULL hash-check ticket (the keys are not
 // restricted) over a digest exactly as long as the scheme's hash and
@@ -35,6 +38,12 @@
 // KEYEDHASH sealed data object under the SRK; the blob is 0x02 ||
 // TPM2B_PUBLIC || TPM2B_PRIVATE. Unseal loads it, runs TPM2_Unseal, flushes
 // it and compares the aad hash in constant time.
+//
+// Epochs (epoch.go): SealIn and GenerateIn work the same way under an
+// epoch's parent, a storage key made persistent at a handle from
+// 0x814D4C00 whose blob is never stored, so DestroyEpoch (TPM2_EvictControl)
+// makes every blob of the epoch unloadable. Their blobs carry the epoch id
+// (versions 0x03 and 0x04).
 //
 // Secrets never cross the bus in clear: TPM2_ECDH_ZGen and TPM2_Unseal
 // outputs, and the data given to TPM2_Create for sealing, travel under a

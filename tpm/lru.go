@@ -15,8 +15,9 @@ type lru struct {
 }
 
 type lruEntry struct {
-	key [32]byte
-	obj tpm2.NamedHandle
+	key   [32]byte
+	obj   tpm2.NamedHandle
+	epoch string
 }
 
 func blobKeyOf(ref []byte) [32]byte { return sha256.Sum256(ref) }
@@ -33,8 +34,8 @@ func (l *lru) get(key [32]byte) (tpm2.NamedHandle, bool) {
 	return tpm2.NamedHandle{}, false
 }
 
-func (l *lru) add(key [32]byte, obj tpm2.NamedHandle) {
-	l.entries = append(l.entries, lruEntry{key, obj})
+func (l *lru) add(key [32]byte, obj tpm2.NamedHandle, epoch string) {
+	l.entries = append(l.entries, lruEntry{key, obj, epoch})
 }
 
 func (l *lru) remove(key [32]byte) (tpm2.NamedHandle, bool) {
@@ -71,11 +72,22 @@ func (b *Backend) withObjectSlot(f func() error) error {
 	}
 }
 
-// load loads a blob under the SRK (not cached).
+// load loads a blob under its parent, the SRK or its epoch's (not cached).
 func (b *Backend) load(bl *blob) (tpm2.NamedHandle, error) {
+	if bl.epoch == "" {
+		return b.loadUnder(b.srkAuth(nil), bl)
+	}
+	p, err := b.epochParent(bl.epoch)
+	if err != nil {
+		return tpm2.NamedHandle{}, err
+	}
+	return b.loadUnder(tpm2.AuthHandle{Handle: p.Handle, Name: p.Name, Auth: tpm2.PasswordAuth(nil)}, bl)
+}
+
+func (b *Backend) loadUnder(parent tpm2.AuthHandle, bl *blob) (tpm2.NamedHandle, error) {
 	var obj tpm2.NamedHandle
 	err := b.withObjectSlot(func() error {
-		rsp, err := tpm2.Load{ParentHandle: b.srkAuth(nil), InPrivate: bl.priv, InPublic: bl.pub}.Execute(b.tpm)
+		rsp, err := tpm2.Load{ParentHandle: parent, InPrivate: bl.priv, InPublic: bl.pub}.Execute(b.tpm)
 		if err != nil {
 			return cmdErr("TPM2_Load", err)
 		}
@@ -100,6 +112,6 @@ func (b *Backend) loaded(bl *blob, key [32]byte) (tpm2.NamedHandle, error) {
 	if err != nil {
 		return obj, err
 	}
-	b.lru.add(key, obj)
+	b.lru.add(key, obj, bl.epoch)
 	return obj, nil
 }

@@ -2,6 +2,7 @@ package tpm
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/google/go-tpm/tpm2"
@@ -32,10 +33,17 @@ func (b *Backend) keyBlob(ref []byte, alg keystore.Algorithm) (algSpec, *blob, e
 	if len(ref) == 0 {
 		return s, nil, fmt.Errorf("%w: %w: empty key reference", keystore.ErrDeviceKeyNotFound, ErrBadBlob)
 	}
+	epoch := ""
+	if ref[0] == blobKeyEpoch {
+		if epoch, ref, err = splitEpochBlob(ref, blobKey); err != nil {
+			return s, nil, err
+		}
+	}
 	bl, err := parseBlob(ref, blobKey)
 	if err != nil {
 		return s, nil, err
 	}
+	bl.epoch = epoch
 	if err := bl.matches(s); err != nil {
 		return s, nil, err
 	}
@@ -47,15 +55,37 @@ func (b *Backend) keyBlob(ref []byte, alg keystore.Algorithm) (algSpec, *blob, e
 // the reference is 0x01 || TPM2B_PUBLIC || TPM2B_PRIVATE and nothing is
 // kept in the TPM. id is not used: the catalog holds the blob.
 func (b *Backend) Generate(ctx context.Context, id string, alg keystore.Algorithm) (ref, pub []byte, err error) {
+	return b.generate(ctx, "", alg)
+}
+
+// GenerateIn is Generate under the epoch's parent instead of the SRK: the
+// key dies with its epoch. The reference is 0x04 || len(epoch) || epoch ||
+// TPM2B_PUBLIC || TPM2B_PRIVATE.
+func (b *Backend) GenerateIn(ctx context.Context, epoch, id string, alg keystore.Algorithm) (ref, pub []byte, err error) {
+	if err := checkEpochID(epoch); err != nil {
+		return nil, nil, devErr("generate", err)
+	}
+	return b.generate(ctx, epoch, alg)
+}
+
+func (b *Backend) generate(ctx context.Context, epoch string, alg keystore.Algorithm) (ref, pub []byte, err error) {
 	s, err := b.spec(alg)
 	if err != nil {
 		return nil, nil, devErr("generate", err)
 	}
 	err = b.do(ctx, "generate", func() error {
+		parent := b.srkAuth(nil)
+		if epoch != "" {
+			p, err := b.epochParent(epoch)
+			if err != nil {
+				return err
+			}
+			parent = tpm2.AuthHandle{Handle: p.Handle, Name: p.Name, Auth: tpm2.PasswordAuth(nil)}
+		}
 		var rsp *tpm2.CreateResponse
 		err := b.withObjectSlot(func() error {
 			var err error
-			rsp, err = tpm2.Create{ParentHandle: b.srkAuth(nil), InPublic: tpm2.New2B(s.template())}.Execute(b.tpm)
+			rsp, err = tpm2.Create{ParentHandle: parent, InPublic: tpm2.New2B(s.template())}.Execute(b.tpm)
 			return cmdErr("TPM2_Create", err)
 		})
 		if err != nil {
@@ -79,6 +109,9 @@ func (b *Backend) Generate(ctx context.Context, id string, alg keystore.Algorith
 		}
 		pub = append(append([]byte{0x04}, x...), y...)
 		ref = encodeBlob(blobKey, rsp.OutPublic, rsp.OutPrivate)
+		if epoch != "" {
+			ref = append(append([]byte{blobKeyEpoch, byte(len(epoch))}, epoch...), ref[1:]...)
+		}
 		return nil
 	})
 	if err != nil {
@@ -211,8 +244,14 @@ func (b *Backend) Check(ctx context.Context, ref []byte, alg keystore.Algorithm)
 		return devErr("check", err)
 	}
 	key := blobKeyOf(ref)
-	return b.do(ctx, "check", func() error {
+	err = b.do(ctx, "check", func() error {
 		_, err := b.loaded(bl, key)
 		return err
 	})
+	if errors.Is(err, ErrForeignBlob) {
+		// At start-up this means the daemon was pointed at another TPM's
+		// catalog; the keystore turns it into advice.
+		return &keystore.ForeignKeyError{Device: "TPM", Code: "TPM_RC_INTEGRITY", Owner: "another TPM or storage root key", Err: err}
+	}
+	return err
 }

@@ -43,7 +43,13 @@ func sealTemplate() tpm2.TPMTPublic {
 // with TPM2_Create under the SRK. The data goes to the TPM parameter-
 // encrypted under a salted session. The blob is 0x02 || TPM2B_PUBLIC ||
 // TPM2B_PRIVATE; the plaintext may be at most MaxSealInput (96) bytes.
+// The keystore uses it only where there are no epochs (the simulator);
+// elsewhere SealIn.
 func (b *Backend) Seal(ctx context.Context, plaintext, aad []byte) ([]byte, error) {
+	return b.seal(ctx, "", plaintext, aad)
+}
+
+func (b *Backend) seal(ctx context.Context, epoch string, plaintext, aad []byte) ([]byte, error) {
 	if len(plaintext) > MaxSealInput {
 		return nil, devErr("seal", fmt.Errorf("%w: %d-byte plaintext; a TPM sealed object holds at most %d bytes besides the aad hash",
 			keystore.ErrInvalidArgument, len(plaintext), MaxSealInput))
@@ -55,9 +61,17 @@ func (b *Backend) Seal(ctx context.Context, plaintext, aad []byte) ([]byte, erro
 
 	var out []byte
 	err := b.do(ctx, "seal", func() error {
+		parent := b.srkAuth(b.encSession(tpm2.AESEncryption(128, tpm2.EncryptIn)))
+		if epoch != "" {
+			p, err := b.epochParent(epoch)
+			if err != nil {
+				return err
+			}
+			parent = tpm2.AuthHandle{Handle: p.Handle, Name: p.Name, Auth: b.encSession(tpm2.AESEncryption(128, tpm2.EncryptIn))}
+		}
 		return b.withObjectSlot(func() error {
 			rsp, err := tpm2.Create{
-				ParentHandle: b.srkAuth(b.encSession(tpm2.AESEncryption(128, tpm2.EncryptIn))),
+				ParentHandle: parent,
 				InSensitive: tpm2.TPM2BSensitiveCreate{Sensitive: &tpm2.TPMSSensitiveCreate{
 					Data: tpm2.NewTPMUSensitiveCreate(&tpm2.TPM2BSensitiveData{Buffer: data}),
 				}},
@@ -67,16 +81,28 @@ func (b *Backend) Seal(ctx context.Context, plaintext, aad []byte) ([]byte, erro
 				return cmdErr("TPM2_Create(sealed data)", err)
 			}
 			out = encodeBlob(blobSealed, rsp.OutPublic, rsp.OutPrivate)
+			if epoch != "" {
+				out = append(append([]byte{blobSealedEpoch, byte(len(epoch))}, epoch...), out[1:]...)
+			}
 			return nil
 		})
 	})
 	return out, err
 }
 
-// Unseal loads the sealed object, reads it with TPM2_Unseal (the output
+// Unseal loads the sealed object (under its epoch's parent, or the SRK for
+// a blob from before epochs), reads it with TPM2_Unseal (the output
 // parameter-encrypted under a salted session), flushes it and checks the
-// aad hash in constant time.
+// aad hash in constant time. A blob whose epoch was destroyed fails with
+// an error wrapping keystore.ErrEpochDestroyed.
 func (b *Backend) Unseal(ctx context.Context, sealed, aad []byte) ([]byte, error) {
+	epoch := ""
+	if len(sealed) > 0 && sealed[0] == blobSealedEpoch {
+		var err error
+		if epoch, sealed, err = splitEpochBlob(sealed, blobSealed); err != nil {
+			return nil, devErr("unseal", err)
+		}
+	}
 	bl, err := parseBlob(sealed, blobSealed)
 	if err != nil {
 		return nil, devErr("unseal", err)
@@ -87,7 +113,15 @@ func (b *Backend) Unseal(ctx context.Context, sealed, aad []byte) ([]byte, error
 	}
 	var data []byte
 	err = b.do(ctx, "unseal", func() error {
-		obj, err := b.load(bl)
+		parent := b.srkAuth(nil)
+		if epoch != "" {
+			p, err := b.epochParent(epoch)
+			if err != nil {
+				return err
+			}
+			parent = tpm2.AuthHandle{Handle: p.Handle, Name: p.Name, Auth: tpm2.PasswordAuth(nil)}
+		}
+		obj, err := b.loadUnder(parent, bl)
 		if err != nil {
 			return err
 		}

@@ -10,6 +10,7 @@
 //   node tsmls.mjs verify    < {"key_packages": ["<hex MLSMessage>", ...]}
 //   node tsmls.mjs add       < {"key_package": "<hex MLSMessage>", "group_id": "<hex, optional>"}
 //   node tsmls.mjs selftest [--suite N|all]      (no stdin)
+//   node tsmls.mjs welcome KEYPACKAGES_FILE WELCOME_FILE [N]   (text; scripts/make-welcome.sh)
 // See README.md for the full contract.
 
 import {
@@ -270,6 +271,45 @@ async function cmdAdd(input) {
   };
 }
 
+// ---------- welcome (for people: scripts/make-welcome.sh) ----------
+
+// Reads a file of concatenated MLSMessage(KeyPackage)s, as `mlskeyctl
+// keypackage create --out` writes it, adds the n-th (1-based) to a new
+// group and writes that group's Welcome (an MLSMessage) to welcomeFile.
+// Prints one line of text, not JSON: this command is for a shell.
+async function cmdWelcome(args) {
+  if (args.length < 2 || args.length > 3) throw new CliError("usage: node tsmls.mjs welcome KEYPACKAGES_FILE WELCOME_FILE [N]");
+  const [kpFile, welcomeFile, nArg = "1"] = args;
+  const n = Number(nArg);
+  if (!Number.isInteger(n) || n < 1) throw new CliError(`welcome: N must be a positive number, not ${nArg}`);
+  const { readFile, writeFile } = await import("node:fs/promises");
+  let bytes;
+  try {
+    bytes = new Uint8Array(await readFile(kpFile));
+  } catch (e) {
+    throw new CliError(`welcome: ${e.message}`);
+  }
+  const kps = [];
+  for (let off = 0; off < bytes.length && kps.length < n; ) {
+    let decoded;
+    try {
+      decoded = decodeMlsMessage(bytes, off);
+    } catch (e) {
+      decoded = undefined;
+    }
+    if (decoded === undefined || decoded[0].wireformat !== "mls_key_package") {
+      throw new CliError(`welcome: ${kpFile}: no MLSMessage(KeyPackage) at byte ${off} (want the file 'mlskeyctl keypackage create --out' writes)`);
+    }
+    // decodeMlsMessage returns how many bytes from off it read.
+    kps.push(bytes.slice(off, off + decoded[1]));
+    off += decoded[1];
+  }
+  if (kps.length < n) throw new CliError(`welcome: ${kpFile} holds ${kps.length} KeyPackage(s), not ${n}`);
+  const added = await cmdAdd({ key_package: toHex(kps[n - 1]) });
+  await writeFile(welcomeFile, fromHex(added.welcome, "welcome"));
+  return `${welcomeFile}: Welcome to group ${added.group_id}, epoch ${added.epoch}, suite ${added.cipher_suite}, for KeyPackage ${added.key_package_ref}`;
+}
+
 // ---------- selftest ----------
 
 async function selftestSuite(id) {
@@ -371,8 +411,11 @@ async function main() {
     case "selftest":
       out = await cmdSelftest(args);
       break;
+    case "welcome":
+      process.stdout.write((await cmdWelcome(args)) + "\n");
+      return;
     default:
-      throw new CliError("usage: node tsmls.mjs verify|add|selftest [--suite N|all]");
+      throw new CliError("usage: node tsmls.mjs verify|add|selftest [--suite N|all]|welcome KEYPACKAGES_FILE WELCOME_FILE [N]");
   }
   process.stdout.write(JSON.stringify(out) + "\n");
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"crypto/ecdsa"
+	"crypto/rand"
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
@@ -219,17 +220,17 @@ func (c *cli) reportAttestation(out any, r *attest.Result, id string, pub, nonce
 func (c *cli) keyAttest(args []string) error {
 	var nonceHex string
 	var tf trustFlags
-	fs := c.newFlagSet("key attest", "ID --nonce HEX [--ek-roots FILE | --ak FILE] [flags]", `Ask the device for evidence that key ID lives in it, bound to a nonce you
-choose, and verify it: for a TPM, TPM2_Certify of the key by an attestation
-key (AK) under the endorsement hierarchy. That the evidence is consistent
-proves nothing by itself (it can be made in software); it is anchored to a
+	fs := c.newFlagSet("key attest", "ID [--nonce HEX] [--ek-roots FILE | --ak FILE] [flags]", `Ask the device for evidence that key ID lives in it, bound to a nonce (yours,
+or 32 random bytes), and verify it: for a TPM, TPM2_Certify of the key by an
+attestation key (AK) under the endorsement hierarchy. That the evidence is
+consistent proves nothing by itself (it can be made in software); it is anchored to a
 trusted TPM by --ek-roots (the TPM's endorsement key certificate chains to
 one of these CAs, and the daemon decrypts a credential made here for the AK
 and encrypted to that EK, which only the TPM holding both can) or by --ak
 (the AK is one enrolled before, e.g. with --ak-out). Without either the
 command reports "NOT anchored" and fails unless --allow-unanchored.
 --json prints the evidence and facts for 'mlskeyctl attest verify'.`, func(fs *flag.FlagSet) {
-		fs.StringVar(&nonceHex, "nonce", "", "the `HEX` nonce, 1 to 64 bytes (required)")
+		fs.StringVar(&nonceHex, "nonce", "", "the `HEX` nonce, 1 to 64 bytes (default: 32 random bytes)")
 		tf.register(fs)
 		fs.StringVar(&tf.akOut, "ak-out", "", "after an anchored check, write the attestation key to `FILE` (PEM) to pin it later with --ak")
 	})
@@ -237,8 +238,16 @@ command reports "NOT anchored" and fails unless --allow-unanchored.
 	if err != nil {
 		return err
 	}
+	if nonceHex == "" {
+		// A fresh random nonce proves the evidence was made now; one of
+		// the verifier's own choice is only needed when a third party
+		// checks the --json evidence.
+		b := make([]byte, 32)
+		rand.Read(b) // never fails on Linux
+		nonceHex = hex.EncodeToString(b)
+	}
 	nonce, err := hex.DecodeString(nonceHex)
-	if err != nil || len(nonce) == 0 {
+	if err != nil || len(nonce) == 0 || len(nonce) > 64 {
 		return usageErrorf("key attest: --nonce must be 1 to 64 bytes of hex")
 	}
 	return c.withClient(func(ctx context.Context, cl *client.Client) error {

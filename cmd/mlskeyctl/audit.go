@@ -1,18 +1,25 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 
 	"github.com/mlskeyd/mlskeyd/audit"
 )
 
 func (c *cli) auditVerify(args []string) error {
+	var fromRotation bool
 	fs := c.newFlagSet("audit verify", "FILE... [flags]", `Verify mlskeyd's audit log offline, without the daemon: every record's
 hash chain and sequence. With one FILE (the live log), its rotated files are
 found and checked first, oldest first; with several, they are checked in the
 order given. Reports the first record that was edited, removed, inserted or
 reordered. Compare the last hash with the one mlskeyd logged at shutdown to
-detect a truncated log.`, nil)
+detect a truncated log. With --from-rotation, a log whose oldest rotated
+files were removed (mlskeyd --audit-keep) is verified from its first
+remaining record, which must follow the last record the daemon recorded
+removing.`, func(fs *flag.FlagSet) {
+		fs.BoolVar(&fromRotation, "from-rotation", false, "the oldest rotated files were removed: start from the first remaining record")
+	})
 	files, err := c.parse(fs, args)
 	if err != nil {
 		return err
@@ -25,17 +32,27 @@ detect a truncated log.`, nil)
 			return err
 		}
 	}
-	rep, err := audit.Verify(files...)
+	rep, err := audit.VerifyWith(audit.VerifyOptions{FromRotation: fromRotation}, files...)
 	if err != nil {
 		return err
 	}
 	if c.g.json {
-		return c.writeJSON(map[string]any{
+		out := map[string]any{
 			"ok": true, "records": rep.Records, "files": rep.Files,
 			"first_seq": rep.FirstSeq, "last_seq": rep.LastSeq, "last_hash": rep.LastHash,
-		})
+		}
+		if rep.StartPrev != "" {
+			out["start_prev"], out["prune_checked"] = rep.StartPrev, rep.PruneChecked
+		}
+		return c.writeJSON(out)
 	}
 	fmt.Fprintf(c.stdout, "ok: %d records in %d files, seq %d..%d, last hash %s\n",
 		rep.Records, len(rep.Files), rep.FirstSeq, rep.LastSeq, rep.LastHash)
+	switch {
+	case rep.PruneChecked:
+		fmt.Fprintf(c.stdout, "starts after pruned records: seq %d follows the last removed record (hash %s), as the log recorded\n", rep.FirstSeq, rep.StartPrev)
+	case rep.StartPrev != "":
+		fmt.Fprintf(c.stdout, "starts after removed records: seq %d follows hash %s, which no prune record confirms\n", rep.FirstSeq, rep.StartPrev)
+	}
 	return nil
 }

@@ -11,7 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mlskeyd/mlskeyd/audit"
 	mlskeyv1 "github.com/mlskeyd/mlskeyd/proto/mlskey/v1"
+	"github.com/mlskeyd/mlskeyd/server"
 )
 
 // These tests run commands in-process against the fake server.
@@ -29,9 +31,12 @@ func TestStatusCommand(t *testing.T) {
 	_, sock := startFake(t)
 	out := mustRun(t, sock, "", "status")
 	for _, want := range []string{
-		"backend:  fake\n",
-		"device:   test device\n",
-		"version:  0.0.0-test\n",
+		"backend:            fake\n",
+		"device:             test device\n",
+		"version:            0.0.0-test\n",
+		"installation:       00112233445566778899aabbccddeeff\n",
+		"missing keys:       1 (0190aa); retire with 'mlskeyctl repair --retire-missing' once the device is known to be right\n",
+		"stray device keys:  0\n",
 		"SUITE  NAME                                          SIGNATURE  INIT     LEAF ENCRYPTION\n",
 		"1      MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519  hardware   wrapped  sealed\n",
 		"4      MLS_256_DHKEMX448_AES256GCM_SHA512_Ed448      -          sealed   sealed\n",
@@ -226,5 +231,81 @@ func TestWelcomeCommand(t *testing.T) {
 	code, _, stderr = runCLI(t, sock, "", "welcome", "open")
 	if code != 1 || stderr != "mlskeyctl: empty Welcome\n" {
 		t.Errorf("empty Welcome: exit %d, stderr %q", code, stderr)
+	}
+}
+
+// An input over the daemon's limit is refused before it is sent, naming
+// the field, not by gRPC's message-size check.
+func TestOversizeInputIsAFieldError(t *testing.T) {
+	_, sock := startFake(t)
+	big := strings.Repeat("x", server.MaxWelcomeSize+1)
+	code, _, stderr := runCLI(t, sock, big, "welcome", "open")
+	if code != 1 || !strings.Contains(stderr, "welcome: more than 4194304 bytes, over the daemon's limit") {
+		t.Errorf("oversize Welcome: exit %d, stderr %q", code, stderr)
+	}
+	code, _, stderr = runCLI(t, sock, strings.Repeat("x", server.MaxContentSize+1), "sign", "--key", "sig-1", "--label", "FramedContentTBS")
+	if code != 1 || !strings.Contains(stderr, "content: more than 1048576 bytes") {
+		t.Errorf("oversize content: exit %d, stderr %q", code, stderr)
+	}
+}
+
+// A log pruned by --audit-keep verifies with --from-rotation; without it,
+// the error names the flag, not a Go API.
+func TestAuditVerifyFromRotation(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	l, err := audit.Open(path, audit.Options{Sync: audit.SyncNever, MaxSize: 2000, Keep: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 50 {
+		if err := l.Append(audit.Record{Operation: "SignWithLabel", Outcome: audit.OutcomeOK}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.Close()
+	code, _, stderr := runCLI(t, "", "", "audit", "verify", path)
+	if code != 1 || !strings.Contains(stderr, "--from-rotation") || strings.Contains(stderr, "AllowNonGenesisStart") {
+		t.Errorf("pruned log without --from-rotation: exit %d, %q", code, stderr)
+	}
+	out := mustRun(t, "", "", "audit", "verify", "--from-rotation", path)
+	if !strings.HasPrefix(out, "ok: ") || !strings.Contains(out, "as the log recorded") {
+		t.Errorf("--from-rotation: %q", out)
+	}
+}
+
+// A suite the daemon's policy forbids reads "policy", not as available.
+func TestStatusShowsSuitesRefusedByPolicy(t *testing.T) {
+	var out bytes.Buffer
+	c := &cli{stdout: &out}
+	err := c.printStatus(&mlskeyv1.GetInfoResponse{Backend: "b", Suites: []*mlskeyv1.SuiteSupport{
+		{CipherSuite: 2, Name: "MLS_128_DHKEMP256_AES128GCM_SHA256_P256", RefusedByPolicy: true},
+	}})
+	if err != nil || !strings.Contains(out.String(), "2      MLS_128_DHKEMP256_AES128GCM_SHA256_P256  policy     policy  policy") {
+		t.Errorf("status: %v\n%s", err, out.String())
+	}
+	out.Reset()
+	c.g.json = true
+	if err := c.printStatus(&mlskeyv1.GetInfoResponse{Suites: []*mlskeyv1.SuiteSupport{{CipherSuite: 2, RefusedByPolicy: true}}}); err != nil || !strings.Contains(out.String(), `"refused_by_policy": true`) {
+		t.Errorf("status --json: %v\n%s", err, out.String())
+	}
+}
+
+func TestRepairCommand(t *testing.T) {
+	_, sock := startFake(t)
+	if out := mustRun(t, sock, "", "repair"); out != "stray device keys: 1 (st-1)\nmissing keys: 1 (0190aa)\n" {
+		t.Errorf("repair without flags:\n%s", out)
+	}
+	out := mustRun(t, sock, "", "repair", "--destroy-strays", "--retire-missing")
+	want := "destroyed strays: 1 (st-1)\nretired missing keys: 1 (0190aa)\nstray device keys: 0\nmissing keys: 0\n"
+	if out != want {
+		t.Errorf("repair:\n%s\nwant\n%s", out, want)
+	}
+	var r repairJSON
+	if err := json.Unmarshal([]byte(mustRun(t, sock, "", "repair", "--retire-missing", "--json")), &r); err != nil ||
+		len(r.RetiredMissing) != 1 || r.DestroyedStrays == nil || len(r.StrayKeyIDs) != 1 {
+		t.Errorf("repair --json: %+v %v", r, err)
+	}
+	if code, _, stderr := runCLI(t, sock, "", "repair", "extra"); code != 2 {
+		t.Errorf("repair with an argument: exit %d %s", code, stderr)
 	}
 }

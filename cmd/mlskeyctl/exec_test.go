@@ -27,7 +27,7 @@ func TestBinary(t *testing.T) {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	_, sock := startFake(t)
+	fake, sock := startFake(t)
 
 	run := func(t *testing.T, env []string, stdin string, args ...string) (code int, stdout, stderr string) {
 		t.Helper()
@@ -90,6 +90,27 @@ func TestBinary(t *testing.T) {
 		}
 		if want := hex.EncodeToString(fakeSignature("FramedContentTBS", []byte(content))) + "\n"; stdout != want {
 			t.Errorf("signature %q, want %q", stdout, want)
+		}
+	})
+
+	t.Run("Ctrl-C exits 130", func(t *testing.T) {
+		started := make(chan struct{})
+		fake.mu.Lock()
+		fake.started = started
+		fake.mu.Unlock()
+		cmd := exec.Command(bin, "--socket", sock, "sign", "--key", "slow", "--label", "FramedContentTBS")
+		cmd.Stdin = strings.NewReader("content")
+		var errb bytes.Buffer
+		cmd.Stderr = &errb
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		<-started
+		cmd.Process.Signal(os.Interrupt)
+		err := cmd.Wait()
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ExitCode() != 130 || errb.String() != "mlskeyctl: interrupted\n" {
+			t.Errorf("after SIGINT: %v, stderr %q", err, errb.String())
 		}
 	})
 

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -32,6 +33,13 @@ type fakeServer struct {
 	lastList []*mlskeyv1.ListKeysRequest
 	lastKP   *mlskeyv1.CreateKeyPackagesRequest
 	info     *mlskeyv1.GetInfoResponse // replaces GetInfo's answer when set
+	// kpTimeLeft is the time the last CreateKeyPackages had before its
+	// deadline (0: none).
+	kpTimeLeft time.Duration
+	deleted    []string
+	nonces     [][]byte
+	// started is closed when a "slow" call has started waiting.
+	started chan struct{}
 }
 
 var created = timestamppb.New(time.Date(2026, 1, 2, 3, 4, 5, 600, time.UTC))
@@ -73,9 +81,12 @@ func (s *fakeServer) GetInfo(context.Context, *mlskeyv1.GetInfoRequest) (*mlskey
 		return s.info, nil
 	}
 	return &mlskeyv1.GetInfoResponse{
-		Backend: "fake",
-		Device:  "test device",
-		Version: "0.0.0-test",
+		Backend:        "fake",
+		Device:         "test device",
+		Version:        "0.0.0-test",
+		InstallationId: "00112233445566778899aabbccddeeff",
+		MissingKeys:    1,
+		MissingKeyIds:  []string{"0190aa"},
 		Suites: []*mlskeyv1.SuiteSupport{
 			{CipherSuite: 1, Name: "MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519", Signature: mlskeyv1.Protection_PROTECTION_HARDWARE, Init: mlskeyv1.Protection_PROTECTION_WRAPPED, LeafEncryption: mlskeyv1.Protection_PROTECTION_SEALED},
 			{CipherSuite: 4, Init: mlskeyv1.Protection_PROTECTION_SEALED, LeafEncryption: mlskeyv1.Protection_PROTECTION_SEALED},
@@ -104,6 +115,9 @@ func (s *fakeServer) DeleteKey(_ context.Context, r *mlskeyv1.DeleteKeyRequest) 
 	if r.GetId() != "sig-1" {
 		return nil, notFound(r.GetId())
 	}
+	s.mu.Lock()
+	s.deleted = append(s.deleted, r.GetId())
+	s.mu.Unlock()
 	k := sigKey(1)
 	k.State = mlskeyv1.KeyState_KEY_STATE_DESTROYED
 	k.RetiredAt = created
@@ -117,7 +131,7 @@ func (s *fakeServer) ListKeys(_ context.Context, r *mlskeyv1.ListKeysRequest) (*
 	s.mu.Unlock()
 	leaf := &mlskeyv1.Key{Id: "leaf-1", CipherSuite: 1, Role: mlskeyv1.KeyRole_KEY_ROLE_LEAF_ENCRYPTION,
 		PublicKey: []byte{9}, Protection: mlskeyv1.Protection_PROTECTION_WRAPPED, State: mlskeyv1.KeyState_KEY_STATE_ACTIVE,
-		KeyPackageRef: []byte{0xfe, 0xed}, SignatureKeyId: "sig-1"}
+		KeyPackageRef: []byte{0xfe, 0xed}, SignatureKeyId: "sig-1", Owner: "uid:1000"}
 	all := []*mlskeyv1.Key{sigKey(1), initKey(), leaf}
 	i := 0
 	if t := r.GetPageToken(); t != "" {
@@ -144,16 +158,55 @@ func (s *fakeServer) SignWithLabel(ctx context.Context, r *mlskeyv1.SignWithLabe
 	case "sig-1":
 		return &mlskeyv1.SignWithLabelResponse{Signature: fakeSignature(r.GetLabel(), r.GetContent())}, nil
 	case "slow":
-		<-ctx.Done()
-		return nil, status.FromContextError(ctx.Err()).Err()
+		return nil, s.waitForCaller(ctx)
 	}
 	return nil, notFound(r.GetKeyId())
 }
 
-func (s *fakeServer) CreateKeyPackages(_ context.Context, r *mlskeyv1.CreateKeyPackagesRequest) (*mlskeyv1.CreateKeyPackagesResponse, error) {
+// waitForCaller blocks until the caller gives up.
+func (s *fakeServer) waitForCaller(ctx context.Context) error {
+	s.mu.Lock()
+	if s.started != nil {
+		close(s.started)
+		s.started = nil
+	}
+	s.mu.Unlock()
+	<-ctx.Done()
+	return status.FromContextError(ctx.Err()).Err()
+}
+
+// DecryptWithLabel "decrypts" by reversing the ciphertext; a kem_output of
+// one byte is refused as the daemon does, naming the field.
+func (s *fakeServer) DecryptWithLabel(_ context.Context, r *mlskeyv1.DecryptWithLabelRequest) (*mlskeyv1.DecryptWithLabelResponse, error) {
+	if r.GetKeyId() != "leaf-1" {
+		return nil, notFound(r.GetKeyId())
+	}
+	if len(r.GetKemOutput()) == 1 {
+		return nil, status.Error(codes.InvalidArgument, "kem_output: not a point of the suite's curve")
+	}
+	pt := slices.Clone(r.GetCiphertext())
+	slices.Reverse(pt)
+	return &mlskeyv1.DecryptWithLabelResponse{Plaintext: append(pt, r.GetContext()...)}, nil
+}
+
+func (s *fakeServer) AttestKey(_ context.Context, r *mlskeyv1.AttestKeyRequest) (*mlskeyv1.AttestKeyResponse, error) {
+	s.mu.Lock()
+	s.nonces = append(s.nonces, r.GetNonce())
+	s.mu.Unlock()
+	return nil, status.Error(codes.Unimplemented, "key_id: the device cannot attest keys")
+}
+
+func (s *fakeServer) CreateKeyPackages(ctx context.Context, r *mlskeyv1.CreateKeyPackagesRequest) (*mlskeyv1.CreateKeyPackagesResponse, error) {
 	s.mu.Lock()
 	s.lastKP = proto.Clone(r).(*mlskeyv1.CreateKeyPackagesRequest)
+	s.kpTimeLeft = 0
+	if d, ok := ctx.Deadline(); ok {
+		s.kpTimeLeft = time.Until(d)
+	}
 	s.mu.Unlock()
+	if string(r.GetCredential().GetBasicIdentity()) == "slow" {
+		return nil, s.waitForCaller(ctx)
+	}
 	resp := &mlskeyv1.CreateKeyPackagesResponse{SignatureKey: sigKey(r.GetCipherSuite())}
 	if r.GetSignatureKeyId() == "" {
 		resp.SignatureKey.Id = "sig-new"
@@ -232,4 +285,17 @@ func startFake(t *testing.T) (*fakeServer, string) {
 	go srv.Serve(ln)
 	t.Cleanup(srv.Stop)
 	return fake, sock
+}
+
+// Repair destroys the stray "st-1" and retires the missing "0190aa" when
+// asked; without flags it only reports them.
+func (s *fakeServer) Repair(_ context.Context, r *mlskeyv1.RepairRequest) (*mlskeyv1.RepairResponse, error) {
+	resp := &mlskeyv1.RepairResponse{StrayKeyIds: []string{"st-1"}, MissingKeyIds: []string{"0190aa"}}
+	if r.GetDestroyStrays() {
+		resp.DestroyedStrays, resp.StrayKeyIds = resp.StrayKeyIds, nil
+	}
+	if r.GetRetireMissing() {
+		resp.RetiredMissing, resp.MissingKeyIds = resp.MissingKeyIds, nil
+	}
+	return resp, nil
 }

@@ -32,7 +32,7 @@ func (c *cli) newFlagSet(name, synopsis, help string, register func(*flag.FlagSe
 	}
 	fs.StringVar(&c.g.socket, "socket", c.defaultSocket, "mlskeyd's Unix socket `path`; $MLSKEYD_SOCKET sets the default")
 	fs.BoolVar(&c.g.json, "json", false, "print JSON instead of text")
-	fs.DurationVar(&c.g.timeout, "timeout", 30*time.Second, "give up after `duration`; 0 waits forever")
+	fs.DurationVar(&c.g.timeout, "timeout", defaultTimeout, "give up after `duration`; 0 waits forever (keypackage create: 30s\nplus 1s per KeyPackage unless given)")
 	for n, v := range c.topSet {
 		fs.Set(n, v)
 	}
@@ -82,6 +82,9 @@ func (c *cli) parse(fs *flag.FlagSet, args []string) ([]string, error) {
 		if err := fs.Parse(args); err != nil {
 			return nil, c.flagError(fs, err)
 		}
+		if err := c.checkGlobals(fs); err != nil {
+			return nil, err
+		}
 		rest := fs.Args()
 		if len(rest) == 0 {
 			return pos, nil
@@ -92,6 +95,22 @@ func (c *cli) parse(fs *flag.FlagSet, args []string) ([]string, error) {
 		pos = append(pos, rest[0])
 		args = rest[1:]
 	}
+}
+
+// checkGlobals refuses global flag values out of range.
+func (c *cli) checkGlobals(fs *flag.FlagSet) error {
+	if c.g.timeout < 0 {
+		return c.flagError(fs, fmt.Errorf("invalid value %q for flag -timeout: want 0 (no limit) or a positive duration like 30s or 5m", c.g.timeout))
+	}
+	return nil
+}
+
+// timeoutGiven reports whether --timeout was set on the command line,
+// before or after the command.
+func (c *cli) timeoutGiven(fs *flag.FlagSet) bool {
+	_, given := c.topSet["timeout"]
+	fs.Visit(func(f *flag.Flag) { given = given || f.Name == "timeout" })
+	return given
 }
 
 // parseNoArgs parses a command line that takes no positional argument.
@@ -195,13 +214,14 @@ func (s *stateFlag) Set(v string) error {
 		mlskeyv1.KeyState_KEY_STATE_ACTIVE,
 		mlskeyv1.KeyState_KEY_STATE_CONSUMED,
 		mlskeyv1.KeyState_KEY_STATE_DESTROYED,
+		mlskeyv1.KeyState_KEY_STATE_MISSING,
 	} {
 		if strings.EqualFold(v, stateName(st)) {
 			*s = stateFlag(st)
 			return nil
 		}
 	}
-	return fmt.Errorf("unknown state (want active, consumed or destroyed)")
+	return fmt.Errorf("unknown state (want active, consumed, destroyed or missing)")
 }
 
 // lifetimeFlag is a --lifetime flag, parsed by parseLifetime.
@@ -214,10 +234,18 @@ func (l *lifetimeFlag) String() string {
 	return time.Duration(*l).String()
 }
 
+// minLifetime is the daemon's shortest KeyPackage lifetime
+// (server.MinKeyPackageLifetime); checked here too so a typo is refused
+// before anything is sent.
+const minLifetime = time.Hour
+
 func (l *lifetimeFlag) Set(v string) error {
 	d, err := parseLifetime(v)
 	if err != nil {
 		return err
+	}
+	if d < minLifetime {
+		return fmt.Errorf("%q is under the minimum of 1h (valid: 1h up to the daemon's maximum, 365d unless configured)", v)
 	}
 	*l = lifetimeFlag(d)
 	return nil

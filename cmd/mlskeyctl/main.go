@@ -8,45 +8,60 @@
 // Run "mlskeyctl --help" for the commands and "mlskeyctl <command> --help"
 // for the flags of one. Global flags (--socket, --json, --timeout) may be
 // given before or after the command. Errors are reported as one line
-// "mlskeyctl: <message>" on stderr with exit status 1, or 2 for usage
-// errors.
+// "mlskeyctl: <message>" on stderr (with --json, one JSON object
+// {"error": {"code", "field", "message"}}) with exit status 1, 2 for usage
+// errors, or 128+N when signal N (Ctrl-C: 130) ended the command.
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
-	"runtime/debug"
+	"path/filepath"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/mlskeyd/mlskeyd/client"
+	"github.com/mlskeyd/mlskeyd/internal/version"
+	mlskeyv1 "github.com/mlskeyd/mlskeyd/proto/mlskey/v1"
 )
 
-// version is the version of mlskeyctl, set at build time with
-// -ldflags "-X main.version=v1.2.3". Empty means the module version from the
-// build information.
-var version = ""
-
 func main() {
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// Ctrl-C cancels the call in progress; the exit status then says
+	// which signal ended mlskeyctl (130 for SIGINT), as shells expect.
+	ctx, cancel := context.WithCancel(context.Background())
+	var got atomic.Int32
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	go func() {
+		s := <-sigs
+		got.Store(int32(s.(syscall.Signal)))
+		cancel()
+	}()
 	c := &cli{
 		ctx:           ctx,
 		stdin:         os.Stdin,
 		stdout:        os.Stdout,
 		stderr:        os.Stderr,
 		defaultSocket: client.DefaultSocket(),
+		interrupted:   func() syscall.Signal { return syscall.Signal(got.Load()) },
+		isTerminal:    func() bool { return isTerminal(os.Stdin) },
 	}
 	code := c.run(os.Args[1:])
-	stop()
+	signal.Stop(sigs)
 	os.Exit(code)
 }
 
@@ -63,6 +78,15 @@ type cli struct {
 	topSet map[string]string
 	// usage prints the help of a FlagSet made by newFlagSet.
 	usage map[*flag.FlagSet]func()
+	// interrupted returns the signal that cancelled ctx, or 0.
+	interrupted func() syscall.Signal
+	// isTerminal reports whether stdin is a terminal a user answers on.
+	isTerminal func() bool
+	// jsonArg is set when --json is among the arguments.
+	jsonArg bool
+	// unsure, when set by a command, is told the user when the call may
+	// have been carried out without the answer arriving (timeout, Ctrl-C).
+	unsure string
 }
 
 // run runs the command line args (without the program name) and returns the
@@ -71,6 +95,16 @@ func (c *cli) run(args []string) int {
 	c.usage = map[*flag.FlagSet]func(){}
 	top := c.newFlagSet("", "[global flags] <command> [flags] [args]", topHelp, nil)
 	pos, err := c.parseTop(top, args)
+	// A usage error may stop parsing before --json is reached; it is
+	// still reported in JSON.
+	for _, a := range args {
+		if a == "--" {
+			break
+		}
+		if a == "--json" || a == "-json" || a == "--json=true" || a == "-json=true" {
+			c.jsonArg = true
+		}
+	}
 	if err == nil {
 		c.recordTop(top)
 		if len(pos) == 0 {
@@ -94,6 +128,9 @@ func (c *cli) parseTop(fs *flag.FlagSet, args []string) ([]string, error) {
 	if err := fs.Parse(args); err != nil {
 		return nil, c.flagError(fs, err)
 	}
+	if err := c.checkGlobals(fs); err != nil {
+		return nil, err
+	}
 	return fs.Args(), nil
 }
 
@@ -107,12 +144,17 @@ Commands:
   key show ID         show a key
   key delete ID       delete a key (destroys its private key)
   key attest ID       get and verify the device's evidence for a key (TPM)
+  key csr ID          have a signature key sign an X.509 request for itself
   attest verify       verify 'key attest --json' evidence without the daemon
   audit verify FILE   verify the audit log's hash chain without the daemon
   sign                sign content with a signature key (SignWithLabel)
+  decrypt             decrypt with a leaf encryption key (DecryptWithLabel)
   keypackage create   create KeyPackages
   welcome open        open a Welcome with one of the daemon's init keys
-  version             print mlskeyctl's version
+  sample framed-content
+                      print a FramedContentTBS to try 'sign' with
+  repair              act on quarantined keys: destroy strays, retire missing keys (admins)
+  version             print the version of mlskeyctl and of the daemon
 
 Run 'mlskeyctl <command> --help' for a command's flags.`
 
@@ -127,12 +169,14 @@ var groups = map[string]group{
   list     list keys
   show     show a key
   delete   delete a key (destroys its private key)
-  attest   get and verify the device's evidence for a key (TPM)`, map[string]func(*cli, []string) error{
+  attest   get and verify the device's evidence for a key (TPM)
+  csr      have a signature key sign an X.509 request (PKCS#10) for itself`, map[string]func(*cli, []string) error{
 		"create": (*cli).keyCreate,
 		"list":   (*cli).keyList,
 		"show":   (*cli).keyShow,
 		"delete": (*cli).keyDelete,
 		"attest": (*cli).keyAttest,
+		"csr":    (*cli).keyCSR,
 	}},
 	"audit": {`Commands:
   verify   verify the audit log's hash chain without the daemon`, map[string]func(*cli, []string) error{
@@ -158,6 +202,10 @@ func (c *cli) dispatch(name string, args []string) error {
 		return c.status(args)
 	case "sign":
 		return c.sign(args)
+	case "decrypt":
+		return c.decrypt(args)
+	case "repair":
+		return c.repair(args)
 	case "version":
 		return c.version(args)
 	case "help":
@@ -201,18 +249,35 @@ func usageErrorf(format string, a ...any) error {
 	return &usageError{fmt.Sprintf(format, a...)}
 }
 
-// report prints err, if any, as one line on stderr and returns the exit
-// status.
+// report prints err, if any, as one line on stderr (a JSON object with
+// --json) and returns the exit status: 2 for usage errors, 128+signal when
+// a signal ended the command, else 1.
 func (c *cli) report(err error) int {
 	if err == nil || errors.Is(err, errHelp) {
 		return 0
 	}
-	fmt.Fprintf(c.stderr, "mlskeyctl: %s\n", errorLine(err))
+	exit := 1
 	var u *usageError
 	if errors.As(err, &u) {
-		return 2
+		exit = 2
 	}
-	return 1
+	if c.interrupted != nil {
+		if sig := c.interrupted(); sig != 0 {
+			msg := "interrupted"
+			if c.unsure != "" {
+				msg += ": " + c.unsure
+			}
+			err, exit = &localError{code: "canceled", msg: msg}, 128+int(sig)
+		}
+	}
+	if c.g.json || c.jsonArg {
+		j := errorJSON(err)
+		b, _ := json.Marshal(j)
+		fmt.Fprintf(c.stderr, "%s\n", b)
+		return exit
+	}
+	fmt.Fprintf(c.stderr, "mlskeyctl: %s\n", errorLine(err))
+	return exit
 }
 
 // errorLine formats err on one line; gRPC errors as "<code in words>:
@@ -242,62 +307,104 @@ func codeWords(code codes.Code) string {
 }
 
 // withClient checks the socket, connects, and runs fn with a context bounded
-// by --timeout (0 means none).
+// by --timeout (0 means none). Failures to reach the daemon come back as one
+// line saying why, with a hint.
 func (c *cli) withClient(fn func(context.Context, *client.Client) error) error {
 	sock := c.g.socket
 	fi, err := os.Stat(sock)
 	if err != nil {
-		var pe *os.PathError
-		if errors.As(err, &pe) {
-			err = pe.Err
-		}
-		return fmt.Errorf("cannot reach mlskeyd at %s: %v (is it running? see --socket and %s)", sock, err, client.SocketEnv)
+		return connectError(sock, err)
 	}
 	if fi.Mode()&os.ModeSocket == 0 {
-		return fmt.Errorf("cannot reach mlskeyd at %s: not a socket (see --socket and %s)", sock, client.SocketEnv)
+		return connectError(sock, syscall.ENOTSOCK)
+	}
+	abs, err := filepath.Abs(sock)
+	if err != nil {
+		return connectError(sock, err)
 	}
 	ctx, cancel := c.ctx, context.CancelFunc(func() {})
 	if c.g.timeout > 0 {
 		ctx, cancel = context.WithTimeout(ctx, c.g.timeout)
 	}
 	defer cancel()
-	cl, err := client.Dial(ctx, sock)
+	// gRPC reports a failed connect as UNAVAILABLE with its own transport
+	// text; the dialer keeps the system's error to say what happened.
+	var dialMu sync.Mutex
+	var dialErr error
+	connected := false
+	dialer := func(ctx context.Context, _ string) (net.Conn, error) {
+		conn, err := (&net.Dialer{}).DialContext(ctx, "unix", abs)
+		dialMu.Lock()
+		dialErr = err
+		connected = connected || err == nil
+		dialMu.Unlock()
+		return conn, err
+	}
+	cl, err := client.Dial(ctx, sock, grpc.WithContextDialer(dialer))
 	if err != nil {
 		return err
 	}
 	defer cl.Close()
 	err = fn(ctx, cl)
-	if status.Code(err) == codes.DeadlineExceeded && c.g.timeout > 0 {
+	dialMu.Lock()
+	de, wasConnected := dialErr, connected
+	dialMu.Unlock()
+	switch code := status.Code(err); {
+	case code == codes.Unavailable && de != nil && !wasConnected:
+		return connectError(sock, de)
+	case code == codes.Unavailable && isTransportError(err):
+		// Connected, then the connection went: the daemon stopped or
+		// crashed mid-call.
+		msg := fmt.Sprintf("lost the connection to mlskeyd at %s: it stopped or restarted (see its log)", sock)
+		if c.unsure != "" {
+			msg += "; " + c.unsure
+		}
+		return &localError{code: "unavailable", msg: msg}
+	case code == codes.DeadlineExceeded && c.g.timeout > 0:
 		// The daemon gets the deadline too and may give up a little
 		// before the client does.
 		if deadline, _ := ctx.Deadline(); time.Until(deadline) < time.Second {
-			return status.Errorf(codes.DeadlineExceeded, "no answer from mlskeyd at %s within %v (see --timeout)", sock, c.g.timeout)
+			msg := fmt.Sprintf("no answer from mlskeyd at %s within %v (see --timeout)", sock, c.g.timeout)
+			if c.unsure != "" {
+				msg += "; " + c.unsure
+			}
+			return status.Error(codes.DeadlineExceeded, msg)
 		}
 	}
 	return err
 }
 
 func (c *cli) version(args []string) error {
-	fs := c.newFlagSet("version", "", "Print mlskeyctl's version. It does not contact the daemon: 'mlskeyctl status'\nshows the daemon's.", nil)
+	fs := c.newFlagSet("version", "", `Print mlskeyctl's version and, when the daemon answers within the
+--timeout (at most 2s here), mlskeyd's. Both binaries of one build print the
+same version.`, nil)
 	if err := c.parseNoArgs(fs, args); err != nil {
 		return err
 	}
-	v := versionString()
+	v := version.String()
+	// The daemon's version is a bonus: without a daemon this still
+	// succeeds.
+	var daemon string
+	if c.g.timeout == 0 || c.g.timeout > 2*time.Second {
+		c.g.timeout = 2 * time.Second
+	}
+	c.withClient(func(ctx context.Context, cl *client.Client) error {
+		info, err := cl.GetInfo(ctx, &mlskeyv1.GetInfoRequest{})
+		daemon = info.GetVersion()
+		return err
+	})
 	if c.g.json {
 		return c.writeJSON(struct {
-			Version string `json:"version"`
-		}{v})
+			Version       string `json:"version"`
+			DaemonVersion string `json:"daemon_version,omitempty"`
+		}{v, daemon})
 	}
-	_, err := fmt.Fprintf(c.stdout, "mlskeyctl %s\n", v)
-	return err
-}
-
-func versionString() string {
-	if version != "" {
-		return version
+	if _, err := fmt.Fprintf(c.stdout, "mlskeyctl %s\n", v); err != nil {
+		return err
 	}
-	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" {
-		return bi.Main.Version
+	if daemon != "" {
+		_, err := fmt.Fprintf(c.stdout, "mlskeyd %s (at %s)\n", daemon, c.g.socket)
+		return err
 	}
-	return "(devel)"
+	return nil
 }

@@ -184,7 +184,17 @@ func TestUsageErrors(t *testing.T) {
 		{"keypackage", "create", "--suite", "1", "--identity", "a", "--count", "0"},
 		{"keypackage", "create", "--suite", "1", "--identity", "a", "--count", "1001"},
 		{"keypackage", "create", "--suite", "1", "--identity", "a", "--lifetime", "1y"},
-		{"keypackage", "create", "--suite", "1", "--identity", "a", "--out", "-", "--json"},
+		{"keypackage", "create", "--suite", "1", "--identity", "a", "--lifetime", "0"},
+		{"keypackage", "create", "--suite", "1", "--identity", "a", "--lifetime", "1ns"},
+		{"keypackage", "create", "--suite", "1", "--identity", "a", "--lifetime", "59m"},
+		{"status", "--timeout", "-1s"},
+		{"--timeout=-1s", "status"},
+		{"decrypt"},
+		{"decrypt", "--key", "k", "--kem-output", "zz"},
+		{"decrypt", "--key", "k", "--ciphertext", "00"},
+		{"decrypt", "--key", "k", "--kem-output", "00"},
+		{"key", "attest", "k", "--nonce", "zz"},
+		{"key", "attest", "k", "--nonce", strings.Repeat("00", 65)},
 		{"welcome"},
 		{"welcome", "open", "x"},
 	} {
@@ -213,6 +223,8 @@ func TestHelp(t *testing.T) {
 		{"keypackage", "create", "--help"},
 		{"welcome", "open", "--help"},
 		{"--json", "welcome", "open", "--help"},
+		{"decrypt", "--help"},
+		{"key", "attest", "--help"},
 	} {
 		code, stdout, stderr := runCLI(t, "/nonexistent/mlskeyd.sock", "", args...)
 		if code != 0 || stderr != "" || !strings.HasPrefix(stdout, "Usage: mlskeyctl") {
@@ -319,12 +331,13 @@ func TestStatusJSON(t *testing.T) {
 	b, _ := json.Marshal(newStatusJSON(info))
 	want := `{"backend":"fake","device":"test device","version":"0.0.0-test","suites":[` +
 		`{"cipher_suite":1,"name":"MLS_128_DHKEMX25519_AES128GCM_SHA256_Ed25519","signature":"hardware","init":"wrapped","leaf_encryption":"sealed"},` +
-		`{"cipher_suite":4,"name":"MLS_256_DHKEMX448_AES256GCM_SHA512_Ed448","signature":null,"init":"sealed","leaf_encryption":"sealed"}]}`
+		`{"cipher_suite":4,"name":"MLS_256_DHKEMX448_AES256GCM_SHA512_Ed448","signature":null,"init":"sealed","leaf_encryption":"sealed"}],` +
+		`"installation_id":"00112233445566778899aabbccddeeff","missing_keys":1,"stray_keys":0,"missing_key_ids":["0190aa"],"stray_key_ids":[]}`
 	if string(b) != want {
 		t.Errorf("status JSON\n%s\nwant\n%s", b, want)
 	}
 	b, _ = json.Marshal(newStatusJSON(&mlskeyv1.GetInfoResponse{}))
-	if want := `{"backend":"","device":"","version":"","suites":[]}`; string(b) != want {
+	if want := `{"backend":"","device":"","version":"","suites":[],"installation_id":"","missing_keys":0,"stray_keys":0,"missing_key_ids":[],"stray_key_ids":[]}`; string(b) != want {
 		t.Errorf("empty status JSON %s, want %s", b, want)
 	}
 }

@@ -45,6 +45,8 @@ func stateName(s mlskeyv1.KeyState) string {
 		return "consumed"
 	case mlskeyv1.KeyState_KEY_STATE_DESTROYED:
 		return "destroyed"
+	case mlskeyv1.KeyState_KEY_STATE_MISSING:
+		return "missing"
 	case mlskeyv1.KeyState_KEY_STATE_UNSPECIFIED:
 		return "unspecified"
 	}
@@ -179,12 +181,29 @@ func (c *cli) printKeys(keys []*mlskeyv1.Key) error {
 		return c.writeJSON(out)
 	}
 	tw := tabwriter.NewWriter(c.stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "ID\tSUITE\tROLE\tSTATE\tPROTECTION\tCREATED")
+	fmt.Fprintln(tw, "ID\tSUITE\tROLE\tSTATE\tPROTECTION\tOWNER\tKP REF\tLAST RESORT\tCREATED")
 	for _, k := range keys {
-		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\n", k.GetId(), k.GetCipherSuite(), roleName(k.GetRole()),
-			stateName(k.GetState()), textProtection(k.GetProtection()), orDash(formatTime(k.GetCreatedAt())))
+		lastResort := "-"
+		if k.GetRole() == mlskeyv1.KeyRole_KEY_ROLE_INIT {
+			lastResort = "no"
+			if k.GetLastResort() {
+				lastResort = "yes"
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", k.GetId(), k.GetCipherSuite(), roleName(k.GetRole()),
+			stateName(k.GetState()), textProtection(k.GetProtection()), orDash(oneLine(k.GetOwner())),
+			orDash(shortRef(k.GetKeyPackageRef())), lastResort, orDash(formatTime(k.GetCreatedAt())))
 	}
 	return tw.Flush()
+}
+
+// shortRef is the start of a KeyPackageRef, enough to tell KeyPackages
+// apart in a table.
+func shortRef(ref []byte) string {
+	if len(ref) > 8 {
+		return hex.EncodeToString(ref[:8]) + "…"
+	}
+	return hex.EncodeToString(ref)
 }
 
 func orDash(s string) string {

@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/mlskeyd/mlskeyd/client"
+	"github.com/mlskeyd/mlskeyd/server"
 )
 
 func (c *cli) sign(args []string) error {
@@ -32,7 +33,7 @@ ECDSA, R||S for EdDSA). The content is read from stdin unless --in is given.`, f
 	case strings.HasPrefix(label, "MLS 1.0 "):
 		return usageErrorf("sign: give --label without the \"MLS 1.0 \" prefix")
 	}
-	content, err := c.readInput(in)
+	content, err := c.readField(in, "content", server.MaxContentSize)
 	if err != nil {
 		return err
 	}
@@ -49,6 +50,30 @@ ECDSA, R||S for EdDSA). The content is read from stdin unless --in is given.`, f
 		_, err = fmt.Fprintln(c.stdout, hex.EncodeToString(sig))
 		return err
 	})
+}
+
+// readField is readInput for a request field the daemon bounds: an input
+// over max bytes is refused here, naming the field, instead of being sent
+// and refused by gRPC with a message about message sizes. At most max+1
+// bytes are read.
+func (c *cli) readField(file, field string, max int) ([]byte, error) {
+	r := c.stdin
+	if file != "" && file != "-" {
+		f, err := os.Open(file)
+		if err != nil {
+			return nil, err
+		}
+		defer f.Close()
+		r = f
+	}
+	b, err := io.ReadAll(io.LimitReader(r, int64(max)+1))
+	if err != nil {
+		return nil, fmt.Errorf("reading %s: %v", field, err)
+	}
+	if len(b) > max {
+		return nil, fmt.Errorf("%s: more than %d bytes, over the daemon's limit", field, max)
+	}
+	return b, nil
 }
 
 // readInput reads FILE, or stdin for "" and "-".

@@ -16,6 +16,13 @@ type statusJSON struct {
 	Device  string      `json:"device"`
 	Version string      `json:"version"`
 	Suites  []suiteJSON `json:"suites"`
+	// The binding and what start-up quarantined; the ids are shown to
+	// admins only.
+	Installation  string   `json:"installation_id"`
+	MissingKeys   uint32   `json:"missing_keys"`
+	StrayKeys     uint32   `json:"stray_keys"`
+	MissingKeyIDs []string `json:"missing_key_ids"`
+	StrayKeyIDs   []string `json:"stray_key_ids"`
 	// The device's condition: ready, unavailable (the daemon reconnects)
 	// or failed; its last error and when the state last changed.
 	DeviceState      string `json:"device_state,omitempty"`
@@ -34,17 +41,23 @@ type suiteJSON struct {
 	Signature      *string `json:"signature"`
 	Init           *string `json:"init"`
 	LeafEncryption *string `json:"leaf_encryption"`
+	// RefusedByPolicy: the daemon's policy forbids the suite.
+	RefusedByPolicy bool `json:"refused_by_policy,omitempty"`
 	// Why a role is below hardware or unavailable (omitted for hardware).
 	Notes map[string]string `json:"notes,omitempty"`
 }
 
 func newStatusJSON(info *mlskeyv1.GetInfoResponse) statusJSON {
 	out := statusJSON{
-		Backend: info.GetBackend(),
-		Device:  info.GetDevice(),
-		Version: info.GetVersion(),
-		Suites:  []suiteJSON{},
-
+		Backend:          info.GetBackend(),
+		Device:           info.GetDevice(),
+		Version:          info.GetVersion(),
+		Suites:           []suiteJSON{},
+		Installation:     info.GetInstallationId(),
+		MissingKeys:      info.GetMissingKeys(),
+		StrayKeys:        info.GetStrayKeys(),
+		MissingKeyIDs:    orEmpty(info.GetMissingKeyIds()),
+		StrayKeyIDs:      orEmpty(info.GetStrayKeyIds()),
 		DeviceState:      info.GetDeviceState(),
 		DeviceLastError:  info.GetDeviceLastError(),
 		DeviceRecoveries: info.GetDeviceRecoveries(),
@@ -59,12 +72,13 @@ func newStatusJSON(info *mlskeyv1.GetInfoResponse) statusJSON {
 			name = suiteName(s.GetCipherSuite())
 		}
 		out.Suites = append(out.Suites, suiteJSON{
-			CipherSuite:    s.GetCipherSuite(),
-			Name:           name,
-			Signature:      optProtection(s.GetSignature()),
-			Init:           optProtection(s.GetInit()),
-			LeafEncryption: optProtection(s.GetLeafEncryption()),
-			Notes:          suiteNotes(s),
+			CipherSuite:     s.GetCipherSuite(),
+			Name:            name,
+			Signature:       optProtection(s.GetSignature()),
+			Init:            optProtection(s.GetInit()),
+			LeafEncryption:  optProtection(s.GetLeafEncryption()),
+			RefusedByPolicy: s.GetRefusedByPolicy(),
+			Notes:           suiteNotes(s),
 		})
 	}
 	return out
@@ -87,8 +101,8 @@ func (c *cli) status(args []string) error {
 	fs := c.newFlagSet("status", "[flags]", `Show the daemon's backend, device and version, and per cipher suite the
 protection each key role gets there: hardware (generated and used inside the
 device), wrapped (used inside the device, stored outside it encrypted),
-sealed (used in the daemon's memory, stored encrypted by the device), or "-"
-(unavailable).`, nil)
+sealed (used in the daemon's memory, stored encrypted by the device), "-"
+(unavailable), or "policy" (the daemon's policy forbids the suite).`, nil)
 	if err := c.parseNoArgs(fs, args); err != nil {
 		return err
 	}
@@ -126,6 +140,9 @@ func (c *cli) printStatus(info *mlskeyv1.GetInfoResponse) error {
 	if st.DeviceLastError != "" {
 		fmt.Fprintf(tw, "last error:\t%s\n", oneLine(st.DeviceLastError))
 	}
+	fmt.Fprintf(tw, "installation:\t%s\n", orDash(oneLine(st.Installation)))
+	fmt.Fprintf(tw, "missing keys:\t%s\n", quarantineLine(st.MissingKeys, st.MissingKeyIDs, "retire with 'mlskeyctl repair --retire-missing' once the device is known to be right"))
+	fmt.Fprintf(tw, "stray device keys:\t%s\n", quarantineLine(st.StrayKeys, st.StrayKeyIDs, "destroy with 'mlskeyctl repair --destroy-strays' once checked"))
 	if err := tw.Flush(); err != nil {
 		return err
 	}
@@ -136,6 +153,10 @@ func (c *cli) printStatus(info *mlskeyv1.GetInfoResponse) error {
 		name := s.GetName()
 		if name == "" {
 			name = suiteName(s.GetCipherSuite())
+		}
+		if s.GetRefusedByPolicy() {
+			fmt.Fprintf(tw, "%d\t%s\tpolicy\tpolicy\tpolicy\n", s.GetCipherSuite(), orDash(oneLine(name)))
+			continue
 		}
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\n", s.GetCipherSuite(), orDash(oneLine(name)),
 			textProtection(s.GetSignature()), textProtection(s.GetInit()), textProtection(s.GetLeafEncryption()))
@@ -169,4 +190,24 @@ func (c *cli) printStatus(info *mlskeyv1.GetInfoResponse) error {
 		}
 	}
 	return nil
+}
+
+func orEmpty(s []string) []string {
+	if s == nil {
+		return []string{}
+	}
+	return s
+}
+
+// quarantineLine shows a count, the ids when known and, when there are
+// any, what to do.
+func quarantineLine(n uint32, ids []string, todo string) string {
+	if n == 0 {
+		return "0"
+	}
+	out := fmt.Sprint(n)
+	if len(ids) > 0 {
+		out += " (" + oneLine(strings.Join(ids, " ")) + ")"
+	}
+	return out + "; " + todo
 }

@@ -23,8 +23,8 @@ func TestStatusDeviceStateAndNotes(t *testing.T) {
 	}
 	out := mustRun(t, sock, "", "status")
 	for _, want := range []string{
-		"state:       unavailable since 2026-09-21T14:13:20Z (recovered 3 times)\n",
-		"last error:  C_Sign: pkcs11: 0x30: CKR_DEVICE_ERROR\n",
+		"state:              unavailable since 2026-09-21T14:13:20Z (recovered 3 times)\n",
+		"last error:         C_Sign: pkcs11: 0x30: CKR_DEVICE_ERROR\n",
 		"signature (suites 1): the device cannot compute it and cannot seal\n",
 		"init (suites 1,2): " + why + "\n",
 	} {

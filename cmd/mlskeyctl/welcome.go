@@ -9,6 +9,7 @@ import (
 
 	"github.com/mlskeyd/mlskeyd/client"
 	mlskeyv1 "github.com/mlskeyd/mlskeyd/proto/mlskey/v1"
+	"github.com/mlskeyd/mlskeyd/server"
 )
 
 // welcomeJSON is welcome open --json: the GroupSecrets and what the daemon
@@ -76,7 +77,7 @@ printed only with --json.`, func(fs *flag.FlagSet) {
 	if err := c.parseNoArgs(fs, args); err != nil {
 		return err
 	}
-	welcome, err := c.readInput(in)
+	welcome, err := c.readField(in, "welcome", server.MaxWelcomeSize)
 	if err != nil {
 		return err
 	}

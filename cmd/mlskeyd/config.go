@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"flag"
@@ -33,6 +34,8 @@ type settings struct {
 	// policy is the config file's "policy" object, kept as JSON for
 	// server.Policy; it has no flag or environment form.
 	policy json.RawMessage
+	// configPath is the config file read, for messages.
+	configPath string
 }
 
 func newSettings() *settings {
@@ -52,8 +55,10 @@ func newSettings() *settings {
 	add("admin-gids", "", "comma list of gids whose members are admins", false)
 	add("audit-log", "", "audit log file (default STATE/audit.log)", false)
 	add("audit-max-size", "67108864", "rotate the audit log when it passes this many bytes (0: never); the chain continues in the next file", false)
+	add("audit-keep", "0", "keep this many rotated audit log files, removing older ones at rotation (0: keep all); verify what remains with mlskeyctl audit verify --from-rotation", false)
 	add("audit-fail-closed", "false", "refuse any operation that cannot be written to the audit log", true)
 	add("catalog", "", "key catalog file (default STATE/catalog.db)", false)
+	add("adopt-device", "false", "bind a catalog and a device that carry no common installation id: a new catalog takes over the device's keys (as strays), or a catalog takes a device without a marker (its keys missing there are quarantined); never merges two installations", true)
 	add("backend", "pkcs11", "device backend: pkcs11 or tpm", false)
 	add("pkcs11-module", "", "PKCS#11 module path (default: SoftHSM)", false)
 	add("pkcs11-token", "", "token label", false)
@@ -64,9 +69,12 @@ func newSettings() *settings {
 	add("tpm-simulator-seed-file", "", "with --tpm sim: file holding the simulator's seed, so its keys survive restarts (dev mode: STATE/tpm-simulator-seed)", false)
 	add("tpm-command-timeout", "10s", "longest a request waits for the TPM before failing with UNAVAILABLE", false)
 	add("tpm-loaded-keys", "2", "MLS keys kept loaded in the TPM (it has about 3 transient slots)", false)
+	add("tpm-epoch-handles", "3", "persistent TPM handles (from 0x814D4C00) the sealing epochs may take", false)
+	add("seal-epoch", "24h", "how long one sealing epoch lasts: a retired sealed key can be revived from an old copy of the catalog for at most 1.25 times this; \"retire\" starts a new epoch at every retirement (no window; re-seals every active sealed key each time)", false)
 	add("require-hardware", "", "roles whose keys must have protection hardware: comma list of signature, init, leaf_encryption, or all", false)
 	add("keypackage-lifetime", "2160h", "default KeyPackage lifetime", false)
 	add("keypackage-max-lifetime", "8760h", "longest KeyPackage lifetime a request may ask for", false)
+	add("sweep-interval", "10m", "how often to destroy device keys whose catalog record is consumed or destroyed but which a failed destruction left (0: never)", false)
 	add("log-level", "info", "debug, info, warn or error", false)
 	add("log-format", "text", "text or json", false)
 	add("version", "false", "print the version and exit", true)
@@ -91,22 +99,52 @@ func (f flagValue) String() string {
 func (f flagValue) Set(v string) error { f.s.value, f.s.from = v, "flag"; return nil }
 func (f flagValue) IsBoolFlag() bool   { return f.s.isBool }
 
-func (s *settings) parse(args []string, getenv func(string) string, stderr io.Writer) error {
+// errHelp reports that the usage was printed on request: exit status 0.
+var errHelp = errors.New("help printed")
+
+// parse reads args, the environment and the config file. The words
+// "version" and "help" are accepted as commands, like --version and
+// --help. --help prints the usage to stdout and returns errHelp; every
+// other problem is returned as one line naming the flag or key at fault.
+func (s *settings) parse(args []string, getenv func(string) string, stdout io.Writer) error {
 	fs := flag.NewFlagSet("mlskeyd", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() {
-		fmt.Fprintf(stderr, "usage: mlskeyd [flags]\n\nEvery flag can also be set as MLSKEYD_<NAME> in the environment or as <name> in the --config file.\nPrecedence: flag, environment, config file, default.\n\n")
-		fs.PrintDefaults()
-	}
+	// The flag package would print its error and the whole usage to
+	// stderr; the caller prints one line instead.
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
 	for _, st := range s.list {
 		fs.Var(flagValue{st}, st.name, st.usage)
 	}
+	usage := func() error {
+		fmt.Fprintf(stdout, "usage: mlskeyd [flags]\n       mlskeyd version\n\nEvery flag can also be set as MLSKEYD_<NAME> in the environment or as <name> in the --config file.\nPrecedence: flag, environment, config file, default.\n\n")
+		fs.SetOutput(stdout)
+		fs.PrintDefaults()
+		return errHelp
+	}
 	// Parse flags first to learn --config, then layer: file < env < flag.
 	if err := fs.Parse(args); err != nil {
-		return err
+		if errors.Is(err, flag.ErrHelp) {
+			return usage()
+		}
+		return s.flagError(err)
+	}
+	switch fs.Arg(0) {
+	case "":
+	case "version":
+		s.byName["version"].value, s.byName["version"].from = "true", "flag"
+		if err := fs.Parse(fs.Args()[1:]); err != nil {
+			return s.flagError(err)
+		}
+	case "help":
+		return usage()
+	default:
+		return fmt.Errorf("unexpected argument %q (mlskeyd takes flags only; see mlskeyd --help)", fs.Arg(0))
 	}
 	if fs.NArg() > 0 {
-		return fmt.Errorf("unexpected argument %q", fs.Arg(0))
+		return fmt.Errorf("unexpected argument %q (mlskeyd takes flags only; see mlskeyd --help)", fs.Arg(0))
+	}
+	if v, _ := s.bool("version"); v {
+		return nil // the version needs no config file
 	}
 	flagged := map[string]string{}
 	for _, st := range s.list {
@@ -134,14 +172,92 @@ func (s *settings) parse(args []string, getenv func(string) string, stderr io.Wr
 	return nil
 }
 
+// flagError rewords the flag package's errors: flags with two dashes, the
+// nearest known flag for an unknown one.
+func (s *settings) flagError(err error) error {
+	msg := err.Error()
+	if name, ok := strings.CutPrefix(msg, "flag provided but not defined: -"); ok {
+		name = strings.TrimLeft(name, "-")
+		if name == "pkcs11-pin" {
+			return errors.New("unknown flag --pkcs11-pin: the PIN is never a flag (argv is visible to every user); use --pkcs11-pin-file or MLSKEYD_PKCS11_PIN")
+		}
+		msg = "unknown flag --" + name
+		if near := s.nearest(name); near != "" {
+			msg += fmt.Sprintf(" (did you mean --%s?)", near)
+		}
+		return errors.New(msg + "; see mlskeyd --help")
+	}
+	msg = strings.NewReplacer("flag -", "flag --", ": -", ": --").Replace(msg)
+	return errors.New(msg)
+}
+
+// nearest returns the setting name closest to name in edit distance, or ""
+// when none is close enough to be a likely typo.
+func (s *settings) nearest(name string) string {
+	names := make([]string, len(s.list))
+	for i, st := range s.list {
+		names[i] = st.name
+	}
+	return nearestName(name, names)
+}
+
+// nearestName returns the one of names closest to name in edit distance,
+// or "" when none is close enough to be a likely typo.
+func nearestName(name string, names []string) string {
+	best, bestD := "", 0
+	for _, n := range names {
+		if d := editDistance(name, n); best == "" || d < bestD {
+			best, bestD = n, d
+		}
+	}
+	if bestD > max(2, len(name)/3) {
+		return ""
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance between a and b.
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
+}
+
 func (s *settings) loadFile(path string) error {
+	s.configPath = path
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return fmt.Errorf("config file: %w", err)
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return fmt.Errorf("config file %s: %w", path, err)
 	}
 	var m map[string]any
 	if err := json.Unmarshal(b, &m); err != nil {
-		return fmt.Errorf("config file %s: %w", path, err)
+		var se *json.SyntaxError
+		if errors.As(err, &se) {
+			line := 1 + bytes.Count(b[:min(int(se.Offset), len(b))], []byte("\n"))
+			return fmt.Errorf("config file %s: line %d: not valid JSON: %w", path, line, err)
+		}
+		if errors.Is(err, io.ErrUnexpectedEOF) {
+			return fmt.Errorf("config file %s: not valid JSON: unexpected end of file", path)
+		}
+		return fmt.Errorf("config file %s: want a JSON object of settings: %w", path, err)
 	}
 	// "audit": {"log": PATH, "fail_closed": BOOL} is the nested form of
 	// audit_log and audit_fail_closed.
@@ -171,8 +287,12 @@ func (s *settings) loadFile(path string) error {
 			return fmt.Errorf("config file %s: the PIN does not belong in a config file; use pkcs11_pin_file", path)
 		}
 		st, ok := s.byName[name]
-		if !ok || name == "config" {
-			return fmt.Errorf("config file %s: unknown key %q", path, k)
+		if !ok || name == "config" || name == "version" {
+			msg := fmt.Sprintf("config file %s: unknown key %q", path, k)
+			if near := s.nearest(name); near != "" && near != "config" && near != "version" {
+				msg += fmt.Sprintf(" (did you mean %q?)", strings.ReplaceAll(near, "-", "_"))
+			}
+			return errors.New(msg)
 		}
 		switch v := m[k].(type) {
 		case string:
@@ -207,25 +327,32 @@ func (s *settings) bool(name string) (bool, error) {
 	return v, nil
 }
 
-func (s *settings) int(name string) (int, error) {
+// int reads an integer setting that must lie in lo..hi.
+func (s *settings) int(name string, lo, hi int) (int, error) {
 	v, err := strconv.Atoi(s.str(name))
-	if err != nil || v < 0 {
-		return 0, fmt.Errorf("--%s: %q is not a non-negative integer", name, s.str(name))
+	if err != nil || v < lo || v > hi {
+		return 0, fmt.Errorf("--%s: %q is not an integer from %d to %d", name, s.str(name), lo, hi)
 	}
 	return v, nil
 }
 
-func (s *settings) duration(name string) (time.Duration, error) {
+// duration reads a duration setting (a Go duration, or whole days like
+// 30d) that must lie in lo..hi.
+func (s *settings) duration(name string, lo, hi time.Duration) (time.Duration, error) {
 	v := s.str(name)
-	if d, ok := strings.CutSuffix(v, "d"); ok {
-		n, err := strconv.Atoi(d)
-		if err == nil && n > 0 {
-			return time.Duration(n) * 24 * time.Hour, nil
-		}
+	bad := func() (time.Duration, error) {
+		return 0, fmt.Errorf("--%s: %q is not a duration from %v to %v (e.g. 720h or 30d)", name, v, lo, hi)
 	}
 	t, err := time.ParseDuration(v)
-	if err != nil || t <= 0 {
-		return 0, fmt.Errorf("--%s: %q is not a positive duration (e.g. 720h or 30d)", name, v)
+	if d, ok := strings.CutSuffix(v, "d"); ok {
+		n, perr := strconv.Atoi(d)
+		if perr != nil || n <= 0 || n > int(hi/(24*time.Hour))+1 {
+			return bad()
+		}
+		t, err = time.Duration(n)*24*time.Hour, nil
+	}
+	if err != nil || t < lo || t > hi {
+		return bad()
 	}
 	return t, nil
 }
@@ -248,7 +375,7 @@ func (s *settings) ids(name string) ([]uint32, error) {
 func (s *settings) fileMode(name string) (os.FileMode, error) {
 	v, err := strconv.ParseUint(s.str(name), 8, 32)
 	if err != nil || v > 0o777 {
-		return 0, fmt.Errorf("--%s: %q is not an octal file mode", name, s.str(name))
+		return 0, fmt.Errorf("--%s: %q is not an octal file mode from 0000 to 0777 (e.g. 0660)", name, s.str(name))
 	}
 	return os.FileMode(v), nil
 }

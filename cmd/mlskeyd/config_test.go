@@ -7,6 +7,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 )
 
 func env(m map[string]string) func(string) string {
@@ -106,13 +107,16 @@ func TestMinProtection(t *testing.T) {
 func TestDurations(t *testing.T) {
 	s := newSettings()
 	s.byName["keypackage-lifetime"].value = "30d"
-	if d, err := s.duration("keypackage-lifetime"); err != nil || d.Hours() != 720 {
+	if d, err := s.duration("keypackage-lifetime", time.Hour, maxLifetimeBound); err != nil || d.Hours() != 720 {
 		t.Fatalf("30d: %v %v", d, err)
 	}
-	for _, bad := range []string{"-1h", "0", "soon", "0d"} {
+	for _, bad := range []string{"-1h", "0", "soon", "0d", "1ns", "59m", "99999d", "999999999999999999999d"} {
 		s.byName["keypackage-lifetime"].value = bad
-		if _, err := s.duration("keypackage-lifetime"); err == nil {
+		_, err := s.duration("keypackage-lifetime", time.Hour, maxLifetimeBound)
+		if err == nil {
 			t.Errorf("%q accepted", bad)
+		} else if !strings.Contains(err.Error(), "from 1h0m0s to") {
+			t.Errorf("%q: the error does not give the valid range: %v", bad, err)
 		}
 	}
 }
@@ -165,6 +169,14 @@ func TestPolicyAndAccessFromConfig(t *testing.T) {
 			t.Errorf("%s: accepted", name)
 		}
 	}
+	os.WriteFile(f, []byte(`{"policy": {"allowed_suite": [2]}}`), 0o600)
+	s = newSettings()
+	if err := s.parse([]string{"--config", f}, env(nil), io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := loadPolicy(s); err == nil || err.Error() != "config file "+f+`: policy: unknown key "allowed_suite" (did you mean "allowed_suites"?)` {
+		t.Errorf("unknown policy key: %v", err)
+	}
 }
 
 func TestReadSecretFileChecksTheOpenFile(t *testing.T) {
@@ -203,7 +215,7 @@ func TestPINTakenFromEnvironment(t *testing.T) {
 	}
 	// The daemon takes it out before anything else.
 	t.Setenv(pinEnv, "from-env")
-	run([]string{"--version"}, os.Getenv, io.Discard)
+	run([]string{"--version"}, os.Getenv, io.Discard, &logOutput{primary: io.Discard})
 	if _, ok := os.LookupEnv(pinEnv); ok {
 		t.Fatal("run left MLSKEYD_PKCS11_PIN in the environment")
 	}
@@ -211,7 +223,7 @@ func TestPINTakenFromEnvironment(t *testing.T) {
 
 func TestSimulatorOnlyInDevMode(t *testing.T) {
 	state := t.TempDir()
-	err := run([]string{"--backend", "tpm", "--tpm", "sim", "--state-dir", state, "--socket", filepath.Join(state, "s")}, env(nil), io.Discard)
+	err := run([]string{"--backend", "tpm", "--tpm", "sim", "--state-dir", state, "--socket", filepath.Join(state, "s")}, env(nil), io.Discard, &logOutput{primary: io.Discard})
 	if err == nil || !strings.Contains(err.Error(), "--dev only") {
 		t.Fatalf("--tpm sim outside --dev: %v", err)
 	}

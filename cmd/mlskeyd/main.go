@@ -11,75 +11,178 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"os/signal"
 	"os/user"
 	"path/filepath"
+	"reflect"
 	"strconv"
 	"strings"
 	"syscall"
 	"time"
 
 	"github.com/mlskeyd/mlskeyd/audit"
+	"github.com/mlskeyd/mlskeyd/internal/version"
 	"github.com/mlskeyd/mlskeyd/keystore"
 	"github.com/mlskeyd/mlskeyd/pkcs11"
 	"github.com/mlskeyd/mlskeyd/server"
 	"github.com/mlskeyd/mlskeyd/tpm"
 )
 
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
-
 func main() {
-	if err := run(os.Args[1:], os.Getenv, os.Stderr); err != nil {
-		if !errors.Is(err, errUsage) {
-			fmt.Fprintf(os.Stderr, "mlskeyd: %v\n", err)
-		}
-		os.Exit(1)
-	}
+	// A daemon must outlive its log reader: under "mlskeyd 2>&1 | tee log"
+	// Ctrl-C ends tee too, and Go's default for a write to a closed
+	// stdout or stderr pipe is to die of SIGPIPE, before the shutdown
+	// that removes the socket. Asking for SIGPIPE turns those writes into
+	// EPIPE errors, which logOutput handles.
+	signal.Notify(make(chan os.Signal, 1), syscall.SIGPIPE)
+	out := &logOutput{primary: os.Stderr}
+	os.Exit(exitCode(out, run(os.Args[1:], os.Getenv, os.Stdout, out)))
 }
 
-var errUsage = errors.New("usage")
+// exitCode prints err, if any, as the one line "mlskeyd: <message>" and
+// returns the exit status: 0 for success and for help asked for, else 1.
+func exitCode(w io.Writer, err error) int {
+	if err == nil || errors.Is(err, errHelp) {
+		return 0
+	}
+	fmt.Fprintf(w, "mlskeyd: %s\n", strings.Join(strings.Fields(err.Error()), " "))
+	return 1
+}
 
-func run(args []string, getenv func(string) string, stderr io.Writer) error {
+// config is what run needs from the settings, every value checked before
+// anything is created on disk or in a device.
+type config struct {
+	dev                   bool
+	backend, state        string
+	socket                string
+	mode                  os.FileMode
+	gid                   int
+	policy                server.Policy
+	access                server.Access
+	lifetime, maxLifetime time.Duration
+	auditPath             string
+	failClosed            bool
+	auditMaxSize          int
+	tpmTimeout            time.Duration
+	tpmLoadedKeys         int
+	tpmEpochHandles       int
+	sealEpoch             time.Duration // 0 with sealPerRetirement
+	sealPerRetirement     bool
+	pkcs11Sessions        int
+	auditKeep             int
+	sweepEvery            time.Duration
+}
+
+// Bounds of numeric settings, so that a typo is refused with the valid
+// range instead of running with a surprising value.
+const (
+	maxLifetimeBound = 10 * 365 * 24 * time.Hour
+	maxTPMLoadedKeys = 64
+	// The TPM specification guarantees only 7 persistent objects in all.
+	maxTPMEpochHandles = 7
+	maxSessions        = 1024
+)
+
+func checkSettings(cfg *settings) (*config, error) {
+	c := &config{backend: cfg.str("backend"), state: cfg.str("state-dir"), socket: cfg.str("socket")}
+	var err error
+	if c.dev, err = cfg.bool("dev"); err != nil {
+		return nil, err
+	}
+	if c.backend != "pkcs11" && c.backend != "tpm" {
+		return nil, fmt.Errorf("--backend %q is not supported (want pkcs11 or tpm)", c.backend)
+	}
+	if c.dev && c.state == "" {
+		return nil, errors.New("--dev needs --state-dir")
+	}
+	// The simulator's keys live in the daemon's memory (its seed in a
+	// file): they would be served, and attested, as hardware keys.
+	if c.backend == "tpm" && cfg.str("tpm") == "sim" && !c.dev {
+		return nil, errors.New("--tpm sim is the in-process TPM simulator, whose keys are not protected by any hardware: it is for --dev only")
+	}
+	if c.mode, err = cfg.fileMode("socket-mode"); err != nil {
+		return nil, err
+	}
+	if c.policy, err = loadPolicy(cfg); err != nil {
+		return nil, err
+	}
+	if c.access, err = loadAccess(cfg); err != nil {
+		return nil, err
+	}
+	if c.gid, err = socketGroup(cfg.str("socket-group")); err != nil {
+		return nil, err
+	}
+	if c.lifetime, err = cfg.duration("keypackage-lifetime", server.MinKeyPackageLifetime, maxLifetimeBound); err != nil {
+		return nil, err
+	}
+	if c.maxLifetime, err = cfg.duration("keypackage-max-lifetime", server.MinKeyPackageLifetime, maxLifetimeBound); err != nil {
+		return nil, err
+	}
+	if c.lifetime > c.maxLifetime {
+		return nil, fmt.Errorf("--keypackage-lifetime %v is over --keypackage-max-lifetime %v", c.lifetime, c.maxLifetime)
+	}
+	if c.failClosed, err = cfg.bool("audit-fail-closed"); err != nil {
+		return nil, err
+	}
+	if c.auditMaxSize, err = cfg.int("audit-max-size", 0, math.MaxInt); err != nil {
+		return nil, err
+	}
+	if c.auditKeep, err = cfg.int("audit-keep", 0, math.MaxInt32); err != nil {
+		return nil, err
+	}
+	if c.sweepEvery, err = cfg.duration("sweep-interval", 0, 24*time.Hour); err != nil {
+		return nil, err
+	}
+	if c.tpmTimeout, err = cfg.duration("tpm-command-timeout", time.Millisecond, time.Hour); err != nil {
+		return nil, err
+	}
+	if c.tpmLoadedKeys, err = cfg.int("tpm-loaded-keys", 1, maxTPMLoadedKeys); err != nil {
+		return nil, err
+	}
+	if c.pkcs11Sessions, err = cfg.int("pkcs11-max-sessions", 0, maxSessions); err != nil {
+		return nil, err
+	}
+	if c.tpmEpochHandles, err = cfg.int("tpm-epoch-handles", 1, maxTPMEpochHandles); err != nil {
+		return nil, err
+	}
+	if cfg.str("seal-epoch") == "retire" {
+		c.sealPerRetirement = true
+	} else if c.sealEpoch, err = cfg.duration("seal-epoch", time.Minute, 365*24*time.Hour); err != nil {
+		return nil, fmt.Errorf("%w, or \"retire\"", err)
+	}
+	return c, nil
+}
+
+func run(args []string, getenv func(string) string, stdout io.Writer, stderr *logOutput) (err error) {
 	getenv = takePINFromEnv(getenv)
 	cfg := newSettings()
-	if err := cfg.parse(args, getenv, stderr); err != nil {
-		return errUsage
+	if err := cfg.parse(args, getenv, stdout); err != nil {
+		return err
 	}
 	if v, _ := cfg.bool("version"); v {
-		fmt.Fprintln(os.Stdout, "mlskeyd", version)
-		return nil
+		_, err := fmt.Fprintln(stdout, "mlskeyd", version.String())
+		return err
 	}
 	log, err := newLogger(cfg, stderr)
 	if err != nil {
 		return err
 	}
-	dev, err := cfg.bool("dev")
+	c, err := checkSettings(cfg)
 	if err != nil {
 		return err
 	}
-	backend := cfg.str("backend")
-	if backend != "pkcs11" && backend != "tpm" {
-		return fmt.Errorf("--backend %q is not supported (want pkcs11 or tpm)", backend)
-	}
-	// The simulator's keys live in the daemon's memory (its seed in a
-	// file): they would be served, and attested, as hardware keys.
-	if backend == "tpm" && cfg.str("tpm") == "sim" && !dev {
-		return errors.New("--tpm sim is the in-process TPM simulator, whose keys are not protected by any hardware: it is for --dev only")
-	}
-	state := cfg.str("state-dir")
-	if dev {
-		if state == "" {
-			return errors.New("--dev needs --state-dir")
-		}
-		if err := setUpDev(cfg, state, backend, log); err != nil {
+	state := c.state
+	if c.dev {
+		if err := setUpDev(cfg, state, c.backend, log); err != nil {
 			return err
 		}
 	}
 	if state == "" {
 		state = "/var/lib/mlskeyd"
 	}
+	stderr.setFallback(filepath.Join(state, "mlskeyd.log"))
 	if cfg.str("catalog") == "" {
 		if err := os.MkdirAll(state, 0o700); err != nil {
 			return fmt.Errorf("state directory: %w", err)
@@ -90,33 +193,6 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 	if socket == "" {
 		socket = "/run/mlskeyd/mlskeyd.sock"
 	}
-	mode, err := cfg.fileMode("socket-mode")
-	if err != nil {
-		return err
-	}
-	policy, err := loadPolicy(cfg)
-	if err != nil {
-		return err
-	}
-	access, err := loadAccess(cfg)
-	if err != nil {
-		return err
-	}
-	gid, err := socketGroup(cfg.str("socket-group"))
-	if err != nil {
-		return err
-	}
-	lifetime, err := cfg.duration("keypackage-lifetime")
-	if err != nil {
-		return err
-	}
-	maxLifetime, err := cfg.duration("keypackage-max-lifetime")
-	if err != nil {
-		return err
-	}
-	if lifetime > maxLifetime {
-		return fmt.Errorf("--keypackage-lifetime %v is over --keypackage-max-lifetime %v", lifetime, maxLifetime)
-	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -125,43 +201,37 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 	// is ready, health answers NOT_SERVING and GetInfo the start-up phase,
 	// so that "starting" is not mistaken for "dead".
 	svc := server.NewService(nil, server.Options{
-		Version: version, Logger: log, DefaultLifetime: lifetime, MaxLifetime: maxLifetime,
-		Policy: policy, Access: access,
+		Version: version.String(), Logger: log, DefaultLifetime: c.lifetime, MaxLifetime: c.maxLifetime,
+		Policy: c.policy, Access: c.access,
 	})
 	svc.SetPhase("opening the device")
 	auditPath := cfg.str("audit-log")
 	if auditPath == "" {
 		auditPath = filepath.Join(state, "audit.log")
 	}
-	failClosed, err := cfg.bool("audit-fail-closed")
-	if err != nil {
-		return err
-	}
-	maxSize, err := cfg.int("audit-max-size")
-	if err != nil {
-		return err
-	}
 	// Every record is written with one write(2) as the call happens, so a
 	// crash of the daemon loses none. fsync per record, which a machine
 	// crash needs, costs a disk flush on every signature: it is what
 	// fail_closed buys, and only then is it paid.
 	sync := audit.SyncNever
-	if failClosed {
+	if c.failClosed {
 		sync = audit.SyncAlways
 	}
-	alog, err := audit.Open(auditPath, audit.Options{Sync: sync, MaxSize: int64(maxSize), OnError: func(err error) { log.Error("audit log rotation", "err", err) }})
+	alog, err := audit.Open(auditPath, audit.Options{Sync: sync, MaxSize: int64(c.auditMaxSize), Keep: c.auditKeep, OnError: func(err error) { log.Error("audit log rotation", "err", err) }})
 	if err != nil {
 		return fmt.Errorf("audit log: %w", err)
 	}
 	// The last hash, kept in the daemon's own log, lets an operator detect
 	// a truncated audit log later (see mlskeyctl audit verify).
-	log.Info("audit log", "path", auditPath, "fail_closed", failClosed, "last_seq", alog.LastSeq(), "last_hash", alog.LastHash())
+	log.Info("audit log", "path", auditPath, "fail_closed", c.failClosed, "last_seq", alog.LastSeq(), "last_hash", alog.LastHash())
+	// Closed last, after the store and the device, so that every call and
+	// every destruction of the shutdown is recorded.
 	defer func() {
 		log.Info("audit log closed", "last_seq", alog.LastSeq(), "last_hash", alog.LastHash())
 		alog.Close()
 	}()
-	gs, hs := server.NewGRPCServer(svc, log, &server.Auditor{Log: alog, FailClosed: failClosed, Logger: log})
-	l, err := server.Listen(socket, mode, gid)
+	gs, hs := server.NewGRPCServer(svc, log, &server.Auditor{Log: alog, FailClosed: c.failClosed, Logger: log})
+	l, err := server.Listen(socket, c.mode, c.gid)
 	if err != nil {
 		return err
 	}
@@ -173,66 +243,106 @@ func run(args []string, getenv func(string) string, stderr io.Writer) error {
 			gs.Stop() // closes the listener, which removes the socket
 		}
 	}()
-	log.Info("socket bound; opening the device", "socket", l.Addr().String(), "backend", backend)
+	log.Info("socket bound; opening the device", "socket", l.Addr().String(), "backend", c.backend)
 
-	be, err := openBackend(ctx, cfg, getenv, log)
+	be, err := openBackend(ctx, cfg, c, getenv, log)
 	if err != nil {
 		return err
 	}
-	defer be.Close()
+	// hung is set when calls are still running at exit: then the store
+	// and the device stay open under them, and the next start reconciles.
+	hung := false
+	defer func() {
+		if !hung {
+			be.Close()
+		}
+	}()
+	adopt, err := cfg.bool("adopt-device")
+	if err != nil {
+		return err
+	}
 	svc.SetPhase("reconciling the catalog with the device")
-	store, err := keystore.Open(ctx, cfg.str("catalog"), be, keystore.Options{MinProtection: policy.KeystoreMinProtection(), Logger: log})
+	// The audit log is open before the catalog, so that what start-up does
+	// to keys on its own (reconciliation) is recorded like every call.
+	onEvent := auditEvents(alog, log)
+	store, err := keystore.Open(ctx, cfg.str("catalog"), be, keystore.Options{
+		MinProtection: c.policy.KeystoreMinProtection(), Logger: log,
+		AdoptDevice: adopt, OnEvent: onEvent,
+		EpochLength: c.sealEpoch, EpochPerRetirement: c.sealPerRetirement,
+	})
 	if err != nil {
+		var berr *keystore.BindingError
+		if errors.As(err, &berr) {
+			onEvent(keystore.Event{Kind: keystore.EventRefused, Reason: berr.Error()})
+			hint := "; check --catalog and the device selection (--pkcs11-module, --pkcs11-token, --pkcs11-serial or --tpm)"
+			if berr.AdoptPossible {
+				hint += ", or, if this is the right pair, start once with --adopt-device (README: Catalog and device)"
+			}
+			return fmt.Errorf("refusing to start: %w%s", err, hint)
+		}
 		return err
 	}
-	defer store.Close()
+	defer func() {
+		if hung {
+			return
+		}
+		if cerr := store.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("shutdown: %w", cerr)
+		}
+	}()
+	store.StartSweeper(c.sweepEvery)
 	svc.Ready(store)
 	started = true
 	go server.WatchDeviceHealth(ctx, store, hs, log)
 
 	info := be.Info()
 	log.Info("serving", "socket", l.Addr().String(), "backend", info.Backend, "device", info.Device,
-		"catalog", cfg.str("catalog"), "version", version, "dev", dev)
+		"catalog", cfg.str("catalog"), "version", version.String(), "dev", c.dev)
 	select {
 	case err := <-served:
 		return fmt.Errorf("serve: %w", err)
 	case <-ctx.Done():
 	}
-	log.Info("shutting down: finishing in-flight requests")
+	// Shutdown: KeyPackage batches still generating are aborted (their
+	// device keys destroyed, the caller told UNAVAILABLE), other calls
+	// finish; then the store retries what it failed to destroy, the device
+	// closes, and the audit log closes last.
+	log.Info("shutting down: aborting key generation, finishing other calls")
 	hs.Shutdown()
+	store.Shutdown()
 	done := make(chan struct{})
 	go func() { gs.GracefulStop(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(30 * time.Second):
-		log.Warn("in-flight requests did not finish in 30s; stopping")
-		gs.Stop()
+	case <-time.After(shutdownGrace):
+		log.Warn("in-flight calls did not finish; cancelling them", "after", shutdownGrace)
+		go gs.Stop() // returns when every handler has (grpc.WaitForHandlers)
+		select {
+		case <-done:
+		case <-time.After(shutdownGrace):
+			hung = true
+			return fmt.Errorf("calls still running %v after shutdown began; exiting without closing the device (the next start reconciles)", 2*shutdownGrace)
+		}
 	}
+	log.Info("stopped", "socket_removed", socket)
 	return nil
 }
 
+// shutdownGrace is how long shutdown waits for in-flight calls, and then
+// again for cancelled ones.
+const shutdownGrace = 30 * time.Second
+
 // openBackend opens the configured device.
-func openBackend(ctx context.Context, cfg *settings, getenv func(string) string, log *slog.Logger) (keystore.Backend, error) {
-	if cfg.str("backend") == "tpm" {
-		timeout, err := cfg.duration("tpm-command-timeout")
-		if err != nil {
-			return nil, err
-		}
-		loaded, err := cfg.int("tpm-loaded-keys")
-		if err != nil {
-			return nil, err
-		}
+func openBackend(ctx context.Context, cfg *settings, c *config, getenv func(string) string, log *slog.Logger) (keystore.Backend, error) {
+	if c.backend == "tpm" {
 		var seed []byte
 		if f := cfg.str("tpm-simulator-seed-file"); f != "" {
+			var err error
 			if seed, err = readSecretFile(f); err != nil {
-				return nil, err
+				return nil, fmt.Errorf("--tpm-simulator-seed-file: %w", err)
 			}
 		}
-		return tpm.Open(ctx, tpm.Config{Device: cfg.str("tpm"), SimulatorSeed: seed, CommandTimeout: timeout, LoadedKeys: loaded, Logger: log})
-	}
-	sessions, err := cfg.int("pkcs11-max-sessions")
-	if err != nil {
-		return nil, err
+		return tpm.Open(ctx, tpm.Config{Device: cfg.str("tpm"), SimulatorSeed: seed, CommandTimeout: c.tpmTimeout, LoadedKeys: c.tpmLoadedKeys, EpochHandles: c.tpmEpochHandles, Logger: log})
 	}
 	pin, err := readPIN(cfg.str("pkcs11-pin-file"), getenv)
 	if err != nil {
@@ -243,7 +353,7 @@ func openBackend(ctx context.Context, cfg *settings, getenv func(string) string,
 		TokenLabel:  cfg.str("pkcs11-token"),
 		TokenSerial: cfg.str("pkcs11-serial"),
 		PIN:         pin,
-		MaxSessions: sessions,
+		MaxSessions: c.pkcs11Sessions,
 		Logger:      log,
 	})
 }
@@ -263,6 +373,17 @@ func newLogger(cfg *settings, w io.Writer) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format %q: want text or json", cfg.str("log-format"))
 }
 
+// jsonNames lists the JSON member names of struct type t.
+func jsonNames(t reflect.Type) []string {
+	var out []string
+	for f := range t.Fields() {
+		if name, _, _ := strings.Cut(f.Tag.Get("json"), ","); name != "" && name != "-" {
+			out = append(out, name)
+		}
+	}
+	return out
+}
+
 // loadPolicy reads the config file's "policy" object and adds
 // --require-hardware to its minimum protection levels.
 func loadPolicy(cfg *settings) (server.Policy, error) {
@@ -271,7 +392,16 @@ func loadPolicy(cfg *settings) (server.Policy, error) {
 		dec := json.NewDecoder(bytes.NewReader(cfg.policy))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&p); err != nil {
-			return p, fmt.Errorf("config file: policy: %w", err)
+			msg := err.Error()
+			// encoding/json names an unknown field without the valid ones.
+			if name, ok := strings.CutPrefix(msg, `json: unknown field "`); ok {
+				name = strings.TrimSuffix(name, `"`)
+				msg = fmt.Sprintf("unknown key %q", name)
+				if near := nearestName(name, jsonNames(reflect.TypeFor[server.Policy]())); near != "" {
+					msg += fmt.Sprintf(" (did you mean %q?)", near)
+				}
+			}
+			return p, fmt.Errorf("config file %s: policy: %s", cfg.configPath, msg)
 		}
 	}
 	hw, err := minProtection(cfg.str("require-hardware"))
@@ -329,4 +459,32 @@ func minProtection(v string) (map[keystore.Role]keystore.Protection, error) {
 		}
 	}
 	return out, nil
+}
+
+// auditEvents writes what the keystore does to keys on its own authority
+// into the audit log: one record per event, as the daemon's own operation
+// "Keystore<Kind>" (e.g. KeystoreDestroyed, KeystoreQuarantined), with the
+// keys and the reason.
+func auditEvents(alog *audit.Log, log *slog.Logger) func(keystore.Event) {
+	exe, _ := os.Executable()
+	return func(ev keystore.Event) {
+		kind := string(ev.Kind)
+		rec := audit.Record{
+			UID: uint32(os.Getuid()), GID: uint32(os.Getgid()), PID: int32(os.Getpid()), Exe: exe,
+			Operation: "Keystore" + strings.ToUpper(kind[:1]) + kind[1:],
+			Outcome:   audit.OutcomeOK, Code: "OK", Reason: ev.Reason,
+		}
+		switch {
+		case ev.Kind == keystore.EventRefused:
+			rec.Outcome, rec.Code = audit.OutcomeError, "FailedPrecondition"
+		case ev.Err != nil:
+			rec.Outcome, rec.Code = audit.OutcomeError, "Unavailable"
+		}
+		if len(ev.KeyIDs) > 0 {
+			rec.KeyID, rec.KeyIDs = ev.KeyIDs[0], ev.KeyIDs[1:]
+		}
+		if err := alog.Append(rec); err != nil {
+			log.Error("audit record lost", "event", kind, "keys", len(ev.KeyIDs), "err", err)
+		}
+	}
 }

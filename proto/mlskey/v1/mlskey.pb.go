@@ -87,8 +87,13 @@ const (
 	KeyState_KEY_STATE_ACTIVE      KeyState = 1
 	// An init key whose Welcome was opened: its private key is destroyed.
 	KeyState_KEY_STATE_CONSUMED KeyState = 2
-	// Deleted by a caller: its private key is destroyed.
+	// Deleted by a caller, or retired by an administrator's Repair after it
+	// went missing: its private key is destroyed.
 	KeyState_KEY_STATE_DESTROYED KeyState = 3
+	// Active in the catalog, but its device object was not found at start-up:
+	// unusable until it is back (the next start restores it) or an
+	// administrator retires it with Repair.
+	KeyState_KEY_STATE_MISSING KeyState = 4
 )
 
 // Enum value maps for KeyState.
@@ -98,12 +103,14 @@ var (
 		1: "KEY_STATE_ACTIVE",
 		2: "KEY_STATE_CONSUMED",
 		3: "KEY_STATE_DESTROYED",
+		4: "KEY_STATE_MISSING",
 	}
 	KeyState_value = map[string]int32{
 		"KEY_STATE_UNSPECIFIED": 0,
 		"KEY_STATE_ACTIVE":      1,
 		"KEY_STATE_CONSUMED":    2,
 		"KEY_STATE_DESTROYED":   3,
+		"KEY_STATE_MISSING":     4,
 	}
 )
 
@@ -374,11 +381,14 @@ type SuiteSupport struct {
 	Signature      Protection             `protobuf:"varint,3,opt,name=signature,proto3,enum=mlskey.v1.Protection" json:"signature,omitempty"`
 	Init           Protection             `protobuf:"varint,4,opt,name=init,proto3,enum=mlskey.v1.Protection" json:"init,omitempty"`
 	LeafEncryption Protection             `protobuf:"varint,5,opt,name=leaf_encryption,json=leafEncryption,proto3,enum=mlskey.v1.Protection" json:"leaf_encryption,omitempty"`
+	// The policy's allowed_suites excludes this suite: keys cannot be created
+	// for it, whatever the device could do, and the roles read UNSPECIFIED.
+	RefusedByPolicy bool `protobuf:"varint,6,opt,name=refused_by_policy,json=refusedByPolicy,proto3" json:"refused_by_policy,omitempty"`
 	// Why the role is below hardware or unavailable for the suite (what the
 	// device's probe found, or the policy); empty for hardware.
-	SignatureNote      string `protobuf:"bytes,6,opt,name=signature_note,json=signatureNote,proto3" json:"signature_note,omitempty"`
-	InitNote           string `protobuf:"bytes,7,opt,name=init_note,json=initNote,proto3" json:"init_note,omitempty"`
-	LeafEncryptionNote string `protobuf:"bytes,8,opt,name=leaf_encryption_note,json=leafEncryptionNote,proto3" json:"leaf_encryption_note,omitempty"`
+	SignatureNote      string `protobuf:"bytes,7,opt,name=signature_note,json=signatureNote,proto3" json:"signature_note,omitempty"`
+	InitNote           string `protobuf:"bytes,8,opt,name=init_note,json=initNote,proto3" json:"init_note,omitempty"`
+	LeafEncryptionNote string `protobuf:"bytes,9,opt,name=leaf_encryption_note,json=leafEncryptionNote,proto3" json:"leaf_encryption_note,omitempty"`
 	unknownFields      protoimpl.UnknownFields
 	sizeCache          protoimpl.SizeCache
 }
@@ -448,6 +458,13 @@ func (x *SuiteSupport) GetLeafEncryption() Protection {
 	return Protection_PROTECTION_UNSPECIFIED
 }
 
+func (x *SuiteSupport) GetRefusedByPolicy() bool {
+	if x != nil {
+		return x.RefusedByPolicy
+	}
+	return false
+}
+
 func (x *SuiteSupport) GetSignatureNote() string {
 	if x != nil {
 		return x.SignatureNote
@@ -475,20 +492,30 @@ type GetInfoResponse struct {
 	Device  string                 `protobuf:"bytes,2,opt,name=device,proto3" json:"device,omitempty"`
 	Version string                 `protobuf:"bytes,3,opt,name=version,proto3" json:"version,omitempty"`
 	Suites  []*SuiteSupport        `protobuf:"bytes,4,rep,name=suites,proto3" json:"suites,omitempty"`
+	// The installation id that binds the catalog to the device.
+	InstallationId string `protobuf:"bytes,5,opt,name=installation_id,json=installationId,proto3" json:"installation_id,omitempty"`
+	// How many catalog keys are missing from the device, and how many device
+	// objects the catalog cannot account for (strays), as of the last start
+	// or repair.
+	MissingKeys uint32 `protobuf:"varint,6,opt,name=missing_keys,json=missingKeys,proto3" json:"missing_keys,omitempty"`
+	StrayKeys   uint32 `protobuf:"varint,7,opt,name=stray_keys,json=strayKeys,proto3" json:"stray_keys,omitempty"`
+	// Their ids, for admins only.
+	MissingKeyIds []string `protobuf:"bytes,8,rep,name=missing_key_ids,json=missingKeyIds,proto3" json:"missing_key_ids,omitempty"`
+	StrayKeyIds   []string `protobuf:"bytes,9,rep,name=stray_key_ids,json=strayKeyIds,proto3" json:"stray_key_ids,omitempty"`
 	// The device's condition: "ready"; "unavailable" while it is gone and
 	// the daemon reconnects (calls fail with UNAVAILABLE meanwhile);
 	// "failed" when the daemon stopped reconnecting (a rejected PIN).
-	DeviceState string `protobuf:"bytes,5,opt,name=device_state,json=deviceState,proto3" json:"device_state,omitempty"`
+	DeviceState string `protobuf:"bytes,10,opt,name=device_state,json=deviceState,proto3" json:"device_state,omitempty"`
 	// The last device failure, one line; empty if none.
-	DeviceLastError string `protobuf:"bytes,6,opt,name=device_last_error,json=deviceLastError,proto3" json:"device_last_error,omitempty"`
+	DeviceLastError string `protobuf:"bytes,11,opt,name=device_last_error,json=deviceLastError,proto3" json:"device_last_error,omitempty"`
 	// When device_state last changed (Unix seconds; 0 if never).
-	DeviceStateSince int64 `protobuf:"varint,7,opt,name=device_state_since,json=deviceStateSince,proto3" json:"device_state_since,omitempty"`
+	DeviceStateSince int64 `protobuf:"varint,12,opt,name=device_state_since,json=deviceStateSince,proto3" json:"device_state_since,omitempty"`
 	// How often the device came back after being lost.
-	DeviceRecoveries int64 `protobuf:"varint,8,opt,name=device_recoveries,json=deviceRecoveries,proto3" json:"device_recoveries,omitempty"`
+	DeviceRecoveries int64 `protobuf:"varint,13,opt,name=device_recoveries,json=deviceRecoveries,proto3" json:"device_recoveries,omitempty"`
 	// While device_state is "starting": what the daemon is doing (opening
 	// the device, reconciling the catalog). Every other call answers
 	// UNAVAILABLE until then.
-	StartupPhase  string `protobuf:"bytes,9,opt,name=startup_phase,json=startupPhase,proto3" json:"startup_phase,omitempty"`
+	StartupPhase  string `protobuf:"bytes,14,opt,name=startup_phase,json=startupPhase,proto3" json:"startup_phase,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -547,6 +574,41 @@ func (x *GetInfoResponse) GetVersion() string {
 func (x *GetInfoResponse) GetSuites() []*SuiteSupport {
 	if x != nil {
 		return x.Suites
+	}
+	return nil
+}
+
+func (x *GetInfoResponse) GetInstallationId() string {
+	if x != nil {
+		return x.InstallationId
+	}
+	return ""
+}
+
+func (x *GetInfoResponse) GetMissingKeys() uint32 {
+	if x != nil {
+		return x.MissingKeys
+	}
+	return 0
+}
+
+func (x *GetInfoResponse) GetStrayKeys() uint32 {
+	if x != nil {
+		return x.StrayKeys
+	}
+	return 0
+}
+
+func (x *GetInfoResponse) GetMissingKeyIds() []string {
+	if x != nil {
+		return x.MissingKeyIds
+	}
+	return nil
+}
+
+func (x *GetInfoResponse) GetStrayKeyIds() []string {
+	if x != nil {
+		return x.StrayKeyIds
 	}
 	return nil
 }
@@ -690,8 +752,11 @@ type ListKeysRequest struct {
 	State       KeyState `protobuf:"varint,2,opt,name=state,proto3,enum=mlskey.v1.KeyState" json:"state,omitempty"`
 	CipherSuite uint32   `protobuf:"varint,3,opt,name=cipher_suite,json=cipherSuite,proto3" json:"cipher_suite,omitempty"`
 	// At most 1000; 0 means 100.
-	PageSize      int32  `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
-	PageToken     string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	PageSize  int32  `protobuf:"varint,4,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken string `protobuf:"bytes,5,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	// Only keys of this uid. Admins may name anyone; others only
+	// themselves (they see only their own keys anyway).
+	OwnerUid      *uint32 `protobuf:"varint,6,opt,name=owner_uid,json=ownerUid,proto3,oneof" json:"owner_uid,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -761,6 +826,13 @@ func (x *ListKeysRequest) GetPageToken() string {
 	return ""
 }
 
+func (x *ListKeysRequest) GetOwnerUid() uint32 {
+	if x != nil && x.OwnerUid != nil {
+		return *x.OwnerUid
+	}
+	return 0
+}
+
 type ListKeysResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Keys          []*Key                 `protobuf:"bytes,1,rep,name=keys,proto3" json:"keys,omitempty"`
@@ -814,8 +886,13 @@ func (x *ListKeysResponse) GetNextPageToken() string {
 }
 
 type DeleteKeyRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Id            string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	// Deleting a signature key that unused KeyPackages use (their init keys
+	// are active) is refused unless cascade is set; with it, the init and
+	// leaf encryption keys of those KeyPackages are destroyed too. For an
+	// init key, cascade also destroys its KeyPackage's leaf encryption key.
+	Cascade       bool `protobuf:"varint,2,opt,name=cascade,proto3" json:"cascade,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -855,6 +932,13 @@ func (x *DeleteKeyRequest) GetId() string {
 		return x.Id
 	}
 	return ""
+}
+
+func (x *DeleteKeyRequest) GetCascade() bool {
+	if x != nil {
+		return x.Cascade
+	}
+	return false
 }
 
 type SignWithLabelRequest struct {
@@ -1122,7 +1206,11 @@ type CreateKeyPackagesRequest struct {
 	// not consumed by OpenWelcome.
 	LastResort bool `protobuf:"varint,12,opt,name=last_resort,json=lastResort,proto3" json:"last_resort,omitempty"`
 	// Admins only: create the keys for this uid instead of the caller.
-	OwnerUid      *uint32 `protobuf:"varint,13,opt,name=owner_uid,json=ownerUid,proto3,oneof" json:"owner_uid,omitempty"`
+	OwnerUid *uint32 `protobuf:"varint,13,opt,name=owner_uid,json=ownerUid,proto3,oneof" json:"owner_uid,omitempty"`
+	// By default the daemon adds GREASE values (RFC 9420 §13.5) to the
+	// capabilities' credentials, extensions and proposals, as engines do so
+	// peers keep ignoring unknown values; true leaves them out.
+	NoGrease      bool `protobuf:"varint,14,opt,name=no_grease,json=noGrease,proto3" json:"no_grease,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1246,6 +1334,13 @@ func (x *CreateKeyPackagesRequest) GetOwnerUid() uint32 {
 		return *x.OwnerUid
 	}
 	return 0
+}
+
+func (x *CreateKeyPackagesRequest) GetNoGrease() bool {
+	if x != nil {
+		return x.NoGrease
+	}
+	return false
 }
 
 type CreatedKeyPackage struct {
@@ -2049,6 +2144,278 @@ func (x *ActivateCredentialResponse) GetCertInfo() []byte {
 	return nil
 }
 
+type RepairRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Destroy every device object the catalog cannot account for.
+	DestroyStrays bool `protobuf:"varint,1,opt,name=destroy_strays,json=destroyStrays,proto3" json:"destroy_strays,omitempty"`
+	// Mark every missing key destroyed.
+	RetireMissing bool `protobuf:"varint,2,opt,name=retire_missing,json=retireMissing,proto3" json:"retire_missing,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RepairRequest) Reset() {
+	*x = RepairRequest{}
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RepairRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RepairRequest) ProtoMessage() {}
+
+func (x *RepairRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RepairRequest.ProtoReflect.Descriptor instead.
+func (*RepairRequest) Descriptor() ([]byte, []int) {
+	return file_mlskey_v1_mlskey_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *RepairRequest) GetDestroyStrays() bool {
+	if x != nil {
+		return x.DestroyStrays
+	}
+	return false
+}
+
+func (x *RepairRequest) GetRetireMissing() bool {
+	if x != nil {
+		return x.RetireMissing
+	}
+	return false
+}
+
+type RepairResponse struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	DestroyedStrays []string               `protobuf:"bytes,1,rep,name=destroyed_strays,json=destroyedStrays,proto3" json:"destroyed_strays,omitempty"`
+	RetiredMissing  []string               `protobuf:"bytes,2,rep,name=retired_missing,json=retiredMissing,proto3" json:"retired_missing,omitempty"`
+	// What is still quarantined afterwards.
+	StrayKeyIds   []string `protobuf:"bytes,3,rep,name=stray_key_ids,json=strayKeyIds,proto3" json:"stray_key_ids,omitempty"`
+	MissingKeyIds []string `protobuf:"bytes,4,rep,name=missing_key_ids,json=missingKeyIds,proto3" json:"missing_key_ids,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RepairResponse) Reset() {
+	*x = RepairResponse{}
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RepairResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RepairResponse) ProtoMessage() {}
+
+func (x *RepairResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RepairResponse.ProtoReflect.Descriptor instead.
+func (*RepairResponse) Descriptor() ([]byte, []int) {
+	return file_mlskey_v1_mlskey_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *RepairResponse) GetDestroyedStrays() []string {
+	if x != nil {
+		return x.DestroyedStrays
+	}
+	return nil
+}
+
+func (x *RepairResponse) GetRetiredMissing() []string {
+	if x != nil {
+		return x.RetiredMissing
+	}
+	return nil
+}
+
+func (x *RepairResponse) GetStrayKeyIds() []string {
+	if x != nil {
+		return x.StrayKeyIds
+	}
+	return nil
+}
+
+func (x *RepairResponse) GetMissingKeyIds() []string {
+	if x != nil {
+		return x.MissingKeyIds
+	}
+	return nil
+}
+
+type CreateCSRRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// A signature key the caller may use.
+	KeyId string `protobuf:"bytes,1,opt,name=key_id,json=keyId,proto3" json:"key_id,omitempty"`
+	// The subject's distinguished name; at least one of common_name and
+	// the alternative names must be set.
+	CommonName         string   `protobuf:"bytes,2,opt,name=common_name,json=commonName,proto3" json:"common_name,omitempty"`
+	Organization       []string `protobuf:"bytes,3,rep,name=organization,proto3" json:"organization,omitempty"`
+	OrganizationalUnit []string `protobuf:"bytes,4,rep,name=organizational_unit,json=organizationalUnit,proto3" json:"organizational_unit,omitempty"`
+	Country            []string `protobuf:"bytes,5,rep,name=country,proto3" json:"country,omitempty"`
+	// Subject alternative names.
+	DnsNames       []string `protobuf:"bytes,6,rep,name=dns_names,json=dnsNames,proto3" json:"dns_names,omitempty"`
+	EmailAddresses []string `protobuf:"bytes,7,rep,name=email_addresses,json=emailAddresses,proto3" json:"email_addresses,omitempty"`
+	Uris           []string `protobuf:"bytes,8,rep,name=uris,proto3" json:"uris,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *CreateCSRRequest) Reset() {
+	*x = CreateCSRRequest{}
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateCSRRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateCSRRequest) ProtoMessage() {}
+
+func (x *CreateCSRRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateCSRRequest.ProtoReflect.Descriptor instead.
+func (*CreateCSRRequest) Descriptor() ([]byte, []int) {
+	return file_mlskey_v1_mlskey_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *CreateCSRRequest) GetKeyId() string {
+	if x != nil {
+		return x.KeyId
+	}
+	return ""
+}
+
+func (x *CreateCSRRequest) GetCommonName() string {
+	if x != nil {
+		return x.CommonName
+	}
+	return ""
+}
+
+func (x *CreateCSRRequest) GetOrganization() []string {
+	if x != nil {
+		return x.Organization
+	}
+	return nil
+}
+
+func (x *CreateCSRRequest) GetOrganizationalUnit() []string {
+	if x != nil {
+		return x.OrganizationalUnit
+	}
+	return nil
+}
+
+func (x *CreateCSRRequest) GetCountry() []string {
+	if x != nil {
+		return x.Country
+	}
+	return nil
+}
+
+func (x *CreateCSRRequest) GetDnsNames() []string {
+	if x != nil {
+		return x.DnsNames
+	}
+	return nil
+}
+
+func (x *CreateCSRRequest) GetEmailAddresses() []string {
+	if x != nil {
+		return x.EmailAddresses
+	}
+	return nil
+}
+
+func (x *CreateCSRRequest) GetUris() []string {
+	if x != nil {
+		return x.Uris
+	}
+	return nil
+}
+
+type CreateCSRResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The CertificationRequest, DER.
+	Csr           []byte `protobuf:"bytes,1,opt,name=csr,proto3" json:"csr,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateCSRResponse) Reset() {
+	*x = CreateCSRResponse{}
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateCSRResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateCSRResponse) ProtoMessage() {}
+
+func (x *CreateCSRResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateCSRResponse.ProtoReflect.Descriptor instead.
+func (*CreateCSRResponse) Descriptor() ([]byte, []int) {
+	return file_mlskey_v1_mlskey_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *CreateCSRResponse) GetCsr() []byte {
+	if x != nil {
+		return x.Csr
+	}
+	return nil
+}
+
 type Credential_X509 struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// DER certificates, end-entity first. Its public key must equal the
@@ -2060,7 +2427,7 @@ type Credential_X509 struct {
 
 func (x *Credential_X509) Reset() {
 	*x = Credential_X509{}
-	mi := &file_mlskey_v1_mlskey_proto_msgTypes[26]
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2072,7 +2439,7 @@ func (x *Credential_X509) String() string {
 func (*Credential_X509) ProtoMessage() {}
 
 func (x *Credential_X509) ProtoReflect() protoreflect.Message {
-	mi := &file_mlskey_v1_mlskey_proto_msgTypes[26]
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2120,45 +2487,57 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\n" +
 	"retired_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tretiredAt\x12\x14\n" +
 	"\x05owner\x18\f \x01(\tR\x05owner\"\x10\n" +
-	"\x0eGetInfoRequest\"\xdb\x02\n" +
+	"\x0eGetInfoRequest\"\x87\x03\n" +
 	"\fSuiteSupport\x12!\n" +
 	"\fcipher_suite\x18\x01 \x01(\rR\vcipherSuite\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x123\n" +
 	"\tsignature\x18\x03 \x01(\x0e2\x15.mlskey.v1.ProtectionR\tsignature\x12)\n" +
 	"\x04init\x18\x04 \x01(\x0e2\x15.mlskey.v1.ProtectionR\x04init\x12>\n" +
-	"\x0fleaf_encryption\x18\x05 \x01(\x0e2\x15.mlskey.v1.ProtectionR\x0eleafEncryption\x12%\n" +
-	"\x0esignature_note\x18\x06 \x01(\tR\rsignatureNote\x12\x1b\n" +
-	"\tinit_note\x18\a \x01(\tR\binitNote\x120\n" +
-	"\x14leaf_encryption_note\x18\b \x01(\tR\x12leafEncryptionNote\"\xdd\x02\n" +
+	"\x0fleaf_encryption\x18\x05 \x01(\x0e2\x15.mlskey.v1.ProtectionR\x0eleafEncryption\x12*\n" +
+	"\x11refused_by_policy\x18\x06 \x01(\bR\x0frefusedByPolicy\x12%\n" +
+	"\x0esignature_note\x18\a \x01(\tR\rsignatureNote\x12\x1b\n" +
+	"\tinit_note\x18\b \x01(\tR\binitNote\x120\n" +
+	"\x14leaf_encryption_note\x18\t \x01(\tR\x12leafEncryptionNote\"\x94\x04\n" +
 	"\x0fGetInfoResponse\x12\x18\n" +
 	"\abackend\x18\x01 \x01(\tR\abackend\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x18\n" +
 	"\aversion\x18\x03 \x01(\tR\aversion\x12/\n" +
-	"\x06suites\x18\x04 \x03(\v2\x17.mlskey.v1.SuiteSupportR\x06suites\x12!\n" +
-	"\fdevice_state\x18\x05 \x01(\tR\vdeviceState\x12*\n" +
-	"\x11device_last_error\x18\x06 \x01(\tR\x0fdeviceLastError\x12,\n" +
-	"\x12device_state_since\x18\a \x01(\x03R\x10deviceStateSince\x12+\n" +
-	"\x11device_recoveries\x18\b \x01(\x03R\x10deviceRecoveries\x12#\n" +
-	"\rstartup_phase\x18\t \x01(\tR\fstartupPhase\"n\n" +
+	"\x06suites\x18\x04 \x03(\v2\x17.mlskey.v1.SuiteSupportR\x06suites\x12'\n" +
+	"\x0finstallation_id\x18\x05 \x01(\tR\x0einstallationId\x12!\n" +
+	"\fmissing_keys\x18\x06 \x01(\rR\vmissingKeys\x12\x1d\n" +
+	"\n" +
+	"stray_keys\x18\a \x01(\rR\tstrayKeys\x12&\n" +
+	"\x0fmissing_key_ids\x18\b \x03(\tR\rmissingKeyIds\x12\"\n" +
+	"\rstray_key_ids\x18\t \x03(\tR\vstrayKeyIds\x12!\n" +
+	"\fdevice_state\x18\n" +
+	" \x01(\tR\vdeviceState\x12*\n" +
+	"\x11device_last_error\x18\v \x01(\tR\x0fdeviceLastError\x12,\n" +
+	"\x12device_state_since\x18\f \x01(\x03R\x10deviceStateSince\x12+\n" +
+	"\x11device_recoveries\x18\r \x01(\x03R\x10deviceRecoveries\x12#\n" +
+	"\rstartup_phase\x18\x0e \x01(\tR\fstartupPhase\"n\n" +
 	"\x19CreateSignatureKeyRequest\x12!\n" +
 	"\fcipher_suite\x18\x01 \x01(\rR\vcipherSuite\x12 \n" +
 	"\towner_uid\x18\x02 \x01(\rH\x00R\bownerUid\x88\x01\x01B\f\n" +
 	"\n" +
 	"_owner_uid\"\x1f\n" +
 	"\rGetKeyRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"\xc3\x01\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\"\xf3\x01\n" +
 	"\x0fListKeysRequest\x12&\n" +
 	"\x04role\x18\x01 \x01(\x0e2\x12.mlskey.v1.KeyRoleR\x04role\x12)\n" +
 	"\x05state\x18\x02 \x01(\x0e2\x13.mlskey.v1.KeyStateR\x05state\x12!\n" +
 	"\fcipher_suite\x18\x03 \x01(\rR\vcipherSuite\x12\x1b\n" +
 	"\tpage_size\x18\x04 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
-	"page_token\x18\x05 \x01(\tR\tpageToken\"^\n" +
+	"page_token\x18\x05 \x01(\tR\tpageToken\x12 \n" +
+	"\towner_uid\x18\x06 \x01(\rH\x00R\bownerUid\x88\x01\x01B\f\n" +
+	"\n" +
+	"_owner_uid\"^\n" +
 	"\x10ListKeysResponse\x12\"\n" +
 	"\x04keys\x18\x01 \x03(\v2\x0e.mlskey.v1.KeyR\x04keys\x12&\n" +
-	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\"\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"<\n" +
 	"\x10DeleteKeyRequest\x12\x0e\n" +
-	"\x02id\x18\x01 \x01(\tR\x02id\"]\n" +
+	"\x02id\x18\x01 \x01(\tR\x02id\x12\x18\n" +
+	"\acascade\x18\x02 \x01(\bR\acascade\"]\n" +
 	"\x14SignWithLabelRequest\x12\x15\n" +
 	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x14\n" +
 	"\x05label\x18\x02 \x01(\tR\x05label\x12\x18\n" +
@@ -2175,7 +2554,7 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"credential\"3\n" +
 	"\tExtension\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\rR\x04type\x12\x12\n" +
-	"\x04data\x18\x02 \x01(\fR\x04data\"\xf8\x04\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"\x95\x05\n" +
 	"\x18CreateKeyPackagesRequest\x12!\n" +
 	"\fcipher_suite\x18\x01 \x01(\rR\vcipherSuite\x12(\n" +
 	"\x10signature_key_id\x18\x02 \x01(\tR\x0esignatureKeyId\x125\n" +
@@ -2193,7 +2572,8 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\x05count\x18\v \x01(\rR\x05count\x12\x1f\n" +
 	"\vlast_resort\x18\f \x01(\bR\n" +
 	"lastResort\x12 \n" +
-	"\towner_uid\x18\r \x01(\rH\x00R\bownerUid\x88\x01\x01B\f\n" +
+	"\towner_uid\x18\r \x01(\rH\x00R\bownerUid\x88\x01\x01\x12\x1b\n" +
+	"\tno_grease\x18\x0e \x01(\bR\bnoGreaseB\f\n" +
 	"\n" +
 	"_owner_uid\"\xb1\x01\n" +
 	"\x11CreatedKeyPackage\x12\x1f\n" +
@@ -2258,23 +2638,44 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\x0fcredential_blob\x18\x03 \x01(\fR\x0ecredentialBlob\x12\x16\n" +
 	"\x06secret\x18\x04 \x01(\fR\x06secret\"9\n" +
 	"\x1aActivateCredentialResponse\x12\x1b\n" +
-	"\tcert_info\x18\x01 \x01(\fR\bcertInfo*l\n" +
+	"\tcert_info\x18\x01 \x01(\fR\bcertInfo\"]\n" +
+	"\rRepairRequest\x12%\n" +
+	"\x0edestroy_strays\x18\x01 \x01(\bR\rdestroyStrays\x12%\n" +
+	"\x0eretire_missing\x18\x02 \x01(\bR\rretireMissing\"\xb0\x01\n" +
+	"\x0eRepairResponse\x12)\n" +
+	"\x10destroyed_strays\x18\x01 \x03(\tR\x0fdestroyedStrays\x12'\n" +
+	"\x0fretired_missing\x18\x02 \x03(\tR\x0eretiredMissing\x12\"\n" +
+	"\rstray_key_ids\x18\x03 \x03(\tR\vstrayKeyIds\x12&\n" +
+	"\x0fmissing_key_ids\x18\x04 \x03(\tR\rmissingKeyIds\"\x93\x02\n" +
+	"\x10CreateCSRRequest\x12\x15\n" +
+	"\x06key_id\x18\x01 \x01(\tR\x05keyId\x12\x1f\n" +
+	"\vcommon_name\x18\x02 \x01(\tR\n" +
+	"commonName\x12\"\n" +
+	"\forganization\x18\x03 \x03(\tR\forganization\x12/\n" +
+	"\x13organizational_unit\x18\x04 \x03(\tR\x12organizationalUnit\x12\x18\n" +
+	"\acountry\x18\x05 \x03(\tR\acountry\x12\x1b\n" +
+	"\tdns_names\x18\x06 \x03(\tR\bdnsNames\x12'\n" +
+	"\x0femail_addresses\x18\a \x03(\tR\x0eemailAddresses\x12\x12\n" +
+	"\x04uris\x18\b \x03(\tR\x04uris\"%\n" +
+	"\x11CreateCSRResponse\x12\x10\n" +
+	"\x03csr\x18\x01 \x01(\fR\x03csr*l\n" +
 	"\aKeyRole\x12\x18\n" +
 	"\x14KEY_ROLE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12KEY_ROLE_SIGNATURE\x10\x01\x12\x11\n" +
 	"\rKEY_ROLE_INIT\x10\x02\x12\x1c\n" +
-	"\x18KEY_ROLE_LEAF_ENCRYPTION\x10\x03*l\n" +
+	"\x18KEY_ROLE_LEAF_ENCRYPTION\x10\x03*\x83\x01\n" +
 	"\bKeyState\x12\x19\n" +
 	"\x15KEY_STATE_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10KEY_STATE_ACTIVE\x10\x01\x12\x16\n" +
 	"\x12KEY_STATE_CONSUMED\x10\x02\x12\x17\n" +
-	"\x13KEY_STATE_DESTROYED\x10\x03*p\n" +
+	"\x13KEY_STATE_DESTROYED\x10\x03\x12\x15\n" +
+	"\x11KEY_STATE_MISSING\x10\x04*p\n" +
 	"\n" +
 	"Protection\x12\x1a\n" +
 	"\x16PROTECTION_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13PROTECTION_HARDWARE\x10\x01\x12\x16\n" +
 	"\x12PROTECTION_WRAPPED\x10\x02\x12\x15\n" +
-	"\x11PROTECTION_SEALED\x10\x032\xd7\x06\n" +
+	"\x11PROTECTION_SEALED\x10\x032\xde\a\n" +
 	"\n" +
 	"KeyService\x12@\n" +
 	"\aGetInfo\x12\x19.mlskey.v1.GetInfoRequest\x1a\x1a.mlskey.v1.GetInfoResponse\x12J\n" +
@@ -2287,7 +2688,9 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\vOpenWelcome\x12\x1d.mlskey.v1.OpenWelcomeRequest\x1a\x1e.mlskey.v1.OpenWelcomeResponse\x12[\n" +
 	"\x10DecryptWithLabel\x12\".mlskey.v1.DecryptWithLabelRequest\x1a#.mlskey.v1.DecryptWithLabelResponse\x12F\n" +
 	"\tAttestKey\x12\x1b.mlskey.v1.AttestKeyRequest\x1a\x1c.mlskey.v1.AttestKeyResponse\x12a\n" +
-	"\x12ActivateCredential\x12$.mlskey.v1.ActivateCredentialRequest\x1a%.mlskey.v1.ActivateCredentialResponseB5Z3github.com/mlskeyd/mlskeyd/proto/mlskey/v1;mlskeyv1b\x06proto3"
+	"\x12ActivateCredential\x12$.mlskey.v1.ActivateCredentialRequest\x1a%.mlskey.v1.ActivateCredentialResponse\x12=\n" +
+	"\x06Repair\x12\x18.mlskey.v1.RepairRequest\x1a\x19.mlskey.v1.RepairResponse\x12F\n" +
+	"\tCreateCSR\x12\x1b.mlskey.v1.CreateCSRRequest\x1a\x1c.mlskey.v1.CreateCSRResponseB5Z3github.com/mlskeyd/mlskeyd/proto/mlskey/v1;mlskeyv1b\x06proto3"
 
 var (
 	file_mlskey_v1_mlskey_proto_rawDescOnce sync.Once
@@ -2302,7 +2705,7 @@ func file_mlskey_v1_mlskey_proto_rawDescGZIP() []byte {
 }
 
 var file_mlskey_v1_mlskey_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_mlskey_v1_mlskey_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_mlskey_v1_mlskey_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_mlskey_v1_mlskey_proto_goTypes = []any{
 	(KeyRole)(0),                       // 0: mlskey.v1.KeyRole
 	(KeyState)(0),                      // 1: mlskey.v1.KeyState
@@ -2333,16 +2736,20 @@ var file_mlskey_v1_mlskey_proto_goTypes = []any{
 	(*AttestKeyResponse)(nil),          // 26: mlskey.v1.AttestKeyResponse
 	(*ActivateCredentialRequest)(nil),  // 27: mlskey.v1.ActivateCredentialRequest
 	(*ActivateCredentialResponse)(nil), // 28: mlskey.v1.ActivateCredentialResponse
-	(*Credential_X509)(nil),            // 29: mlskey.v1.Credential.X509
-	(*timestamppb.Timestamp)(nil),      // 30: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),        // 31: google.protobuf.Duration
+	(*RepairRequest)(nil),              // 29: mlskey.v1.RepairRequest
+	(*RepairResponse)(nil),             // 30: mlskey.v1.RepairResponse
+	(*CreateCSRRequest)(nil),           // 31: mlskey.v1.CreateCSRRequest
+	(*CreateCSRResponse)(nil),          // 32: mlskey.v1.CreateCSRResponse
+	(*Credential_X509)(nil),            // 33: mlskey.v1.Credential.X509
+	(*timestamppb.Timestamp)(nil),      // 34: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),        // 35: google.protobuf.Duration
 }
 var file_mlskey_v1_mlskey_proto_depIdxs = []int32{
 	0,  // 0: mlskey.v1.Key.role:type_name -> mlskey.v1.KeyRole
 	2,  // 1: mlskey.v1.Key.protection:type_name -> mlskey.v1.Protection
 	1,  // 2: mlskey.v1.Key.state:type_name -> mlskey.v1.KeyState
-	30, // 3: mlskey.v1.Key.created_at:type_name -> google.protobuf.Timestamp
-	30, // 4: mlskey.v1.Key.retired_at:type_name -> google.protobuf.Timestamp
+	34, // 3: mlskey.v1.Key.created_at:type_name -> google.protobuf.Timestamp
+	34, // 4: mlskey.v1.Key.retired_at:type_name -> google.protobuf.Timestamp
 	2,  // 5: mlskey.v1.SuiteSupport.signature:type_name -> mlskey.v1.Protection
 	2,  // 6: mlskey.v1.SuiteSupport.init:type_name -> mlskey.v1.Protection
 	2,  // 7: mlskey.v1.SuiteSupport.leaf_encryption:type_name -> mlskey.v1.Protection
@@ -2350,11 +2757,11 @@ var file_mlskey_v1_mlskey_proto_depIdxs = []int32{
 	0,  // 9: mlskey.v1.ListKeysRequest.role:type_name -> mlskey.v1.KeyRole
 	1,  // 10: mlskey.v1.ListKeysRequest.state:type_name -> mlskey.v1.KeyState
 	3,  // 11: mlskey.v1.ListKeysResponse.keys:type_name -> mlskey.v1.Key
-	29, // 12: mlskey.v1.Credential.x509:type_name -> mlskey.v1.Credential.X509
+	33, // 12: mlskey.v1.Credential.x509:type_name -> mlskey.v1.Credential.X509
 	14, // 13: mlskey.v1.CreateKeyPackagesRequest.credential:type_name -> mlskey.v1.Credential
 	15, // 14: mlskey.v1.CreateKeyPackagesRequest.leaf_extensions:type_name -> mlskey.v1.Extension
 	15, // 15: mlskey.v1.CreateKeyPackagesRequest.key_package_extensions:type_name -> mlskey.v1.Extension
-	31, // 16: mlskey.v1.CreateKeyPackagesRequest.lifetime:type_name -> google.protobuf.Duration
+	35, // 16: mlskey.v1.CreateKeyPackagesRequest.lifetime:type_name -> google.protobuf.Duration
 	3,  // 17: mlskey.v1.CreateKeyPackagesResponse.signature_key:type_name -> mlskey.v1.Key
 	17, // 18: mlskey.v1.CreateKeyPackagesResponse.key_packages:type_name -> mlskey.v1.CreatedKeyPackage
 	20, // 19: mlskey.v1.GroupSecrets.psks:type_name -> mlskey.v1.PreSharedKeyID
@@ -2370,19 +2777,23 @@ var file_mlskey_v1_mlskey_proto_depIdxs = []int32{
 	23, // 29: mlskey.v1.KeyService.DecryptWithLabel:input_type -> mlskey.v1.DecryptWithLabelRequest
 	25, // 30: mlskey.v1.KeyService.AttestKey:input_type -> mlskey.v1.AttestKeyRequest
 	27, // 31: mlskey.v1.KeyService.ActivateCredential:input_type -> mlskey.v1.ActivateCredentialRequest
-	6,  // 32: mlskey.v1.KeyService.GetInfo:output_type -> mlskey.v1.GetInfoResponse
-	3,  // 33: mlskey.v1.KeyService.CreateSignatureKey:output_type -> mlskey.v1.Key
-	3,  // 34: mlskey.v1.KeyService.GetKey:output_type -> mlskey.v1.Key
-	10, // 35: mlskey.v1.KeyService.ListKeys:output_type -> mlskey.v1.ListKeysResponse
-	3,  // 36: mlskey.v1.KeyService.DeleteKey:output_type -> mlskey.v1.Key
-	13, // 37: mlskey.v1.KeyService.SignWithLabel:output_type -> mlskey.v1.SignWithLabelResponse
-	18, // 38: mlskey.v1.KeyService.CreateKeyPackages:output_type -> mlskey.v1.CreateKeyPackagesResponse
-	22, // 39: mlskey.v1.KeyService.OpenWelcome:output_type -> mlskey.v1.OpenWelcomeResponse
-	24, // 40: mlskey.v1.KeyService.DecryptWithLabel:output_type -> mlskey.v1.DecryptWithLabelResponse
-	26, // 41: mlskey.v1.KeyService.AttestKey:output_type -> mlskey.v1.AttestKeyResponse
-	28, // 42: mlskey.v1.KeyService.ActivateCredential:output_type -> mlskey.v1.ActivateCredentialResponse
-	32, // [32:43] is the sub-list for method output_type
-	21, // [21:32] is the sub-list for method input_type
+	29, // 32: mlskey.v1.KeyService.Repair:input_type -> mlskey.v1.RepairRequest
+	31, // 33: mlskey.v1.KeyService.CreateCSR:input_type -> mlskey.v1.CreateCSRRequest
+	6,  // 34: mlskey.v1.KeyService.GetInfo:output_type -> mlskey.v1.GetInfoResponse
+	3,  // 35: mlskey.v1.KeyService.CreateSignatureKey:output_type -> mlskey.v1.Key
+	3,  // 36: mlskey.v1.KeyService.GetKey:output_type -> mlskey.v1.Key
+	10, // 37: mlskey.v1.KeyService.ListKeys:output_type -> mlskey.v1.ListKeysResponse
+	3,  // 38: mlskey.v1.KeyService.DeleteKey:output_type -> mlskey.v1.Key
+	13, // 39: mlskey.v1.KeyService.SignWithLabel:output_type -> mlskey.v1.SignWithLabelResponse
+	18, // 40: mlskey.v1.KeyService.CreateKeyPackages:output_type -> mlskey.v1.CreateKeyPackagesResponse
+	22, // 41: mlskey.v1.KeyService.OpenWelcome:output_type -> mlskey.v1.OpenWelcomeResponse
+	24, // 42: mlskey.v1.KeyService.DecryptWithLabel:output_type -> mlskey.v1.DecryptWithLabelResponse
+	26, // 43: mlskey.v1.KeyService.AttestKey:output_type -> mlskey.v1.AttestKeyResponse
+	28, // 44: mlskey.v1.KeyService.ActivateCredential:output_type -> mlskey.v1.ActivateCredentialResponse
+	30, // 45: mlskey.v1.KeyService.Repair:output_type -> mlskey.v1.RepairResponse
+	32, // 46: mlskey.v1.KeyService.CreateCSR:output_type -> mlskey.v1.CreateCSRResponse
+	34, // [34:47] is the sub-list for method output_type
+	21, // [21:34] is the sub-list for method input_type
 	21, // [21:21] is the sub-list for extension type_name
 	21, // [21:21] is the sub-list for extension extendee
 	0,  // [0:21] is the sub-list for field type_name
@@ -2394,6 +2805,7 @@ func file_mlskey_v1_mlskey_proto_init() {
 		return
 	}
 	file_mlskey_v1_mlskey_proto_msgTypes[4].OneofWrappers = []any{}
+	file_mlskey_v1_mlskey_proto_msgTypes[6].OneofWrappers = []any{}
 	file_mlskey_v1_mlskey_proto_msgTypes[11].OneofWrappers = []any{
 		(*Credential_BasicIdentity)(nil),
 		(*Credential_X509_)(nil),
@@ -2406,7 +2818,7 @@ func file_mlskey_v1_mlskey_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mlskey_v1_mlskey_proto_rawDesc), len(file_mlskey_v1_mlskey_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   27,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -35,6 +35,8 @@ const (
 	KeyService_DecryptWithLabel_FullMethodName   = "/mlskey.v1.KeyService/DecryptWithLabel"
 	KeyService_AttestKey_FullMethodName          = "/mlskey.v1.KeyService/AttestKey"
 	KeyService_ActivateCredential_FullMethodName = "/mlskey.v1.KeyService/ActivateCredential"
+	KeyService_Repair_FullMethodName             = "/mlskey.v1.KeyService/Repair"
+	KeyService_CreateCSR_FullMethodName          = "/mlskey.v1.KeyService/CreateCSR"
 )
 
 // KeyServiceClient is the client API for KeyService service.
@@ -50,7 +52,10 @@ type KeyServiceClient interface {
 	// ListKeys pages through the catalog, newest last.
 	ListKeys(ctx context.Context, in *ListKeysRequest, opts ...grpc.CallOption) (*ListKeysResponse, error)
 	// DeleteKey destroys the device object and keeps a tombstone (state
-	// DESTROYED) in the catalog.
+	// DESTROYED) in the catalog. A signature key that unused KeyPackages use
+	// fails with FAILED_PRECONDITION unless cascade is set (see
+	// DeleteKeyRequest). The destruction completes even if the caller
+	// cancels once the call has begun it.
 	DeleteKey(ctx context.Context, in *DeleteKeyRequest, opts ...grpc.CallOption) (*Key, error)
 	// SignWithLabel signs SignContent{"MLS 1.0 " + label, content} with a
 	// signature key. Only RFC 9420's signature labels are served.
@@ -77,6 +82,18 @@ type KeyServiceClient interface {
 	// the TPM holding both keys can, which ties the attestation key to the
 	// endorsement key's certificate. The caller must be able to use key_id.
 	ActivateCredential(ctx context.Context, in *ActivateCredentialRequest, opts ...grpc.CallOption) (*ActivateCredentialResponse, error)
+	// Repair acts on what start-up quarantined, after an administrator has
+	// looked (admins only): destroys stray device objects the catalog cannot
+	// account for, and/or retires keys missing from the device. Without
+	// either flag it changes nothing and only reports.
+	Repair(ctx context.Context, in *RepairRequest, opts ...grpc.CallOption) (*RepairResponse, error)
+	// CreateCSR builds a PKCS#10 certification request for a signature key's
+	// own public key and signs it with that key, so a CA can issue the X.509
+	// credential for KeyPackages. It is the key's only non-MLS signature:
+	// the daemon makes the whole request, the caller only names the subject
+	// and the subject alternative names. Ed448 keys are refused (no X.509
+	// support in the daemon's libraries).
+	CreateCSR(ctx context.Context, in *CreateCSRRequest, opts ...grpc.CallOption) (*CreateCSRResponse, error)
 }
 
 type keyServiceClient struct {
@@ -197,6 +214,26 @@ func (c *keyServiceClient) ActivateCredential(ctx context.Context, in *ActivateC
 	return out, nil
 }
 
+func (c *keyServiceClient) Repair(ctx context.Context, in *RepairRequest, opts ...grpc.CallOption) (*RepairResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RepairResponse)
+	err := c.cc.Invoke(ctx, KeyService_Repair_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keyServiceClient) CreateCSR(ctx context.Context, in *CreateCSRRequest, opts ...grpc.CallOption) (*CreateCSRResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CreateCSRResponse)
+	err := c.cc.Invoke(ctx, KeyService_CreateCSR_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // KeyServiceServer is the server API for KeyService service.
 // All implementations must embed UnimplementedKeyServiceServer
 // for forward compatibility.
@@ -210,7 +247,10 @@ type KeyServiceServer interface {
 	// ListKeys pages through the catalog, newest last.
 	ListKeys(context.Context, *ListKeysRequest) (*ListKeysResponse, error)
 	// DeleteKey destroys the device object and keeps a tombstone (state
-	// DESTROYED) in the catalog.
+	// DESTROYED) in the catalog. A signature key that unused KeyPackages use
+	// fails with FAILED_PRECONDITION unless cascade is set (see
+	// DeleteKeyRequest). The destruction completes even if the caller
+	// cancels once the call has begun it.
 	DeleteKey(context.Context, *DeleteKeyRequest) (*Key, error)
 	// SignWithLabel signs SignContent{"MLS 1.0 " + label, content} with a
 	// signature key. Only RFC 9420's signature labels are served.
@@ -237,6 +277,18 @@ type KeyServiceServer interface {
 	// the TPM holding both keys can, which ties the attestation key to the
 	// endorsement key's certificate. The caller must be able to use key_id.
 	ActivateCredential(context.Context, *ActivateCredentialRequest) (*ActivateCredentialResponse, error)
+	// Repair acts on what start-up quarantined, after an administrator has
+	// looked (admins only): destroys stray device objects the catalog cannot
+	// account for, and/or retires keys missing from the device. Without
+	// either flag it changes nothing and only reports.
+	Repair(context.Context, *RepairRequest) (*RepairResponse, error)
+	// CreateCSR builds a PKCS#10 certification request for a signature key's
+	// own public key and signs it with that key, so a CA can issue the X.509
+	// credential for KeyPackages. It is the key's only non-MLS signature:
+	// the daemon makes the whole request, the caller only names the subject
+	// and the subject alternative names. Ed448 keys are refused (no X.509
+	// support in the daemon's libraries).
+	CreateCSR(context.Context, *CreateCSRRequest) (*CreateCSRResponse, error)
 	mustEmbedUnimplementedKeyServiceServer()
 }
 
@@ -279,6 +331,12 @@ func (UnimplementedKeyServiceServer) AttestKey(context.Context, *AttestKeyReques
 }
 func (UnimplementedKeyServiceServer) ActivateCredential(context.Context, *ActivateCredentialRequest) (*ActivateCredentialResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ActivateCredential not implemented")
+}
+func (UnimplementedKeyServiceServer) Repair(context.Context, *RepairRequest) (*RepairResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method Repair not implemented")
+}
+func (UnimplementedKeyServiceServer) CreateCSR(context.Context, *CreateCSRRequest) (*CreateCSRResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method CreateCSR not implemented")
 }
 func (UnimplementedKeyServiceServer) mustEmbedUnimplementedKeyServiceServer() {}
 func (UnimplementedKeyServiceServer) testEmbeddedByValue()                    {}
@@ -499,6 +557,42 @@ func _KeyService_ActivateCredential_Handler(srv interface{}, ctx context.Context
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KeyService_Repair_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RepairRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).Repair(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_Repair_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).Repair(ctx, req.(*RepairRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeyService_CreateCSR_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CreateCSRRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).CreateCSR(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_CreateCSR_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).CreateCSR(ctx, req.(*CreateCSRRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // KeyService_ServiceDesc is the grpc.ServiceDesc for KeyService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -549,6 +643,14 @@ var KeyService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ActivateCredential",
 			Handler:    _KeyService_ActivateCredential_Handler,
+		},
+		{
+			MethodName: "Repair",
+			Handler:    _KeyService_Repair_Handler,
+		},
+		{
+			MethodName: "CreateCSR",
+			Handler:    _KeyService_CreateCSR_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

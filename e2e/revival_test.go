@@ -1,0 +1,65 @@
+package e2e
+
+import (
+	"encoding/hex"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/mlskeyd/mlskeyd/tpm/swtpm"
+)
+
+// TestRetiredKeyNotRevived: copy the catalog, open a Welcome (its sealed
+// init key is consumed), stop, put the copy back, start: the same Welcome
+// must not open again, and the daemon says why. Suite 1 on the TPM is
+// sealed; --seal-epoch retire destroys the epoch key before the first open
+// returns.
+func TestRetiredKeyNotRevived(t *testing.T) {
+	sw := swtpm.Start(t, t.TempDir())
+	state := t.TempDir()
+	args := []string{"--backend", "tpm", "--tpm", sw.Device(), "--seal-epoch", "retire"}
+	d := startDaemon(t, state, args...)
+	var kps []createdKP
+	d.ctlJSON(t, &kps, "keypackage", "create", "--suite", "1", "--identity", "revival@example.org", "--count", "2")
+	var init keyJSON
+	d.ctlJSON(t, &init, "key", "show", kps[0].InitKeyID)
+	if init.Protection != "sealed" {
+		t.Fatalf("suite 1 init key on the TPM is %s, want sealed", init.Protection)
+	}
+	var added struct{ Welcome string }
+	tsmls(t, "add", map[string]string{"key_package": kps[0].KeyPackage}, &added)
+	welcome, _ := hex.DecodeString(added.Welcome)
+	file := filepath.Join(t.TempDir(), "welcome")
+	os.WriteFile(file, welcome, 0o600)
+
+	d.stop()
+	catalog := filepath.Join(state, "catalog.db")
+	saved, err := os.ReadFile(catalog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d = startDaemon(t, state, args...)
+	if out, errOut, code := d.ctl("welcome", "open", "--in", file); code != 0 {
+		t.Fatalf("first open: exit %d %s %s", code, out, errOut)
+	}
+	d.stop()
+	if a, _ := os.ReadFile(filepath.Join(state, "audit.log")); !strings.Contains(string(a), `"operation":"KeystoreEpochDestroyed"`) {
+		t.Fatalf("the destroyed epoch key is not in the audit log:\n%s", a)
+	}
+	if err := os.WriteFile(catalog, saved, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d = startDaemon(t, state, args...)
+	out, errOut, code := d.ctl("welcome", "open", "--in", file)
+	if code == 0 {
+		t.Fatalf("the consumed init key opened the Welcome again from the old catalog: %s", out)
+	}
+	if !strings.Contains(errOut, "failed precondition") || !strings.Contains(errOut, "epoch key is not on the device") || !strings.Contains(errOut, "retired") {
+		t.Fatalf("second open fails without saying why: %s", errOut)
+	}
+	if !strings.Contains(d.log.String(), "whose epoch key is no longer on the device") {
+		t.Fatalf("start-up with the old catalog does not warn:\n%s", d.log)
+	}
+	t.Logf("second open: %s", strings.TrimSpace(errOut))
+}
