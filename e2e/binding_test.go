@@ -148,8 +148,10 @@ func TestOtherCatalogOnSameTokenRefused(t *testing.T) {
 	if _, errOut, code := d.ctl("repair", "--destroy-strays"); code == 0 || !strings.Contains(errOut, "only admins") {
 		t.Fatalf("repair by a non-admin: exit %d %s", code, errOut)
 	}
-	if got := deviceKeyFiles(t, state); got != objects {
-		t.Fatalf("token objects %d after adoption, want %d", got, objects)
+	// Nothing destroyed: the token gained only the adopting catalog's own
+	// sealing epoch key (the old catalog's epoch is not its to remove).
+	if got := deviceKeyFiles(t, state); got != objects+1 {
+		t.Fatalf("token objects %d after adoption, want %d", got, objects+1)
 	}
 	d.stop()
 	d = startDaemon(t, state, "--catalog", other, "--admin-uids", fmt.Sprint(os.Getuid()))

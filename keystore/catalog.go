@@ -62,11 +62,18 @@ type Record struct {
 	State State  `json:"state"`
 	// KeyPackageRef, LastResort and SignatureKeyID describe the KeyPackage
 	// an init or leaf encryption key was made for.
-	KeyPackageRef  []byte    `json:"key_package_ref,omitempty"`
-	LastResort     bool      `json:"last_resort,omitempty"`
-	SignatureKeyID string    `json:"signature_key_id,omitempty"`
-	CreatedAt      time.Time `json:"created_at"`
-	RetiredAt      time.Time `json:"retired_at,omitzero"`
+	KeyPackageRef  []byte `json:"key_package_ref,omitempty"`
+	LastResort     bool   `json:"last_resort,omitempty"`
+	SignatureKeyID string `json:"signature_key_id,omitempty"`
+	// NotAfter is the end of the KeyPackage's lifetime; Sweep retires
+	// init and leaf keys of KeyPackages past it.
+	NotAfter time.Time `json:"not_after,omitzero"`
+	// Identity is the KeyPackage credential's identity (a basic
+	// credential's bytes, an X.509 leaf certificate's subject): a newer
+	// last-resort KeyPackage replaces an expired one of the same identity.
+	Identity  string    `json:"identity,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+	RetiredAt time.Time `json:"retired_at,omitzero"`
 	// RetiredWhy says why a key left the active state, for operators.
 	RetiredWhy string `json:"retired_why,omitempty"`
 }
@@ -109,11 +116,13 @@ func openCatalog(path string) (*catalog, error) {
 		meta := tx.Bucket(bucketMeta)
 		switch v := meta.Get(keySchema); {
 		case v == nil:
-			return meta.Put(keySchema, schemaValue)
+			if err := meta.Put(keySchema, schemaValue); err != nil {
+				return err
+			}
 		case !bytes.Equal(v, schemaValue):
 			return fmt.Errorf("catalog schema %q is not supported by this version", v)
 		}
-		return nil
+		return ensureIndexes(tx)
 	})
 	if err != nil {
 		db.Close()
@@ -136,9 +145,14 @@ func getRecord(tx *bolt.Tx, id string) (*Record, error) {
 	return &r, nil
 }
 
+// putRecord is the only way a record is written: it keeps the secondary
+// indexes (index.go) in step, in the same transaction.
 func putRecord(tx *bolt.Tx, r *Record) error {
 	v, err := json.Marshal(r)
 	if err != nil {
+		return err
+	}
+	if err := reindex(tx, r); err != nil {
 		return err
 	}
 	if err := tx.Bucket(bucketKeys).Put([]byte(r.ID), v); err != nil {
@@ -210,6 +224,9 @@ func (f Filter) match(r *Record) bool {
 // list returns up to limit matching records with id > after, in id order,
 // and the id to continue after ("" at the end).
 func (c *catalog) list(f Filter, after string, limit int) ([]*Record, string, error) {
+	if f.Owner != "" {
+		return c.listOwner(f, after, limit)
+	}
 	var out []*Record
 	next := ""
 	err := c.db.View(func(tx *bolt.Tx) error {

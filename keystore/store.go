@@ -14,6 +14,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	bolt "go.etcd.io/bbolt"
 )
 
 // Options configure a Store.
@@ -209,7 +211,9 @@ func (s *Store) List(f Filter, after string, limit int) ([]*Record, string, erro
 	return s.cat.list(f, after, limit)
 }
 
-// Count returns how many records match f and keep (nil keeps all).
+// Count returns how many records match f and keep (nil keeps all). It
+// reads every record: for tools and tests, not for request paths (see
+// UnusedKeyPackages).
 func (s *Store) Count(f Filter, keep func(*Record) bool) (int, error) {
 	n := 0
 	err := s.cat.all(func(r *Record) error {
@@ -618,47 +622,45 @@ func lockSet(id string, groups map[string]string) []string {
 // is active; for an init key with cascade, its own. It maps init key id to
 // leaf key id.
 func (s *Store) deletionSet(id string, cascade bool) (*Record, map[string]string, error) {
-	r, err := s.cat.get(id)
-	if err != nil {
-		return nil, nil, err
-	}
-	if r.State == StateDestroyed {
-		return nil, nil, fmt.Errorf("key %q is already destroyed: %w", id, ErrNotActive)
-	}
+	var r *Record
 	groups := map[string]string{}
-	switch {
-	case r.Role == RoleSignature:
-	case r.Role == RoleInit && cascade && len(r.KeyPackageRef) > 0 && r.Live():
-		groups[r.ID] = ""
-	default:
-		return r, groups, nil
-	}
-	byRef := map[string]string{}
-	err = s.cat.all(func(c *Record) error {
-		if !c.Live() {
-			return nil
+	// One read transaction, and only the indexes of the KeyPackages
+	// concerned: never a walk over every key.
+	err := s.cat.db.View(func(tx *bolt.Tx) error {
+		var err error
+		if r, err = getRecord(tx, id); err != nil {
+			return err
 		}
+		if r.State == StateDestroyed {
+			return fmt.Errorf("key %q is already destroyed: %w", id, ErrNotActive)
+		}
+		byInit := map[string][]byte{}
 		switch {
-		case r.Role == RoleSignature && c.Role == RoleInit && c.SignatureKeyID == r.ID:
-			groups[c.ID] = ""
-			byRef[string(c.KeyPackageRef)] = c.ID
-		case r.Role == RoleInit && c.Role == RoleInit && c.ID == r.ID:
-			byRef[string(c.KeyPackageRef)] = c.ID
+		case r.Role == RoleSignature:
+			byInit = keyPackagesOf(tx, r.ID)
+		case r.Role == RoleInit && cascade && len(r.KeyPackageRef) > 0 && r.Live():
+			byInit[r.ID] = r.KeyPackageRef
 		}
-		return nil
-	})
-	if err != nil {
-		return nil, nil, err
-	}
-	err = s.cat.all(func(c *Record) error {
-		if c.Live() && c.Role == RoleLeafEncryption && len(c.KeyPackageRef) > 0 {
-			if initID, ok := byRef[string(c.KeyPackageRef)]; ok {
-				groups[initID] = c.ID
+		for initID, ref := range byInit {
+			groups[initID] = ""
+			leafID := leafOf(tx, ref)
+			if leafID == "" {
+				continue
+			}
+			lr, err := getRecord(tx, leafID)
+			if err != nil {
+				return err
+			}
+			if lr.Live() {
+				groups[initID] = leafID
 			}
 		}
 		return nil
 	})
-	return r, groups, err
+	if err != nil {
+		return nil, nil, err
+	}
+	return r, groups, nil
 }
 
 func (s *Store) retire(r *Record, st State, why string) {

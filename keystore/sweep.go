@@ -130,17 +130,23 @@ func (s *Store) Share(id string) (release func()) { return s.locks.share(id) }
 // destruction left behind. A device key the catalog does not know is never
 // touched: it may belong to a batch being created. Each destruction is
 // reported to Options.OnEvent (EventDestroyed; Err set when the device refused). It returns how many keys it destroyed.
+//
+// It first retires the keys of expired KeyPackages (ExpireKeyPackages).
 func (s *Store) Sweep(ctx context.Context) (int, error) {
+	var errs []error
+	if k, err := s.ExpireKeyPackages(ctx); err != nil || k > 0 {
+		s.log.Info("sweep: expired KeyPackages", "retired", k, "err", err)
+		errs = append(errs, err)
+	}
 	lister, ok := s.be.(Lister)
 	if !ok {
-		return 0, nil // retiring a key erased its reference: nothing can be left
+		return 0, errors.Join(errs...) // retiring a key erased its reference: nothing can be left
 	}
 	dev, err := lister.List(ctx)
 	if err != nil {
-		return 0, &DeviceError{Op: "list keys", Err: err}
+		return 0, errors.Join(append(errs, &DeviceError{Op: "list keys", Err: err})...)
 	}
 	n := 0
-	var errs []error
 	for _, dk := range dev {
 		if err := ctx.Err(); err != nil {
 			return n, err
@@ -206,6 +212,11 @@ func (s *Store) StartSweeper(every time.Duration) {
 	}
 	s.life.init()
 	s.life.sweeper.Go(func() {
+		// Start-up reconciled the device already; KeyPackages that
+		// expired while the daemon was down go at once.
+		if _, err := s.ExpireKeyPackages(s.life.ctx); err != nil && s.life.ctx.Err() == nil {
+			s.log.Warn("expiring KeyPackages", "err", err)
+		}
 		t := time.NewTicker(every)
 		defer t.Stop()
 		for {

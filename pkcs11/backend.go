@@ -87,6 +87,9 @@ type Backend struct {
 	pinErr   error // a PIN failure on re-login; no further attempts
 
 	cache handleCache
+	// searches counts C_FindObjectsInit calls: a search is linear in the
+	// token's objects, so tests check that hot paths make none.
+	searches atomic.Int64
 	// storeMu serialises creating and destroying token objects. SoftHSM
 	// 2.6's file object store fails about 1% of concurrent token-object
 	// generations with CKR_GENERAL_ERROR (TestParallelGenerate reproduces

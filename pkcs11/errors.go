@@ -18,7 +18,8 @@ var (
 	// ErrSealedBlob is wrapped by Unseal when the blob is malformed, was
 	// tampered with, or does not match the aad.
 	ErrSealedBlob = errors.New("pkcs11: sealed blob is invalid or does not match its aad")
-	// ErrKeyExists is wrapped by Generate when the id is already in use.
+	// ErrKeyExists is wrapped when a sealing epoch's id is already in use
+	// (key pairs are not checked: their ids are unique by construction).
 	ErrKeyExists = errors.New("pkcs11: a key with this id already exists on the device")
 )
 

@@ -18,7 +18,9 @@ const (
 	labelPrefix = "mlskeyd:"
 	refVersion  = 0x01
 	maxIDLen    = 255
-	maxCache    = 8192
+	// maxCache bounds the handle cache (about 100 bytes an entry); it is
+	// emptied when full.
+	maxCache = 1 << 18
 )
 
 // EncodeRef returns the device reference for a catalog id: a version byte
@@ -133,6 +135,7 @@ func (c *handleCache) clear() {
 
 // findAll runs a complete C_FindObjects search.
 func (b *Backend) findAll(s p11.SessionHandle, tmpl []*p11.Attribute) ([]p11.ObjectHandle, error) {
+	b.searches.Add(1)
 	if err := b.mod.ctx.FindObjectsInit(s, tmpl); err != nil {
 		return nil, fmt.Errorf("C_FindObjectsInit: %w", err)
 	}
@@ -240,6 +243,9 @@ func (b *Backend) List(ctx context.Context) ([]keystore.DeviceKey, error) {
 					continue
 				}
 				ids[id] = true
+				// Start-up checks every key after listing them: with the
+				// handle cached, that check searches nothing.
+				b.cache.put(objKey{class, id}, h)
 			}
 		}
 		return nil
@@ -255,8 +261,11 @@ func (b *Backend) List(ctx context.Context) ([]keystore.DeviceKey, error) {
 	return out, nil
 }
 
-// Destroy removes both halves of the key pair (every matching object, in
-// case a crash left duplicates). A key that is already gone is not an error.
+// Destroy removes both halves of the key pair. A key that is already gone
+// is not an error. A half whose handle is cached, and still names this
+// object, is destroyed without a token search (a search is linear in the
+// token's objects, and consuming an init key destroys one on the request
+// path); otherwise every matching object is searched for and destroyed.
 func (b *Backend) Destroy(ctx context.Context, ref []byte) error {
 	id, err := DecodeRef(ref)
 	if err != nil {
@@ -270,7 +279,16 @@ func (b *Backend) Destroy(ctx context.Context, ref []byte) error {
 		}
 		for _, class := range []uint{p11.CKO_PRIVATE_KEY, p11.CKO_PUBLIC_KEY} {
 			k := objKey{class: class, id: id}
-			b.cache.drop(k)
+			if h, ok := b.cache.get(k); ok {
+				b.cache.drop(k)
+				if b.names(s, h, k) {
+					err := b.mod.ctx.DestroyObject(s, h)
+					if err == nil || handleInvalid(err) {
+						continue
+					}
+					return fmt.Errorf("C_DestroyObject: %w", err)
+				}
+			}
 			hs, err := b.findAll(s, k.template())
 			if err != nil {
 				return err
@@ -287,6 +305,19 @@ func (b *Backend) Destroy(ctx context.Context, ref []byte) error {
 		b.deferDestroy(id) // recover.go: done once the token is back
 	}
 	return devErr("destroy", err)
+}
+
+// names reports whether handle h is object k: its class, CKA_ID and
+// CKA_LABEL match. A cached handle is checked before it is destroyed, so a
+// handle the token has since given to another object is never destroyed.
+func (b *Backend) names(s p11.SessionHandle, h p11.ObjectHandle, k objKey) bool {
+	attrs, err := b.mod.ctx.GetAttributeValue(s, h, []*p11.Attribute{
+		p11.NewAttribute(p11.CKA_CLASS, nil),
+		p11.NewAttribute(p11.CKA_ID, nil),
+		p11.NewAttribute(p11.CKA_LABEL, nil),
+	})
+	return err == nil && attrUint(attrs[0].Value) == k.p11Class() &&
+		string(attrs[1].Value) == k.id && string(attrs[2].Value) == k.label()
 }
 
 // Check confirms that the private key exists, matches alg, and was

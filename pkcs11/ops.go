@@ -74,6 +74,13 @@ func (b *Backend) generateIn(s p11.SessionHandle, spec *algSpec, id string, toke
 
 // Generate creates a token key pair with CKA_ID=id and CKA_LABEL="mlskeyd:"+id
 // on both halves. The private half is sensitive and never extractable.
+//
+// It does not search the token first: a token search is linear in the
+// token's objects on SoftHSM, and two of them before every key pair made
+// KeyPackage creation slower the fuller the token got. The id must be new;
+// the keystore's ids are unique by construction (time and 80 random bits),
+// and keys a crash left behind are found by label at start-up (List), not
+// here.
 func (b *Backend) Generate(ctx context.Context, id string, alg keystore.Algorithm) ([]byte, []byte, error) {
 	if err := checkID(id); err != nil {
 		return nil, nil, err
@@ -89,21 +96,13 @@ func (b *Backend) Generate(ctx context.Context, id string, alg keystore.Algorith
 		if err := b.requireLogin(s); err != nil {
 			return err
 		}
-		for _, class := range []uint{p11.CKO_PRIVATE_KEY, p11.CKO_PUBLIC_KEY} {
-			hs, err := b.findAll(s, objKey{class, id}.template())
-			if err != nil {
-				return err
-			}
-			if len(hs) > 0 {
-				return fmt.Errorf("%w: id %q", ErrKeyExists, id)
-			}
-		}
-		_, privH, p, err := b.generateIn(s, spec, id, true)
+		pubH, privH, p, err := b.generateIn(s, spec, id, true)
 		if err != nil {
 			return err
 		}
 		pub = p
 		b.cache.put(objKey{p11.CKO_PRIVATE_KEY, id}, privH)
+		b.cache.put(objKey{p11.CKO_PUBLIC_KEY, id}, pubH)
 		return nil
 	})
 	if err != nil {

@@ -1,12 +1,10 @@
 package server
 
 import (
-	"bytes"
 	"context"
-	"fmt"
 
 	"github.com/mlskeyd/mlskeyd/keystore"
-	"github.com/mlskeyd/mlskeyd/mls"
+	"github.com/mlskeyd/mlskeyd/mlsops"
 )
 
 // checkContent is strict content mode: what a signature key signs must be
@@ -15,52 +13,10 @@ import (
 // messages only, never arbitrary bytes that another protocol could
 // accept. A refusal is audited as denied.
 func checkContent(ctx context.Context, r *keystore.Record, label string, content []byte) error {
-	err := contentError(r, label, content)
+	err := mlsops.CheckContent(r, label, content)
 	if err != nil {
 		noteDenied(ctx, "strict content: "+err.Error())
 		return invalid("content", "strict content mode: %v", err)
-	}
-	return nil
-}
-
-func contentError(r *keystore.Record, label string, content []byte) error {
-	suite := mls.CipherSuite(r.Suite)
-	switch label {
-	case mls.LabelLeafNodeTBS:
-		ln, err := mls.ParseLeafNodeTBS(content)
-		if err != nil {
-			return fmt.Errorf("not a LeafNodeTBS: %w", err)
-		}
-		if !bytes.Equal(ln.SignatureKey, r.PublicKey) {
-			return fmt.Errorf("the LeafNodeTBS carries another signature key")
-		}
-	case mls.LabelKeyPackageTBS:
-		kp, err := mls.ParseKeyPackageTBS(content)
-		if err != nil {
-			return fmt.Errorf("not a KeyPackageTBS: %w", err)
-		}
-		if kp.CipherSuite != suite {
-			return fmt.Errorf("the KeyPackageTBS is for cipher suite %v, the key for %v", kp.CipherSuite, suite)
-		}
-		if !bytes.Equal(kp.LeafNode.SignatureKey, r.PublicKey) {
-			return fmt.Errorf("the KeyPackageTBS carries another signature key")
-		}
-	case mls.LabelGroupInfoTBS:
-		gi, err := mls.ParseGroupInfoTBS(content)
-		if err != nil {
-			return fmt.Errorf("not a GroupInfoTBS: %w", err)
-		}
-		if gi.GroupContext.CipherSuite != suite {
-			return fmt.Errorf("the GroupInfoTBS is for cipher suite %v, the key for %v", gi.GroupContext.CipherSuite, suite)
-		}
-	case mls.LabelFramedContentTBS:
-		fc, err := mls.ParseFramedContentTBS(content)
-		if err != nil {
-			return fmt.Errorf("not a FramedContentTBS: %w", err)
-		}
-		if fc.Context != nil && fc.Context.CipherSuite != suite {
-			return fmt.Errorf("the FramedContentTBS's group context is for cipher suite %v, the key for %v", fc.Context.CipherSuite, suite)
-		}
 	}
 	return nil
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/mlskeyd/mlskeyd/keystore"
 	"github.com/mlskeyd/mlskeyd/mls"
+	"github.com/mlskeyd/mlskeyd/mlsops"
 	pb "github.com/mlskeyd/mlskeyd/proto/mlskey/v1"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -331,15 +332,7 @@ func (s *Service) SignWithLabel(ctx context.Context, req *pb.SignWithLabelReques
 	if err := r.Usable(keystore.RoleSignature); err != nil {
 		return nil, statusOf("key_id", err)
 	}
-	signer, err := s.store.SignerFor(ctx, r)
-	if err != nil {
-		return nil, statusOf("key_id", err)
-	}
-	su, err := mls.LookupSuite(mls.CipherSuite(r.Suite))
-	if err != nil {
-		return nil, statusOf("key_id", err)
-	}
-	sig, err := su.SignWithLabel(signer, req.GetLabel(), req.GetContent())
+	sig, err := mlsops.SignWithLabel(ctx, s.store, r, req.GetLabel(), req.GetContent())
 	if err != nil {
 		return nil, statusOf("key_id", err)
 	}
@@ -418,33 +411,13 @@ func (s *Service) OpenWelcome(ctx context.Context, req *pb.OpenWelcomeRequest) (
 	if err != nil {
 		return nil, invalid("welcome.cipher_suite", "cipher suite 0x%04x is not supported", uint16(w.CipherSuite))
 	}
-	// The first entry addressed to one of our KeyPackages wins; a Welcome
-	// names each new member once.
-	// All entries are looked up in one catalog transaction: the decoder
-	// caps them at mls.MaxWelcomeSecrets.
-	refs := make([][]byte, len(w.Secrets))
-	for i := range w.Secrets {
-		refs[i] = w.Secrets[i].NewMember
+	rec, entry, err := mlsops.FindEntry(s.store, w, c.mayUse,
+		func(r *keystore.Record) { noteDenied(ctx, "KeyPackage belongs to "+r.Owner) })
+	if errors.Is(err, mlsops.ErrNoEntry) {
+		return nil, status.Error(codes.NotFound, "welcome: "+err.Error())
 	}
-	found, err := s.store.ByKeyPackageRefs(refs)
 	if err != nil {
 		return nil, statusOf("welcome", err)
-	}
-	var rec *keystore.Record
-	var entry *mls.EncryptedGroupSecrets
-	for i, r := range found {
-		if r == nil {
-			continue
-		}
-		if !c.mayUse(r) {
-			noteDenied(ctx, "KeyPackage belongs to "+r.Owner)
-			continue // another owner's KeyPackage: as if it were not ours
-		}
-		rec, entry = r, &w.Secrets[i]
-		break
-	}
-	if rec == nil {
-		return nil, status.Error(codes.NotFound, "welcome: no entry is addressed to a KeyPackage of this daemon")
 	}
 	if !s.opts.Policy.labelAllowed(rec, mls.LabelWelcome) {
 		return nil, status.Errorf(codes.PermissionDenied, "welcome: policy does not allow %q for init key %s", mls.LabelWelcome, rec.ID)
@@ -455,26 +428,11 @@ func (s *Service) OpenWelcome(ctx context.Context, req *pb.OpenWelcomeRequest) (
 	if err := su.ValidateHPKEPublicKey(entry.KEMOutput); err != nil {
 		return nil, invalid("welcome.secrets.kem_output", "%v", err)
 	}
-	var gs *mls.GroupSecrets
-	var gi *mls.GroupInfo
-	_, err = s.store.UseInitKey(ctx, rec.ID, func(k any) error {
-		var err error
-		if gs, err = su.OpenGroupSecrets(w, entry, k); err != nil {
-			return err
-		}
-		// The GroupInfo is decrypted before the init key is consumed, so a
-		// Welcome whose GroupInfo does not open costs the caller nothing.
-		if len(gs.PSKs) == 0 {
-			if gi, err = su.DecryptGroupInfo(w, gs, nil); err != nil {
-				return errGroupInfo{err}
-			}
-		}
-		return nil
-	})
+	gs, gi, err := mlsops.OpenWelcome(ctx, s.store, su, w, entry, rec)
 	if err != nil {
-		var ge errGroupInfo
+		var ge *mlsops.GroupInfoError
 		if errors.As(err, &ge) {
-			return nil, status.Errorf(codes.InvalidArgument, "welcome.encrypted_group_info: %v", ge.err)
+			return nil, status.Errorf(codes.InvalidArgument, "welcome.encrypted_group_info: %v", ge.Err)
 		}
 		if errors.Is(err, keystore.ErrNotActive) {
 			if cur, gerr := s.store.Get(rec.ID); gerr == nil && cur.State == keystore.StateDestroyed {
@@ -502,10 +460,6 @@ func (s *Service) OpenWelcome(ctx context.Context, req *pb.OpenWelcomeRequest) (
 	return resp, nil
 }
 
-type errGroupInfo struct{ err error }
-
-func (e errGroupInfo) Error() string { return e.err.Error() }
-
 func (s *Service) CreateKeyPackages(ctx context.Context, req *pb.CreateKeyPackagesRequest) (*pb.CreateKeyPackagesResponse, error) {
 	c, err := s.callerOf(ctx)
 	if err != nil {
@@ -516,7 +470,17 @@ func (s *Service) CreateKeyPackages(ctx context.Context, req *pb.CreateKeyPackag
 		return nil, err
 	}
 	n := int(req.GetCount())
-	if n < 1 || n > MaxKeyPackages {
+	refill := req.GetEnsureTarget() > 0
+	switch {
+	case refill && req.GetEnsureTarget() > MaxKeyPackages:
+		return nil, invalid("ensure_target", "%d is not in 1..%d", req.GetEnsureTarget(), MaxKeyPackages)
+	case refill && req.GetEnsureMin() >= req.GetEnsureTarget():
+		return nil, invalid("ensure_min", "%d is not below ensure_target %d", req.GetEnsureMin(), req.GetEnsureTarget())
+	case refill && req.GetLastResort():
+		return nil, invalid("ensure_target", "refills regular KeyPackages, not last-resort ones")
+	case !refill && req.GetEnsureMin() > 0:
+		return nil, invalid("ensure_min", "needs ensure_target")
+	case !refill && (n < 1 || n > MaxKeyPackages):
 		return nil, invalid("count", "%d is not in 1..%d", req.GetCount(), MaxKeyPackages)
 	}
 	cred, err := s.credential(req.GetCredential())
@@ -563,7 +527,11 @@ func (s *Service) CreateKeyPackages(ctx context.Context, req *pb.CreateKeyPackag
 	if len(listed) > mls.MaxCapabilityEntries {
 		return nil, invalid("extra_extensions", "with the extensions used, %d extension types would be listed in capabilities, more than %d", len(listed), mls.MaxCapabilityEntries)
 	}
-	if err := checkResponseSize(n, cred, caps, leafExt, kpExt); err != nil {
+	sizeN := n
+	if refill {
+		sizeN = int(req.GetEnsureTarget()) // the most a refill creates
+	}
+	if err := checkResponseSize(sizeN, cred, caps, leafExt, kpExt); err != nil {
 		return nil, err
 	}
 	if cred.Type == mls.CredentialTypeX509 && req.GetSignatureKeyId() == "" {
@@ -573,6 +541,15 @@ func (s *Service) CreateKeyPackages(ctx context.Context, req *pb.CreateKeyPackag
 	own, err := c.newKeyOwner(req.OwnerUid)
 	if err != nil {
 		return nil, err
+	}
+	var before int
+	if refill {
+		if n, before, err = s.refillCount(own, uint16(su.ID), cred, req); err != nil {
+			return nil, err
+		}
+		if n == 0 {
+			return &pb.CreateKeyPackagesResponse{UnusedBefore: uint32(before)}, nil
+		}
 	}
 	// Where the policy bounds outstanding KeyPackages, the count and the
 	// commit of new ones happen under the owner's lock: concurrent
@@ -624,77 +601,32 @@ func (s *Service) CreateKeyPackages(ctx context.Context, req *pb.CreateKeyPackag
 			return nil, status.Errorf(codes.PermissionDenied, "signature_key_id: policy does not allow %q for %s, and a KeyPackage needs it", l, what)
 		}
 	}
-	batch := s.store.NewBatch()
-	defer batch.Abort(ctx)
-	var specs []keystore.KeySpec
-	if sigRec == nil {
-		specs = append(specs, keystore.KeySpec{Role: keystore.RoleSignature, Suite: uint16(su.ID),
-			Algorithm: keystore.Algorithm(su.SignatureAlgorithm), Owner: own})
-	}
-	kem := keystore.Algorithm(su.KEMAlgorithm)
-	for range n {
-		specs = append(specs,
-			keystore.KeySpec{Role: keystore.RoleInit, Suite: uint16(su.ID), Algorithm: kem, Owner: own},
-			keystore.KeySpec{Role: keystore.RoleLeafEncryption, Suite: uint16(su.ID), Algorithm: kem, Owner: own})
-	}
-	recs, err := batch.Generate(ctx, specs)
+	res, err := mlsops.CreateKeyPackages(ctx, s.store, mlsops.KeyPackageParams{
+		Suite: su, Count: n, Credential: cred,
+		CapabilitiesFor: func() mls.Capabilities { return s.capabilitiesFor(req, caps) },
+		LeafExtensions:  leafExt, Extensions: kpExt,
+		Lifetime:   mlsops.LifetimeFrom(s.opts.Now(), lifetime),
+		LastResort: req.GetLastResort(), Owner: own, SignatureKey: sigRec,
+	})
 	if err != nil {
-		return nil, statusOf("cipher_suite", err)
+		return nil, statusOf(mlsops.Field(err, "cipher_suite"))
 	}
-	if sigRec == nil {
-		sigRec, recs = recs[0], recs[1:]
-	}
-	signer, err := s.store.SignerFor(ctx, sigRec)
-	if err != nil {
-		return nil, statusOf("signature_key_id", err)
-	}
-	// not_before lies an hour back so that peers with slightly slow clocks
-	// accept the KeyPackage at once.
-	now := s.opts.Now()
-	lt := mls.Lifetime{NotBefore: uint64(now.Add(-time.Hour).Unix()), NotAfter: uint64(now.Add(lifetime).Unix())}
-	resp := &pb.CreateKeyPackagesResponse{}
-	for i := range n {
-		if err := ctx.Err(); err != nil {
-			return nil, statusOf("count", err)
-		}
-		initRec, leafRec := recs[2*i], recs[2*i+1]
-		kp, err := mls.NewKeyPackage(mls.KeyPackageParams{
-			Suite:          su.ID,
-			InitKey:        initRec.PublicKey,
-			EncryptionKey:  leafRec.PublicKey,
-			SignatureKey:   sigRec.PublicKey,
-			Credential:     cred,
-			Capabilities:   s.capabilitiesFor(req, caps),
-			LeafExtensions: leafExt,
-			Extensions:     kpExt,
-			Lifetime:       lt,
-			LastResort:     req.GetLastResort(),
-		}, signer)
-		if err != nil {
-			return nil, statusOf("key_package", err)
-		}
-		ref := su.KeyPackageRef(kp.Marshal())
-		for _, r := range []*keystore.Record{initRec, leafRec} {
-			r.KeyPackageRef, r.SignatureKeyID = ref, sigRec.ID
-		}
-		initRec.LastResort = req.GetLastResort()
+	resp := &pb.CreateKeyPackagesResponse{UnusedBefore: uint32(before)}
+	for _, kp := range res.KeyPackages {
 		resp.KeyPackages = append(resp.KeyPackages, &pb.CreatedKeyPackage{
-			KeyPackage:          mls.KeyPackageMessage(kp),
-			KeyPackageRef:       ref,
-			InitKeyId:           initRec.ID,
-			LeafEncryptionKeyId: leafRec.ID,
+			KeyPackage:          kp.Message,
+			KeyPackageRef:       kp.Ref,
+			InitKeyId:           kp.InitKeyID,
+			LeafEncryptionKeyId: kp.LeafKeyID,
 		})
 	}
-	if err := batch.Commit(); err != nil {
-		return nil, statusOf("catalog", err)
+	if res.NewSignatureKey {
+		noteKeys(ctx, res.SignatureKey.ID)
 	}
-	if req.GetSignatureKeyId() == "" {
-		noteKeys(ctx, sigRec.ID)
+	for _, kp := range res.KeyPackages {
+		noteKeys(ctx, kp.InitKeyID, kp.LeafKeyID)
 	}
-	for _, kp := range resp.KeyPackages {
-		noteKeys(ctx, kp.InitKeyId, kp.LeafEncryptionKeyId)
-	}
-	resp.SignatureKey = keyToPB(sigRec)
+	resp.SignatureKey = keyToPB(res.SignatureKey)
 	return resp, nil
 }
 
@@ -710,10 +642,17 @@ func (s *Service) checkOutstanding(own string, n int, lastResort bool) error {
 	if max <= 0 {
 		return nil
 	}
-	have, err := s.store.Count(keystore.Filter{Role: keystore.RoleInit, State: keystore.StateActive, Owner: own},
-		func(r *keystore.Record) bool { return r.LastResort == lastResort })
+	counts, err := s.store.UnusedKeyPackages(own, 0)
 	if err != nil {
 		return statusOf("catalog", err)
+	}
+	have := 0
+	for _, c := range counts {
+		if lastResort {
+			have += c.LastResort
+		} else {
+			have += c.Regular
+		}
 	}
 	if have+n > max {
 		return status.Errorf(codes.ResourceExhausted, "count: %s has %d %s; %d more would pass the policy's maximum of %d", own, have, kind, n, max)

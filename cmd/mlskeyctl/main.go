@@ -150,9 +150,14 @@ Commands:
   sign                sign content with a signature key (SignWithLabel)
   decrypt             decrypt with a leaf encryption key (DecryptWithLabel)
   keypackage create   create KeyPackages
+  keypackage list     list KeyPackages and count the unused ones
+  keypackage ensure   refill the stock of unused KeyPackages (--target, --min)
+  keypackage delete REF
+                      delete an unused KeyPackage
   welcome open        open a Welcome with one of the daemon's init keys
   sample framed-content
                       print a FramedContentTBS to try 'sign' with
+  bench               measure an operation through the daemon (--op, --suite)
   repair              act on quarantined keys: destroy strays, retire missing keys (admins)
   version             print the version of mlskeyctl and of the daemon
 
@@ -187,8 +192,14 @@ var groups = map[string]group{
 		"verify": (*cli).attestVerify,
 	}},
 	"keypackage": {`Commands:
-  create   create KeyPackages`, map[string]func(*cli, []string) error{
+  create   create KeyPackages
+  list     list KeyPackages and count the unused ones
+  ensure   refill the stock of unused KeyPackages
+  delete   delete an unused KeyPackage by its ref`, map[string]func(*cli, []string) error{
 		"create": (*cli).keyPackageCreate,
+		"list":   (*cli).keyPackageList,
+		"ensure": (*cli).keyPackageEnsure,
+		"delete": (*cli).keyPackageDelete,
 	}},
 	"welcome": {`Commands:
   open     open a Welcome with one of the daemon's init keys`, map[string]func(*cli, []string) error{
@@ -202,6 +213,8 @@ func (c *cli) dispatch(name string, args []string) error {
 		return c.status(args)
 	case "sign":
 		return c.sign(args)
+	case "bench":
+		return c.bench(args)
 	case "decrypt":
 		return c.decrypt(args)
 	case "repair":

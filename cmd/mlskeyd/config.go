@@ -74,7 +74,7 @@ func newSettings() *settings {
 	add("require-hardware", "", "roles whose keys must have protection hardware: comma list of signature, init, leaf_encryption, or all", false)
 	add("keypackage-lifetime", "2160h", "default KeyPackage lifetime", false)
 	add("keypackage-max-lifetime", "8760h", "longest KeyPackage lifetime a request may ask for", false)
-	add("sweep-interval", "10m", "how often to destroy device keys whose catalog record is consumed or destroyed but which a failed destruction left (0: never)", false)
+	add("sweep-interval", "10m", "how often to destroy device keys whose catalog record is consumed or destroyed but which a failed destruction left, and the keys of expired KeyPackages (0: never)", false)
 	add("log-level", "info", "debug, info, warn or error", false)
 	add("log-format", "text", "text or json", false)
 	add("version", "false", "print the version and exit", true)

@@ -157,6 +157,9 @@ func checkSettings(cfg *settings) (*config, error) {
 
 func run(args []string, getenv func(string) string, stdout io.Writer, stderr *logOutput) (err error) {
 	getenv = takePINFromEnv(getenv)
+	if len(args) > 0 && args[0] == "bench" {
+		return runBench(args[1:], getenv, stdout, stderr)
+	}
 	cfg := newSettings()
 	if err := cfg.parse(args, getenv, stdout); err != nil {
 		return err

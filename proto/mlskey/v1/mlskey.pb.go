@@ -199,6 +199,66 @@ func (Protection) EnumDescriptor() ([]byte, []int) {
 	return file_mlskey_v1_mlskey_proto_rawDescGZIP(), []int{2}
 }
 
+type KeyPackageState int32
+
+const (
+	KeyPackageState_KEY_PACKAGE_STATE_UNSPECIFIED KeyPackageState = 0
+	// The init key is active and the lifetime has not ended.
+	KeyPackageState_KEY_PACKAGE_STATE_UNUSED KeyPackageState = 1
+	// A Welcome to it was opened.
+	KeyPackageState_KEY_PACKAGE_STATE_CONSUMED KeyPackageState = 2
+	// Past not_after: its keys are (or, at the next sweep, will be)
+	// destroyed.
+	KeyPackageState_KEY_PACKAGE_STATE_EXPIRED KeyPackageState = 3
+	// Its init key was deleted.
+	KeyPackageState_KEY_PACKAGE_STATE_DELETED KeyPackageState = 4
+)
+
+// Enum value maps for KeyPackageState.
+var (
+	KeyPackageState_name = map[int32]string{
+		0: "KEY_PACKAGE_STATE_UNSPECIFIED",
+		1: "KEY_PACKAGE_STATE_UNUSED",
+		2: "KEY_PACKAGE_STATE_CONSUMED",
+		3: "KEY_PACKAGE_STATE_EXPIRED",
+		4: "KEY_PACKAGE_STATE_DELETED",
+	}
+	KeyPackageState_value = map[string]int32{
+		"KEY_PACKAGE_STATE_UNSPECIFIED": 0,
+		"KEY_PACKAGE_STATE_UNUSED":      1,
+		"KEY_PACKAGE_STATE_CONSUMED":    2,
+		"KEY_PACKAGE_STATE_EXPIRED":     3,
+		"KEY_PACKAGE_STATE_DELETED":     4,
+	}
+)
+
+func (x KeyPackageState) Enum() *KeyPackageState {
+	p := new(KeyPackageState)
+	*p = x
+	return p
+}
+
+func (x KeyPackageState) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (KeyPackageState) Descriptor() protoreflect.EnumDescriptor {
+	return file_mlskey_v1_mlskey_proto_enumTypes[3].Descriptor()
+}
+
+func (KeyPackageState) Type() protoreflect.EnumType {
+	return &file_mlskey_v1_mlskey_proto_enumTypes[3]
+}
+
+func (x KeyPackageState) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use KeyPackageState.Descriptor instead.
+func (KeyPackageState) EnumDescriptor() ([]byte, []int) {
+	return file_mlskey_v1_mlskey_proto_rawDescGZIP(), []int{3}
+}
+
 type Key struct {
 	state       protoimpl.MessageState `protogen:"open.v1"`
 	Id          string                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1210,7 +1270,14 @@ type CreateKeyPackagesRequest struct {
 	// By default the daemon adds GREASE values (RFC 9420 §13.5) to the
 	// capabilities' credentials, extensions and proposals, as engines do so
 	// peers keep ignoring unknown values; true leaves them out.
-	NoGrease      bool `protobuf:"varint,14,opt,name=no_grease,json=noGrease,proto3" json:"no_grease,omitempty"`
+	NoGrease bool `protobuf:"varint,14,opt,name=no_grease,json=noGrease,proto3" json:"no_grease,omitempty"`
+	// Refill mode: when ensure_target > 0, count is ignored. If the owner's
+	// unused (not last-resort) KeyPackages of this suite and identity
+	// number ensure_min or fewer, enough are created to bring them to
+	// ensure_target; otherwise none (the response then lists none). A basic
+	// credential's identity or an X.509 leaf's subject is the identity.
+	EnsureTarget  uint32 `protobuf:"varint,15,opt,name=ensure_target,json=ensureTarget,proto3" json:"ensure_target,omitempty"`
+	EnsureMin     uint32 `protobuf:"varint,16,opt,name=ensure_min,json=ensureMin,proto3" json:"ensure_min,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1343,6 +1410,20 @@ func (x *CreateKeyPackagesRequest) GetNoGrease() bool {
 	return false
 }
 
+func (x *CreateKeyPackagesRequest) GetEnsureTarget() uint32 {
+	if x != nil {
+		return x.EnsureTarget
+	}
+	return 0
+}
+
+func (x *CreateKeyPackagesRequest) GetEnsureMin() uint32 {
+	if x != nil {
+		return x.EnsureMin
+	}
+	return 0
+}
+
 type CreatedKeyPackage struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The KeyPackage as an MLSMessage (starts 0x0001 0x0005).
@@ -1413,9 +1494,12 @@ func (x *CreatedKeyPackage) GetLeafEncryptionKeyId() string {
 }
 
 type CreateKeyPackagesResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	SignatureKey  *Key                   `protobuf:"bytes,1,opt,name=signature_key,json=signatureKey,proto3" json:"signature_key,omitempty"`
-	KeyPackages   []*CreatedKeyPackage   `protobuf:"bytes,2,rep,name=key_packages,json=keyPackages,proto3" json:"key_packages,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	SignatureKey *Key                   `protobuf:"bytes,1,opt,name=signature_key,json=signatureKey,proto3" json:"signature_key,omitempty"`
+	KeyPackages  []*CreatedKeyPackage   `protobuf:"bytes,2,rep,name=key_packages,json=keyPackages,proto3" json:"key_packages,omitempty"`
+	// Unused KeyPackages of the owner, suite and identity before this call
+	// (set in refill mode).
+	UnusedBefore  uint32 `protobuf:"varint,3,opt,name=unused_before,json=unusedBefore,proto3" json:"unused_before,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1462,6 +1546,13 @@ func (x *CreateKeyPackagesResponse) GetKeyPackages() []*CreatedKeyPackage {
 		return x.KeyPackages
 	}
 	return nil
+}
+
+func (x *CreateKeyPackagesResponse) GetUnusedBefore() uint32 {
+	if x != nil {
+		return x.UnusedBefore
+	}
+	return 0
 }
 
 type OpenWelcomeRequest struct {
@@ -2144,6 +2235,382 @@ func (x *ActivateCredentialResponse) GetCertInfo() []byte {
 	return nil
 }
 
+type ListKeyPackagesRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Only KeyPackages whose init key is active.
+	UnusedOnly bool `protobuf:"varint,1,opt,name=unused_only,json=unusedOnly,proto3" json:"unused_only,omitempty"`
+	// 0: every suite.
+	CipherSuite uint32 `protobuf:"varint,2,opt,name=cipher_suite,json=cipherSuite,proto3" json:"cipher_suite,omitempty"`
+	// 0 means 100; at most 1000.
+	PageSize      int32  `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListKeyPackagesRequest) Reset() {
+	*x = ListKeyPackagesRequest{}
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListKeyPackagesRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListKeyPackagesRequest) ProtoMessage() {}
+
+func (x *ListKeyPackagesRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListKeyPackagesRequest.ProtoReflect.Descriptor instead.
+func (*ListKeyPackagesRequest) Descriptor() ([]byte, []int) {
+	return file_mlskey_v1_mlskey_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ListKeyPackagesRequest) GetUnusedOnly() bool {
+	if x != nil {
+		return x.UnusedOnly
+	}
+	return false
+}
+
+func (x *ListKeyPackagesRequest) GetCipherSuite() uint32 {
+	if x != nil {
+		return x.CipherSuite
+	}
+	return 0
+}
+
+func (x *ListKeyPackagesRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListKeyPackagesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
+type KeyPackageInfo struct {
+	state               protoimpl.MessageState `protogen:"open.v1"`
+	KeyPackageRef       []byte                 `protobuf:"bytes,1,opt,name=key_package_ref,json=keyPackageRef,proto3" json:"key_package_ref,omitempty"`
+	CipherSuite         uint32                 `protobuf:"varint,2,opt,name=cipher_suite,json=cipherSuite,proto3" json:"cipher_suite,omitempty"`
+	Identity            []byte                 `protobuf:"bytes,3,opt,name=identity,proto3" json:"identity,omitempty"`
+	State               KeyPackageState        `protobuf:"varint,4,opt,name=state,proto3,enum=mlskey.v1.KeyPackageState" json:"state,omitempty"`
+	NotAfter            *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=not_after,json=notAfter,proto3" json:"not_after,omitempty"`
+	LastResort          bool                   `protobuf:"varint,6,opt,name=last_resort,json=lastResort,proto3" json:"last_resort,omitempty"`
+	InitKeyId           string                 `protobuf:"bytes,7,opt,name=init_key_id,json=initKeyId,proto3" json:"init_key_id,omitempty"`
+	LeafEncryptionKeyId string                 `protobuf:"bytes,8,opt,name=leaf_encryption_key_id,json=leafEncryptionKeyId,proto3" json:"leaf_encryption_key_id,omitempty"`
+	SignatureKeyId      string                 `protobuf:"bytes,9,opt,name=signature_key_id,json=signatureKeyId,proto3" json:"signature_key_id,omitempty"`
+	Owner               string                 `protobuf:"bytes,10,opt,name=owner,proto3" json:"owner,omitempty"`
+	CreatedAt           *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=created_at,json=createdAt,proto3" json:"created_at,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
+}
+
+func (x *KeyPackageInfo) Reset() {
+	*x = KeyPackageInfo{}
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[27]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *KeyPackageInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*KeyPackageInfo) ProtoMessage() {}
+
+func (x *KeyPackageInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[27]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use KeyPackageInfo.ProtoReflect.Descriptor instead.
+func (*KeyPackageInfo) Descriptor() ([]byte, []int) {
+	return file_mlskey_v1_mlskey_proto_rawDescGZIP(), []int{27}
+}
+
+func (x *KeyPackageInfo) GetKeyPackageRef() []byte {
+	if x != nil {
+		return x.KeyPackageRef
+	}
+	return nil
+}
+
+func (x *KeyPackageInfo) GetCipherSuite() uint32 {
+	if x != nil {
+		return x.CipherSuite
+	}
+	return 0
+}
+
+func (x *KeyPackageInfo) GetIdentity() []byte {
+	if x != nil {
+		return x.Identity
+	}
+	return nil
+}
+
+func (x *KeyPackageInfo) GetState() KeyPackageState {
+	if x != nil {
+		return x.State
+	}
+	return KeyPackageState_KEY_PACKAGE_STATE_UNSPECIFIED
+}
+
+func (x *KeyPackageInfo) GetNotAfter() *timestamppb.Timestamp {
+	if x != nil {
+		return x.NotAfter
+	}
+	return nil
+}
+
+func (x *KeyPackageInfo) GetLastResort() bool {
+	if x != nil {
+		return x.LastResort
+	}
+	return false
+}
+
+func (x *KeyPackageInfo) GetInitKeyId() string {
+	if x != nil {
+		return x.InitKeyId
+	}
+	return ""
+}
+
+func (x *KeyPackageInfo) GetLeafEncryptionKeyId() string {
+	if x != nil {
+		return x.LeafEncryptionKeyId
+	}
+	return ""
+}
+
+func (x *KeyPackageInfo) GetSignatureKeyId() string {
+	if x != nil {
+		return x.SignatureKeyId
+	}
+	return ""
+}
+
+func (x *KeyPackageInfo) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *KeyPackageInfo) GetCreatedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.CreatedAt
+	}
+	return nil
+}
+
+type UnusedKeyPackages struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Owner         string                 `protobuf:"bytes,1,opt,name=owner,proto3" json:"owner,omitempty"`
+	CipherSuite   uint32                 `protobuf:"varint,2,opt,name=cipher_suite,json=cipherSuite,proto3" json:"cipher_suite,omitempty"`
+	Identity      []byte                 `protobuf:"bytes,3,opt,name=identity,proto3" json:"identity,omitempty"`
+	Unused        uint32                 `protobuf:"varint,4,opt,name=unused,proto3" json:"unused,omitempty"`
+	LastResort    uint32                 `protobuf:"varint,5,opt,name=last_resort,json=lastResort,proto3" json:"last_resort,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UnusedKeyPackages) Reset() {
+	*x = UnusedKeyPackages{}
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UnusedKeyPackages) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UnusedKeyPackages) ProtoMessage() {}
+
+func (x *UnusedKeyPackages) ProtoReflect() protoreflect.Message {
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UnusedKeyPackages.ProtoReflect.Descriptor instead.
+func (*UnusedKeyPackages) Descriptor() ([]byte, []int) {
+	return file_mlskey_v1_mlskey_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *UnusedKeyPackages) GetOwner() string {
+	if x != nil {
+		return x.Owner
+	}
+	return ""
+}
+
+func (x *UnusedKeyPackages) GetCipherSuite() uint32 {
+	if x != nil {
+		return x.CipherSuite
+	}
+	return 0
+}
+
+func (x *UnusedKeyPackages) GetIdentity() []byte {
+	if x != nil {
+		return x.Identity
+	}
+	return nil
+}
+
+func (x *UnusedKeyPackages) GetUnused() uint32 {
+	if x != nil {
+		return x.Unused
+	}
+	return 0
+}
+
+func (x *UnusedKeyPackages) GetLastResort() uint32 {
+	if x != nil {
+		return x.LastResort
+	}
+	return 0
+}
+
+type ListKeyPackagesResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	KeyPackages   []*KeyPackageInfo      `protobuf:"bytes,1,rep,name=key_packages,json=keyPackages,proto3" json:"key_packages,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
+	// Per owner, suite and identity (the caller's only, unless admin).
+	Unused        []*UnusedKeyPackages `protobuf:"bytes,3,rep,name=unused,proto3" json:"unused,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListKeyPackagesResponse) Reset() {
+	*x = ListKeyPackagesResponse{}
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListKeyPackagesResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListKeyPackagesResponse) ProtoMessage() {}
+
+func (x *ListKeyPackagesResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListKeyPackagesResponse.ProtoReflect.Descriptor instead.
+func (*ListKeyPackagesResponse) Descriptor() ([]byte, []int) {
+	return file_mlskey_v1_mlskey_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *ListKeyPackagesResponse) GetKeyPackages() []*KeyPackageInfo {
+	if x != nil {
+		return x.KeyPackages
+	}
+	return nil
+}
+
+func (x *ListKeyPackagesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+func (x *ListKeyPackagesResponse) GetUnused() []*UnusedKeyPackages {
+	if x != nil {
+		return x.Unused
+	}
+	return nil
+}
+
+type DeleteKeyPackageRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	KeyPackageRef []byte                 `protobuf:"bytes,1,opt,name=key_package_ref,json=keyPackageRef,proto3" json:"key_package_ref,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteKeyPackageRequest) Reset() {
+	*x = DeleteKeyPackageRequest{}
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteKeyPackageRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteKeyPackageRequest) ProtoMessage() {}
+
+func (x *DeleteKeyPackageRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteKeyPackageRequest.ProtoReflect.Descriptor instead.
+func (*DeleteKeyPackageRequest) Descriptor() ([]byte, []int) {
+	return file_mlskey_v1_mlskey_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *DeleteKeyPackageRequest) GetKeyPackageRef() []byte {
+	if x != nil {
+		return x.KeyPackageRef
+	}
+	return nil
+}
+
 type RepairRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Destroy every device object the catalog cannot account for.
@@ -2156,7 +2623,7 @@ type RepairRequest struct {
 
 func (x *RepairRequest) Reset() {
 	*x = RepairRequest{}
-	mi := &file_mlskey_v1_mlskey_proto_msgTypes[26]
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2168,7 +2635,7 @@ func (x *RepairRequest) String() string {
 func (*RepairRequest) ProtoMessage() {}
 
 func (x *RepairRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlskey_v1_mlskey_proto_msgTypes[26]
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2181,7 +2648,7 @@ func (x *RepairRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairRequest.ProtoReflect.Descriptor instead.
 func (*RepairRequest) Descriptor() ([]byte, []int) {
-	return file_mlskey_v1_mlskey_proto_rawDescGZIP(), []int{26}
+	return file_mlskey_v1_mlskey_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *RepairRequest) GetDestroyStrays() bool {
@@ -2211,7 +2678,7 @@ type RepairResponse struct {
 
 func (x *RepairResponse) Reset() {
 	*x = RepairResponse{}
-	mi := &file_mlskey_v1_mlskey_proto_msgTypes[27]
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2223,7 +2690,7 @@ func (x *RepairResponse) String() string {
 func (*RepairResponse) ProtoMessage() {}
 
 func (x *RepairResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlskey_v1_mlskey_proto_msgTypes[27]
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2236,7 +2703,7 @@ func (x *RepairResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RepairResponse.ProtoReflect.Descriptor instead.
 func (*RepairResponse) Descriptor() ([]byte, []int) {
-	return file_mlskey_v1_mlskey_proto_rawDescGZIP(), []int{27}
+	return file_mlskey_v1_mlskey_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *RepairResponse) GetDestroyedStrays() []string {
@@ -2287,7 +2754,7 @@ type CreateCSRRequest struct {
 
 func (x *CreateCSRRequest) Reset() {
 	*x = CreateCSRRequest{}
-	mi := &file_mlskey_v1_mlskey_proto_msgTypes[28]
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2299,7 +2766,7 @@ func (x *CreateCSRRequest) String() string {
 func (*CreateCSRRequest) ProtoMessage() {}
 
 func (x *CreateCSRRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_mlskey_v1_mlskey_proto_msgTypes[28]
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2312,7 +2779,7 @@ func (x *CreateCSRRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateCSRRequest.ProtoReflect.Descriptor instead.
 func (*CreateCSRRequest) Descriptor() ([]byte, []int) {
-	return file_mlskey_v1_mlskey_proto_rawDescGZIP(), []int{28}
+	return file_mlskey_v1_mlskey_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CreateCSRRequest) GetKeyId() string {
@@ -2381,7 +2848,7 @@ type CreateCSRResponse struct {
 
 func (x *CreateCSRResponse) Reset() {
 	*x = CreateCSRResponse{}
-	mi := &file_mlskey_v1_mlskey_proto_msgTypes[29]
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2393,7 +2860,7 @@ func (x *CreateCSRResponse) String() string {
 func (*CreateCSRResponse) ProtoMessage() {}
 
 func (x *CreateCSRResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_mlskey_v1_mlskey_proto_msgTypes[29]
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2406,7 +2873,7 @@ func (x *CreateCSRResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateCSRResponse.ProtoReflect.Descriptor instead.
 func (*CreateCSRResponse) Descriptor() ([]byte, []int) {
-	return file_mlskey_v1_mlskey_proto_rawDescGZIP(), []int{29}
+	return file_mlskey_v1_mlskey_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *CreateCSRResponse) GetCsr() []byte {
@@ -2427,7 +2894,7 @@ type Credential_X509 struct {
 
 func (x *Credential_X509) Reset() {
 	*x = Credential_X509{}
-	mi := &file_mlskey_v1_mlskey_proto_msgTypes[30]
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2439,7 +2906,7 @@ func (x *Credential_X509) String() string {
 func (*Credential_X509) ProtoMessage() {}
 
 func (x *Credential_X509) ProtoReflect() protoreflect.Message {
-	mi := &file_mlskey_v1_mlskey_proto_msgTypes[30]
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2554,7 +3021,7 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"credential\"3\n" +
 	"\tExtension\x12\x12\n" +
 	"\x04type\x18\x01 \x01(\rR\x04type\x12\x12\n" +
-	"\x04data\x18\x02 \x01(\fR\x04data\"\x95\x05\n" +
+	"\x04data\x18\x02 \x01(\fR\x04data\"\xd9\x05\n" +
 	"\x18CreateKeyPackagesRequest\x12!\n" +
 	"\fcipher_suite\x18\x01 \x01(\rR\vcipherSuite\x12(\n" +
 	"\x10signature_key_id\x18\x02 \x01(\tR\x0esignatureKeyId\x125\n" +
@@ -2573,7 +3040,10 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\vlast_resort\x18\f \x01(\bR\n" +
 	"lastResort\x12 \n" +
 	"\towner_uid\x18\r \x01(\rH\x00R\bownerUid\x88\x01\x01\x12\x1b\n" +
-	"\tno_grease\x18\x0e \x01(\bR\bnoGreaseB\f\n" +
+	"\tno_grease\x18\x0e \x01(\bR\bnoGrease\x12#\n" +
+	"\rensure_target\x18\x0f \x01(\rR\fensureTarget\x12\x1d\n" +
+	"\n" +
+	"ensure_min\x18\x10 \x01(\rR\tensureMinB\f\n" +
 	"\n" +
 	"_owner_uid\"\xb1\x01\n" +
 	"\x11CreatedKeyPackage\x12\x1f\n" +
@@ -2581,10 +3051,11 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"keyPackage\x12&\n" +
 	"\x0fkey_package_ref\x18\x02 \x01(\fR\rkeyPackageRef\x12\x1e\n" +
 	"\vinit_key_id\x18\x03 \x01(\tR\tinitKeyId\x123\n" +
-	"\x16leaf_encryption_key_id\x18\x04 \x01(\tR\x13leafEncryptionKeyId\"\x91\x01\n" +
+	"\x16leaf_encryption_key_id\x18\x04 \x01(\tR\x13leafEncryptionKeyId\"\xb6\x01\n" +
 	"\x19CreateKeyPackagesResponse\x123\n" +
 	"\rsignature_key\x18\x01 \x01(\v2\x0e.mlskey.v1.KeyR\fsignatureKey\x12?\n" +
-	"\fkey_packages\x18\x02 \x03(\v2\x1c.mlskey.v1.CreatedKeyPackageR\vkeyPackages\".\n" +
+	"\fkey_packages\x18\x02 \x03(\v2\x1c.mlskey.v1.CreatedKeyPackageR\vkeyPackages\x12#\n" +
+	"\runused_before\x18\x03 \x01(\rR\funusedBefore\".\n" +
 	"\x12OpenWelcomeRequest\x12\x18\n" +
 	"\awelcome\x18\x01 \x01(\fR\awelcome\"\xc9\x01\n" +
 	"\x0ePreSharedKeyID\x12\x19\n" +
@@ -2638,7 +3109,42 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\x0fcredential_blob\x18\x03 \x01(\fR\x0ecredentialBlob\x12\x16\n" +
 	"\x06secret\x18\x04 \x01(\fR\x06secret\"9\n" +
 	"\x1aActivateCredentialResponse\x12\x1b\n" +
-	"\tcert_info\x18\x01 \x01(\fR\bcertInfo\"]\n" +
+	"\tcert_info\x18\x01 \x01(\fR\bcertInfo\"\x98\x01\n" +
+	"\x16ListKeyPackagesRequest\x12\x1f\n" +
+	"\vunused_only\x18\x01 \x01(\bR\n" +
+	"unusedOnly\x12!\n" +
+	"\fcipher_suite\x18\x02 \x01(\rR\vcipherSuite\x12\x1b\n" +
+	"\tpage_size\x18\x03 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x04 \x01(\tR\tpageToken\"\xd3\x03\n" +
+	"\x0eKeyPackageInfo\x12&\n" +
+	"\x0fkey_package_ref\x18\x01 \x01(\fR\rkeyPackageRef\x12!\n" +
+	"\fcipher_suite\x18\x02 \x01(\rR\vcipherSuite\x12\x1a\n" +
+	"\bidentity\x18\x03 \x01(\fR\bidentity\x120\n" +
+	"\x05state\x18\x04 \x01(\x0e2\x1a.mlskey.v1.KeyPackageStateR\x05state\x127\n" +
+	"\tnot_after\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\bnotAfter\x12\x1f\n" +
+	"\vlast_resort\x18\x06 \x01(\bR\n" +
+	"lastResort\x12\x1e\n" +
+	"\vinit_key_id\x18\a \x01(\tR\tinitKeyId\x123\n" +
+	"\x16leaf_encryption_key_id\x18\b \x01(\tR\x13leafEncryptionKeyId\x12(\n" +
+	"\x10signature_key_id\x18\t \x01(\tR\x0esignatureKeyId\x12\x14\n" +
+	"\x05owner\x18\n" +
+	" \x01(\tR\x05owner\x129\n" +
+	"\n" +
+	"created_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tcreatedAt\"\xa1\x01\n" +
+	"\x11UnusedKeyPackages\x12\x14\n" +
+	"\x05owner\x18\x01 \x01(\tR\x05owner\x12!\n" +
+	"\fcipher_suite\x18\x02 \x01(\rR\vcipherSuite\x12\x1a\n" +
+	"\bidentity\x18\x03 \x01(\fR\bidentity\x12\x16\n" +
+	"\x06unused\x18\x04 \x01(\rR\x06unused\x12\x1f\n" +
+	"\vlast_resort\x18\x05 \x01(\rR\n" +
+	"lastResort\"\xb5\x01\n" +
+	"\x17ListKeyPackagesResponse\x12<\n" +
+	"\fkey_packages\x18\x01 \x03(\v2\x19.mlskey.v1.KeyPackageInfoR\vkeyPackages\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\x124\n" +
+	"\x06unused\x18\x03 \x03(\v2\x1c.mlskey.v1.UnusedKeyPackagesR\x06unused\"A\n" +
+	"\x17DeleteKeyPackageRequest\x12&\n" +
+	"\x0fkey_package_ref\x18\x01 \x01(\fR\rkeyPackageRef\"]\n" +
 	"\rRepairRequest\x12%\n" +
 	"\x0edestroy_strays\x18\x01 \x01(\bR\rdestroyStrays\x12%\n" +
 	"\x0eretire_missing\x18\x02 \x01(\bR\rretireMissing\"\xb0\x01\n" +
@@ -2675,7 +3181,13 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\x16PROTECTION_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13PROTECTION_HARDWARE\x10\x01\x12\x16\n" +
 	"\x12PROTECTION_WRAPPED\x10\x02\x12\x15\n" +
-	"\x11PROTECTION_SEALED\x10\x032\xde\a\n" +
+	"\x11PROTECTION_SEALED\x10\x03*\xb0\x01\n" +
+	"\x0fKeyPackageState\x12!\n" +
+	"\x1dKEY_PACKAGE_STATE_UNSPECIFIED\x10\x00\x12\x1c\n" +
+	"\x18KEY_PACKAGE_STATE_UNUSED\x10\x01\x12\x1e\n" +
+	"\x1aKEY_PACKAGE_STATE_CONSUMED\x10\x02\x12\x1d\n" +
+	"\x19KEY_PACKAGE_STATE_EXPIRED\x10\x03\x12\x1d\n" +
+	"\x19KEY_PACKAGE_STATE_DELETED\x10\x042\x80\t\n" +
 	"\n" +
 	"KeyService\x12@\n" +
 	"\aGetInfo\x12\x19.mlskey.v1.GetInfoRequest\x1a\x1a.mlskey.v1.GetInfoResponse\x12J\n" +
@@ -2690,7 +3202,9 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\tAttestKey\x12\x1b.mlskey.v1.AttestKeyRequest\x1a\x1c.mlskey.v1.AttestKeyResponse\x12a\n" +
 	"\x12ActivateCredential\x12$.mlskey.v1.ActivateCredentialRequest\x1a%.mlskey.v1.ActivateCredentialResponse\x12=\n" +
 	"\x06Repair\x12\x18.mlskey.v1.RepairRequest\x1a\x19.mlskey.v1.RepairResponse\x12F\n" +
-	"\tCreateCSR\x12\x1b.mlskey.v1.CreateCSRRequest\x1a\x1c.mlskey.v1.CreateCSRResponseB5Z3github.com/mlskeyd/mlskeyd/proto/mlskey/v1;mlskeyv1b\x06proto3"
+	"\tCreateCSR\x12\x1b.mlskey.v1.CreateCSRRequest\x1a\x1c.mlskey.v1.CreateCSRResponse\x12X\n" +
+	"\x0fListKeyPackages\x12!.mlskey.v1.ListKeyPackagesRequest\x1a\".mlskey.v1.ListKeyPackagesResponse\x12F\n" +
+	"\x10DeleteKeyPackage\x12\".mlskey.v1.DeleteKeyPackageRequest\x1a\x0e.mlskey.v1.KeyB5Z3github.com/mlskeyd/mlskeyd/proto/mlskey/v1;mlskeyv1b\x06proto3"
 
 var (
 	file_mlskey_v1_mlskey_proto_rawDescOnce sync.Once
@@ -2704,99 +3218,114 @@ func file_mlskey_v1_mlskey_proto_rawDescGZIP() []byte {
 	return file_mlskey_v1_mlskey_proto_rawDescData
 }
 
-var file_mlskey_v1_mlskey_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_mlskey_v1_mlskey_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_mlskey_v1_mlskey_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
+var file_mlskey_v1_mlskey_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_mlskey_v1_mlskey_proto_goTypes = []any{
 	(KeyRole)(0),                       // 0: mlskey.v1.KeyRole
 	(KeyState)(0),                      // 1: mlskey.v1.KeyState
 	(Protection)(0),                    // 2: mlskey.v1.Protection
-	(*Key)(nil),                        // 3: mlskey.v1.Key
-	(*GetInfoRequest)(nil),             // 4: mlskey.v1.GetInfoRequest
-	(*SuiteSupport)(nil),               // 5: mlskey.v1.SuiteSupport
-	(*GetInfoResponse)(nil),            // 6: mlskey.v1.GetInfoResponse
-	(*CreateSignatureKeyRequest)(nil),  // 7: mlskey.v1.CreateSignatureKeyRequest
-	(*GetKeyRequest)(nil),              // 8: mlskey.v1.GetKeyRequest
-	(*ListKeysRequest)(nil),            // 9: mlskey.v1.ListKeysRequest
-	(*ListKeysResponse)(nil),           // 10: mlskey.v1.ListKeysResponse
-	(*DeleteKeyRequest)(nil),           // 11: mlskey.v1.DeleteKeyRequest
-	(*SignWithLabelRequest)(nil),       // 12: mlskey.v1.SignWithLabelRequest
-	(*SignWithLabelResponse)(nil),      // 13: mlskey.v1.SignWithLabelResponse
-	(*Credential)(nil),                 // 14: mlskey.v1.Credential
-	(*Extension)(nil),                  // 15: mlskey.v1.Extension
-	(*CreateKeyPackagesRequest)(nil),   // 16: mlskey.v1.CreateKeyPackagesRequest
-	(*CreatedKeyPackage)(nil),          // 17: mlskey.v1.CreatedKeyPackage
-	(*CreateKeyPackagesResponse)(nil),  // 18: mlskey.v1.CreateKeyPackagesResponse
-	(*OpenWelcomeRequest)(nil),         // 19: mlskey.v1.OpenWelcomeRequest
-	(*PreSharedKeyID)(nil),             // 20: mlskey.v1.PreSharedKeyID
-	(*GroupSecrets)(nil),               // 21: mlskey.v1.GroupSecrets
-	(*OpenWelcomeResponse)(nil),        // 22: mlskey.v1.OpenWelcomeResponse
-	(*DecryptWithLabelRequest)(nil),    // 23: mlskey.v1.DecryptWithLabelRequest
-	(*DecryptWithLabelResponse)(nil),   // 24: mlskey.v1.DecryptWithLabelResponse
-	(*AttestKeyRequest)(nil),           // 25: mlskey.v1.AttestKeyRequest
-	(*AttestKeyResponse)(nil),          // 26: mlskey.v1.AttestKeyResponse
-	(*ActivateCredentialRequest)(nil),  // 27: mlskey.v1.ActivateCredentialRequest
-	(*ActivateCredentialResponse)(nil), // 28: mlskey.v1.ActivateCredentialResponse
-	(*RepairRequest)(nil),              // 29: mlskey.v1.RepairRequest
-	(*RepairResponse)(nil),             // 30: mlskey.v1.RepairResponse
-	(*CreateCSRRequest)(nil),           // 31: mlskey.v1.CreateCSRRequest
-	(*CreateCSRResponse)(nil),          // 32: mlskey.v1.CreateCSRResponse
-	(*Credential_X509)(nil),            // 33: mlskey.v1.Credential.X509
-	(*timestamppb.Timestamp)(nil),      // 34: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),        // 35: google.protobuf.Duration
+	(KeyPackageState)(0),               // 3: mlskey.v1.KeyPackageState
+	(*Key)(nil),                        // 4: mlskey.v1.Key
+	(*GetInfoRequest)(nil),             // 5: mlskey.v1.GetInfoRequest
+	(*SuiteSupport)(nil),               // 6: mlskey.v1.SuiteSupport
+	(*GetInfoResponse)(nil),            // 7: mlskey.v1.GetInfoResponse
+	(*CreateSignatureKeyRequest)(nil),  // 8: mlskey.v1.CreateSignatureKeyRequest
+	(*GetKeyRequest)(nil),              // 9: mlskey.v1.GetKeyRequest
+	(*ListKeysRequest)(nil),            // 10: mlskey.v1.ListKeysRequest
+	(*ListKeysResponse)(nil),           // 11: mlskey.v1.ListKeysResponse
+	(*DeleteKeyRequest)(nil),           // 12: mlskey.v1.DeleteKeyRequest
+	(*SignWithLabelRequest)(nil),       // 13: mlskey.v1.SignWithLabelRequest
+	(*SignWithLabelResponse)(nil),      // 14: mlskey.v1.SignWithLabelResponse
+	(*Credential)(nil),                 // 15: mlskey.v1.Credential
+	(*Extension)(nil),                  // 16: mlskey.v1.Extension
+	(*CreateKeyPackagesRequest)(nil),   // 17: mlskey.v1.CreateKeyPackagesRequest
+	(*CreatedKeyPackage)(nil),          // 18: mlskey.v1.CreatedKeyPackage
+	(*CreateKeyPackagesResponse)(nil),  // 19: mlskey.v1.CreateKeyPackagesResponse
+	(*OpenWelcomeRequest)(nil),         // 20: mlskey.v1.OpenWelcomeRequest
+	(*PreSharedKeyID)(nil),             // 21: mlskey.v1.PreSharedKeyID
+	(*GroupSecrets)(nil),               // 22: mlskey.v1.GroupSecrets
+	(*OpenWelcomeResponse)(nil),        // 23: mlskey.v1.OpenWelcomeResponse
+	(*DecryptWithLabelRequest)(nil),    // 24: mlskey.v1.DecryptWithLabelRequest
+	(*DecryptWithLabelResponse)(nil),   // 25: mlskey.v1.DecryptWithLabelResponse
+	(*AttestKeyRequest)(nil),           // 26: mlskey.v1.AttestKeyRequest
+	(*AttestKeyResponse)(nil),          // 27: mlskey.v1.AttestKeyResponse
+	(*ActivateCredentialRequest)(nil),  // 28: mlskey.v1.ActivateCredentialRequest
+	(*ActivateCredentialResponse)(nil), // 29: mlskey.v1.ActivateCredentialResponse
+	(*ListKeyPackagesRequest)(nil),     // 30: mlskey.v1.ListKeyPackagesRequest
+	(*KeyPackageInfo)(nil),             // 31: mlskey.v1.KeyPackageInfo
+	(*UnusedKeyPackages)(nil),          // 32: mlskey.v1.UnusedKeyPackages
+	(*ListKeyPackagesResponse)(nil),    // 33: mlskey.v1.ListKeyPackagesResponse
+	(*DeleteKeyPackageRequest)(nil),    // 34: mlskey.v1.DeleteKeyPackageRequest
+	(*RepairRequest)(nil),              // 35: mlskey.v1.RepairRequest
+	(*RepairResponse)(nil),             // 36: mlskey.v1.RepairResponse
+	(*CreateCSRRequest)(nil),           // 37: mlskey.v1.CreateCSRRequest
+	(*CreateCSRResponse)(nil),          // 38: mlskey.v1.CreateCSRResponse
+	(*Credential_X509)(nil),            // 39: mlskey.v1.Credential.X509
+	(*timestamppb.Timestamp)(nil),      // 40: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),        // 41: google.protobuf.Duration
 }
 var file_mlskey_v1_mlskey_proto_depIdxs = []int32{
 	0,  // 0: mlskey.v1.Key.role:type_name -> mlskey.v1.KeyRole
 	2,  // 1: mlskey.v1.Key.protection:type_name -> mlskey.v1.Protection
 	1,  // 2: mlskey.v1.Key.state:type_name -> mlskey.v1.KeyState
-	34, // 3: mlskey.v1.Key.created_at:type_name -> google.protobuf.Timestamp
-	34, // 4: mlskey.v1.Key.retired_at:type_name -> google.protobuf.Timestamp
+	40, // 3: mlskey.v1.Key.created_at:type_name -> google.protobuf.Timestamp
+	40, // 4: mlskey.v1.Key.retired_at:type_name -> google.protobuf.Timestamp
 	2,  // 5: mlskey.v1.SuiteSupport.signature:type_name -> mlskey.v1.Protection
 	2,  // 6: mlskey.v1.SuiteSupport.init:type_name -> mlskey.v1.Protection
 	2,  // 7: mlskey.v1.SuiteSupport.leaf_encryption:type_name -> mlskey.v1.Protection
-	5,  // 8: mlskey.v1.GetInfoResponse.suites:type_name -> mlskey.v1.SuiteSupport
+	6,  // 8: mlskey.v1.GetInfoResponse.suites:type_name -> mlskey.v1.SuiteSupport
 	0,  // 9: mlskey.v1.ListKeysRequest.role:type_name -> mlskey.v1.KeyRole
 	1,  // 10: mlskey.v1.ListKeysRequest.state:type_name -> mlskey.v1.KeyState
-	3,  // 11: mlskey.v1.ListKeysResponse.keys:type_name -> mlskey.v1.Key
-	33, // 12: mlskey.v1.Credential.x509:type_name -> mlskey.v1.Credential.X509
-	14, // 13: mlskey.v1.CreateKeyPackagesRequest.credential:type_name -> mlskey.v1.Credential
-	15, // 14: mlskey.v1.CreateKeyPackagesRequest.leaf_extensions:type_name -> mlskey.v1.Extension
-	15, // 15: mlskey.v1.CreateKeyPackagesRequest.key_package_extensions:type_name -> mlskey.v1.Extension
-	35, // 16: mlskey.v1.CreateKeyPackagesRequest.lifetime:type_name -> google.protobuf.Duration
-	3,  // 17: mlskey.v1.CreateKeyPackagesResponse.signature_key:type_name -> mlskey.v1.Key
-	17, // 18: mlskey.v1.CreateKeyPackagesResponse.key_packages:type_name -> mlskey.v1.CreatedKeyPackage
-	20, // 19: mlskey.v1.GroupSecrets.psks:type_name -> mlskey.v1.PreSharedKeyID
-	21, // 20: mlskey.v1.OpenWelcomeResponse.group_secrets:type_name -> mlskey.v1.GroupSecrets
-	4,  // 21: mlskey.v1.KeyService.GetInfo:input_type -> mlskey.v1.GetInfoRequest
-	7,  // 22: mlskey.v1.KeyService.CreateSignatureKey:input_type -> mlskey.v1.CreateSignatureKeyRequest
-	8,  // 23: mlskey.v1.KeyService.GetKey:input_type -> mlskey.v1.GetKeyRequest
-	9,  // 24: mlskey.v1.KeyService.ListKeys:input_type -> mlskey.v1.ListKeysRequest
-	11, // 25: mlskey.v1.KeyService.DeleteKey:input_type -> mlskey.v1.DeleteKeyRequest
-	12, // 26: mlskey.v1.KeyService.SignWithLabel:input_type -> mlskey.v1.SignWithLabelRequest
-	16, // 27: mlskey.v1.KeyService.CreateKeyPackages:input_type -> mlskey.v1.CreateKeyPackagesRequest
-	19, // 28: mlskey.v1.KeyService.OpenWelcome:input_type -> mlskey.v1.OpenWelcomeRequest
-	23, // 29: mlskey.v1.KeyService.DecryptWithLabel:input_type -> mlskey.v1.DecryptWithLabelRequest
-	25, // 30: mlskey.v1.KeyService.AttestKey:input_type -> mlskey.v1.AttestKeyRequest
-	27, // 31: mlskey.v1.KeyService.ActivateCredential:input_type -> mlskey.v1.ActivateCredentialRequest
-	29, // 32: mlskey.v1.KeyService.Repair:input_type -> mlskey.v1.RepairRequest
-	31, // 33: mlskey.v1.KeyService.CreateCSR:input_type -> mlskey.v1.CreateCSRRequest
-	6,  // 34: mlskey.v1.KeyService.GetInfo:output_type -> mlskey.v1.GetInfoResponse
-	3,  // 35: mlskey.v1.KeyService.CreateSignatureKey:output_type -> mlskey.v1.Key
-	3,  // 36: mlskey.v1.KeyService.GetKey:output_type -> mlskey.v1.Key
-	10, // 37: mlskey.v1.KeyService.ListKeys:output_type -> mlskey.v1.ListKeysResponse
-	3,  // 38: mlskey.v1.KeyService.DeleteKey:output_type -> mlskey.v1.Key
-	13, // 39: mlskey.v1.KeyService.SignWithLabel:output_type -> mlskey.v1.SignWithLabelResponse
-	18, // 40: mlskey.v1.KeyService.CreateKeyPackages:output_type -> mlskey.v1.CreateKeyPackagesResponse
-	22, // 41: mlskey.v1.KeyService.OpenWelcome:output_type -> mlskey.v1.OpenWelcomeResponse
-	24, // 42: mlskey.v1.KeyService.DecryptWithLabel:output_type -> mlskey.v1.DecryptWithLabelResponse
-	26, // 43: mlskey.v1.KeyService.AttestKey:output_type -> mlskey.v1.AttestKeyResponse
-	28, // 44: mlskey.v1.KeyService.ActivateCredential:output_type -> mlskey.v1.ActivateCredentialResponse
-	30, // 45: mlskey.v1.KeyService.Repair:output_type -> mlskey.v1.RepairResponse
-	32, // 46: mlskey.v1.KeyService.CreateCSR:output_type -> mlskey.v1.CreateCSRResponse
-	34, // [34:47] is the sub-list for method output_type
-	21, // [21:34] is the sub-list for method input_type
-	21, // [21:21] is the sub-list for extension type_name
-	21, // [21:21] is the sub-list for extension extendee
-	0,  // [0:21] is the sub-list for field type_name
+	4,  // 11: mlskey.v1.ListKeysResponse.keys:type_name -> mlskey.v1.Key
+	39, // 12: mlskey.v1.Credential.x509:type_name -> mlskey.v1.Credential.X509
+	15, // 13: mlskey.v1.CreateKeyPackagesRequest.credential:type_name -> mlskey.v1.Credential
+	16, // 14: mlskey.v1.CreateKeyPackagesRequest.leaf_extensions:type_name -> mlskey.v1.Extension
+	16, // 15: mlskey.v1.CreateKeyPackagesRequest.key_package_extensions:type_name -> mlskey.v1.Extension
+	41, // 16: mlskey.v1.CreateKeyPackagesRequest.lifetime:type_name -> google.protobuf.Duration
+	4,  // 17: mlskey.v1.CreateKeyPackagesResponse.signature_key:type_name -> mlskey.v1.Key
+	18, // 18: mlskey.v1.CreateKeyPackagesResponse.key_packages:type_name -> mlskey.v1.CreatedKeyPackage
+	21, // 19: mlskey.v1.GroupSecrets.psks:type_name -> mlskey.v1.PreSharedKeyID
+	22, // 20: mlskey.v1.OpenWelcomeResponse.group_secrets:type_name -> mlskey.v1.GroupSecrets
+	3,  // 21: mlskey.v1.KeyPackageInfo.state:type_name -> mlskey.v1.KeyPackageState
+	40, // 22: mlskey.v1.KeyPackageInfo.not_after:type_name -> google.protobuf.Timestamp
+	40, // 23: mlskey.v1.KeyPackageInfo.created_at:type_name -> google.protobuf.Timestamp
+	31, // 24: mlskey.v1.ListKeyPackagesResponse.key_packages:type_name -> mlskey.v1.KeyPackageInfo
+	32, // 25: mlskey.v1.ListKeyPackagesResponse.unused:type_name -> mlskey.v1.UnusedKeyPackages
+	5,  // 26: mlskey.v1.KeyService.GetInfo:input_type -> mlskey.v1.GetInfoRequest
+	8,  // 27: mlskey.v1.KeyService.CreateSignatureKey:input_type -> mlskey.v1.CreateSignatureKeyRequest
+	9,  // 28: mlskey.v1.KeyService.GetKey:input_type -> mlskey.v1.GetKeyRequest
+	10, // 29: mlskey.v1.KeyService.ListKeys:input_type -> mlskey.v1.ListKeysRequest
+	12, // 30: mlskey.v1.KeyService.DeleteKey:input_type -> mlskey.v1.DeleteKeyRequest
+	13, // 31: mlskey.v1.KeyService.SignWithLabel:input_type -> mlskey.v1.SignWithLabelRequest
+	17, // 32: mlskey.v1.KeyService.CreateKeyPackages:input_type -> mlskey.v1.CreateKeyPackagesRequest
+	20, // 33: mlskey.v1.KeyService.OpenWelcome:input_type -> mlskey.v1.OpenWelcomeRequest
+	24, // 34: mlskey.v1.KeyService.DecryptWithLabel:input_type -> mlskey.v1.DecryptWithLabelRequest
+	26, // 35: mlskey.v1.KeyService.AttestKey:input_type -> mlskey.v1.AttestKeyRequest
+	28, // 36: mlskey.v1.KeyService.ActivateCredential:input_type -> mlskey.v1.ActivateCredentialRequest
+	35, // 37: mlskey.v1.KeyService.Repair:input_type -> mlskey.v1.RepairRequest
+	37, // 38: mlskey.v1.KeyService.CreateCSR:input_type -> mlskey.v1.CreateCSRRequest
+	30, // 39: mlskey.v1.KeyService.ListKeyPackages:input_type -> mlskey.v1.ListKeyPackagesRequest
+	34, // 40: mlskey.v1.KeyService.DeleteKeyPackage:input_type -> mlskey.v1.DeleteKeyPackageRequest
+	7,  // 41: mlskey.v1.KeyService.GetInfo:output_type -> mlskey.v1.GetInfoResponse
+	4,  // 42: mlskey.v1.KeyService.CreateSignatureKey:output_type -> mlskey.v1.Key
+	4,  // 43: mlskey.v1.KeyService.GetKey:output_type -> mlskey.v1.Key
+	11, // 44: mlskey.v1.KeyService.ListKeys:output_type -> mlskey.v1.ListKeysResponse
+	4,  // 45: mlskey.v1.KeyService.DeleteKey:output_type -> mlskey.v1.Key
+	14, // 46: mlskey.v1.KeyService.SignWithLabel:output_type -> mlskey.v1.SignWithLabelResponse
+	19, // 47: mlskey.v1.KeyService.CreateKeyPackages:output_type -> mlskey.v1.CreateKeyPackagesResponse
+	23, // 48: mlskey.v1.KeyService.OpenWelcome:output_type -> mlskey.v1.OpenWelcomeResponse
+	25, // 49: mlskey.v1.KeyService.DecryptWithLabel:output_type -> mlskey.v1.DecryptWithLabelResponse
+	27, // 50: mlskey.v1.KeyService.AttestKey:output_type -> mlskey.v1.AttestKeyResponse
+	29, // 51: mlskey.v1.KeyService.ActivateCredential:output_type -> mlskey.v1.ActivateCredentialResponse
+	36, // 52: mlskey.v1.KeyService.Repair:output_type -> mlskey.v1.RepairResponse
+	38, // 53: mlskey.v1.KeyService.CreateCSR:output_type -> mlskey.v1.CreateCSRResponse
+	33, // 54: mlskey.v1.KeyService.ListKeyPackages:output_type -> mlskey.v1.ListKeyPackagesResponse
+	4,  // 55: mlskey.v1.KeyService.DeleteKeyPackage:output_type -> mlskey.v1.Key
+	41, // [41:56] is the sub-list for method output_type
+	26, // [26:41] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_mlskey_v1_mlskey_proto_init() }
@@ -2817,8 +3346,8 @@ func file_mlskey_v1_mlskey_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mlskey_v1_mlskey_proto_rawDesc), len(file_mlskey_v1_mlskey_proto_rawDesc)),
-			NumEnums:      3,
-			NumMessages:   31,
+			NumEnums:      4,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -37,6 +37,8 @@ const (
 	KeyService_ActivateCredential_FullMethodName = "/mlskey.v1.KeyService/ActivateCredential"
 	KeyService_Repair_FullMethodName             = "/mlskey.v1.KeyService/Repair"
 	KeyService_CreateCSR_FullMethodName          = "/mlskey.v1.KeyService/CreateCSR"
+	KeyService_ListKeyPackages_FullMethodName    = "/mlskey.v1.KeyService/ListKeyPackages"
+	KeyService_DeleteKeyPackage_FullMethodName   = "/mlskey.v1.KeyService/DeleteKeyPackage"
 )
 
 // KeyServiceClient is the client API for KeyService service.
@@ -94,6 +96,14 @@ type KeyServiceClient interface {
 	// and the subject alternative names. Ed448 keys are refused (no X.509
 	// support in the daemon's libraries).
 	CreateCSR(ctx context.Context, in *CreateCSRRequest, opts ...grpc.CallOption) (*CreateCSRResponse, error)
+	// ListKeyPackages pages through the caller's KeyPackages (an admin's:
+	// everyone's), oldest first, and counts the unused ones per owner, suite
+	// and identity from the catalog's counters.
+	ListKeyPackages(ctx context.Context, in *ListKeyPackagesRequest, opts ...grpc.CallOption) (*ListKeyPackagesResponse, error)
+	// DeleteKeyPackage destroys an unused KeyPackage's init and leaf
+	// encryption keys (DeleteKey of its init key with cascade), found by its
+	// KeyPackageRef. Returns the init key.
+	DeleteKeyPackage(ctx context.Context, in *DeleteKeyPackageRequest, opts ...grpc.CallOption) (*Key, error)
 }
 
 type keyServiceClient struct {
@@ -234,6 +244,26 @@ func (c *keyServiceClient) CreateCSR(ctx context.Context, in *CreateCSRRequest, 
 	return out, nil
 }
 
+func (c *keyServiceClient) ListKeyPackages(ctx context.Context, in *ListKeyPackagesRequest, opts ...grpc.CallOption) (*ListKeyPackagesResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListKeyPackagesResponse)
+	err := c.cc.Invoke(ctx, KeyService_ListKeyPackages_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *keyServiceClient) DeleteKeyPackage(ctx context.Context, in *DeleteKeyPackageRequest, opts ...grpc.CallOption) (*Key, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Key)
+	err := c.cc.Invoke(ctx, KeyService_DeleteKeyPackage_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // KeyServiceServer is the server API for KeyService service.
 // All implementations must embed UnimplementedKeyServiceServer
 // for forward compatibility.
@@ -289,6 +319,14 @@ type KeyServiceServer interface {
 	// and the subject alternative names. Ed448 keys are refused (no X.509
 	// support in the daemon's libraries).
 	CreateCSR(context.Context, *CreateCSRRequest) (*CreateCSRResponse, error)
+	// ListKeyPackages pages through the caller's KeyPackages (an admin's:
+	// everyone's), oldest first, and counts the unused ones per owner, suite
+	// and identity from the catalog's counters.
+	ListKeyPackages(context.Context, *ListKeyPackagesRequest) (*ListKeyPackagesResponse, error)
+	// DeleteKeyPackage destroys an unused KeyPackage's init and leaf
+	// encryption keys (DeleteKey of its init key with cascade), found by its
+	// KeyPackageRef. Returns the init key.
+	DeleteKeyPackage(context.Context, *DeleteKeyPackageRequest) (*Key, error)
 	mustEmbedUnimplementedKeyServiceServer()
 }
 
@@ -337,6 +375,12 @@ func (UnimplementedKeyServiceServer) Repair(context.Context, *RepairRequest) (*R
 }
 func (UnimplementedKeyServiceServer) CreateCSR(context.Context, *CreateCSRRequest) (*CreateCSRResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateCSR not implemented")
+}
+func (UnimplementedKeyServiceServer) ListKeyPackages(context.Context, *ListKeyPackagesRequest) (*ListKeyPackagesResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method ListKeyPackages not implemented")
+}
+func (UnimplementedKeyServiceServer) DeleteKeyPackage(context.Context, *DeleteKeyPackageRequest) (*Key, error) {
+	return nil, status.Error(codes.Unimplemented, "method DeleteKeyPackage not implemented")
 }
 func (UnimplementedKeyServiceServer) mustEmbedUnimplementedKeyServiceServer() {}
 func (UnimplementedKeyServiceServer) testEmbeddedByValue()                    {}
@@ -593,6 +637,42 @@ func _KeyService_CreateCSR_Handler(srv interface{}, ctx context.Context, dec fun
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KeyService_ListKeyPackages_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListKeyPackagesRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).ListKeyPackages(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_ListKeyPackages_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).ListKeyPackages(ctx, req.(*ListKeyPackagesRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _KeyService_DeleteKeyPackage_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteKeyPackageRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(KeyServiceServer).DeleteKeyPackage(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: KeyService_DeleteKeyPackage_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(KeyServiceServer).DeleteKeyPackage(ctx, req.(*DeleteKeyPackageRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // KeyService_ServiceDesc is the grpc.ServiceDesc for KeyService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -651,6 +731,14 @@ var KeyService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CreateCSR",
 			Handler:    _KeyService_CreateCSR_Handler,
+		},
+		{
+			MethodName: "ListKeyPackages",
+			Handler:    _KeyService_ListKeyPackages_Handler,
+		},
+		{
+			MethodName: "DeleteKeyPackage",
+			Handler:    _KeyService_DeleteKeyPackage_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

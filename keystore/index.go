@@ -1,0 +1,363 @@
+package keystore
+
+import (
+	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Secondary indexes of the catalog, kept in the same transaction as the
+// records they index, so that no request has to read every record: the
+// cost of a request must not grow with the number of keys.
+//
+//	idxOwner   owner 0x00 id                -> ""       every record
+//	idxSigKP   signature id 0x00 init id     -> ref      live init keys of a KeyPackage
+//	idxKPLeaf  KeyPackageRef                 -> leaf id  leaf keys of a KeyPackage
+//	idxExpiry  not_after (8 bytes BE) id     -> ""       live init keys with a lifetime
+//	idxUnused  owner 0x00 suite len identity -> counts  live init keys of KeyPackages
+//	idxLastRes owner 0x00 suite len identity id -> ""  live last-resort init keys
+//
+// (suite: 2 bytes, len: 4 bytes, big-endian; len is the identity's length,
+// as an identity may hold any byte.)
+//
+// The counts are two big-endian uint64: regular and last-resort
+// KeyPackages whose init key is active (unused). Every write of a record
+// removes the old record's entries and adds the new one's, so the indexes
+// follow any change of state without special cases.
+var (
+	idxOwner   = []byte("idx-owner")
+	idxSigKP   = []byte("idx-sigkp")
+	idxKPLeaf  = []byte("idx-kpleaf")
+	idxExpiry  = []byte("idx-expiry")
+	idxUnused  = []byte("idx-unused")
+	idxLastRes = []byte("idx-lastresort")
+
+	indexBuckets = [][]byte{idxOwner, idxSigKP, idxKPLeaf, idxExpiry, idxUnused, idxLastRes}
+
+	// keyIndexVersion in the meta bucket says the indexes are complete. A
+	// catalog written before they existed has none: Open builds them once.
+	keyIndexVersion = []byte("index")
+	indexVersion    = []byte("3")
+)
+
+func join(a, b []byte) []byte {
+	k := make([]byte, 0, len(a)+1+len(b))
+	k = append(k, a...)
+	k = append(k, 0)
+	return append(k, b...)
+}
+
+// lastResortPrefix is the key of a KeyPackage's stock: one owner, suite
+// and identity. Last-resort KeyPackages of one stock replace each other.
+func lastResortPrefix(r *Record) []byte {
+	k := binary.BigEndian.AppendUint16(join([]byte(r.Owner), nil), r.Suite)
+	k = binary.BigEndian.AppendUint32(k, uint32(len(r.Identity)))
+	return append(k, r.Identity...)
+}
+
+func expiryKey(t time.Time, id string) []byte {
+	return append(binary.BigEndian.AppendUint64(nil, uint64(t.Unix())), id...)
+}
+
+// unusedKP reports whether r is the init key of a KeyPackage not yet used.
+func unusedKP(r *Record) bool {
+	return r.Role == RoleInit && r.Live() && len(r.KeyPackageRef) > 0
+}
+
+// indexRecord adds (delta 1) or removes (delta -1) r's index entries.
+func indexRecord(tx *bolt.Tx, r *Record, delta int) error {
+	id := []byte(r.ID)
+	set := func(bucket, k, v []byte) error {
+		b := tx.Bucket(bucket)
+		if delta < 0 {
+			return b.Delete(k)
+		}
+		return b.Put(k, v)
+	}
+	if err := set(idxOwner, join([]byte(r.Owner), id), nil); err != nil {
+		return err
+	}
+	if r.Role == RoleLeafEncryption && len(r.KeyPackageRef) > 0 {
+		if err := set(idxKPLeaf, r.KeyPackageRef, id); err != nil {
+			return err
+		}
+	}
+	if !unusedKP(r) {
+		return nil
+	}
+	if r.SignatureKeyID != "" {
+		if err := set(idxSigKP, join([]byte(r.SignatureKeyID), id), r.KeyPackageRef); err != nil {
+			return err
+		}
+	}
+	if r.LastResort {
+		if err := set(idxLastRes, append(lastResortPrefix(r), id...), nil); err != nil {
+			return err
+		}
+	}
+	if !r.NotAfter.IsZero() {
+		if err := set(idxExpiry, expiryKey(r.NotAfter, r.ID), nil); err != nil {
+			return err
+		}
+	}
+	b := tx.Bucket(idxUnused)
+	k := lastResortPrefix(r)
+	counts := make([]byte, 16)
+	copy(counts, b.Get(k))
+	at := 0
+	if r.LastResort {
+		at = 8
+	}
+	n := int64(binary.BigEndian.Uint64(counts[at:])) + int64(delta)
+	if n < 0 {
+		return fmt.Errorf("catalog index: unused KeyPackage count of %q below zero", r.Owner)
+	}
+	binary.BigEndian.PutUint64(counts[at:], uint64(n))
+	if bytes.Equal(counts, make([]byte, 16)) {
+		return b.Delete(k)
+	}
+	return b.Put(k, counts)
+}
+
+// reindex replaces the index entries of the record stored under r.ID (if
+// any) by r's. putRecord calls it before writing r.
+func reindex(tx *bolt.Tx, r *Record) error {
+	if v := tx.Bucket(bucketKeys).Get([]byte(r.ID)); v != nil {
+		var old Record
+		if err := json.Unmarshal(v, &old); err != nil {
+			return fmt.Errorf("catalog record %q is corrupt: %w", r.ID, err)
+		}
+		if err := indexRecord(tx, &old, -1); err != nil {
+			return err
+		}
+	}
+	return indexRecord(tx, r, 1)
+}
+
+// ensureIndexes creates the index buckets and, for a catalog that has
+// none yet, builds them from the records: once, at start-up.
+func ensureIndexes(tx *bolt.Tx) error {
+	meta := tx.Bucket(bucketMeta)
+	if bytes.Equal(meta.Get(keyIndexVersion), indexVersion) {
+		for _, b := range indexBuckets {
+			if tx.Bucket(b) == nil {
+				return fmt.Errorf("catalog index %s is missing", b)
+			}
+		}
+		return nil
+	}
+	for _, b := range indexBuckets {
+		if tx.Bucket(b) != nil {
+			if err := tx.DeleteBucket(b); err != nil {
+				return err
+			}
+		}
+		if _, err := tx.CreateBucket(b); err != nil {
+			return err
+		}
+	}
+	err := tx.Bucket(bucketKeys).ForEach(func(k, v []byte) error {
+		var r Record
+		if err := json.Unmarshal(v, &r); err != nil {
+			return fmt.Errorf("catalog record %q is corrupt: %w", k, err)
+		}
+		return indexRecord(tx, &r, 1)
+	})
+	if err != nil {
+		return err
+	}
+	return meta.Put(keyIndexVersion, indexVersion)
+}
+
+// UnusedCount is how many KeyPackages of an owner, suite and identity
+// have an active init key.
+type UnusedCount struct {
+	Owner      string
+	Suite      uint16
+	Identity   string
+	Regular    int
+	LastResort int
+}
+
+// unusedCounts returns the counts for owner (every owner if all) and
+// suite (every suite if 0), from the counters: no record is read.
+func (c *catalog) unusedCounts(owner string, all bool, suite uint16) ([]UnusedCount, error) {
+	var out []UnusedCount
+	err := c.db.View(func(tx *bolt.Tx) error {
+		cur := tx.Bucket(idxUnused).Cursor()
+		var prefix []byte
+		if !all {
+			prefix = join([]byte(owner), nil)
+		}
+		for k, v := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = cur.Next() {
+			o := bytes.IndexByte(k, 0)
+			if o < 0 || len(k) < o+7 || len(v) != 16 {
+				return fmt.Errorf("catalog index %s: malformed entry", idxUnused)
+			}
+			s := binary.BigEndian.Uint16(k[o+1:])
+			idLen := binary.BigEndian.Uint32(k[o+3:])
+			if uint64(len(k)) != uint64(o)+7+uint64(idLen) {
+				return fmt.Errorf("catalog index %s: malformed entry", idxUnused)
+			}
+			if suite != 0 && s != suite {
+				continue
+			}
+			out = append(out, UnusedCount{
+				Owner: string(k[:o]), Suite: s, Identity: string(k[o+7:]),
+				Regular:    int(binary.BigEndian.Uint64(v)),
+				LastResort: int(binary.BigEndian.Uint64(v[8:])),
+			})
+		}
+		return nil
+	})
+	return out, err
+}
+
+// UnusedKeyPackages returns, per suite and identity (for suite alone if
+// not 0), how many KeyPackages of owner are unused. It reads counters, not
+// records.
+func (s *Store) UnusedKeyPackages(owner string, suite uint16) ([]UnusedCount, error) {
+	return s.cat.unusedCounts(owner, false, suite)
+}
+
+// AllUnusedKeyPackages is UnusedKeyPackages for every owner.
+func (s *Store) AllUnusedKeyPackages(suite uint16) ([]UnusedCount, error) {
+	return s.cat.unusedCounts("", true, suite)
+}
+
+// keyPackagesOf returns the unused KeyPackages signed by signature key
+// sigID, as init key id to KeyPackageRef, from the index.
+func keyPackagesOf(tx *bolt.Tx, sigID string) map[string][]byte {
+	out := map[string][]byte{}
+	prefix := join([]byte(sigID), nil)
+	cur := tx.Bucket(idxSigKP).Cursor()
+	for k, v := cur.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, v = cur.Next() {
+		out[string(k[len(prefix):])] = bytes.Clone(v)
+	}
+	return out
+}
+
+// leafOf returns the leaf encryption key id of a KeyPackage, "" if none.
+func leafOf(tx *bolt.Tx, ref []byte) string {
+	return string(tx.Bucket(idxKPLeaf).Get(ref))
+}
+
+// listOwner is list for a filter naming an owner: it walks that owner's
+// index entries only.
+func (c *catalog) listOwner(f Filter, after string, limit int) ([]*Record, string, error) {
+	var out []*Record
+	next := ""
+	prefix := join([]byte(f.Owner), nil)
+	err := c.db.View(func(tx *bolt.Tx) error {
+		cur := tx.Bucket(idxOwner).Cursor()
+		k, _ := cur.Seek(prefix)
+		if after != "" {
+			start := join([]byte(f.Owner), []byte(after))
+			k, _ = cur.Seek(start)
+			if k != nil && bytes.Equal(k, start) {
+				k, _ = cur.Next()
+			}
+		}
+		for ; k != nil && bytes.HasPrefix(k, prefix); k, _ = cur.Next() {
+			r, err := getRecord(tx, string(k[len(prefix):]))
+			if err != nil {
+				return err
+			}
+			if !f.match(r) {
+				continue
+			}
+			if len(out) == limit {
+				next = out[len(out)-1].ID
+				return nil
+			}
+			out = append(out, r)
+		}
+		return nil
+	})
+	return out, next, err
+}
+
+// expiredInitKeys returns up to limit live init keys whose KeyPackage's
+// not_after is before now, oldest first, from the index.
+func (c *catalog) expiredInitKeys(now time.Time, limit int) ([]*Record, error) {
+	var out []*Record
+	end := binary.BigEndian.AppendUint64(nil, uint64(now.Unix()))
+	err := c.db.View(func(tx *bolt.Tx) error {
+		cur := tx.Bucket(idxExpiry).Cursor()
+		for k, _ := cur.First(); k != nil && bytes.Compare(k[:8], end) < 0 && len(out) < limit; k, _ = cur.Next() {
+			r, err := getRecord(tx, string(k[8:]))
+			if err != nil {
+				return err
+			}
+			out = append(out, r)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// newerLastResort reports whether a live last-resort KeyPackage of the same
+// owner, suite and identity as r was made after r (ids sort by creation).
+func newerLastResort(tx *bolt.Tx, r *Record) bool {
+	prefix := lastResortPrefix(r)
+	cur := tx.Bucket(idxLastRes).Cursor()
+	k, _ := cur.Seek(append(bytes.Clone(prefix), r.ID...))
+	if k != nil && bytes.Equal(k[len(prefix):], []byte(r.ID)) {
+		k, _ = cur.Next()
+	}
+	return k != nil && bytes.HasPrefix(k, prefix)
+}
+
+// KeyPackageEntry is one KeyPackage as the catalog knows it: its init key
+// record and its leaf encryption key's id.
+type KeyPackageEntry struct {
+	Init   *Record
+	LeafID string
+}
+
+// ListKeyPackages pages through KeyPackages (their init keys) in id order,
+// after the given init key id: owner's (every owner's if all), of suite
+// (all if 0), only unused ones if unusedOnly. It walks the owner's index
+// entries, not the whole catalog, unless all is set.
+func (s *Store) ListKeyPackages(owner string, all bool, suite uint16, unusedOnly bool, after string, limit int) ([]KeyPackageEntry, string, error) {
+	var out []KeyPackageEntry
+	next := ""
+	err := s.cat.db.View(func(tx *bolt.Tx) error {
+		var cur *bolt.Cursor
+		var prefix []byte
+		if all {
+			cur = tx.Bucket(bucketKeys).Cursor()
+		} else {
+			cur = tx.Bucket(idxOwner).Cursor()
+			prefix = join([]byte(owner), nil)
+		}
+		k, _ := cur.Seek(prefix)
+		if after != "" {
+			start := append(bytes.Clone(prefix), after...)
+			k, _ = cur.Seek(start)
+			if k != nil && bytes.Equal(k, start) {
+				k, _ = cur.Next()
+			}
+		}
+		for ; k != nil && bytes.HasPrefix(k, prefix); k, _ = cur.Next() {
+			r, err := getRecord(tx, string(k[len(prefix):]))
+			if err != nil {
+				return err
+			}
+			if r.Role != RoleInit || len(r.KeyPackageRef) == 0 || (suite != 0 && r.Suite != suite) || (unusedOnly && !r.Live()) {
+				continue
+			}
+			if len(out) == limit {
+				next = out[len(out)-1].Init.ID
+				return nil
+			}
+			out = append(out, KeyPackageEntry{Init: r, LeafID: leafOf(tx, r.KeyPackageRef)})
+		}
+		return nil
+	})
+	return out, next, err
+}

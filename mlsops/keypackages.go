@@ -1,0 +1,143 @@
+package mlsops
+
+import (
+	"context"
+	"crypto/x509"
+	"time"
+
+	"github.com/mlskeyd/mlskeyd/keystore"
+	"github.com/mlskeyd/mlskeyd/mls"
+)
+
+// KeyPackageParams is a validated request for KeyPackages.
+type KeyPackageParams struct {
+	Suite      *mls.Suite
+	Count      int
+	Credential mls.Credential
+	// Capabilities beyond the suite's own; extensions as given.
+	Capabilities mls.Capabilities
+	// CapabilitiesFor, if set, is called for each KeyPackage instead (the
+	// daemon adds fresh GREASE values to each).
+	CapabilitiesFor func() mls.Capabilities
+	LeafExtensions  []mls.Extension
+	Extensions      []mls.Extension
+	Lifetime        mls.Lifetime
+	LastResort      bool
+	Owner           string
+	// SignatureKey is an existing, usable signature key of Owner and
+	// Suite (the caller holds its lock shared until CreateKeyPackages
+	// returns); nil makes a new one in the same batch.
+	SignatureKey *keystore.Record
+}
+
+// CreatedKeyPackage is one new KeyPackage.
+type CreatedKeyPackage struct {
+	Message       []byte // the KeyPackage as an MLSMessage
+	Ref           []byte // its KeyPackageRef
+	InitKeyID     string
+	LeafKeyID     string
+	InitKey, Leaf *keystore.Record
+}
+
+// KeyPackageResult is what CreateKeyPackages made.
+type KeyPackageResult struct {
+	SignatureKey    *keystore.Record
+	NewSignatureKey bool
+	KeyPackages     []CreatedKeyPackage
+}
+
+// LifetimeFrom returns a lifetime from now to now+d. not_before lies an
+// hour back so that peers with slightly slow clocks accept the KeyPackage
+// at once.
+func LifetimeFrom(now time.Time, d time.Duration) mls.Lifetime {
+	return mls.Lifetime{NotBefore: uint64(now.Add(-time.Hour).Unix()), NotAfter: uint64(now.Add(d).Unix())}
+}
+
+// CreateKeyPackages makes p.Count KeyPackages in one keystore batch: their
+// init and leaf encryption keys (and the signature key if p has none) are
+// generated on the device, each KeyPackage is signed, and the catalog
+// commits every key in one transaction. Either all exist afterwards or
+// none does.
+func CreateKeyPackages(ctx context.Context, store *keystore.Store, p KeyPackageParams) (*KeyPackageResult, error) {
+	su := p.Suite
+	batch := store.NewBatch()
+	defer batch.Abort(ctx)
+	var specs []keystore.KeySpec
+	sigRec := p.SignatureKey
+	if sigRec == nil {
+		specs = append(specs, keystore.KeySpec{Role: keystore.RoleSignature, Suite: uint16(su.ID),
+			Algorithm: keystore.Algorithm(su.SignatureAlgorithm), Owner: p.Owner})
+	}
+	kem := keystore.Algorithm(su.KEMAlgorithm)
+	for range p.Count {
+		specs = append(specs,
+			keystore.KeySpec{Role: keystore.RoleInit, Suite: uint16(su.ID), Algorithm: kem, Owner: p.Owner},
+			keystore.KeySpec{Role: keystore.RoleLeafEncryption, Suite: uint16(su.ID), Algorithm: kem, Owner: p.Owner})
+	}
+	recs, err := batch.Generate(ctx, specs)
+	if err != nil {
+		return nil, fieldErr("cipher_suite", err)
+	}
+	out := &KeyPackageResult{NewSignatureKey: sigRec == nil}
+	if sigRec == nil {
+		sigRec, recs = recs[0], recs[1:]
+	}
+	out.SignatureKey = sigRec
+	signer, err := store.SignerFor(ctx, sigRec)
+	if err != nil {
+		return nil, fieldErr("signature_key_id", err)
+	}
+	notAfter := time.Unix(int64(p.Lifetime.NotAfter), 0).UTC()
+	identity := CredentialIdentity(p.Credential)
+	for i := range p.Count {
+		if err := ctx.Err(); err != nil {
+			return nil, fieldErr("count", err)
+		}
+		caps := p.Capabilities
+		if p.CapabilitiesFor != nil {
+			caps = p.CapabilitiesFor()
+		}
+		initRec, leafRec := recs[2*i], recs[2*i+1]
+		kp, err := mls.NewKeyPackage(mls.KeyPackageParams{
+			Suite:          su.ID,
+			InitKey:        initRec.PublicKey,
+			EncryptionKey:  leafRec.PublicKey,
+			SignatureKey:   sigRec.PublicKey,
+			Credential:     p.Credential,
+			Capabilities:   caps,
+			LeafExtensions: p.LeafExtensions,
+			Extensions:     p.Extensions,
+			Lifetime:       p.Lifetime,
+			LastResort:     p.LastResort,
+		}, signer)
+		if err != nil {
+			return nil, fieldErr("key_package", err)
+		}
+		ref := su.KeyPackageRef(kp.Marshal())
+		for _, r := range []*keystore.Record{initRec, leafRec} {
+			r.KeyPackageRef, r.SignatureKeyID, r.NotAfter = ref, sigRec.ID, notAfter
+			r.Identity = identity
+		}
+		initRec.LastResort = p.LastResort
+		out.KeyPackages = append(out.KeyPackages, CreatedKeyPackage{
+			Message: mls.KeyPackageMessage(kp), Ref: ref,
+			InitKeyID: initRec.ID, LeafKeyID: leafRec.ID, InitKey: initRec, Leaf: leafRec,
+		})
+	}
+	if err := batch.Commit(); err != nil {
+		return nil, fieldErr("catalog", err)
+	}
+	return out, nil
+}
+
+// CredentialIdentity names who a KeyPackage is for: a basic credential's
+// identity, an X.509 credential's leaf subject.
+func CredentialIdentity(c mls.Credential) string {
+	if c.Type == mls.CredentialTypeX509 && len(c.Certificates) > 0 {
+		if cert, err := x509.ParseCertificate(c.Certificates[0]); err == nil {
+			return cert.Subject.String()
+		}
+		return ""
+	}
+	return string(c.Identity)
+}
