@@ -66,6 +66,12 @@ type daemon struct {
 
 func startDaemon(t testing.TB, state string, args ...string) *daemon {
 	t.Helper()
+	return startDaemonEnv(t, state, nil, args...)
+}
+
+// startDaemonEnv is startDaemon with env added to the daemon's environment.
+func startDaemonEnv(t testing.TB, state string, env []string, args ...string) *daemon {
+	t.Helper()
 	d := &daemon{t: t, state: state, socket: filepath.Join(state, "mlskeyd.sock"), log: new(syncBuffer), exited: make(chan error, 1)}
 	for i, a := range args {
 		if a == "--socket" && i+1 < len(args) {
@@ -80,7 +86,7 @@ func startDaemon(t testing.TB, state string, args ...string) *daemon {
 	}
 	d.cmd = exec.Command(filepath.Join(binDir, "mlskeyd"), append([]string{"--dev", "--state-dir", state, "--log-level", level}, args...)...)
 	d.cmd.Stdout, d.cmd.Stderr = d.log, d.log
-	d.cmd.Env = cleanEnv()
+	d.cmd.Env = append(cleanEnv(), env...)
 	if err := d.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -94,8 +100,15 @@ func startDaemon(t testing.TB, state string, args ...string) *daemon {
 			t.Fatalf("mlskeyd exited at start-up: %v\n%s", err, d.log)
 		default:
 		}
-		if _, _, code := d.ctl("status"); code == 0 {
-			return d
+		// The socket answers while the daemon still opens the device
+		// (device_state "starting"): wait for the device.
+		if out, _, code := d.ctl("status", "--json"); code == 0 {
+			var st struct {
+				DeviceState string `json:"device_state"`
+			}
+			if json.Unmarshal([]byte(out), &st) == nil && st.DeviceState != "starting" {
+				return d
+			}
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("mlskeyd did not start serving\n%s", d.log)

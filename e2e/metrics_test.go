@@ -99,6 +99,7 @@ func TestMetrics(t *testing.T) {
 		`mlskeyd_keypackages_unused{last_resort="false",suite="1"}`:           2,
 		`mlskeyd_audit_write_failures_total`:                                  0,
 		`mlskeyd_device_reconnects_total`:                                     0,
+		`mlskeyd_device_up`:                                                   1,
 		`mlskeyd_catalog_scrape_error`:                                        0,
 	} {
 		if got := metricValue(text, series); got != want {

@@ -76,6 +76,10 @@ func startActivated(t *testing.T, state string, args ...string) *activated {
 	if code != 0 {
 		t.Fatalf("status through the activated socket: %s%s\n%s", out, errOut, d.log)
 	}
+	// systemd's status line follows the start-up phases, and READY=1
+	// comes once the catalog is reconciled with the device.
+	a.expect("STATUS=opening the device")
+	a.expect("STATUS=reconciling the catalog with the device")
 	a.expect("READY=1")
 	return a
 }

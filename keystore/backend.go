@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -224,7 +225,17 @@ type DeviceError struct {
 	Err error
 }
 
-func (e *DeviceError) Error() string { return fmt.Sprintf("device %s: %v", e.Op, e.Err) }
+// Error names the operation once: a DeviceError wrapping another (the
+// keystore's "sign with key K" around a backend's "pkcs11 sign") prints
+// "device sign with key K: pkcs11 sign: ...", without a second "device".
+func (e *DeviceError) Error() string {
+	msg := fmt.Sprint(e.Err)
+	var inner *DeviceError
+	if errors.As(e.Err, &inner) {
+		msg = strings.TrimPrefix(msg, "device ")
+	}
+	return OneLine(fmt.Sprintf("device %s: %s", e.Op, msg))
+}
 func (e *DeviceError) Unwrap() error { return e.Err }
 
 // ForeignKeyError is returned by a Checker when the device refuses a key's

@@ -40,6 +40,16 @@ type Epocher interface {
 	SealIn(ctx context.Context, epoch string, plaintext, aad []byte) ([]byte, error)
 }
 
+// EpochSealChecker is an optional capability of an Epocher whose epoch
+// keys come in kinds, one per sealing mechanism (a PKCS#11 token seals with
+// AES-GCM, or behind a forwarder without AES-GCM with an HMAC key):
+// CanSealIn says whether the epoch's key seals with the mechanism the
+// device uses now. A current epoch made for another mechanism (the same
+// token reached another way) is replaced at start-up.
+type EpochSealChecker interface {
+	CanSealIn(ctx context.Context, epoch string) (bool, error)
+}
+
 // EpochGenerator is an optional capability of an Epocher: hardware keys
 // made in an epoch (under a TPM parent that the epoch's destruction
 // evicts). They die with their epoch, but unlike sealed keys cannot move
@@ -181,6 +191,16 @@ func (s *Store) initEpochs(ctx context.Context) error {
 	for _, id := range onDev {
 		if !slices.Contains(m.Known, id) {
 			s.log.Warn("epoch key on the device that this catalog did not create; left alone", "epoch", id)
+		}
+	}
+	if c, ok := e.dev.(EpochSealChecker); ok && m.Current != "" {
+		can, err := c.CanSealIn(ctx, m.Current)
+		if err != nil {
+			return &DeviceError{Op: "check epoch", Err: err}
+		}
+		if !can {
+			s.log.Warn("the current sealing epoch's device key is of another sealing mechanism than the device uses now; starting a new epoch", "epoch", m.Current)
+			return s.RotateEpoch(ctx)
 		}
 	}
 	if m.Current == "" || s.opts.Now().Sub(m.Started) >= s.epochLength() {

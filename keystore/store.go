@@ -65,14 +65,17 @@ type Store struct {
 	path   string
 	be     Backend
 	sealer Unsealer
-	seal   Sealer  // a device without epochs
-	ep     *epochs // a device with epochs
-	hw     map[Algorithm]bool
-	opts   Options
-	log    *slog.Logger
-	locks  keyLocks
-	life   lifecycle
-	strays strays
+	// sealErr is why the device's sealing failed its probe; sealed keys
+	// are then unavailable rather than promised.
+	sealErr error
+	seal    Sealer  // a device without epochs
+	ep      *epochs // a device with epochs
+	hw      map[Algorithm]bool
+	opts    Options
+	log     *slog.Logger
+	locks   keyLocks
+	life    lifecycle
+	strays  strays
 
 	installation    string
 	adopted         bool // a device was adopted at this start
@@ -110,6 +113,11 @@ func Open(ctx context.Context, path string, be Backend, opts Options) (*Store, e
 		s.ep = &epochs{dev: ep, pins: map[string]int{}, stop: make(chan struct{}), done: make(chan struct{})}
 	} else if se, ok := be.(Sealer); ok {
 		s.sealer, s.seal = se, se
+	}
+	// A device that failed its sealing probe offers no epochs (so no
+	// sealer); the probe's reason is kept for GetInfo.
+	if sc, ok := be.(SealChecker); ok {
+		s.sealErr = sc.SealError()
 	}
 	for _, a := range be.Algorithms() {
 		s.hw[a] = true
@@ -161,7 +169,7 @@ func (s *Store) Protection(alg Algorithm) (Protection, error) {
 	switch {
 	case s.hw[alg]:
 		return ProtectionHardware, nil
-	case s.sealer != nil && alg.Valid():
+	case s.sealer != nil && s.sealErr == nil && alg.Valid():
 		return ProtectionSealed, nil
 	}
 	return "", fmt.Errorf("%s: %w", alg, ErrUnsupportedAlgorithm)
@@ -346,7 +354,7 @@ func (s *Store) generate(ctx context.Context, id string, sp KeySpec, p Protectio
 			if unpin != nil {
 				unpin()
 			}
-			return nil, nil, &DeviceError{Op: "generate " + string(sp.Algorithm), Err: err}
+			return nil, nil, deviceErr("generate "+string(sp.Algorithm), err)
 		}
 		r.DeviceRef, r.PublicKey = ref, pub
 	case ProtectionSealed:
@@ -366,13 +374,24 @@ func (s *Store) generate(ctx context.Context, id string, sp KeySpec, p Protectio
 			if unpin != nil {
 				unpin()
 			}
-			return nil, nil, &DeviceError{Op: "seal", Err: err}
+			return nil, nil, deviceErr("seal", err)
 		}
 		r.Sealed, r.PublicKey = blob, pub
 	default:
 		return nil, nil, fmt.Errorf("protection %s: %w", p, ErrUnsupportedAlgorithm)
 	}
 	return r, unpin, nil
+}
+
+// deviceErr wraps a device failure once: a backend's error that already
+// is a DeviceError keeps its own operation name instead of gaining a
+// second "device ...:" prefix.
+func deviceErr(op string, err error) error {
+	var de *DeviceError
+	if errors.As(err, &de) {
+		return err
+	}
+	return &DeviceError{Op: op, Err: err}
 }
 
 // sealAAD binds a sealed blob to its record, so a blob copied into another

@@ -34,7 +34,6 @@ type Metrics struct {
 	deviceOps   *prometheus.CounterVec
 	deviceErrs  *prometheus.CounterVec
 	deviceTime  *prometheus.HistogramVec
-	reconnects  prometheus.Counter
 	auditFailed prometheus.Counter
 	rateLimited prometheus.Counter
 }
@@ -66,10 +65,6 @@ func New(version string) *Metrics {
 		Help:    "Time the key device took for an operation, by operation.",
 		Buckets: prometheus.ExponentialBuckets(0.00002, 2.5, 13),
 	}, []string{"operation"})
-	m.reconnects = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "mlskeyd_device_reconnects_total",
-		Help: "Times the daemon reconnected to the key device after losing it.",
-	})
 	m.auditFailed = prometheus.NewCounter(prometheus.CounterOpts{
 		Name: "mlskeyd_audit_write_failures_total",
 		Help: "Audit records that could not be written.",
@@ -85,7 +80,7 @@ func New(version string) *Metrics {
 	})
 	info.Set(1)
 	m.reg.MustRegister(m.calls, m.latency, m.deviceOps, m.deviceErrs, m.deviceTime,
-		m.reconnects, m.auditFailed, m.rateLimited, info,
+		m.auditFailed, m.rateLimited, info,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -114,10 +109,6 @@ func (m *Metrics) UnaryInterceptor() grpc.UnaryServerInterceptor {
 	}
 }
 
-// DeviceReconnected is the hook a backend calls when it has reopened the
-// device after losing it.
-func (m *Metrics) DeviceReconnected() { m.reconnects.Inc() }
-
 // AuditWriteFailed counts an audit record that could not be written.
 func (m *Metrics) AuditWriteFailed() { m.auditFailed.Inc() }
 
@@ -131,6 +122,8 @@ func errorKind(err error) string {
 		return "canceled"
 	case errors.Is(err, context.DeadlineExceeded):
 		return "timeout"
+	case errors.Is(err, keystore.ErrDeviceUnavailable):
+		return "unavailable"
 	case errors.Is(err, keystore.ErrDeviceKeyNotFound):
 		return "key_not_found"
 	case errors.Is(err, keystore.ErrUnsupportedAlgorithm), errors.Is(err, keystore.ErrUnsupported):
@@ -141,10 +134,12 @@ func errorKind(err error) string {
 	return "device"
 }
 
-// WatchStore publishes the catalog's keys by role, state and protection
-// and the unused KeyPackages (active init keys) per suite. They are
-// counted when scraped, from the catalog, so they are right after a
-// restart and cost nothing between scrapes.
+// WatchStore publishes the catalog's keys by role, state and protection,
+// the unused KeyPackages (active init keys) per suite, and the device's
+// health as the store sees it: whether it serves, and how often it came
+// back after being lost (the backend's reconnections). They are read when
+// scraped, so they cost nothing between scrapes and no reconnection can
+// be missed.
 func (m *Metrics) WatchStore(store *keystore.Store) {
 	m.reg.MustRegister(&storeCollector{store: store})
 }
@@ -158,6 +153,10 @@ var (
 		[]string{"suite", "last_resort"}, nil)
 	scrapeErrDesc = prometheus.NewDesc("mlskeyd_catalog_scrape_error",
 		"1 if the catalog could not be read for the key counts of this scrape.", nil, nil)
+	reconnectsDesc = prometheus.NewDesc("mlskeyd_device_reconnects_total",
+		"Times the daemon reconnected to the key device after losing it.", nil, nil)
+	deviceUpDesc = prometheus.NewDesc("mlskeyd_device_up",
+		"1 while the key device serves; 0 while it is gone (the daemon reconnects) or failed for good.", nil, nil)
 )
 
 type storeCollector struct{ store *keystore.Store }
@@ -166,9 +165,18 @@ func (c *storeCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- keysDesc
 	ch <- unusedKPDesc
 	ch <- scrapeErrDesc
+	ch <- reconnectsDesc
+	ch <- deviceUpDesc
 }
 
 func (c *storeCollector) Collect(ch chan<- prometheus.Metric) {
+	h := c.store.Health()
+	up := 0.0
+	if h.Ready() {
+		up = 1
+	}
+	ch <- prometheus.MustNewConstMetric(deviceUpDesc, prometheus.GaugeValue, up)
+	ch <- prometheus.MustNewConstMetric(reconnectsDesc, prometheus.CounterValue, float64(h.Recoveries))
 	type keyClass struct{ role, state, protection string }
 	type kpClass struct {
 		suite      uint16

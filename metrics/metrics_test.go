@@ -46,9 +46,9 @@ func TestDeviceOperationsAndErrorKinds(t *testing.T) {
 	if n := testutil.CollectAndCount(m.deviceTime); n != 2 {
 		t.Errorf("%d duration series, want 2 (per operation)", n)
 	}
-	m.DeviceReconnected()
-	if n := testutil.ToFloat64(m.reconnects); n != 1 {
-		t.Errorf("reconnects %v", n)
+	obs.ObserveDeviceOp("sign", time.Millisecond, fmt.Errorf("token gone: %w", keystore.ErrDeviceUnavailable))
+	if n := testutil.ToFloat64(m.deviceErrs.WithLabelValues("sign", "unavailable")); n != 1 {
+		t.Errorf("sign errors of kind unavailable: %v", n)
 	}
 }
 

@@ -36,6 +36,31 @@
 // sensitive, unextractable 32-byte AES key, or Epochs (and so start-up)
 // fails. Version 1 blobs (0x01 || IV || ciphertext || tag) still open under
 // "mlskeyd:seal-v1" keys, which are never used to seal.
+// Sealing is probed at Open (with throwaway session keys); a token
+// without working AES-GCM (p11-kit 0.24 forwards none) seals in the
+// "hmac-kdf" mode instead: its epoch keys are 32-byte CKK_GENERIC_SECRET
+// keys labelled "mlskeyd:seal-hmac-epoch" (CKA_ID = the epoch id, found
+// and checked by the same rules), each blob's AES-GCM key derived with
+// CKM_SHA256_HMAC and blob = 0x03 || len(epoch) || epoch || salt ||
+// ciphertext || tag (see sealprobe.go). A token that can do neither
+// reports it in SealError and the keystore offers no sealed keys.
+//
+// # Device loss
+//
+// A token that disappears (CKR_DEVICE_ERROR, CKR_DEVICE_REMOVED,
+// CKR_TOKEN_NOT_PRESENT, a session still lost after a fresh login, a
+// failed idle check) makes every call fail fast with an error wrapping
+// keystore.ErrDeviceUnavailable while a goroutine re-initialises the module,
+// finds the token again by label and serial, logs in and repeats the
+// probes, with exponential backoff (Config.RecoveryMaxBackoff); Health and
+// HealthChanged report it (keystore.HealthReporter). See recover.go.
+//
+// # p11-kit helpers
+//
+// StartP11KitServer runs p11-kit-server exporting one token (in its own
+// process group, so Kill loses the device the way a client sees it), for
+// tests of forwarded tokens; FindP11Kit finds the server and
+// p11-kit-client.so.
 //
 // # Sessions and concurrency
 //
@@ -89,8 +114,9 @@
 //     Open accepts the login without checking its own PIN.
 //   - A PIN change by another process is not seen until the module is
 //     finalised and initialised again (SoftHSM caches token data per process).
-//   - A removed and re-inserted token that comes back in a different slot is
-//     not followed; reopen the Backend.
+//   - Re-initialising the module after a device loss affects every Backend
+//     on that module in the process; each of them then reconnects too.
+//   - p11-kit-client.so reads P11_KIT_SERVER_ADDRESS once per process.
 //   - Handles are cached per module instance. This relies on the module not
 //     reusing the handle of a destroyed object for a new one (SoftHSM never
 //     does); with such a module a key destroyed by another process could be

@@ -21,6 +21,10 @@ type module struct {
 	ctx  *p11.Ctx
 	refs int
 	conf string // SOFTHSM2_CONF at C_Initialize, for the SoftHSM helpers
+	// gen counts C_Initialize calls after a device loss, so that of
+	// several Backends on one module only the first to notice re-initialises
+	// it (modMu guards it).
+	gen uint64
 }
 
 var (
@@ -90,4 +94,31 @@ func (m *module) release() error {
 		return fmt.Errorf("pkcs11: C_Finalize: %w", err)
 	}
 	return nil
+}
+
+// generation returns the module's current initialisation generation.
+func (m *module) generation() uint64 {
+	modMu.Lock()
+	defer modMu.Unlock()
+	return m.gen
+}
+
+// reinit finalises and initialises the module again, which is the only way
+// to reach a token again through some modules once their device was lost
+// (p11-kit-client.so answers CKR_DEVICE_ERROR to everything after its
+// server went away, even when the server is back). seen is the generation
+// the caller's sessions belong to: if another Backend has re-initialised
+// the module since, reinit does nothing. It returns the new generation.
+func (m *module) reinit(seen uint64) (uint64, error) {
+	modMu.Lock()
+	defer modMu.Unlock()
+	if m.gen != seen || m.refs == 0 {
+		return m.gen, nil
+	}
+	_ = m.ctx.Finalize() // CKR_CRYPTOKI_NOT_INITIALIZED after a failed attempt
+	if err := m.ctx.Initialize(); err != nil && !isCode(err, p11.CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+		return m.gen, fmt.Errorf("C_Initialize: %w", err)
+	}
+	m.gen++
+	return m.gen, nil
 }

@@ -3,6 +3,7 @@ package pkcs11
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -51,8 +52,11 @@ type objKey struct {
 }
 
 func (k objKey) label() string {
-	if k.class == p11.CKO_SECRET_KEY {
+	switch k.class {
+	case p11.CKO_SECRET_KEY:
 		return sealEpochLabel
+	case classHMACSecret:
+		return sealHMACEpochLabel
 	}
 	return labelPrefix + k.id
 }
@@ -61,10 +65,11 @@ func (k objKey) label() string {
 // label keeps keys of other applications that reuse an id out of reach).
 // Private and secret keys must also be CKA_PRIVATE: only a logged-in
 // session can make such an object, so nobody without the PIN can plant a
-// key the daemon would then use. Secret keys must be AES.
+// key the daemon would then use. Secret keys must be AES, or generic
+// secrets for the hmac-kdf epoch keys.
 func (k objKey) template() []*p11.Attribute {
 	t := []*p11.Attribute{
-		p11.NewAttribute(p11.CKA_CLASS, k.class),
+		p11.NewAttribute(p11.CKA_CLASS, k.p11Class()),
 		p11.NewAttribute(p11.CKA_TOKEN, true),
 		p11.NewAttribute(p11.CKA_ID, []byte(k.id)),
 		p11.NewAttribute(p11.CKA_LABEL, k.label()),
@@ -74,8 +79,23 @@ func (k objKey) template() []*p11.Attribute {
 		t = append(t, p11.NewAttribute(p11.CKA_PRIVATE, true))
 	case p11.CKO_SECRET_KEY:
 		t = append(t, p11.NewAttribute(p11.CKA_PRIVATE, true), p11.NewAttribute(p11.CKA_KEY_TYPE, p11.CKK_AES))
+	case classHMACSecret:
+		t = append(t, p11.NewAttribute(p11.CKA_PRIVATE, true), p11.NewAttribute(p11.CKA_KEY_TYPE, p11.CKK_GENERIC_SECRET))
 	}
 	return t
+}
+
+// classHMACSecret is objKey's class for an hmac-kdf epoch key: a
+// CKO_SECRET_KEY of type CKK_GENERIC_SECRET under its own label, so that
+// the two kinds of epoch key, which share their CKA_ID (the epoch id),
+// are never taken for one another.
+const classHMACSecret = 1<<31 | p11.CKO_SECRET_KEY
+
+func (k objKey) p11Class() uint {
+	if k.class == classHMACSecret {
+		return p11.CKO_SECRET_KEY
+	}
+	return k.class
 }
 
 // handleCache remembers object handles within this module instance. Entries
@@ -281,6 +301,9 @@ func (b *Backend) Destroy(ctx context.Context, ref []byte) error {
 		}
 		return nil
 	})
+	if errors.Is(err, keystore.ErrDeviceUnavailable) && !isRecovering(ctx) {
+		b.deferDestroy(id) // recover.go: done once the token is back
+	}
 	return devErr("destroy", err)
 }
 
@@ -293,7 +316,7 @@ func (b *Backend) names(s p11.SessionHandle, h p11.ObjectHandle, k objKey) bool 
 		p11.NewAttribute(p11.CKA_ID, nil),
 		p11.NewAttribute(p11.CKA_LABEL, nil),
 	})
-	return err == nil && attrUint(attrs[0].Value) == k.class &&
+	return err == nil && attrUint(attrs[0].Value) == k.p11Class() &&
 		string(attrs[1].Value) == k.id && string(attrs[2].Value) == k.label()
 }
 

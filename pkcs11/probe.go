@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"strings"
 
 	p11 "github.com/miekg/pkcs11"
 
@@ -23,17 +24,20 @@ import (
 // the result against Go where Go can. X25519 and X448 try the PKCS#11 3.0
 // Montgomery generator first (if listed), then SoftHSM 2.6's Edwards
 // generator with the Montgomery curve OID.
-func (b *Backend) probe(ctx context.Context) error {
+//
+// It returns the working algorithms and, for the others, why not; Open
+// stores them, and a reconnect compares them with what Open found.
+func (b *Backend) probe(ctx context.Context) (map[keystore.Algorithm]*algSpec, map[keystore.Algorithm]string, error) {
 	mechList, err := b.mod.ctx.GetMechanismList(b.slot)
 	if err != nil {
-		return fmt.Errorf("C_GetMechanismList: %w", err)
+		return nil, nil, fmt.Errorf("C_GetMechanismList: %w", err)
 	}
 	has := map[uint]bool{}
 	for _, m := range mechList {
 		has[m.Mechanism] = true
 	}
-	b.specs = map[keystore.Algorithm]*algSpec{}
-	b.notes = map[keystore.Algorithm]string{}
+	specs := map[keystore.Algorithm]*algSpec{}
+	notes := map[keystore.Algorithm]string{}
 	for _, alg := range keystore.Algorithms {
 		base := baseSpecs()[alg]
 		var candidates []*algSpec
@@ -52,29 +56,33 @@ func (b *Backend) probe(ctx context.Context) error {
 			base.route = RouteStandard
 			candidates = append(candidates, base)
 		}
+		var why []string
 		if !has[base.opMech] {
 			candidates = nil
+			why = append(why, mechName(base.opMech)+" not offered")
+		} else if len(candidates) == 0 {
+			why = append(why, mechName(base.genMech)+" not offered")
 		}
-		var why []string
 		for _, c := range candidates {
 			err := b.withSession(ctx, "probe", func(s p11.SessionHandle) error { return b.tryAlg(s, c) })
 			if err == nil {
-				b.specs[alg] = c
+				specs[alg] = c
 				break
 			}
-			if ctx.Err() != nil || errors.Is(err, ErrClosed) {
-				return err
+			// A lost device is not a missing algorithm.
+			if ctx.Err() != nil || errors.Is(err, ErrClosed) || errors.Is(err, keystore.ErrDeviceUnavailable) || deviceGone(err) {
+				return nil, nil, err
 			}
 			why = append(why, fmt.Sprintf("%s: %v", c.route, err))
 		}
-		if b.specs[alg] == nil {
+		if specs[alg] == nil {
 			if len(why) == 0 {
-				why = append(why, "mechanisms not listed")
+				why = append(why, "mechanisms not offered")
 			}
-			b.notes[alg] = fmt.Sprint(why)
+			notes[alg] = strings.Join(why, "; ")
 		}
 	}
-	return nil
+	return specs, notes, nil
 }
 
 // tryAlg generates a session key pair for spec and checks one operation.

@@ -5,6 +5,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 
 	p11 "github.com/miekg/pkcs11"
@@ -19,6 +20,13 @@ import (
 // private ones. Every key found must also prove it was generated in the
 // token and never left it (checkSealKey), or it is refused.
 //
+// A token that offers no AES-GCM (p11-kit's forwarding) seals in the
+// hmac-kdf mode instead (sealprobe.go): its epoch keys are 32-byte generic
+// secrets labelled "mlskeyd:seal-hmac-epoch", with the same CKA_ID, the
+// same search rules and the same attribute checks, and its blobs (version
+// 3) name their epoch the same way. Destroying an epoch destroys either
+// kind, so the epoch guarantee holds in both modes.
+//
 // Keys labelled "mlskeyd:seal-v1" come from before epochs. They are never
 // used to seal again, only to open version 1 blobs until the keystore has
 // moved them into an epoch; the operator removes them (docs/operations.md).
@@ -27,6 +35,7 @@ const (
 	sealLegacyLabel = "mlskeyd:seal-v1"
 	sealV1          = 0x01 // 0x01 || IV || ciphertext || tag, under any seal-v1 key
 	sealV2          = 0x02 // 0x02 || len(epoch) || epoch || IV || ciphertext || tag
+	sealV3          = 0x03 // 0x03 || len(epoch) || epoch || salt || ciphertext || tag (hmac-kdf)
 	gcmIVLen        = 12
 	gcmTagLen       = 16
 	sealKeyLen      = 32
@@ -34,9 +43,13 @@ const (
 )
 
 func secretTemplate(label string) []*p11.Attribute {
+	return secretTemplateOf(label, p11.CKK_AES)
+}
+
+func secretTemplateOf(label string, keyType uint) []*p11.Attribute {
 	return []*p11.Attribute{
 		p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
-		p11.NewAttribute(p11.CKA_KEY_TYPE, p11.CKK_AES),
+		p11.NewAttribute(p11.CKA_KEY_TYPE, keyType),
 		p11.NewAttribute(p11.CKA_TOKEN, true),
 		p11.NewAttribute(p11.CKA_PRIVATE, true),
 		p11.NewAttribute(p11.CKA_LABEL, label),
@@ -47,6 +60,12 @@ func secretTemplate(label string) []*p11.Attribute {
 // generated in the token (CKA_LOCAL), sensitive and unextractable since
 // birth (CKA_ALWAYS_SENSITIVE, CKA_NEVER_EXTRACTABLE).
 func (b *Backend) checkSealKey(s p11.SessionHandle, h p11.ObjectHandle, name string) error {
+	return b.checkSealKeyOf(s, h, name, p11.CKK_AES)
+}
+
+// checkSealKeyOf is checkSealKey for a key of keyType (CKK_AES, or
+// CKK_GENERIC_SECRET for an hmac-kdf epoch key).
+func (b *Backend) checkSealKeyOf(s p11.SessionHandle, h p11.ObjectHandle, name string, keyType uint) error {
 	type want struct {
 		name string
 		typ  uint
@@ -71,8 +90,8 @@ func (b *Backend) checkSealKey(s p11.SessionHandle, h p11.ObjectHandle, name str
 	if n := attrUint(attrs[0].Value); n != sealKeyLen {
 		return fmt.Errorf("%w: sealing key %s: CKA_VALUE_LEN is %d, want %d", ErrNotProtected, name, n, sealKeyLen)
 	}
-	if kt := attrUint(attrs[1].Value); kt != p11.CKK_AES {
-		return fmt.Errorf("%w: sealing key %s: CKA_KEY_TYPE is 0x%x, want CKK_AES", ErrNotProtected, name, kt)
+	if kt := attrUint(attrs[1].Value); kt != keyType {
+		return fmt.Errorf("%w: sealing key %s: CKA_KEY_TYPE is 0x%x, want 0x%x", ErrNotProtected, name, kt, keyType)
 	}
 	for i, w := range wants {
 		v := attrs[i+2].Value
@@ -112,31 +131,87 @@ func (b *Backend) Epochs(ctx context.Context) ([]string, error) {
 		if err := b.requireLogin(s); err != nil {
 			return err
 		}
-		hs, err := b.findAll(s, secretTemplate(sealEpochLabel))
-		if err != nil {
-			return err
-		}
-		for _, h := range hs {
-			attrs, err := b.mod.ctx.GetAttributeValue(s, h, []*p11.Attribute{p11.NewAttribute(p11.CKA_ID, nil)})
-			if handleInvalid(err) {
-				continue
-			}
+		for _, kind := range epochKinds {
+			hs, err := b.findAll(s, secretTemplateOf(kind.label, kind.keyType))
 			if err != nil {
-				return fmt.Errorf("C_GetAttributeValue(CKA_ID): %w", err)
-			}
-			id := string(attrs[0].Value)
-			if err := b.checkSealKey(s, h, fmt.Sprintf("%q", id)); err != nil {
 				return err
 			}
-			ids = append(ids, id)
-			b.cache.put(objKey{p11.CKO_SECRET_KEY, id}, h)
+			for _, h := range hs {
+				attrs, err := b.mod.ctx.GetAttributeValue(s, h, []*p11.Attribute{p11.NewAttribute(p11.CKA_ID, nil)})
+				if handleInvalid(err) {
+					continue
+				}
+				if err != nil {
+					return fmt.Errorf("C_GetAttributeValue(CKA_ID): %w", err)
+				}
+				id := string(attrs[0].Value)
+				if err := b.checkSealKeyOf(s, h, fmt.Sprintf("%q", id), kind.keyType); err != nil {
+					return err
+				}
+				ids = append(ids, id)
+				b.cache.put(objKey{kind.class, id}, h)
+			}
 		}
 		return nil
 	})
 	if err != nil {
 		return nil, devErr("list epochs", err)
 	}
-	return ids, nil
+	slices.Sort(ids)
+	return slices.Compact(ids), nil
+}
+
+// epochKinds are the two kinds of epoch key: AES for the gcm mode,
+// generic secrets for hmac-kdf.
+var epochKinds = []struct {
+	class, keyType uint
+	label          string
+}{
+	{p11.CKO_SECRET_KEY, p11.CKK_AES, sealEpochLabel},
+	{classHMACSecret, p11.CKK_GENERIC_SECRET, sealHMACEpochLabel},
+}
+
+// sealing returns the mode chosen at Open, or why the token cannot seal.
+func (b *Backend) sealing() (string, error) {
+	b.sealMu.RLock()
+	defer b.sealMu.RUnlock()
+	if b.sealMode == "" {
+		return "", fmt.Errorf("sealing is unavailable on this token: %v", b.sealErr)
+	}
+	return b.sealMode, nil
+}
+
+// EpochsSupported is false on a token that can seal in neither mode: the
+// keystore then offers no sealed keys instead of failing to make an epoch.
+func (b *Backend) EpochsSupported() bool {
+	mode, _ := b.sealing()
+	return mode != ""
+}
+
+// CanSealIn says whether the epoch has a key of the kind the token seals
+// with now (keystore.EpochSealChecker): a catalog made on the token
+// directly (AES-GCM) and then used through p11-kit (hmac-kdf) needs a new
+// epoch.
+func (b *Backend) CanSealIn(ctx context.Context, epoch string) (bool, error) {
+	if err := checkEpoch(epoch); err != nil {
+		return false, err
+	}
+	mode, err := b.sealing()
+	if err != nil {
+		return false, err
+	}
+	k := objKey{p11.CKO_SECRET_KEY, epoch}
+	if mode == sealModeHMAC {
+		k.class = classHMACSecret
+	}
+	err = b.withSession(ctx, "check_epoch", func(s p11.SessionHandle) error {
+		_, err := b.lookup(s, k)
+		return err
+	})
+	if errors.Is(err, keystore.ErrDeviceKeyNotFound) {
+		return false, nil
+	}
+	return err == nil, devErr("check epoch", err)
 }
 
 func checkEpoch(id string) error {
@@ -146,11 +221,33 @@ func checkEpoch(id string) error {
 	return nil
 }
 
-// NewEpoch generates the epoch's AES-256 key in the token.
+// NewEpoch generates the epoch's key in the token: AES-256 in the gcm
+// mode, a 32-byte HMAC secret in the hmac-kdf mode. A round trip through
+// the new key proves it before any key is sealed in it.
 func (b *Backend) NewEpoch(ctx context.Context, id string) error {
 	if err := checkEpoch(id); err != nil {
 		return err
 	}
+	mode, err := b.sealing()
+	if err != nil {
+		return devErr("new epoch", err)
+	}
+	if mode == sealModeHMAC {
+		err = b.newHMACEpoch(ctx, id)
+	} else {
+		err = b.newGCMEpoch(ctx, id)
+	}
+	if err != nil {
+		return err
+	}
+	if err := b.epochRoundTrip(ctx, id); err != nil {
+		_ = b.DestroyEpoch(ctx, id)
+		return devErr("new epoch", fmt.Errorf("epoch %q fails a seal round trip: %w", id, err))
+	}
+	return nil
+}
+
+func (b *Backend) newGCMEpoch(ctx context.Context, id string) error {
 	tmpl := append(secretTemplate(sealEpochLabel),
 		p11.NewAttribute(p11.CKA_ID, []byte(id)),
 		p11.NewAttribute(p11.CKA_VALUE_LEN, sealKeyLen),
@@ -169,12 +266,8 @@ func (b *Backend) NewEpoch(ctx context.Context, id string) error {
 		if err := b.requireLogin(s); err != nil {
 			return err
 		}
-		hs, err := b.findAll(s, objKey{p11.CKO_SECRET_KEY, id}.template())
-		if err != nil {
+		if err := b.epochExists(s, id); err != nil {
 			return err
-		}
-		if len(hs) > 0 {
-			return fmt.Errorf("%w: epoch %q", ErrKeyExists, id)
 		}
 		h, err := b.mod.ctx.GenerateKey(s, []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_KEY_GEN, nil)}, tmpl)
 		if err != nil {
@@ -196,21 +289,23 @@ func (b *Backend) DestroyEpoch(ctx context.Context, id string) error {
 	if err := checkEpoch(id); err != nil {
 		return err
 	}
-	k := objKey{p11.CKO_SECRET_KEY, id}
 	b.storeMu.Lock()
 	defer b.storeMu.Unlock()
 	err := b.withSession(ctx, "destroy_epoch", func(s p11.SessionHandle) error {
 		if err := b.requireLogin(s); err != nil {
 			return err
 		}
-		b.cache.drop(k)
-		hs, err := b.findAll(s, k.template())
-		if err != nil {
-			return err
-		}
-		for _, h := range hs {
-			if err := b.mod.ctx.DestroyObject(s, h); err != nil && !handleInvalid(err) {
-				return fmt.Errorf("C_DestroyObject: %w", err)
+		for _, kind := range epochKinds {
+			k := objKey{kind.class, id}
+			b.cache.drop(k)
+			hs, err := b.findAll(s, k.template())
+			if err != nil {
+				return err
+			}
+			for _, h := range hs {
+				if err := b.mod.ctx.DestroyObject(s, h); err != nil && !handleInvalid(err) {
+					return fmt.Errorf("C_DestroyObject: %w", err)
+				}
 			}
 		}
 		return nil
@@ -218,24 +313,61 @@ func (b *Backend) DestroyEpoch(ctx context.Context, id string) error {
 	return devErr("destroy epoch", err)
 }
 
-func sealHeader(epoch string) []byte {
-	return append([]byte{sealV2, byte(len(epoch))}, epoch...)
+// epochExists refuses a second key (of either kind) for an epoch.
+func (b *Backend) epochExists(s p11.SessionHandle, id string) error {
+	for _, kind := range epochKinds {
+		hs, err := b.findAll(s, objKey{kind.class, id}.template())
+		if err != nil {
+			return err
+		}
+		if len(hs) > 0 {
+			return fmt.Errorf("%w: epoch %q", ErrKeyExists, id)
+		}
+	}
+	return nil
 }
 
-// SealIn encrypts plaintext with AES-256-GCM under the epoch's key. The
-// blob is 0x02 || len(epoch) || epoch || 12-byte random IV || ciphertext
-// || 16-byte tag; the header and aad are authenticated.
+func sealHeader(version byte, epoch string) []byte {
+	return append([]byte{version, byte(len(epoch))}, epoch...)
+}
+
+// parseHeader splits a version 2 or 3 blob into its epoch, header and the
+// rest, which must hold at least min bytes.
+func parseHeader(blob []byte, version byte, min int) (epoch string, hdr, rest []byte, err error) {
+	if len(blob) < 2 || blob[0] != version || int(blob[1]) == 0 || len(blob) < 2+int(blob[1])+min {
+		return "", nil, nil, fmt.Errorf("%w: malformed", ErrSealedBlob)
+	}
+	n := 2 + int(blob[1])
+	epoch, hdr = string(blob[2:n]), blob[:n]
+	if checkEpoch(epoch) != nil {
+		return "", nil, nil, fmt.Errorf("%w: malformed epoch id", ErrSealedBlob)
+	}
+	return epoch, hdr, blob[n:], nil
+}
+
+// SealIn encrypts plaintext under the epoch's key, in the mode chosen at
+// Open. In the gcm mode (AES-256-GCM in the token) the blob is 0x02 ||
+// len(epoch) || epoch || 12-byte random IV || ciphertext || 16-byte tag;
+// the header and aad are authenticated. The hmac-kdf mode is in
+// sealprobe.go.
 func (b *Backend) SealIn(ctx context.Context, epoch string, plaintext, aad []byte) ([]byte, error) {
 	if err := checkEpoch(epoch); err != nil {
 		return nil, err
 	}
-	hdr := sealHeader(epoch)
+	mode, err := b.sealing()
+	if err != nil {
+		return nil, devErr("seal", err)
+	}
+	if mode == sealModeHMAC {
+		return b.sealHMACIn(ctx, epoch, plaintext, aad)
+	}
+	hdr := sealHeader(sealV2, epoch)
 	iv := make([]byte, gcmIVLen)
 	if _, err := rand.Read(iv); err != nil {
 		return nil, err
 	}
 	var ct []byte
-	err := b.withKey(ctx, "seal", objKey{p11.CKO_SECRET_KEY, epoch}, func(s p11.SessionHandle, h p11.ObjectHandle) error {
+	err = b.withKey(ctx, "seal", objKey{p11.CKO_SECRET_KEY, epoch}, func(s p11.SessionHandle, h p11.ObjectHandle) error {
 		params := p11.NewGCMParams(iv, append(hdr, aad...), gcmTagLen*8)
 		defer params.Free()
 		if err := b.mod.ctx.EncryptInit(s, []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_GCM, params)}, h); err != nil {
@@ -261,7 +393,8 @@ func (b *Backend) SealIn(ctx context.Context, epoch string, plaintext, aad []byt
 	return blob, nil
 }
 
-// Unseal reverses SealIn (and opens version 1 blobs with the seal-v1 keys).
+// Unseal reverses SealIn in either mode, whichever the token seals in now
+// (and opens version 1 blobs with the seal-v1 keys).
 // A blob whose epoch key is gone returns an error wrapping
 // keystore.ErrEpochDestroyed; a wrong aad, a tampered blob or a blob from
 // another token one wrapping ErrSealedBlob.
@@ -269,18 +402,17 @@ func (b *Backend) Unseal(ctx context.Context, blob, aad []byte) ([]byte, error) 
 	if len(blob) > 0 && blob[0] == sealV1 {
 		return b.unsealLegacy(ctx, blob, aad)
 	}
-	if len(blob) < 2 || blob[0] != sealV2 || int(blob[1]) == 0 || len(blob) < 2+int(blob[1])+gcmIVLen+gcmTagLen {
-		return nil, devErr("unseal", fmt.Errorf("%w: malformed", ErrSealedBlob))
+	if len(blob) > 0 && blob[0] == sealV3 {
+		return b.unsealHMAC(ctx, blob, aad) // sealprobe.go
 	}
-	n := 2 + int(blob[1])
-	epoch, hdr := string(blob[2:n]), blob[:n]
-	if checkEpoch(epoch) != nil {
-		return nil, devErr("unseal", fmt.Errorf("%w: malformed epoch id", ErrSealedBlob))
+	epoch, hdr, rest, err := parseHeader(blob, sealV2, gcmIVLen+gcmTagLen)
+	if err != nil {
+		return nil, devErr("unseal", err)
 	}
-	iv, ct := blob[n:n+gcmIVLen], blob[n+gcmIVLen:]
+	iv, ct := rest[:gcmIVLen], rest[gcmIVLen:]
 	aad = append(append([]byte(nil), hdr...), aad...)
 	var pt []byte
-	err := b.withKey(ctx, "unseal", objKey{p11.CKO_SECRET_KEY, epoch}, func(s p11.SessionHandle, h p11.ObjectHandle) error {
+	err = b.withKey(ctx, "unseal", objKey{p11.CKO_SECRET_KEY, epoch}, func(s p11.SessionHandle, h p11.ObjectHandle) error {
 		var err error
 		pt, err = b.decrypt(s, h, iv, ct, aad)
 		return err

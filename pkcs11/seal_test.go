@@ -275,9 +275,16 @@ func (sealOnly) Algorithms() []keystore.Algorithm { return nil }
 // epoch key is destroyed in the token), put the copy back: the key does
 // not open again.
 func TestRetiredSealedKeyGoneFromOldCatalog(t *testing.T) {
+	retiredSealedKeyGone(t, false)
+}
+
+func retiredSealedKeyGone(t *testing.T, hmac bool) {
 	cfg := newToken(t)
 	ctx := context.Background()
 	be := sealOnly{openBackend(t, cfg)}
+	if hmac {
+		forceHMAC(be.Backend)
+	}
 	path := filepath.Join(t.TempDir(), "catalog.db")
 	opts := keystore.Options{EpochPerRetirement: true}
 	st, err := keystore.Open(ctx, path, be, opts)
@@ -287,6 +294,9 @@ func TestRetiredSealedKeyGoneFromOldCatalog(t *testing.T) {
 	r, err := st.Create(ctx, keystore.KeySpec{Role: keystore.RoleInit, Suite: 1, Algorithm: keystore.X25519})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if want := map[bool]byte{false: sealV2, true: sealV3}[hmac]; r.Sealed[0] != want || string(r.Sealed[2:2+int(r.Sealed[1])]) != r.Epoch {
+		t.Fatalf("blob version %d naming epoch %q, record epoch %q", r.Sealed[0], r.Sealed[2:2+int(r.Sealed[1])], r.Epoch)
 	}
 	st.Close()
 	saved, err := os.ReadFile(path)

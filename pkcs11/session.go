@@ -59,25 +59,40 @@ func (b *Backend) release(s p11.SessionHandle, discard bool) {
 // observer (Config.Observer), which sees every call, retries and the wait
 // for a session included.
 func (b *Backend) withSession(ctx context.Context, op string, fn func(s p11.SessionHandle) error) (err error) {
-	if b.observer != nil {
+	if b.cfg.Observer != nil {
 		start := time.Now()
-		defer func() { b.observer.ObserveDeviceOp(op, time.Since(start), err) }()
+		defer func() { b.cfg.Observer.ObserveDeviceOp(op, time.Since(start), err) }()
 	}
 	b.closeMu.RLock()
 	defer b.closeMu.RUnlock()
 	if b.closed {
 		return ErrClosed
 	}
+	// While the device is gone, fail at once: the reconnection runs in
+	// the background (recover.go), and only its own probes get through.
+	if b.health.IsDown() && !isRecovering(ctx) {
+		return b.down()
+	}
 	for attempt := 0; ; attempt++ {
 		s, err := b.acquire(ctx)
 		if err != nil {
+			if deviceGone(err) {
+				return b.gone(ctx, err)
+			}
 			return err
 		}
 		err = fn(s)
 		var p *poisoned
 		if errors.As(err, &p) {
 			b.release(s, true)
+			if deviceGone(p.err) {
+				return b.gone(ctx, p.err)
+			}
 			return p.err
+		}
+		if deviceGone(err) {
+			b.release(s, true)
+			return b.gone(ctx, err)
 		}
 		if !sessionLost(err) {
 			b.release(s, false)
@@ -85,13 +100,37 @@ func (b *Backend) withSession(ctx context.Context, op string, fn func(s p11.Sess
 		}
 		b.release(s, true)
 		if attempt > 0 {
-			return err
+			// A fresh session after a fresh login failed the same way:
+			// the device, not the session, is the problem.
+			return b.gone(ctx, err)
 		}
 		b.pruneIdle()
 		if lerr := b.relogin(); lerr != nil {
-			return fmt.Errorf("%w (login again: %v)", err, lerr)
+			if errors.Is(lerr, ErrClosed) {
+				return lerr
+			}
+			werr := fmt.Errorf("%w (login again: %v)", err, lerr)
+			if pinRejected(lerr) {
+				// No more attempts: they could lock the token.
+				b.downErr.Store(&werr)
+				if b.health.Down(werr, true) {
+					b.log.Error("pkcs11: the token rejected the PIN on re-login; not trying again", "token", b.tokenLabel())
+				}
+				return &unavailableError{werr}
+			}
+			return b.gone(ctx, werr)
 		}
 	}
+}
+
+// gone handles a failure that means the device is lost: outside a
+// reconnection it marks the device down and starts reconnecting; inside one
+// it just fails the attempt.
+func (b *Backend) gone(ctx context.Context, err error) error {
+	if isRecovering(ctx) {
+		return err
+	}
+	return b.lost(err)
 }
 
 // pruneIdle closes idle sessions that are no longer valid (after

@@ -10,15 +10,17 @@
 #   FUZZTIME=30s scripts/test.sh   longer fuzzing
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export MLSKEYD_REQUIRE_SOFTHSM=1 MLSKEYD_REQUIRE_SWTPM=1 MLSKEYD_REQUIRE_NODE=1 MLSKEYD_REQUIRE_SYSTEMD=1
+export MLSKEYD_REQUIRE_SOFTHSM=1 MLSKEYD_REQUIRE_SWTPM=1 MLSKEYD_REQUIRE_NODE=1 MLSKEYD_REQUIRE_P11KIT=1 MLSKEYD_REQUIRE_SYSTEMD=1
 
 scripts/prereqs.sh
 # Every package is named: apt-install.sh uses --no-install-recommends, so a
 # package that is only recommended (libprotobuf-dev by protobuf-compiler:
 # the well-known .proto files) would otherwise be missing on a fresh machine.
-# systemd brings systemd-analyze and systemd-socket-activate, which the
-# tests of contrib/systemd use offline (no systemd needs to run).
-pkgs=(softhsm2 swtpm swtpm-tools protobuf-compiler libprotobuf-dev libssl-dev git systemd)
+# p11-kit (p11-kit-server) and p11-kit-modules (p11-kit-client.so): the
+# tests forward a SoftHSM token through p11-kit, as a container gets a host
+# token. systemd brings systemd-analyze and systemd-socket-activate, which
+# the tests of contrib/systemd use offline (no systemd needs to run).
+pkgs=(softhsm2 swtpm swtpm-tools p11-kit p11-kit-modules protobuf-compiler libprotobuf-dev libssl-dev git systemd)
 command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
 command -v npm >/dev/null 2>&1 || pkgs+=(npm)
 scripts/apt-install.sh "${pkgs[@]}"

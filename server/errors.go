@@ -38,6 +38,8 @@ func statusOf(field string, err error) error {
 		code = codes.Canceled
 	case errors.Is(err, context.DeadlineExceeded):
 		code = codes.DeadlineExceeded
+	case errors.Is(err, keystore.ErrDeviceUnavailable):
+		code = codes.Unavailable
 	case errors.Is(err, keystore.ErrNotFound):
 		code = codes.NotFound
 	case errors.Is(err, keystore.ErrUnsupported):
@@ -56,9 +58,10 @@ func statusOf(field string, err error) error {
 	if code == codes.Internal && errors.As(err, &de) {
 		code = codes.Unavailable
 	}
+	msg := keystore.OneLine(err.Error())
 	switch code {
 	case codes.Canceled, codes.DeadlineExceeded, codes.Unavailable, codes.Internal:
-		return status.Error(code, err.Error())
+		return status.Error(code, msg)
 	}
-	return status.Errorf(code, "%s: %v", field, err)
+	return status.Errorf(code, "%s: %s", field, msg)
 }

@@ -37,7 +37,7 @@ func NewGRPCServer(svc *Service, log *slog.Logger, aud *Auditor, outer ...grpc.U
 		}
 		chain = append(chain, aud.interceptor())
 	}
-	chain = append(chain, authenticate(svc))
+	chain = append(chain, authenticate(svc), startupGate(svc))
 	gs := grpc.NewServer(
 		grpc.Creds(PeerCredentials{}),
 		grpc.MaxRecvMsgSize(MaxRequestSize),
@@ -50,7 +50,12 @@ func NewGRPCServer(svc *Service, log *slog.Logger, aud *Auditor, outer ...grpc.U
 	)
 	pb.RegisterKeyServiceServer(gs, svc)
 	hs := health.NewServer()
-	hs.SetServingStatus(pb.KeyService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	st := healthpb.HealthCheckResponse_SERVING
+	if !svc.Started() {
+		st = healthpb.HealthCheckResponse_NOT_SERVING // until Ready and the device watch
+	}
+	hs.SetServingStatus("", st)
+	hs.SetServingStatus(pb.KeyService_ServiceDesc.ServiceName, st)
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)
 	return gs, hs
@@ -68,7 +73,14 @@ func logCalls(log *slog.Logger) grpc.UnaryServerInterceptor {
 			// Status messages name fields and device return codes; they
 			// never carry key material or request content.
 			attrs = append(attrs, "error", status.Convert(err).Message())
-			log.Info("call failed", attrs...)
+			// A device failure is the operator's business; a caller's
+			// mistake is not.
+			switch status.Code(err) {
+			case codes.Unavailable, codes.Internal:
+				log.Warn("call failed", attrs...)
+			default:
+				log.Info("call failed", attrs...)
+			}
 		} else {
 			log.Debug("call", attrs...)
 		}

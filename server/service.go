@@ -78,11 +78,13 @@ type Service struct {
 	log      *slog.Logger
 	owners   *ownerLocks
 	inflight *inflight
+	boot     startup // startup.go: nil store until Ready
 	// policy is replaced whole on reload (SetPolicy).
 	policy atomic.Pointer[policyState]
 }
 
-// NewService returns the KeyService for store.
+// NewService returns the KeyService for store. A nil store makes a service
+// that is still starting (see Ready).
 func NewService(store *keystore.Store, opts Options) *Service {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -96,10 +98,13 @@ func NewService(store *keystore.Store, opts Options) *Service {
 	if opts.Now == nil {
 		opts.Now = time.Now
 	}
-	s := &Service{store: store, opts: opts, log: opts.Logger,
+	svc := &Service{store: store, opts: opts, log: opts.Logger,
 		owners: newOwnerLocks(), inflight: &inflight{max: MaxInFlightPerUID}}
-	s.policy.Store(newPolicyState(opts.Policy, opts.DefaultLifetime, opts.MaxLifetime, opts.Now, nil))
-	return s
+	svc.policy.Store(newPolicyState(opts.Policy, opts.DefaultLifetime, opts.MaxLifetime, opts.Now, nil))
+	if store != nil {
+		svc.boot.ready.Store(true)
+	}
+	return svc
 }
 
 func lookupSuite(field string, id uint32) (*mls.Suite, error) {
@@ -151,8 +156,15 @@ func checkKeyID(field, id string) error {
 
 func (s *Service) GetInfo(ctx context.Context, _ *pb.GetInfoRequest) (*pb.GetInfoResponse, error) {
 	dev := s.store.Device()
-	resp := &pb.GetInfoResponse{Backend: dev.Backend, Device: dev.Device, Version: s.opts.Version,
-		InstallationId: s.store.Installation(), DeviceUri: dev.URI}
+	h := s.store.Health()
+	resp := &pb.GetInfoResponse{
+		Backend: dev.Backend, Device: dev.Device, Version: s.opts.Version,
+		InstallationId: s.store.Installation(), DeviceUri: dev.URI,
+		DeviceState: string(h.State), DeviceLastError: h.LastError, DeviceRecoveries: h.Recoveries,
+	}
+	if !h.Since.IsZero() {
+		resp.DeviceStateSince = h.Since.Unix()
+	}
 	strays, missing, err := s.quarantined()
 	if err != nil {
 		return nil, statusOf("catalog", err)
@@ -162,12 +174,12 @@ func (s *Service) GetInfo(ctx context.Context, _ *pb.GetInfoRequest) (*pb.GetInf
 	if c, err := s.callerOf(ctx); err == nil && c.admin {
 		resp.StrayKeyIds, resp.MissingKeyIds = strays, missing
 	}
-	level := func(role keystore.Role, alg string) pb.Protection {
-		p, err := s.store.ProtectionFor(role, keystore.Algorithm(alg))
-		if err != nil {
-			return pb.Protection_PROTECTION_UNSPECIFIED
+	level := func(role keystore.Role, alg string) (pb.Protection, string) {
+		p, why := s.store.Availability(role, keystore.Algorithm(alg))
+		if p == "" {
+			return pb.Protection_PROTECTION_UNSPECIFIED, why
 		}
-		return protectionToPB[p]
+		return protectionToPB[p], why
 	}
 	pol := s.pol()
 	for _, su := range mls.Suites() {
@@ -177,13 +189,11 @@ func (s *Service) GetInfo(ctx context.Context, _ *pb.GetInfoRequest) (*pb.GetInf
 			resp.Suites = append(resp.Suites, &pb.SuiteSupport{CipherSuite: uint32(su.ID), Name: su.Name, RefusedByPolicy: true})
 			continue
 		}
-		resp.Suites = append(resp.Suites, &pb.SuiteSupport{
-			CipherSuite:    uint32(su.ID),
-			Name:           su.Name,
-			Signature:      level(keystore.RoleSignature, su.SignatureAlgorithm),
-			Init:           level(keystore.RoleInit, su.KEMAlgorithm),
-			LeafEncryption: level(keystore.RoleLeafEncryption, su.KEMAlgorithm),
-		})
+		ss := &pb.SuiteSupport{CipherSuite: uint32(su.ID), Name: su.Name}
+		ss.Signature, ss.SignatureNote = level(keystore.RoleSignature, su.SignatureAlgorithm)
+		ss.Init, ss.InitNote = level(keystore.RoleInit, su.KEMAlgorithm)
+		ss.LeafEncryption, ss.LeafEncryptionNote = level(keystore.RoleLeafEncryption, su.KEMAlgorithm)
+		resp.Suites = append(resp.Suites, ss)
 	}
 	return resp, nil
 }

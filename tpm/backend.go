@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"time"
@@ -20,6 +21,9 @@ var (
 	_ keystore.Epocher        = (*Backend)(nil)
 	_ keystore.EpochGenerator = (*Backend)(nil)
 	_ keystore.Checker        = (*Backend)(nil)
+
+	_ keystore.HealthReporter = (*Backend)(nil)
+	_ keystore.ProbeNoter     = (*Backend)(nil)
 )
 
 // Config selects the TPM and tunes the queue and the key cache.
@@ -43,6 +47,16 @@ type Config struct {
 	// EpochHandles is how many persistent handles (from 0x814D4C00) the
 	// sealing epochs may take; 0 means 3. See epoch.go.
 	EpochHandles int
+	// Logger receives connection-loss and recovery events; nil discards
+	// them.
+	Logger *slog.Logger
+	// HealthInterval is how often an idle Backend checks the TPM (and,
+	// while it is lost, tries to reconnect). 0 means 5s; the in-process
+	// simulator is not checked.
+	HealthInterval time.Duration
+	// RecoveryMaxBackoff caps the pause between reconnection attempts.
+	// 0 means 5s.
+	RecoveryMaxBackoff time.Duration
 	// Observer, when set, is told of every operation on the TPM (the
 	// daemon's metrics).
 	Observer keystore.DeviceObserver
@@ -75,6 +89,20 @@ type Backend struct {
 	// ekPub is the endorsement key's TPMT_PUBLIC once Attest made it (the
 	// same for the life of the endorsement seed).
 	ekPub []byte
+
+	// Reconnection (reconnect.go); guarded by the queue but health.
+	dev        string
+	track      *ioTracker
+	lostErr    error // the transport failure that lost the TPM; nil when connected
+	lostSince  time.Time
+	nextTry    time.Time
+	pause      time.Duration
+	maxBackoff time.Duration
+	final      error // reconnection stopped for good
+	health     keystore.HealthTracker
+	log        *slog.Logger
+	done       chan struct{}
+	bg         sync.WaitGroup
 
 	// observer sees every operation (do); nil for none.
 	observer keystore.DeviceObserver
@@ -123,16 +151,36 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 		isSim:    cfg.Device == "sim",
 		notes:    map[keystore.Algorithm]string{},
 		queue:    make(chan struct{}, 1),
-		tpm:      newRetryTPM(raw),
 		raw:      raw,
 		lru:      lru{max: cfg.LoadedKeys},
 		epochs:   map[string]tpm2.NamedHandle{},
 		epochMax: cfg.EpochHandles,
 		observer: cfg.Observer,
+
+		dev:        cfg.Device,
+		track:      &ioTracker{next: raw},
+		maxBackoff: cfg.RecoveryMaxBackoff,
+		log:        cfg.Logger,
+		done:       make(chan struct{}),
+	}
+	b.tpm = newRetryTPM(b.track)
+	if b.maxBackoff <= 0 {
+		b.maxBackoff = defaultMaxBackoff
+	}
+	if b.log == nil {
+		b.log = slog.New(slog.DiscardHandler)
 	}
 	if err := b.init(ctx); err != nil {
 		b.shutdown()
 		return nil, devErr("open", err)
+	}
+	if !b.isSim {
+		interval := cfg.HealthInterval
+		if interval <= 0 {
+			interval = defaultHealthInterval
+		}
+		b.bg.Add(1)
+		go b.monitor(interval)
 	}
 	return b, nil
 }
@@ -218,10 +266,21 @@ func (b *Backend) createSRK() error {
 // which algorithms it can do. A TPM_RC means no; a transport failure
 // fails Open.
 func (b *Backend) probe() error {
+	algs, notes, err := b.testParms()
+	if err != nil {
+		return err
+	}
+	b.algs, b.notes = algs, notes
+	return nil
+}
+
+func (b *Backend) testParms() ([]keystore.Algorithm, map[keystore.Algorithm]string, error) {
+	var algs []keystore.Algorithm
+	notes := map[keystore.Algorithm]string{}
 	for _, alg := range keystore.Algorithms {
 		s, ok := algSpecs[alg]
 		if !ok {
-			b.notes[alg] = "a TPM 2.0 cannot compute it"
+			notes[alg] = "a TPM 2.0 cannot compute it"
 			continue
 		}
 		_, err := tpm2.TestParms{Parameters: tpm2.TPMTPublicParms{
@@ -231,14 +290,14 @@ func (b *Backend) probe() error {
 		var rc tpm2.TPMRC
 		switch {
 		case err == nil:
-			b.algs = append(b.algs, alg)
+			algs = append(algs, alg)
 		case errors.As(err, &rc):
-			b.notes[alg] = cmdErr("TPM2_TestParms", err).Error()
+			notes[alg] = cmdErr("TPM2_TestParms", err).Error()
 		default:
-			return cmdErr("TPM2_TestParms", err)
+			return nil, nil, cmdErr("TPM2_TestParms", err)
 		}
 	}
-	return nil
+	return algs, notes, nil
 }
 
 // readInfo builds Info from TPM_PT_MANUFACTURER, TPM_PT_VENDOR_STRING_1..4
@@ -308,6 +367,8 @@ func (b *Backend) Unsupported() map[keystore.Algorithm]string {
 // waits for the command in flight; later calls return ErrClosed.
 func (b *Backend) Close() error {
 	b.closeOnce.Do(func() {
+		close(b.done)
+		b.bg.Wait()
 		b.queue <- struct{}{}
 		b.closed = true
 		b.closeErr = b.shutdown()
@@ -319,6 +380,10 @@ func (b *Backend) Close() error {
 // shutdown runs with the queue held (or before Open returns).
 func (b *Backend) shutdown() error {
 	var errs []error
+	if b.lostErr != nil {
+		// Nothing is loaded in a TPM we are not connected to.
+		b.lru.entries, b.srk = nil, tpm2.NamedHandle{}
+	}
 	for len(b.lru.entries) > 0 {
 		if err := b.evictOldest(); err != nil {
 			errs = append(errs, err)
@@ -356,10 +421,19 @@ func (b *Backend) do(ctx context.Context, op string, f func() error) (err error)
 	if b.closed {
 		return ErrClosed
 	}
+	if b.lostErr != nil {
+		if err := b.reconnectLocked(); err != nil {
+			return devErr(op, err)
+		}
+	}
 	if b.hookLocked != nil {
 		b.hookLocked()
 	}
-	return devErr(op, f())
+	err = f()
+	if b.track.err != nil {
+		return devErr(op, b.lostLocked(err))
+	}
+	return devErr(op, err)
 }
 
 func (b *Backend) acquire(ctx context.Context) error {

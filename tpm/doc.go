@@ -126,9 +126,14 @@
 //     owner hierarchy changes the SRK and makes every blob foreign.
 //   - Sign needs a digest of exactly the scheme hash's size; MLS cipher
 //     suites always match, other combinations are refused.
-//   - If the connection to swtpm breaks, or swtpm restarts under a running
-//     Backend, the Backend does not reconnect: every later call fails, and
-//     it must be closed and opened again.
+//   - A transport failure (swtpm or a resource manager restarting, a
+//     closed socket) marks the TPM lost: calls fail fast with
+//     keystore.ErrDeviceUnavailable until the next command or health check
+//     after the backoff reconnects (Startup, stray handles flushed, SRK
+//     re-created and compared with the start-up one, curves probed; keys
+//     load again on demand). A different SRK stops the attempts. The
+//     in-process simulator cannot lose its connection and is not checked.
+//     See reconnect.go.
 //   - The simulator is one per process: a second Backend on "sim" waits
 //     for the first to close (up to CommandTimeout) and then fails with
 //     ErrBusy. SimulatorSeed is hashed to the simulator's int64 seed; it

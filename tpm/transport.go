@@ -227,3 +227,20 @@ func startup(t transport.TPM) error {
 	}
 	return nil
 }
+
+// ioTracker remembers the first transport failure (a broken socket, a
+// device read error) under the retrying layer: the TPM's own answers, even
+// errors, are not failures here. The Backend checks it after each command
+// to tell a lost TPM from a refused command.
+type ioTracker struct {
+	next transport.TPM
+	err  error
+}
+
+func (t *ioTracker) Send(cmd []byte) ([]byte, error) {
+	rsp, err := t.next.Send(cmd)
+	if err != nil && t.err == nil {
+		t.err = err
+	}
+	return rsp, err
+}

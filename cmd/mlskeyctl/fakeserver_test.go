@@ -32,6 +32,7 @@ type fakeServer struct {
 	mu       sync.Mutex
 	lastList []*mlskeyv1.ListKeysRequest
 	lastKP   *mlskeyv1.CreateKeyPackagesRequest
+	info     *mlskeyv1.GetInfoResponse // replaces GetInfo's answer when set
 	// kpTimeLeft is the time the last CreateKeyPackages had before its
 	// deadline (0: none).
 	kpTimeLeft time.Duration
@@ -74,6 +75,11 @@ func initKey() *mlskeyv1.Key {
 func notFound(id string) error { return status.Errorf(codes.NotFound, "key %q not found", id) }
 
 func (s *fakeServer) GetInfo(context.Context, *mlskeyv1.GetInfoRequest) (*mlskeyv1.GetInfoResponse, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.info != nil {
+		return s.info, nil
+	}
 	return &mlskeyv1.GetInfoResponse{
 		Backend:        "fake",
 		Device:         "test device",

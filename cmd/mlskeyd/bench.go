@@ -76,7 +76,7 @@ func runBench(args []string, getenv func(string) string, stdout, stderr io.Write
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
-	be, err := openBackend(ctx, cfg, c, getenv, nil)
+	be, err := openBackend(ctx, cfg, c, getenv, log, nil)
 	if err != nil {
 		return err
 	}

@@ -207,6 +207,20 @@ func run(args []string, getenv func(string) string, stdout io.Writer, stderr *lo
 	}
 	defer obs.stop()
 
+	// The socket is bound before the device is opened: until the device
+	// is ready, health answers NOT_SERVING and GetInfo the start-up phase,
+	// so that "starting" is not mistaken for "dead".
+	svc := server.NewService(nil, server.Options{
+		Version: version.String(), Logger: log, DefaultLifetime: c.lifetime, MaxLifetime: c.maxLifetime,
+		Policy: c.policy, Access: c.access, OnRateLimited: obs.rateLimited,
+	})
+	// The phase is also systemd's status line (systemctl status), until
+	// READY=1 once the catalog is reconciled.
+	phase := func(p string) {
+		svc.SetPhase(p)
+		notify.status(p)
+	}
+	phase("opening the device")
 	auditPath := cfg.str("audit-log")
 	if auditPath == "" {
 		auditPath = filepath.Join(state, "audit.log")
@@ -232,7 +246,27 @@ func run(args []string, getenv func(string) string, stdout io.Writer, stderr *lo
 		log.Info("audit log closed", "last_seq", alog.LastSeq(), "last_hash", alog.LastHash())
 		alog.Close()
 	}()
-	be, err := openBackend(ctx, cfg, c, getenv, obs.deviceObserver())
+	gs, hs := server.NewGRPCServer(svc, log,
+		&server.Auditor{Log: alog, FailClosed: c.failClosed, Logger: log, OnWriteFailure: obs.auditWriteFailed},
+		obs.interceptors()...)
+	// Under socket activation the listener is systemd's socket, already
+	// bound (and kept by systemd when the daemon exits); otherwise the
+	// daemon binds it here, before the device opens.
+	l, err := listen(socket, c.mode, c.gid, log)
+	if err != nil {
+		return err
+	}
+	served := make(chan error, 1)
+	go func() { served <- gs.Serve(l) }()
+	started := false
+	defer func() {
+		if !started {
+			gs.Stop() // closes the listener, which removes a socket the daemon bound
+		}
+	}()
+	log.Info("socket bound; opening the device", "socket", l.Addr().String(), "backend", c.backend)
+
+	be, err := openBackend(ctx, cfg, c, getenv, log, obs.deviceObserver())
 	if err != nil {
 		return err
 	}
@@ -248,6 +282,7 @@ func run(args []string, getenv func(string) string, stdout io.Writer, stderr *lo
 	if err != nil {
 		return err
 	}
+	phase("reconciling the catalog with the device")
 	// The audit log is open before the catalog, so that what start-up does
 	// to keys on its own (reconciliation) is recorded like every call.
 	onEvent := auditEvents(alog, log, obs.auditWriteFailed)
@@ -277,24 +312,14 @@ func run(args []string, getenv func(string) string, stdout io.Writer, stderr *lo
 		}
 	}()
 	store.StartSweeper(c.sweepEvery)
+	svc.Ready(store)
+	started = true
+	go server.WatchDeviceHealth(ctx, store, hs, log)
 
-	svc := server.NewService(store, server.Options{
-		Version: version.String(), Logger: log, DefaultLifetime: c.lifetime, MaxLifetime: c.maxLifetime,
-		Policy: c.policy, Access: c.access, OnRateLimited: obs.rateLimited,
-	})
 	obs.watchStore(store)
-	gs, hs := server.NewGRPCServer(svc, log,
-		&server.Auditor{Log: alog, FailClosed: c.failClosed, Logger: log, OnWriteFailure: obs.auditWriteFailed},
-		obs.interceptors()...)
-	l, err := listen(socket, c.mode, c.gid, log)
-	if err != nil {
-		return err
-	}
 	info := be.Info()
 	log.Info("serving", "socket", l.Addr().String(), "backend", info.Backend, "device", info.Device,
 		"catalog", cfg.str("catalog"), "version", version.String(), "dev", c.dev)
-	served := make(chan error, 1)
-	go func() { served <- gs.Serve(l) }()
 	notify.ready("serving on " + l.Addr().String())
 	rl := &reloader{args: args, getenv: getenv, svc: svc, alog: alog, log: log, notify: notify, auditFailed: obs.auditWriteFailed}
 	go rl.run(ctx, hup)
@@ -335,7 +360,7 @@ const shutdownGrace = 30 * time.Second
 
 // openBackend opens the configured device.
 // observer, if not nil, sees every device operation (the metrics).
-func openBackend(ctx context.Context, cfg *settings, c *config, getenv func(string) string, observer keystore.DeviceObserver) (keystore.Backend, error) {
+func openBackend(ctx context.Context, cfg *settings, c *config, getenv func(string) string, log *slog.Logger, observer keystore.DeviceObserver) (keystore.Backend, error) {
 	if c.backend == "tpm" {
 		var seed []byte
 		if f := cfg.str("tpm-simulator-seed-file"); f != "" {
@@ -344,7 +369,7 @@ func openBackend(ctx context.Context, cfg *settings, c *config, getenv func(stri
 				return nil, fmt.Errorf("--tpm-simulator-seed-file: %w", err)
 			}
 		}
-		return tpm.Open(ctx, tpm.Config{Device: cfg.str("tpm"), SimulatorSeed: seed, CommandTimeout: c.tpmTimeout, LoadedKeys: c.tpmLoadedKeys, EpochHandles: c.tpmEpochHandles, Observer: observer})
+		return tpm.Open(ctx, tpm.Config{Device: cfg.str("tpm"), SimulatorSeed: seed, CommandTimeout: c.tpmTimeout, LoadedKeys: c.tpmLoadedKeys, EpochHandles: c.tpmEpochHandles, Logger: log, Observer: observer})
 	}
 	pc, pinFile, err := pkcs11Selection(cfg)
 	if err != nil {
@@ -354,7 +379,7 @@ func openBackend(ctx context.Context, cfg *settings, c *config, getenv func(stri
 	if err != nil {
 		return nil, err
 	}
-	pc.PIN, pc.MaxSessions, pc.Observer = pin, c.pkcs11Sessions, observer
+	pc.PIN, pc.MaxSessions, pc.Logger, pc.Observer = pin, c.pkcs11Sessions, log, observer
 	return pkcs11.Open(ctx, pc)
 }
 

@@ -70,10 +70,3 @@ func (o *observability) rateLimited() {
 		o.m.RateLimited()
 	}
 }
-
-// deviceReconnected is the hook for a backend that reopens a lost device.
-func (o *observability) deviceReconnected() {
-	if o.m != nil {
-		o.m.DeviceReconnected()
-	}
-}

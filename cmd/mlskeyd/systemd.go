@@ -150,6 +150,9 @@ func (n *notifier) send(lines ...string) {
 
 func (n *notifier) ready(status string) { n.send("READY=1", "STATUS="+status) }
 
+// status sets the line systemctl status shows, for start-up phases.
+func (n *notifier) status(status string) { n.send("STATUS=" + status) }
+
 // reloading starts a reload; systemd wants the monotonic clock with it
 // (sd_notify(3), RELOADING=1) and READY=1 when the reload is over.
 func (n *notifier) reloading() {

@@ -116,6 +116,26 @@ func (p *Process) Stop() {
 	p.cmd = nil
 }
 
+// Kill kills swtpm with SIGKILL, as a crash would: its clients' connections
+// break. Its state stays in the directory; Resume starts it again.
+func (p *Process) Kill() {
+	if p.cmd == nil || p.cmd.Process == nil {
+		return
+	}
+	p.cmd.Process.Kill()
+	p.cmd.Wait()
+	p.cmd = nil
+}
+
+// Resume starts a killed or stopped swtpm again on the same ports and
+// state.
+func (p *Process) Resume(tb testing.TB) {
+	tb.Helper()
+	if p.cmd == nil {
+		p.start(tb)
+	}
+}
+
 // Restart stops swtpm and starts it again on the same ports and state.
 func (p *Process) Restart(tb testing.TB) {
 	tb.Helper()

@@ -444,8 +444,13 @@ type SuiteSupport struct {
 	// The policy's allowed_suites excludes this suite: keys cannot be created
 	// for it, whatever the device could do, and the roles read UNSPECIFIED.
 	RefusedByPolicy bool `protobuf:"varint,6,opt,name=refused_by_policy,json=refusedByPolicy,proto3" json:"refused_by_policy,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Why the role is below hardware or unavailable for the suite (what the
+	// device's probe found, or the policy); empty for hardware.
+	SignatureNote      string `protobuf:"bytes,7,opt,name=signature_note,json=signatureNote,proto3" json:"signature_note,omitempty"`
+	InitNote           string `protobuf:"bytes,8,opt,name=init_note,json=initNote,proto3" json:"init_note,omitempty"`
+	LeafEncryptionNote string `protobuf:"bytes,9,opt,name=leaf_encryption_note,json=leafEncryptionNote,proto3" json:"leaf_encryption_note,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *SuiteSupport) Reset() {
@@ -520,6 +525,27 @@ func (x *SuiteSupport) GetRefusedByPolicy() bool {
 	return false
 }
 
+func (x *SuiteSupport) GetSignatureNote() string {
+	if x != nil {
+		return x.SignatureNote
+	}
+	return ""
+}
+
+func (x *SuiteSupport) GetInitNote() string {
+	if x != nil {
+		return x.InitNote
+	}
+	return ""
+}
+
+func (x *SuiteSupport) GetLeafEncryptionNote() string {
+	if x != nil {
+		return x.LeafEncryptionNote
+	}
+	return ""
+}
+
 type GetInfoResponse struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Backend string                 `protobuf:"bytes,1,opt,name=backend,proto3" json:"backend,omitempty"`
@@ -536,10 +562,24 @@ type GetInfoResponse struct {
 	// Their ids, for admins only.
 	MissingKeyIds []string `protobuf:"bytes,8,rep,name=missing_key_ids,json=missingKeyIds,proto3" json:"missing_key_ids,omitempty"`
 	StrayKeyIds   []string `protobuf:"bytes,9,rep,name=stray_key_ids,json=strayKeyIds,proto3" json:"stray_key_ids,omitempty"`
+	// The device's condition: "ready"; "unavailable" while it is gone and
+	// the daemon reconnects (calls fail with UNAVAILABLE meanwhile);
+	// "failed" when the daemon stopped reconnecting (a rejected PIN).
+	DeviceState string `protobuf:"bytes,10,opt,name=device_state,json=deviceState,proto3" json:"device_state,omitempty"`
+	// The last device failure, one line; empty if none.
+	DeviceLastError string `protobuf:"bytes,11,opt,name=device_last_error,json=deviceLastError,proto3" json:"device_last_error,omitempty"`
+	// When device_state last changed (Unix seconds; 0 if never).
+	DeviceStateSince int64 `protobuf:"varint,12,opt,name=device_state_since,json=deviceStateSince,proto3" json:"device_state_since,omitempty"`
+	// How often the device came back after being lost.
+	DeviceRecoveries int64 `protobuf:"varint,13,opt,name=device_recoveries,json=deviceRecoveries,proto3" json:"device_recoveries,omitempty"`
+	// While device_state is "starting": what the daemon is doing (opening
+	// the device, reconciling the catalog). Every other call answers
+	// UNAVAILABLE until then.
+	StartupPhase string `protobuf:"bytes,14,opt,name=startup_phase,json=startupPhase,proto3" json:"startup_phase,omitempty"`
 	// The device's URI where its ecosystem has one: a PKCS#11 token's RFC
 	// 7512 URI (pkcs11:model=…;manufacturer=…;serial=…;token=…?module-path=…),
 	// which mlskeyd --pkcs11-uri takes. Empty for a TPM.
-	DeviceUri     string `protobuf:"bytes,10,opt,name=device_uri,json=deviceUri,proto3" json:"device_uri,omitempty"`
+	DeviceUri     string `protobuf:"bytes,15,opt,name=device_uri,json=deviceUri,proto3" json:"device_uri,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -635,6 +675,41 @@ func (x *GetInfoResponse) GetStrayKeyIds() []string {
 		return x.StrayKeyIds
 	}
 	return nil
+}
+
+func (x *GetInfoResponse) GetDeviceState() string {
+	if x != nil {
+		return x.DeviceState
+	}
+	return ""
+}
+
+func (x *GetInfoResponse) GetDeviceLastError() string {
+	if x != nil {
+		return x.DeviceLastError
+	}
+	return ""
+}
+
+func (x *GetInfoResponse) GetDeviceStateSince() int64 {
+	if x != nil {
+		return x.DeviceStateSince
+	}
+	return 0
+}
+
+func (x *GetInfoResponse) GetDeviceRecoveries() int64 {
+	if x != nil {
+		return x.DeviceRecoveries
+	}
+	return 0
+}
+
+func (x *GetInfoResponse) GetStartupPhase() string {
+	if x != nil {
+		return x.StartupPhase
+	}
+	return ""
 }
 
 func (x *GetInfoResponse) GetDeviceUri() string {
@@ -2890,14 +2965,17 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\n" +
 	"retired_at\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\tretiredAt\x12\x14\n" +
 	"\x05owner\x18\f \x01(\tR\x05owner\"\x10\n" +
-	"\x0eGetInfoRequest\"\x91\x02\n" +
+	"\x0eGetInfoRequest\"\x87\x03\n" +
 	"\fSuiteSupport\x12!\n" +
 	"\fcipher_suite\x18\x01 \x01(\rR\vcipherSuite\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x123\n" +
 	"\tsignature\x18\x03 \x01(\x0e2\x15.mlskey.v1.ProtectionR\tsignature\x12)\n" +
 	"\x04init\x18\x04 \x01(\x0e2\x15.mlskey.v1.ProtectionR\x04init\x12>\n" +
 	"\x0fleaf_encryption\x18\x05 \x01(\x0e2\x15.mlskey.v1.ProtectionR\x0eleafEncryption\x12*\n" +
-	"\x11refused_by_policy\x18\x06 \x01(\bR\x0frefusedByPolicy\"\xe4\x02\n" +
+	"\x11refused_by_policy\x18\x06 \x01(\bR\x0frefusedByPolicy\x12%\n" +
+	"\x0esignature_note\x18\a \x01(\tR\rsignatureNote\x12\x1b\n" +
+	"\tinit_note\x18\b \x01(\tR\binitNote\x120\n" +
+	"\x14leaf_encryption_note\x18\t \x01(\tR\x12leafEncryptionNote\"\xb3\x04\n" +
 	"\x0fGetInfoResponse\x12\x18\n" +
 	"\abackend\x18\x01 \x01(\tR\abackend\x12\x16\n" +
 	"\x06device\x18\x02 \x01(\tR\x06device\x12\x18\n" +
@@ -2908,10 +2986,15 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\n" +
 	"stray_keys\x18\a \x01(\rR\tstrayKeys\x12&\n" +
 	"\x0fmissing_key_ids\x18\b \x03(\tR\rmissingKeyIds\x12\"\n" +
-	"\rstray_key_ids\x18\t \x03(\tR\vstrayKeyIds\x12\x1d\n" +
+	"\rstray_key_ids\x18\t \x03(\tR\vstrayKeyIds\x12!\n" +
+	"\fdevice_state\x18\n" +
+	" \x01(\tR\vdeviceState\x12*\n" +
+	"\x11device_last_error\x18\v \x01(\tR\x0fdeviceLastError\x12,\n" +
+	"\x12device_state_since\x18\f \x01(\x03R\x10deviceStateSince\x12+\n" +
+	"\x11device_recoveries\x18\r \x01(\x03R\x10deviceRecoveries\x12#\n" +
+	"\rstartup_phase\x18\x0e \x01(\tR\fstartupPhase\x12\x1d\n" +
 	"\n" +
-	"device_uri\x18\n" +
-	" \x01(\tR\tdeviceUri\"n\n" +
+	"device_uri\x18\x0f \x01(\tR\tdeviceUri\"n\n" +
 	"\x19CreateSignatureKeyRequest\x12!\n" +
 	"\fcipher_suite\x18\x01 \x01(\rR\vcipherSuite\x12 \n" +
 	"\towner_uid\x18\x02 \x01(\rH\x00R\bownerUid\x88\x01\x01B\f\n" +
