@@ -77,7 +77,7 @@ func newSettings() *settings {
 	add("sweep-interval", "10m", "how often to destroy device keys whose catalog record is consumed or destroyed but which a failed destruction left (0: never)", false)
 	add("log-level", "info", "debug, info, warn or error", false)
 	add("log-format", "text", "text or json", false)
-	add("version", "false", "print the version and exit", true)
+	add("version", "false", "print the version and exit (like mlskeyd version; not read from the environment or the config file)", true)
 	return s
 }
 
@@ -162,6 +162,12 @@ func (s *settings) parse(args []string, getenv func(string) string, stdout io.Wr
 		}
 	}
 	for _, st := range s.list {
+		// --version is a command, not a setting: an MLSKEYD_VERSION left in
+		// a service's environment (a package version, say) must not turn
+		// the daemon into a program that prints a line and exits 0.
+		if st.name == "version" {
+			continue
+		}
 		if v := getenv(envName(st.name)); v != "" {
 			st.value, st.from = v, "env"
 		}
