@@ -168,7 +168,7 @@ func testTPM(t *testing.T, sw *swtpm.Process, ekRoots ...string) {
 			}
 		}
 	}
-	if _, errOut, code := d.ctl("key", "attest", keys[1].sig.ID, "--nonce", "00"); code == 0 || !strings.Contains(errOut, "failed precondition") {
+	if _, errOut, code := d.ctl("key", "attest", keys[1].sig.ID, "--nonce", "00"); code == 0 || !strings.Contains(errOut, "failed precondition: key_id: key \""+keys[1].sig.ID+"\" has protection sealed; only hardware keys can be attested\n") {
 		t.Fatalf("attest a sealed key: exit %d %s", code, errOut)
 	}
 
