@@ -145,7 +145,7 @@ func TestOtherCatalogOnSameTokenRefused(t *testing.T) {
 	if st.Installation != inst || st.StrayKeys != n || len(st.StrayKeyIDs) != 0 {
 		t.Fatalf("adopted status (not an admin): %+v", st)
 	}
-	if _, errOut, code := d.ctl("repair", "--destroy-strays"); code == 0 || !strings.Contains(errOut, "only admins") {
+	if _, errOut, code := d.ctl("repair", "--destroy-strays"); code == 0 || !strings.Contains(errOut, fmt.Sprintf("only admins may repair the catalog and the device; uid %d is not one (the daemon's --admin-uids or --admin-gids)\n", os.Getuid())) {
 		t.Fatalf("repair by a non-admin: exit %d %s", code, errOut)
 	}
 	if got := deviceKeyFiles(t, state); got != objects {
