@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/mlskeyd/mlskeyd/audit"
+	"github.com/mlskeyd/mlskeyd/internal/suggest"
 	"github.com/mlskeyd/mlskeyd/internal/version"
 	"github.com/mlskeyd/mlskeyd/keystore"
 	"github.com/mlskeyd/mlskeyd/pkcs11"
@@ -380,7 +381,7 @@ func loadPolicy(cfg *settings) (server.Policy, error) {
 			if name, ok := strings.CutPrefix(msg, `json: unknown field "`); ok {
 				name = strings.TrimSuffix(name, `"`)
 				msg = fmt.Sprintf("unknown key %q", name)
-				if near := nearestName(name, jsonNames(reflect.TypeFor[server.Policy]())); near != "" {
+				if near := suggest.Nearest(name, jsonNames(reflect.TypeFor[server.Policy]())); near != "" {
 					msg += fmt.Sprintf(" (did you mean %q?)", near)
 				}
 			}
