@@ -251,11 +251,7 @@ func run(args []string, getenv func(string) string, stdout io.Writer, stderr *lo
 		var berr *keystore.BindingError
 		if errors.As(err, &berr) {
 			onEvent(keystore.Event{Kind: keystore.EventRefused, Reason: berr.Error()})
-			hint := "; check --catalog and the device selection (--pkcs11-module, --pkcs11-token, --pkcs11-serial or --tpm)"
-			if berr.AdoptPossible {
-				hint += ", or, if this is the right pair, start once with --adopt-device (README: Catalog and device)"
-			}
-			return fmt.Errorf("refusing to start: %w%s", err, hint)
+			return fmt.Errorf("refusing to start: %w%s", err, bindingHint(cfg.str("backend"), berr.AdoptPossible))
 		}
 		return err
 	}
@@ -471,4 +467,18 @@ func auditEvents(alog *audit.Log, log *slog.Logger) func(keystore.Event) {
 			log.Error("audit record lost", "event", kind, "keys", len(ev.KeyIDs), "err", err)
 		}
 	}
+}
+
+// bindingHint says, after a refusal to pair a catalog with a device, which
+// settings choose them on this backend: naming the other backend's flags
+// would send the operator to settings that play no part.
+func bindingHint(backend string, adoptPossible bool) string {
+	hint := "; check --catalog and the device selection (--pkcs11-module, --pkcs11-token or --pkcs11-serial)"
+	if backend == "tpm" {
+		hint = "; check --catalog and the device selection (--tpm; each TPM needs its own state directory)"
+	}
+	if adoptPossible {
+		hint += ", or, if this is the right pair, start once with --adopt-device (README: Catalog and device)"
+	}
+	return hint
 }

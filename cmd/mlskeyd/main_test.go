@@ -164,3 +164,23 @@ func TestLogOutputSurvivesClosedPipe(t *testing.T) {
 type errWriter struct{ err error }
 
 func (e errWriter) Write([]byte) (int, error) { return 0, e.err }
+
+// TestBindingHintNamesTheBackendsSettings: the refusal to pair a catalog
+// and a device names the settings of the backend in use only.
+func TestBindingHintNamesTheBackendsSettings(t *testing.T) {
+	for _, c := range []struct {
+		backend     string
+		want, wrong string
+	}{
+		{"pkcs11", "(--pkcs11-module, --pkcs11-token or --pkcs11-serial)", "--tpm"},
+		{"tpm", "(--tpm; each TPM needs its own state directory)", "--pkcs11"},
+	} {
+		h := bindingHint(c.backend, true)
+		if !strings.Contains(h, c.want) || strings.Contains(h, c.wrong) || !strings.Contains(h, "--adopt-device") {
+			t.Errorf("%s: %q", c.backend, h)
+		}
+		if strings.Contains(bindingHint(c.backend, false), "--adopt-device") {
+			t.Errorf("%s: --adopt-device offered where it cannot help", c.backend)
+		}
+	}
+}
