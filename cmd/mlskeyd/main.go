@@ -415,8 +415,12 @@ func socketGroup(name string) (int, error) {
 		return gid, nil
 	}
 	g, err := user.LookupGroup(name)
+	var unknown user.UnknownGroupError
+	if errors.As(err, &unknown) {
+		return -1, fmt.Errorf("--socket-group: no group %q on this system (create it with groupadd, or give a gid)", name)
+	}
 	if err != nil {
-		return -1, fmt.Errorf("--socket-group: %w", err)
+		return -1, fmt.Errorf("--socket-group %q: %w", name, err)
 	}
 	return strconv.Atoi(g.Gid)
 }

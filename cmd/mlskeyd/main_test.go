@@ -64,6 +64,7 @@ func TestRefusalsSpeak(t *testing.T) {
 		{"lifetime over max", nil, []string{"--keypackage-lifetime", "400d"}, []string{"over --keypackage-max-lifetime"}},
 		{"log level", nil, []string{"--log-level", "loud"}, []string{"--log-level"}},
 		{"bool", nil, []string{"--audit-fail-closed=maybe"}, []string{"--audit-fail-closed"}},
+		{"unknown socket group", nil, []string{"--socket-group", "no-such-group-mlskeyd"}, []string{`--socket-group: no group "no-such-group-mlskeyd" on this system (create it with groupadd, or give a gid)`}},
 	} {
 		code, stdout, stderr := runMain(t, tt.env, tt.args...)
 		if code != 1 || stdout != "" {
