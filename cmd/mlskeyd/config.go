@@ -307,12 +307,30 @@ func (s *settings) int(name string, lo, hi int) (int, error) {
 	return v, nil
 }
 
+// durationExamples gives examples of the forms a duration setting takes
+// that lie within lo..hi, so a hint never suggests a refused value.
+func durationExamples(lo, hi time.Duration) string {
+	var ex []string
+	for _, c := range []struct {
+		s string
+		d time.Duration
+	}{{"30d", 30 * 24 * time.Hour}, {"720h", 720 * time.Hour}, {"10m", 10 * time.Minute}, {"30s", 30 * time.Second}, {"500ms", 500 * time.Millisecond}} {
+		if c.d >= lo && c.d <= hi && len(ex) < 2 {
+			ex = append(ex, c.s)
+		}
+	}
+	if len(ex) == 0 {
+		return lo.String()
+	}
+	return strings.Join(ex, " or ")
+}
+
 // duration reads a duration setting (a Go duration, or whole days like
 // 30d) that must lie in lo..hi.
 func (s *settings) duration(name string, lo, hi time.Duration) (time.Duration, error) {
 	v := s.str(name)
 	bad := func() (time.Duration, error) {
-		return 0, fmt.Errorf("--%s: %q is not a duration from %v to %v (e.g. 720h or 30d)", name, v, lo, hi)
+		return 0, fmt.Errorf("--%s: %q is not a duration from %v to %v (e.g. %s)", name, v, lo, hi, durationExamples(lo, hi))
 	}
 	t, err := time.ParseDuration(v)
 	if d, ok := strings.CutSuffix(v, "d"); ok {

@@ -341,7 +341,7 @@ func openBackend(ctx context.Context, cfg *settings, c *config, getenv func(stri
 func newLogger(cfg *settings, w io.Writer) (*slog.Logger, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(cfg.str("log-level"))); err != nil {
-		return nil, fmt.Errorf("--log-level: %w", err)
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", cfg.str("log-level"))
 	}
 	opts := &slog.HandlerOptions{Level: level}
 	switch cfg.str("log-format") {
