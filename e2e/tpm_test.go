@@ -168,7 +168,7 @@ func testTPM(t *testing.T, sw *swtpm.Process, ekRoots ...string) {
 			}
 		}
 	}
-	if _, errOut, code := d.ctl("key", "attest", keys[1].sig.ID, "--nonce", "00"); code == 0 || !strings.Contains(errOut, "failed precondition") {
+	if _, errOut, code := d.ctl("key", "attest", keys[1].sig.ID, "--nonce", "00"); code == 0 || !strings.Contains(errOut, "failed precondition: key_id: key \""+keys[1].sig.ID+"\" has protection sealed; only hardware keys can be attested\n") {
 		t.Fatalf("attest a sealed key: exit %d %s", code, errOut)
 	}
 
@@ -206,7 +206,7 @@ func testTPM(t *testing.T, sw *swtpm.Process, ekRoots ...string) {
 	// The catalog records the storage root key's Name; another TPM has
 	// another one, and the daemon refuses before touching any key.
 	want := regexp.MustCompile(`(?m)^mlskeyd: refusing to start: catalog .* \(installation [0-9a-f]{32}\) and device tpm .* ` +
-		`\(identity srk:[0-9a-f]+\) do not match: the catalog's keys were made on tpm .*; check --catalog and the device selection`)
+		`\(identity srk:[0-9a-f]+\) do not match: the catalog's keys were made on tpm .*; check --catalog and the device selection \(--tpm; each TPM needs its own state directory\)`)
 	if !want.MatchString(out) {
 		t.Fatalf("daemon on another TPM: %s", out)
 	}

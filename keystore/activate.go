@@ -19,7 +19,7 @@ func (s *Store) ActivateCredential(ctx context.Context, id string, endorsementKe
 		return nil, err
 	}
 	if r.State != StateActive || r.Protection != ProtectionHardware {
-		return nil, fmt.Errorf("key %q is not an active hardware key: %w", id, ErrNotActive)
+		return nil, kinded(ErrNotActive, "key %q is not an active hardware key", id)
 	}
 	out, err := ca.ActivateCredential(ctx, endorsementKey, credentialBlob, secret)
 	if err != nil {

@@ -27,7 +27,7 @@ type Signer struct {
 // new KeyPackage can be signed before its keys are committed.
 func (s *Store) SignerFor(ctx context.Context, r *Record) (*Signer, error) {
 	if r.Role != RoleSignature {
-		return nil, fmt.Errorf("key %q is %s key: %w", r.ID, aRole(r.Role), ErrWrongRole)
+		return nil, kinded(ErrWrongRole, "key %q is %s key, not a signature key", r.ID, aRole(r.Role))
 	}
 	pub, err := publicKey(r.Algorithm, r.PublicKey)
 	if err != nil {
@@ -123,7 +123,7 @@ func (s *Store) dh(ctx context.Context, r *Record, peer []byte) ([]byte, error) 
 
 func (s *Store) hpkeKey(ctx context.Context, r *Record) (any, error) {
 	if r.Role == RoleSignature {
-		return nil, fmt.Errorf("key %q is a signature key: %w", r.ID, ErrWrongRole)
+		return nil, kinded(ErrWrongRole, "key %q is a signature key, not an HPKE key", r.ID)
 	}
 	if r.Algorithm == X448 {
 		return &x448Key{s: s, ctx: ctx, rec: r}, nil

@@ -550,7 +550,7 @@ func (s *Store) delete(ctx context.Context, id string, cascade bool) (*Record, [
 			return err
 		}
 		if r.State == StateDestroyed {
-			return fmt.Errorf("key %q is already destroyed: %w", id, ErrNotActive)
+			return kinded(ErrNotActive, "key %q is already destroyed", id)
 		}
 		refs[r.ID] = r.DeviceRef
 		if r.State == StateActive || r.State == StateMissing {
@@ -632,7 +632,7 @@ func (s *Store) deletionSet(id string, cascade bool) (*Record, map[string]string
 			return err
 		}
 		if r.State == StateDestroyed {
-			return fmt.Errorf("key %q is already destroyed: %w", id, ErrNotActive)
+			return kinded(ErrNotActive, "key %q is already destroyed", id)
 		}
 		byInit := map[string][]byte{}
 		switch {
@@ -700,10 +700,10 @@ func (s *Store) useInitKey(ctx context.Context, id string, fn func(hpkeKey any) 
 		return nil, err
 	}
 	if r.Role != RoleInit {
-		return nil, fmt.Errorf("key %q is %s key, not an init key: %w", id, aRole(r.Role), ErrWrongRole)
+		return nil, kinded(ErrWrongRole, "key %q is %s key, not an init key", id, aRole(r.Role))
 	}
 	if r.State != StateActive {
-		return nil, fmt.Errorf("init key %q is %s: %w", id, r.State, ErrNotActive)
+		return nil, kinded(ErrNotActive, "init key %q is %s", id, r.State)
 	}
 	k, err := s.hpkeKey(ctx, r)
 	if err != nil {
@@ -718,7 +718,7 @@ func (s *Store) useInitKey(ctx context.Context, id string, fn func(hpkeKey any) 
 	var ref []byte
 	r, err = s.cat.update(id, func(r *Record) error {
 		if r.State != StateActive {
-			return fmt.Errorf("init key %q is %s: %w", id, r.State, ErrNotActive)
+			return kinded(ErrNotActive, "init key %q is %s", id, r.State)
 		}
 		ref = r.DeviceRef
 		s.retire(r, StateConsumed, "welcome opened")
@@ -780,10 +780,10 @@ func aRole(r Role) string {
 // have that role (ErrWrongRole) and be active (ErrNotActive).
 func (r *Record) Usable(role Role) error {
 	if r.Role != role {
-		return fmt.Errorf("key %q is %s key, not %s key: %w", r.ID, aRole(r.Role), aRole(role), ErrWrongRole)
+		return kinded(ErrWrongRole, "key %q is %s key, not %s key", r.ID, aRole(r.Role), aRole(role))
 	}
 	if r.State != StateActive {
-		return fmt.Errorf("key %q is %s: %w", r.ID, r.State, ErrNotActive)
+		return kinded(ErrNotActive, "key %q is %s", r.ID, r.State)
 	}
 	return nil
 }
@@ -850,10 +850,10 @@ func (s *Store) Attest(ctx context.Context, id string, nonce []byte) (*Attestati
 		return nil, err
 	}
 	if r.State != StateActive {
-		return nil, fmt.Errorf("key %q is %s: %w", id, r.State, ErrNotActive)
+		return nil, kinded(ErrNotActive, "key %q is %s", id, r.State)
 	}
 	if r.Protection != ProtectionHardware {
-		return nil, fmt.Errorf("key %q has protection %s; only hardware keys can be attested: %w", id, r.Protection, ErrNotActive)
+		return nil, kinded(ErrNotActive, "key %q has protection %s; only hardware keys can be attested", id, r.Protection)
 	}
 	a, err := at.Attest(ctx, r.DeviceRef, r.Algorithm, nonce)
 	if err != nil {

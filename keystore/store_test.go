@@ -8,7 +8,9 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -381,5 +383,36 @@ func TestBackendWithoutListerErasesReferences(t *testing.T) {
 	defer s.Close()
 	if got, _ := s.Get(kept.ID); got.State != StateActive {
 		t.Fatalf("active key after restart: %s", got.State)
+	}
+}
+
+// TestKindErrorsSayItOnce: errors of a kind (not active, wrong role) still
+// match their sentinel but do not append its text to a message that says
+// it already.
+func TestKindErrorsSayItOnce(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openStore(t, newFake(), Options{})
+	r, err := s.Create(ctx, KeySpec{Role: RoleSignature, Algorithm: ECDSAP256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.Delete(ctx, r.ID, false); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.Signer(ctx, r.ID)
+	if !errors.Is(err, ErrNotActive) || err.Error() != fmt.Sprintf("key %q is destroyed", r.ID) {
+		t.Errorf("signer of a destroyed key: %v", err)
+	}
+	_, _, err = s.Delete(ctx, r.ID, false)
+	if !errors.Is(err, ErrNotActive) || err.Error() != fmt.Sprintf("key %q is already destroyed", r.ID) {
+		t.Errorf("second delete: %v", err)
+	}
+	r2, err := s.Create(ctx, KeySpec{Role: RoleSignature, Algorithm: ECDSAP256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.UseInitKey(ctx, r2.ID, func(any) error { return nil })
+	if !errors.Is(err, ErrWrongRole) || strings.Contains(err.Error(), ErrWrongRole.Error()) {
+		t.Errorf("signature key used as an init key: %v", err)
 	}
 }

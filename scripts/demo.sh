@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A live MLS group whose member's keys live in the token.
-#   scripts/demo.sh [--suite N] [--three]
+#   scripts/demo.sh [--suite 1|2|3|5|7] [--three]
 # Installs what is missing (softhsm2, nodejs/npm) with apt-get, builds the
 # binaries into ./bin and the ts-mls provider in clients/ts-mls, starts a dev
 # daemon on SoftHSM in a temporary directory (two with --three), and runs the
@@ -9,14 +9,21 @@
 # end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+usage="usage: scripts/demo.sh [--suite 1|2|3|5|7] [--three]"
 suite=1 three=""
 while [ $# -gt 0 ]; do
   case "$1" in
-    --suite) suite=${2:?--suite needs a number}; shift 2 ;;
+    --suite) [ $# -ge 2 ] || { echo "$usage" >&2; exit 2; }; suite=$2; shift 2 ;;
     --three) three=1; shift ;;
-    *) echo "usage: scripts/demo.sh [--suite N] [--three]" >&2; exit 2 ;;
+    *) echo "$usage" >&2; exit 2 ;;
   esac
 done
+# Suites 4 and 6 (X448) need ts-mls's optional @hpke/dhkem-x448, which the
+# example does not install. Checked here so a typo fails before the build.
+case "$suite" in
+  1|2|3|5|7) ;;
+  *) echo "scripts/demo.sh: --suite $suite: one of 1, 2, 3, 5, 7 (4 and 6 need ts-mls's optional X448 module)" >&2; exit 2 ;;
+esac
 
 scripts/prereqs.sh
 pkgs=(softhsm2)

@@ -50,19 +50,9 @@ func (s *Service) ListKeyPackages(ctx context.Context, req *pb.ListKeyPackagesRe
 		}
 		suite = uint16(su.ID)
 	}
-	size := int(req.GetPageSize())
-	switch {
-	case size < 0:
-		return nil, invalid("page_size", "negative")
-	case size == 0:
-		size = defaultPageSize
-	case size > maxPageSize:
-		size = maxPageSize
-	}
-	if t := req.GetPageToken(); t != "" {
-		if err := checkKeyID("page_token", t); err != nil {
-			return nil, err
-		}
+	size, err := page(req.GetPageSize(), req.GetPageToken())
+	if err != nil {
+		return nil, err
 	}
 	owner := ownerString(c.UID)
 	entries, next, err := s.store.ListKeyPackages(owner, c.admin, suite, req.GetUnusedOnly(), req.GetPageToken(), size)

@@ -19,7 +19,7 @@ func (s *Service) Repair(ctx context.Context, req *pb.RepairRequest) (*pb.Repair
 	}
 	if !c.admin {
 		noteDenied(ctx, "repair: not an admin")
-		return nil, status.Error(codes.PermissionDenied, "repair: only admins may repair the catalog and the device")
+		return nil, status.Errorf(codes.PermissionDenied, "repair: only admins may repair the catalog and the device; uid %d is not one (the daemon's --admin-uids or --admin-gids)", c.UID)
 	}
 	res, err := s.store.Repair(ctx, keystore.RepairOptions{
 		DestroyStrays: req.GetDestroyStrays(),

@@ -266,19 +266,9 @@ func (s *Service) ListKeys(ctx context.Context, req *pb.ListKeysRequest) (*pb.Li
 		}
 		f.Suite = uint16(su.ID)
 	}
-	size := int(req.GetPageSize())
-	switch {
-	case size < 0:
-		return nil, invalid("page_size", "negative")
-	case size == 0:
-		size = defaultPageSize
-	case size > maxPageSize:
-		size = maxPageSize
-	}
-	if t := req.GetPageToken(); t != "" {
-		if err := checkKeyID("page_token", t); err != nil {
-			return nil, err
-		}
+	size, err := page(req.GetPageSize(), req.GetPageToken())
+	if err != nil {
+		return nil, err
 	}
 	recs, next, err := s.store.List(f, req.GetPageToken(), size)
 	if err != nil {
@@ -822,4 +812,25 @@ func (s *Service) AttestKey(ctx context.Context, req *pb.AttestKeyRequest) (*pb.
 		EndorsementCertificates: a.Certificates,
 		EndorsementKey:          a.EndorsementKey,
 	}, nil
+}
+
+// page checks a listing's page size and token: a size of 0 means the
+// default, one over the maximum is capped, and the token is the key id the
+// previous page ended after.
+func page(pageSize int32, token string) (int, error) {
+	size := int(pageSize)
+	switch {
+	case size < 0:
+		return 0, invalid("page_size", "negative")
+	case size == 0:
+		size = defaultPageSize
+	case size > maxPageSize:
+		size = maxPageSize
+	}
+	if token != "" {
+		if err := checkKeyID("page_token", token); err != nil {
+			return 0, err
+		}
+	}
+	return size, nil
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"net"
 	"strings"
 	"sync/atomic"
@@ -195,19 +196,26 @@ func openDevice(dev string, seed []byte, deadline time.Time) (t transport.TPMClo
 		addr := strings.TrimPrefix(dev, "tcp://")
 		s, err := dialStream("tcp", addr, time.Until(deadline))
 		if err != nil {
-			return nil, "", false, err
+			return nil, "", false, fmt.Errorf("%w (is swtpm running with --server type=tcp,port=%s?)", err, portOf(addr))
 		}
 		return s, "swtpm " + dev, false, nil
 	case strings.HasPrefix(dev, "unix://"):
 		path := strings.TrimPrefix(dev, "unix://")
 		s, err := dialStream("unix", path, time.Until(deadline))
 		if err != nil {
-			return nil, "", false, err
+			return nil, "", false, fmt.Errorf("%w (is swtpm running with --server type=unixio,path=%s?)", err, path)
 		}
 		return s, "swtpm " + dev, false, nil
 	case strings.HasPrefix(dev, "/"):
 		t, err := linuxtpm.Open(dev)
-		if err != nil {
+		switch {
+		case errors.Is(err, fs.ErrNotExist):
+			// The usual case on a machine without a TPM: say so, and what
+			// to use instead, rather than leave a bare stat error.
+			return nil, "", false, fmt.Errorf("no TPM at %s: this machine has none or its driver is not loaded (for development: swtpm with --tpm tcp://HOST:PORT, or --dev, whose default is the simulator)", dev)
+		case errors.Is(err, fs.ErrPermission):
+			return nil, "", false, fmt.Errorf("%w (run mlskeyd as a user in the device's group, tss on Debian)", err)
+		case err != nil:
 			return nil, "", false, err
 		}
 		// The kernel's resource manager (tpmrm) virtualises handles and
@@ -243,4 +251,12 @@ func (t *ioTracker) Send(cmd []byte) ([]byte, error) {
 		t.err = err
 	}
 	return rsp, err
+}
+
+// portOf returns the port of HOST:PORT, or addr itself when it has none.
+func portOf(addr string) string {
+	if _, port, err := net.SplitHostPort(addr); err == nil {
+		return port
+	}
+	return addr
 }

@@ -46,8 +46,12 @@ removing.`, func(fs *flag.FlagSet) {
 		}
 		return c.writeJSON(out)
 	}
-	fmt.Fprintf(c.stdout, "ok: %d records in %d files, seq %d..%d, last hash %s\n",
-		rep.Records, len(rep.Files), rep.FirstSeq, rep.LastSeq, rep.LastHash)
+	noun := "files"
+	if len(rep.Files) == 1 {
+		noun = "file"
+	}
+	fmt.Fprintf(c.stdout, "ok: %d records in %d %s, seq %d..%d, last hash %s\n",
+		rep.Records, len(rep.Files), noun, rep.FirstSeq, rep.LastSeq, rep.LastHash)
 	switch {
 	case rep.PruneChecked:
 		fmt.Fprintf(c.stdout, "starts after pruned records: seq %d follows the last removed record (hash %s), as the log recorded\n", rep.FirstSeq, rep.StartPrev)

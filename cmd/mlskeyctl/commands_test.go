@@ -309,3 +309,23 @@ func TestRepairCommand(t *testing.T) {
 		t.Errorf("repair with an argument: exit %d %s", code, stderr)
 	}
 }
+
+// TestAuditVerifyOneFile: the summary of a log that was never rotated
+// speaks of one file, not "1 files".
+func TestAuditVerifyOneFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "audit.log")
+	l, err := audit.Open(path, audit.Options{Sync: audit.SyncNever})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for range 3 {
+		if err := l.Append(audit.Record{Operation: "SignWithLabel", Outcome: audit.OutcomeOK}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	l.Close()
+	out := mustRun(t, "", "", "audit", "verify", path)
+	if !strings.HasPrefix(out, "ok: ") || !strings.Contains(out, " records in 1 file, seq ") {
+		t.Errorf("audit verify of one file: %q", out)
+	}
+}

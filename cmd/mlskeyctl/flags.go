@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mlskeyd/mlskeyd/internal/suggest"
 	mlskeyv1 "github.com/mlskeyd/mlskeyd/proto/mlskey/v1"
 )
 
@@ -147,6 +148,21 @@ func (c *cli) flagError(fs *flag.FlagSet, err error) error {
 	if err == flag.ErrHelp {
 		c.usage[fs]()
 		return errHelp
+	}
+	if name, ok := strings.CutPrefix(err.Error(), "flag provided but not defined: -"); ok {
+		name = strings.TrimLeft(name, "-")
+		msg := "unknown flag --" + name
+		var names []string
+		fs.VisitAll(func(f *flag.Flag) { names = append(names, f.Name) })
+		if near := suggest.Nearest(name, names); near != "" {
+			msg += fmt.Sprintf(" (did you mean --%s?)", near)
+		}
+		help := "mlskeyctl --help"
+		if fs.Name() != "" {
+			msg = fs.Name() + ": " + msg
+			help = "mlskeyctl " + fs.Name() + " --help"
+		}
+		return usageErrorf("%s; see '%s'", msg, help)
 	}
 	// The flag package names flags with one dash; this help uses two.
 	msg := strings.NewReplacer("flag -", "flag --", ": -", ": --").Replace(err.Error())

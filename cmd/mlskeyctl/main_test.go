@@ -206,6 +206,24 @@ func TestUsageErrors(t *testing.T) {
 	}
 }
 
+// TestUnknownFlagSuggests: a mistyped flag is named with the nearest one
+// the command takes and where its flags are listed.
+func TestUnknownFlagSuggests(t *testing.T) {
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"key", "create", "--suit", "2"}, "mlskeyctl: key create: unknown flag --suit (did you mean --suite?); see 'mlskeyctl key create --help'\n"},
+		{[]string{"--jsn", "status"}, "mlskeyctl: unknown flag --jsn (did you mean --json?); see 'mlskeyctl --help'\n"},
+		{[]string{"key", "list", "--xyzzy"}, "mlskeyctl: key list: unknown flag --xyzzy; see 'mlskeyctl key list --help'\n"},
+	} {
+		code, stdout, stderr := runCLI(t, "/nonexistent/mlskeyd.sock", "", c.args...)
+		if code != 2 || stdout != "" || stderr != c.want {
+			t.Errorf("%q: exit %d, stdout %q, stderr %q; want 2, nothing and %q", c.args, code, stdout, stderr, c.want)
+		}
+	}
+}
+
 func TestHelp(t *testing.T) {
 	for _, args := range [][]string{
 		{"--help"},

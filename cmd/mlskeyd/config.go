@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mlskeyd/mlskeyd/internal/suggest"
 	"golang.org/x/sys/unix"
 )
 
@@ -79,7 +80,7 @@ func newSettings() *settings {
 	add("log-level", "info", "debug, info, warn or error", false)
 	add("log-format", "text", "text or json", false)
 	add("metrics-listen", "", "serve Prometheus metrics on HOST:PORT (e.g. 127.0.0.1:9464) or unix:PATH; off by default", false)
-	add("version", "false", "print the version and exit", true)
+	add("version", "false", "print the version and exit (like mlskeyd version; not read from the environment or the config file)", true)
 	return s
 }
 
@@ -164,6 +165,12 @@ func (s *settings) parse(args []string, getenv func(string) string, stdout io.Wr
 		}
 	}
 	for _, st := range s.list {
+		// --version is a command, not a setting: an MLSKEYD_VERSION left in
+		// a service's environment (a package version, say) must not turn
+		// the daemon into a program that prints a line and exits 0.
+		if st.name == "version" {
+			continue
+		}
 		if v := getenv(envName(st.name)); v != "" {
 			st.value, st.from = v, "env"
 		}
@@ -200,43 +207,7 @@ func (s *settings) nearest(name string) string {
 	for i, st := range s.list {
 		names[i] = st.name
 	}
-	return nearestName(name, names)
-}
-
-// nearestName returns the one of names closest to name in edit distance,
-// or "" when none is close enough to be a likely typo.
-func nearestName(name string, names []string) string {
-	best, bestD := "", 0
-	for _, n := range names {
-		if d := editDistance(name, n); best == "" || d < bestD {
-			best, bestD = n, d
-		}
-	}
-	if bestD > max(2, len(name)/3) {
-		return ""
-	}
-	return best
-}
-
-// editDistance is the Levenshtein distance between a and b.
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
-			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
-	}
-	return prev[len(b)]
+	return suggest.Nearest(name, names)
 }
 
 func (s *settings) loadFile(path string) error {
@@ -338,12 +309,30 @@ func (s *settings) int(name string, lo, hi int) (int, error) {
 	return v, nil
 }
 
+// durationExamples gives examples of the forms a duration setting takes
+// that lie within lo..hi, so a hint never suggests a refused value.
+func durationExamples(lo, hi time.Duration) string {
+	var ex []string
+	for _, c := range []struct {
+		s string
+		d time.Duration
+	}{{"30d", 30 * 24 * time.Hour}, {"720h", 720 * time.Hour}, {"10m", 10 * time.Minute}, {"30s", 30 * time.Second}, {"500ms", 500 * time.Millisecond}} {
+		if c.d >= lo && c.d <= hi && len(ex) < 2 {
+			ex = append(ex, c.s)
+		}
+	}
+	if len(ex) == 0 {
+		return lo.String()
+	}
+	return strings.Join(ex, " or ")
+}
+
 // duration reads a duration setting (a Go duration, or whole days like
 // 30d) that must lie in lo..hi.
 func (s *settings) duration(name string, lo, hi time.Duration) (time.Duration, error) {
 	v := s.str(name)
 	bad := func() (time.Duration, error) {
-		return 0, fmt.Errorf("--%s: %q is not a duration from %v to %v (e.g. 720h or 30d)", name, v, lo, hi)
+		return 0, fmt.Errorf("--%s: %q is not a duration from %v to %v (e.g. %s)", name, v, lo, hi, durationExamples(lo, hi))
 	}
 	t, err := time.ParseDuration(v)
 	if d, ok := strings.CutSuffix(v, "d"); ok {

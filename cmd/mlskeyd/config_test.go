@@ -228,3 +228,25 @@ func TestSimulatorOnlyInDevMode(t *testing.T) {
 		t.Fatalf("--tpm sim outside --dev: %v", err)
 	}
 }
+
+// TestSettingsVersionNotFromEnvironment: MLSKEYD_VERSION (a package
+// version in a service's environment file, say) neither makes the daemon
+// print its version and exit nor is taken as a setting.
+func TestSettingsVersionNotFromEnvironment(t *testing.T) {
+	for _, v := range []string{"1", "true", "v1.2.3"} {
+		s := newSettings()
+		if err := s.parse([]string{"--dev", "--state-dir", t.TempDir()}, env(map[string]string{"MLSKEYD_VERSION": v}), io.Discard); err != nil {
+			t.Fatalf("MLSKEYD_VERSION=%s: %v", v, err)
+		}
+		if got, _ := s.bool("version"); got {
+			t.Errorf("MLSKEYD_VERSION=%s: version set from the environment", v)
+		}
+	}
+	s := newSettings()
+	if err := s.parse([]string{"--version"}, env(nil), io.Discard); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := s.bool("version"); !got {
+		t.Error("--version not set")
+	}
+}

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/mlskeyd/mlskeyd/audit"
+	"github.com/mlskeyd/mlskeyd/internal/suggest"
 	"github.com/mlskeyd/mlskeyd/internal/version"
 	"github.com/mlskeyd/mlskeyd/keystore"
 	"github.com/mlskeyd/mlskeyd/pkcs11"
@@ -295,11 +296,7 @@ func run(args []string, getenv func(string) string, stdout io.Writer, stderr *lo
 		var berr *keystore.BindingError
 		if errors.As(err, &berr) {
 			onEvent(keystore.Event{Kind: keystore.EventRefused, Reason: berr.Error()})
-			hint := "; check --catalog and the device selection (--pkcs11-uri, --pkcs11-module, --pkcs11-token, --pkcs11-serial or --tpm)"
-			if berr.AdoptPossible {
-				hint += ", or, if this is the right pair, start once with --adopt-device (README: Catalog and device)"
-			}
-			return fmt.Errorf("refusing to start: %w%s", err, hint)
+			return fmt.Errorf("refusing to start: %w%s", err, bindingHint(cfg.str("backend"), berr.AdoptPossible))
 		}
 		return err
 	}
@@ -386,7 +383,7 @@ func openBackend(ctx context.Context, cfg *settings, c *config, getenv func(stri
 func newLogger(cfg *settings, w io.Writer) (*slog.Logger, error) {
 	var level slog.Level
 	if err := level.UnmarshalText([]byte(cfg.str("log-level"))); err != nil {
-		return nil, fmt.Errorf("--log-level: %w", err)
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", cfg.str("log-level"))
 	}
 	opts := &slog.HandlerOptions{Level: level}
 	switch cfg.str("log-format") {
@@ -422,7 +419,7 @@ func loadPolicy(cfg *settings) (server.Policy, error) {
 			if name, ok := strings.CutPrefix(msg, `json: unknown field "`); ok {
 				name = strings.TrimSuffix(name, `"`)
 				msg = fmt.Sprintf("unknown key %q", name)
-				if near := nearestName(name, jsonNames(reflect.TypeFor[server.Policy]())); near != "" {
+				if near := suggest.Nearest(name, jsonNames(reflect.TypeFor[server.Policy]())); near != "" {
 					msg += fmt.Sprintf(" (did you mean %q?)", near)
 				}
 			}
@@ -460,8 +457,12 @@ func socketGroup(name string) (int, error) {
 		return gid, nil
 	}
 	g, err := user.LookupGroup(name)
+	var unknown user.UnknownGroupError
+	if errors.As(err, &unknown) {
+		return -1, fmt.Errorf("--socket-group: no group %q on this system (create it with groupadd, or give a gid)", name)
+	}
 	if err != nil {
-		return -1, fmt.Errorf("--socket-group: %w", err)
+		return -1, fmt.Errorf("--socket-group %q: %w", name, err)
 	}
 	return strconv.Atoi(g.Gid)
 }
@@ -513,4 +514,18 @@ func auditEvents(alog *audit.Log, log *slog.Logger, lost func()) func(keystore.E
 			lost()
 		}
 	}
+}
+
+// bindingHint says, after a refusal to pair a catalog with a device, which
+// settings choose them on this backend: naming the other backend's flags
+// would send the operator to settings that play no part.
+func bindingHint(backend string, adoptPossible bool) string {
+	hint := "; check --catalog and the device selection (--pkcs11-uri, --pkcs11-module, --pkcs11-token or --pkcs11-serial)"
+	if backend == "tpm" {
+		hint = "; check --catalog and the device selection (--tpm; each TPM needs its own state directory)"
+	}
+	if adoptPossible {
+		hint += ", or, if this is the right pair, start once with --adopt-device (README: Catalog and device)"
+	}
+	return hint
 }

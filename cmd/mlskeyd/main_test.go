@@ -58,12 +58,14 @@ func TestRefusalsSpeak(t *testing.T) {
 		{"socket mode", map[string]string{"MLSKEYD_SOCKET_MODE": "abc"}, nil, []string{`--socket-mode: "abc"`, "0000 to 0777"}},
 		{"loaded keys", nil, []string{"--tpm-loaded-keys", "-1"}, []string{`--tpm-loaded-keys: "-1" is not an integer from 1 to 64`}},
 		{"sessions", nil, []string{"--pkcs11-max-sessions", "x"}, []string{"from 0 to 1024"}},
-		{"tpm timeout", nil, []string{"--tpm-command-timeout", "0"}, []string{"--tpm-command-timeout", "from 1ms to 1h0m0s"}},
+		{"tpm timeout", nil, []string{"--tpm-command-timeout", "0"}, []string{`--tpm-command-timeout: "0" is not a duration from 1ms to 1h0m0s (e.g. 10m or 30s)`}},
+		{"sweep interval", nil, []string{"--sweep-interval", "2d"}, []string{`--sweep-interval: "2d" is not a duration from 0s to 24h0m0s (e.g. 10m or 30s)`}},
 		{"lifetime 0", nil, []string{"--keypackage-lifetime", "0"}, []string{"--keypackage-lifetime", "from 1h0m0s to"}},
 		{"lifetime 1ns", nil, []string{"--keypackage-lifetime", "1ns"}, []string{"from 1h0m0s to"}},
 		{"lifetime over max", nil, []string{"--keypackage-lifetime", "400d"}, []string{"over --keypackage-max-lifetime"}},
-		{"log level", nil, []string{"--log-level", "loud"}, []string{"--log-level"}},
+		{"log level", nil, []string{"--log-level", "loud"}, []string{`--log-level "loud": want debug, info, warn or error`}},
 		{"bool", nil, []string{"--audit-fail-closed=maybe"}, []string{"--audit-fail-closed"}},
+		{"unknown socket group", nil, []string{"--socket-group", "no-such-group-mlskeyd"}, []string{`--socket-group: no group "no-such-group-mlskeyd" on this system (create it with groupadd, or give a gid)`}},
 	} {
 		code, stdout, stderr := runMain(t, tt.env, tt.args...)
 		if code != 1 || stdout != "" {
@@ -164,3 +166,23 @@ func TestLogOutputSurvivesClosedPipe(t *testing.T) {
 type errWriter struct{ err error }
 
 func (e errWriter) Write([]byte) (int, error) { return 0, e.err }
+
+// TestBindingHintNamesTheBackendsSettings: the refusal to pair a catalog
+// and a device names the settings of the backend in use only.
+func TestBindingHintNamesTheBackendsSettings(t *testing.T) {
+	for _, c := range []struct {
+		backend     string
+		want, wrong string
+	}{
+		{"pkcs11", "(--pkcs11-uri, --pkcs11-module, --pkcs11-token or --pkcs11-serial)", "--tpm"},
+		{"tpm", "(--tpm; each TPM needs its own state directory)", "--pkcs11"},
+	} {
+		h := bindingHint(c.backend, true)
+		if !strings.Contains(h, c.want) || strings.Contains(h, c.wrong) || !strings.Contains(h, "--adopt-device") {
+			t.Errorf("%s: %q", c.backend, h)
+		}
+		if strings.Contains(bindingHint(c.backend, false), "--adopt-device") {
+			t.Errorf("%s: --adopt-device offered where it cannot help", c.backend)
+		}
+	}
+}
