@@ -260,6 +260,13 @@ func (b *Backend) newGCMEpoch(ctx context.Context, id string) error {
 		p11.NewAttribute(p11.CKA_SIGN, false),
 		p11.NewAttribute(p11.CKA_DERIVE, false),
 	)
+	return b.newEpochKey(ctx, id, p11.CKM_AES_KEY_GEN, tmpl, p11.CKK_AES, objKey{p11.CKO_SECRET_KEY, id})
+}
+
+// newEpochKey generates an epoch key from tmpl inside the token, refuses
+// one the token did not make as asked (checkSealKeyOf) and caches its
+// handle under k.
+func (b *Backend) newEpochKey(ctx context.Context, id string, mech uint, tmpl []*p11.Attribute, keyType uint, k objKey) error {
 	b.storeMu.Lock()
 	defer b.storeMu.Unlock()
 	err := b.withSession(ctx, "new_epoch", func(s p11.SessionHandle) error {
@@ -269,15 +276,15 @@ func (b *Backend) newGCMEpoch(ctx context.Context, id string) error {
 		if err := b.epochExists(s, id); err != nil {
 			return err
 		}
-		h, err := b.mod.ctx.GenerateKey(s, []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_KEY_GEN, nil)}, tmpl)
+		h, err := b.mod.ctx.GenerateKey(s, []*p11.Mechanism{p11.NewMechanism(mech, nil)}, tmpl)
 		if err != nil {
-			return fmt.Errorf("C_GenerateKey(AES-256): %w", err)
+			return fmt.Errorf("C_GenerateKey(epoch key): %w", err)
 		}
-		if err := b.checkSealKey(s, h, fmt.Sprintf("%q", id)); err != nil {
+		if err := b.checkSealKeyOf(s, h, fmt.Sprintf("%q", id), keyType); err != nil {
 			_ = b.mod.ctx.DestroyObject(s, h)
 			return err
 		}
-		b.cache.put(objKey{p11.CKO_SECRET_KEY, id}, h)
+		b.cache.put(k, h)
 		return nil
 	})
 	return devErr("new epoch", err)

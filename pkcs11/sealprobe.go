@@ -281,27 +281,7 @@ func (b *Backend) newHMACEpoch(ctx context.Context, id string) error {
 	tmpl := append(hmacKeyTemplate(true),
 		p11.NewAttribute(p11.CKA_ID, []byte(id)),
 		p11.NewAttribute(p11.CKA_LABEL, sealHMACEpochLabel))
-	b.storeMu.Lock()
-	defer b.storeMu.Unlock()
-	err := b.withSession(ctx, "new_epoch", func(s p11.SessionHandle) error {
-		if err := b.requireLogin(s); err != nil {
-			return err
-		}
-		if err := b.epochExists(s, id); err != nil {
-			return err
-		}
-		h, err := b.mod.ctx.GenerateKey(s, []*p11.Mechanism{p11.NewMechanism(p11.CKM_GENERIC_SECRET_KEY_GEN, nil)}, tmpl)
-		if err != nil {
-			return fmt.Errorf("C_GenerateKey(HMAC epoch key): %w", err)
-		}
-		if err := b.checkSealKeyOf(s, h, fmt.Sprintf("%q", id), p11.CKK_GENERIC_SECRET); err != nil {
-			_ = b.mod.ctx.DestroyObject(s, h)
-			return err
-		}
-		b.cache.put(objKey{classHMACSecret, id}, h)
-		return nil
-	})
-	return devErr("new epoch", err)
+	return b.newEpochKey(ctx, id, p11.CKM_GENERIC_SECRET_KEY_GEN, tmpl, p11.CKK_GENERIC_SECRET, objKey{classHMACSecret, id})
 }
 
 // blobKey derives the one-blob AES key inside the token, with the HMAC key
