@@ -4,7 +4,6 @@ import (
 	"context"
 	"log/slog"
 	"runtime/debug"
-	"strings"
 	"sync"
 	"time"
 
@@ -92,9 +91,8 @@ func logCalls(log *slog.Logger) grpc.UnaryServerInterceptor {
 // still the one that connected, and within its rate limit. Health and
 // reflection stay open to anyone who can reach the socket.
 func authenticate(svc *Service) grpc.UnaryServerInterceptor {
-	prefix := "/" + pb.KeyService_ServiceDesc.ServiceName + "/"
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-		if !strings.HasPrefix(info.FullMethod, prefix) {
+		if !isKeyService(info.FullMethod) {
 			return h(ctx, req)
 		}
 		p, ok := PeerFromContext(ctx)
