@@ -110,6 +110,8 @@ type Backend struct {
 	// "hmac-kdf", or "" with the reason in sealErr.
 	sealMode string
 	sealErr  error
+	// Which key-agreement algorithms this token can wrap (wrapprobe.go).
+	wrap wrapState
 
 	done      chan struct{}
 	closeOnce sync.Once
@@ -204,6 +206,9 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 	// says why, and the keystore offers no sealed keys.
 	if err := b.setUpSealing(ctx); err != nil {
 		return nil, devErr("probe sealing", err)
+	}
+	if err := b.setUpWrapping(ctx); err != nil {
+		return nil, devErr("probe wrapping", err)
 	}
 	if err := b.SealError(); err != nil {
 		b.log.Warn("pkcs11: the token cannot seal; keys it cannot compute are unavailable", "token", b.tokenLabel(), "why", err.Error())

@@ -161,14 +161,15 @@ func (b *Backend) Epochs(ctx context.Context) ([]string, error) {
 	return slices.Compact(ids), nil
 }
 
-// epochKinds are the two kinds of epoch key: AES for the gcm mode,
-// generic secrets for hmac-kdf.
+// epochKinds are the kinds of epoch key: AES for the gcm mode, generic
+// secrets for hmac-kdf, and the AES wrapping keys of wrapped keys.
 var epochKinds = []struct {
 	class, keyType uint
 	label          string
 }{
 	{p11.CKO_SECRET_KEY, p11.CKK_AES, sealEpochLabel},
 	{classHMACSecret, p11.CKK_GENERIC_SECRET, sealHMACEpochLabel},
+	{classWrapKey, p11.CKK_AES, wrapEpochLabel}, // wrap.go
 }
 
 // sealing returns the mode chosen at Open, or why the token cannot seal.
