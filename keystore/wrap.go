@@ -4,7 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
+	"strings"
 )
 
 // Wrapped keys (Wrapper) live in the catalog as blobs, in Record.Sealed,
@@ -46,15 +46,15 @@ func (s *Store) chooseHPKE() error {
 				if w == nil && s.be.Info().Backend == "tpm" {
 					why = "the tpm backend has no wrapped keys (its keys are already blobs under an epoch parent, loadable only by this TPM)"
 				}
-				return fmt.Errorf("init-key protection wrapped for %s is impossible: %s; use hardware or sealed: %w", a, why, ErrUnsupported)
+				return kinded(ErrUnsupported, "init-key protection wrapped for %s is impossible: %s; use hardware or sealed", a, why)
 			}
 		case ProtectionHardware:
 			if !s.hw[a] {
-				return fmt.Errorf("init-key protection hardware for %s is impossible: the device cannot compute it; use %s: %w", a, alternatives(w != nil, s.sealer != nil && s.sealErr == nil), ErrUnsupported)
+				return kinded(ErrUnsupported, "init-key protection hardware for %s is impossible: the device cannot compute it; use %s", a, alternatives(w != nil, s.sealer != nil && s.sealErr == nil))
 			}
 		case ProtectionSealed:
 			if s.sealer == nil || s.sealErr != nil {
-				return fmt.Errorf("init-key protection sealed for %s is impossible: the device cannot seal; use hardware: %w", a, ErrUnsupported)
+				return kinded(ErrUnsupported, "init-key protection sealed for %s is impossible: the device cannot seal; use hardware", a)
 			}
 		default:
 			return fmt.Errorf("init-key protection %q for %s: want hardware, wrapped or sealed: %w", p, a, ErrInvalidArgument)
@@ -90,7 +90,7 @@ func alternatives(wrap, seal bool) string {
 	if len(alts) == 0 {
 		return "another suite"
 	}
-	return fmt.Sprint(slices.Clip(alts))
+	return strings.Join(alts, " or ")
 }
 
 // HPKEProtection reports the protection new key-agreement keys of alg get
