@@ -1,0 +1,54 @@
+package e2e
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	pb "github.com/mlskeyd/mlskeyd/proto/mlskey/v1"
+)
+
+// TestWrappedInitKeys: on SoftHSM 2.6.1 the daemon wraps suite 2's init
+// and leaf keys by default and keeps X25519 ones hardware, GetInfo says
+// which and why, a wrapped init key opens a Welcome after a restart, and
+// --init-key-protection wrapped for every suite (X25519 included) stops
+// the start with one line.
+func TestWrappedInitKeys(t *testing.T) {
+	state := t.TempDir()
+	d := startDaemon(t, state)
+	c := d.client()
+	info, err := c.GetInfo(context.Background(), &pb.GetInfoRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range info.Suites {
+		switch s.CipherSuite {
+		case 2:
+			if s.Init != pb.Protection_PROTECTION_WRAPPED || s.LeafEncryption != pb.Protection_PROTECTION_WRAPPED || !strings.Contains(s.InitNote, "wraps") {
+				t.Errorf("suite 2: init %s (%q), leaf %s; want wrapped", s.Init, s.InitNote, s.LeafEncryption)
+			}
+		case 1:
+			if s.Init != pb.Protection_PROTECTION_HARDWARE || !strings.Contains(s.InitNote, "not wrapped") {
+				t.Errorf("suite 1: init %s (%q); want hardware, and why not wrapped", s.Init, s.InitNote)
+			}
+		}
+	}
+	kp := createKPs(t, c, 2, 1).KeyPackages[0]
+	k, err := c.GetKey(context.Background(), &pb.GetKeyRequest{Id: kp.InitKeyId})
+	if err != nil || k.Protection != pb.Protection_PROTECTION_WRAPPED {
+		t.Fatalf("init key: %v %v", k, err)
+	}
+	d.stop()
+	d = startDaemon(t, state)
+	c = d.client()
+	if _, err := c.OpenWelcome(context.Background(), &pb.OpenWelcomeRequest{Welcome: welcomeFor(t, kp.KeyPackage)}); err != nil {
+		t.Fatalf("OpenWelcome with a wrapped init key after a restart: %v", err)
+	}
+	d.stop()
+	out := startDaemonExpectFailure(t, t.TempDir(), "--init-key-protection", "wrapped")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	last := lines[len(lines)-1]
+	if !strings.HasPrefix(last, "mlskeyd: init-key protection wrapped for x25519 is impossible") || !strings.Contains(last, "use hardware or sealed") {
+		t.Errorf("start with wrapped X25519 keys: %q", last)
+	}
+}
