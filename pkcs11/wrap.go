@@ -335,8 +335,12 @@ func (b *Backend) GenerateWrapped(ctx context.Context, epoch, id string, alg key
 	if err != nil {
 		return nil, nil, err
 	}
-	if err := b.wrapKey(ctx, epoch, true); err != nil {
-		return nil, nil, devErr("generate wrapped "+string(alg), err)
+	// Only an epoch's first wrapped key (or the first after a re-login)
+	// needs the search, and the check, of wrapKey.
+	if _, ok := b.cache.get(objKey{classWrapKey, epoch}); !ok {
+		if err := b.wrapKey(ctx, epoch, true); err != nil {
+			return nil, nil, devErr("generate wrapped "+string(alg), err)
+		}
 	}
 	err = b.withWrapKey(ctx, "generate_wrapped", epoch, func(s p11.SessionHandle, wh p11.ObjectHandle) (err error) {
 		pt, kt := b.wrappableTemplates(spec, id, trusted)
