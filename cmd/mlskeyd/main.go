@@ -183,6 +183,18 @@ func run(args []string, getenv func(string) string, stdout io.Writer, stderr *lo
 			return err
 		}
 	}
+	if c.backend != "tpm" {
+		// The token selection and the PIN are settings too: a missing or
+		// unreadable one is refused before the state directory, the audit
+		// log or the socket exist.
+		_, pinFile, err := pkcs11Selection(cfg)
+		if err != nil {
+			return err
+		}
+		if _, err := readPIN(pinFile, getenv); err != nil {
+			return err
+		}
+	}
 	if state == "" {
 		state = "/var/lib/mlskeyd"
 	}
