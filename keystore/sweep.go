@@ -138,6 +138,9 @@ func (s *Store) Sweep(ctx context.Context) (int, error) {
 		s.log.Info("sweep: expired KeyPackages", "retired", k, "err", err)
 		errs = append(errs, err)
 	}
+	if err := s.settleRevocations(ctx); err != nil {
+		errs = append(errs, err)
+	}
 	lister, ok := s.be.(Lister)
 	if !ok {
 		return 0, errors.Join(errs...) // retiring a key erased its reference: nothing can be left
