@@ -120,6 +120,10 @@ func (s *Store) settleRevocations(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
+// RevokedOnDevice reports whether start-up retired the record because the
+// device had revoked its key (the catalog was older than the device).
+func (r *Record) RevokedOnDevice() bool { return r.RetiredWhy == whyRevokedOnDevice }
+
 // retireRevoked retires active records whose keys the device revoked: the
 // device proves the key was retired by this installation, so this is an
 // old catalog; the start goes on.
