@@ -13,6 +13,8 @@ import (
 // every copy useless at once. A key has a revocation when its reference
 // says so (on a TPM: an ECDH key bound to an NV bit).
 //
+// Destroy of a key that has a revocation revokes it too.
+//
 // The catalog keeps a retired key's revocation (Record.Revocation), which
 // is not secret, so that a crash between the catalog's commit and the
 // device call is made good at the next start or sweep.
@@ -96,7 +98,7 @@ func (s *Store) settleRevocations(ctx context.Context) error {
 	}
 	var todo []owed
 	err := s.cat.all(func(r *Record) error {
-		if len(r.Revocation) > 0 && (r.State == StateConsumed || r.State == StateDestroyed) {
+		if len(r.Revocation) > 0 && (r.State == StateConsumed || r.State == StateDestroyed) && !s.life.isRevoked(r.ID) {
 			todo = append(todo, owed{r.ID, r.Revocation})
 		}
 		return nil
@@ -108,7 +110,9 @@ func (s *Store) settleRevocations(ctx context.Context) error {
 	for _, o := range todo {
 		if err := rv.Revoke(ctx, o.rev); err != nil {
 			errs = append(errs, fmt.Errorf("revoke key %s: %w", o.id, err))
+			continue
 		}
+		s.life.markRevoked(o.id)
 	}
 	freed, err := rv.Reclaim(ctx)
 	for _, f := range freed {

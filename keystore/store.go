@@ -464,6 +464,10 @@ func (s *Store) destroyDevice(ctx context.Context, recs []*Record, why string) {
 			continue
 		}
 		s.life.paid(r.ID)
+		if len(r.Revocation) > 0 {
+			// Destroy revoked it (a Revoker's Destroy does).
+			s.life.markRevoked(r.ID)
+		}
 	}
 }
 

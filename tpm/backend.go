@@ -232,7 +232,7 @@ func (b *Backend) init(ctx context.Context) error {
 	if err := b.probe(); err != nil {
 		return err
 	}
-	if b.RevocationsSupported() {
+	if !b.isSim {
 		// A TPM without NV bit fields, or one whose indices in our range
 		// cannot be read, keeps the epoch rule for HPKE keys.
 		var rc tpm2.TPMRC

@@ -122,19 +122,31 @@ func nvBitsAttrs() tpm2.TPMANV {
 
 // scanRevocations reads our index range into b.rev, keeping what is known
 // of assigned bits. Runs with the queue held.
+//
+// It reads the whole range a budget may ever use, not only the current
+// budget: after the budget is lowered or set to zero, the keys bound to
+// indices beyond it must keep working, and be revoked, like the others.
 func (b *Backend) scanRevocations() error {
-	rsp, err := tpm2.GetCapability{Capability: tpm2.TPMCapHandles, Property: uint32(revBase), PropertyCount: uint32(b.revMax)}.Execute(b.tpm)
-	if err != nil {
-		return cmdErr("TPM2_GetCapability(NV indices)", err)
-	}
-	hs, err := rsp.CapabilityData.Data.Handles()
-	if err != nil {
-		return fmt.Errorf("TPM2_GetCapability(NV indices): %w", err)
+	var hs []tpm2.TPMHandle
+	for next := revBase; next < revBase+maxRevIndices; {
+		rsp, err := tpm2.GetCapability{Capability: tpm2.TPMCapHandles, Property: uint32(next), PropertyCount: uint32(revBase + maxRevIndices - next)}.Execute(b.tpm)
+		if err != nil {
+			return cmdErr("TPM2_GetCapability(NV indices)", err)
+		}
+		got, err := rsp.CapabilityData.Data.Handles()
+		if err != nil {
+			return fmt.Errorf("TPM2_GetCapability(NV indices): %w", err)
+		}
+		hs = append(hs, got.Handle...)
+		if !rsp.MoreData || len(got.Handle) == 0 {
+			break
+		}
+		next = got.Handle[len(got.Handle)-1] + 1
 	}
 	found := map[tpm2.TPMHandle]*revIndex{}
 	b.revTaken = map[tpm2.TPMHandle]bool{}
-	for _, h := range hs.Handle {
-		if h < revBase || h >= revBase+tpm2.TPMHandle(b.revMax) {
+	for _, h := range hs {
+		if h < revBase || h >= revBase+maxRevIndices {
 			continue
 		}
 		b.revTaken[h] = true
@@ -333,7 +345,7 @@ func (b *Backend) Revoke(ctx context.Context, rev []byte) error {
 // not), so that no new key is bound to them. The keystore calls it at
 // start-up, before generating keys.
 func (b *Backend) Reserve(ctx context.Context, revs [][]byte) error {
-	if !b.RevocationsSupported() {
+	if b.isSim {
 		return nil
 	}
 	return b.do(ctx, "reserve", func() error {
@@ -356,7 +368,7 @@ func (b *Backend) Reserve(ctx context.Context, revs [][]byte) error {
 // Reclaim undefines every index whose 64 bits are all set: no key can use
 // it any more. It returns a description of each index it removed.
 func (b *Backend) Reclaim(ctx context.Context) ([]string, error) {
-	if !b.RevocationsSupported() {
+	if b.isSim {
 		return nil, nil
 	}
 	var done []string

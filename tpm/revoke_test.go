@@ -238,3 +238,36 @@ func TestRevocationIndexReuseTPM(t *testing.T) {
 		t.Fatalf("new key: %v", err)
 	}
 }
+
+// TestRevocationOffKeepsBoundKeysTPM: turning the bits off (or lowering
+// the budget) leaves the keys already bound to an index working, passing
+// their start-up check, and revocable.
+func TestRevocationOffKeepsBoundKeysTPM(t *testing.T) {
+	env := swtpmEnv(t)
+	ctx := context.Background()
+	b := env.open(t)
+	ref, _, err := b.Generate(ctx, "k", keystore.ECDHP256)
+	if err != nil || ref[0] != blobKeyRevoke {
+		t.Fatalf("generate: %v", err)
+	}
+	b.Close()
+	cfg := env.cfg
+	cfg.RevocationIndices = -1
+	b = openCfg(t, cfg)
+	if err := b.Check(ctx, ref, keystore.ECDHP256); err != nil {
+		t.Fatalf("check with the bits off: %v", err)
+	}
+	peer, _ := ecdh.P256().GenerateKey(rand.Reader)
+	if _, err := b.ECDH(ctx, ref, keystore.ECDHP256, peer.PublicKey().Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	if nref, _, err := b.Generate(ctx, "k", keystore.ECDHP256); err != nil || nref[0] != blobKey {
+		t.Fatalf("new key with the bits off: %v", err)
+	}
+	if err := b.Destroy(ctx, ref); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Check(ctx, ref, keystore.ECDHP256); !errors.Is(err, keystore.ErrRevoked) {
+		t.Fatalf("check after destroy: %v", err)
+	}
+}
