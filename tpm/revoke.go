@@ -361,8 +361,28 @@ func (b *Backend) Reserve(ctx context.Context, revs [][]byte) error {
 				ix.assigned |= r.mask()
 			}
 		}
+		if b.RevocationsSupported() && !b.revRoom() {
+			// Say so from the start, not at the first key made without.
+			b.setRevNote(fmt.Sprintf("%v: all %d NV indices from 0x%08x hold outstanding keys (tpm-revocation-indices)", errRevBudget, b.revMax, uint32(revBase)))
+		}
 		return nil
 	})
+}
+
+// revRoom reports whether a key can get a bit: a free bit in an index,
+// or a free handle within the budget. Runs with the queue held.
+func (b *Backend) revRoom() bool {
+	for _, ix := range b.rev {
+		if ^(ix.set|ix.assigned) != 0 {
+			return true
+		}
+	}
+	for h := revBase; h < revBase+tpm2.TPMHandle(b.revMax); h++ {
+		if !b.revTaken[h] {
+			return true
+		}
+	}
+	return false
 }
 
 // Reclaim undefines every index whose 64 bits are all set: no key can use
