@@ -373,7 +373,7 @@ func (b *Backend) Reserve(ctx context.Context, revs [][]byte) error {
 // or a free handle within the budget. Runs with the queue held.
 func (b *Backend) revRoom() bool {
 	for _, ix := range b.rev {
-		if ^(ix.set|ix.assigned) != 0 {
+		if ^(ix.set | ix.assigned) != 0 {
 			return true
 		}
 	}
