@@ -1,6 +1,7 @@
 package tpm
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdh"
 	"crypto/rand"
@@ -269,5 +270,54 @@ func TestRevocationOffKeepsBoundKeysTPM(t *testing.T) {
 	}
 	if err := b.Check(ctx, ref, keystore.ECDHP256); !errors.Is(err, keystore.ErrRevoked) {
 		t.Fatalf("check after destroy: %v", err)
+	}
+}
+
+// TestRevocationReclaimAuditedTPM: through the keystore, once the 64 keys
+// of an index are consumed the sweep undefines it and reports it for the
+// audit log; the next key is bound to a new index at the same handle.
+func TestRevocationReclaimAuditedTPM(t *testing.T) {
+	env := swtpmEnv(t)
+	ctx := context.Background()
+	cfg := env.cfg
+	cfg.RevocationIndices = 1
+	b := openCfg(t, cfg)
+	var events eventLog
+	st, err := keystore.Open(ctx, filepath.Join(t.TempDir(), "catalog.db"), b, keystore.Options{OnEvent: events.add})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	var first []byte
+	for i := range revBits {
+		r, err := st.Create(ctx, keystore.KeySpec{Role: keystore.RoleInit, Suite: 2, Algorithm: keystore.ECDHP256})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			first = r.DeviceRef
+		}
+		if err := consume(ctx, st, r.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := st.Sweep(ctx); err != nil {
+		t.Fatal(err)
+	}
+	e := events.find(keystore.EventReclaimed, "")
+	if e == nil || !strings.Contains(e.Reason, "0x01004d00") {
+		t.Fatalf("no reclaim event: %+v", events.ev)
+	}
+	r, err := st.Create(ctx, keystore.KeySpec{Role: keystore.RoleInit, Suite: 2, Algorithm: keystore.ECDHP256})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, _, _ := decodeRev(r.DeviceRef[1:])
+	o, _, _ := decodeRev(first[1:])
+	if n.h != o.h || bytes.Equal(n.name, o.name) {
+		t.Fatalf("new key on 0x%08x, first on 0x%08x", uint32(n.h), uint32(o.h))
+	}
+	if err := b.Check(ctx, first, keystore.ECDHP256); !errors.Is(err, keystore.ErrRevoked) {
+		t.Fatalf("first key after reclaim: %v", err)
 	}
 }
