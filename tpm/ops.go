@@ -146,6 +146,9 @@ func (b *Backend) generate(ctx context.Context, epoch string, alg keystore.Algor
 			return cmdErr("TPM2_Create", err)
 		})
 		if err != nil {
+			if rev != nil {
+				b.unassign(*rev) // no key holds it
+			}
 			return err
 		}
 		area, err := rsp.OutPublic.Contents()

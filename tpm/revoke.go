@@ -281,6 +281,13 @@ func (b *Backend) allocRev() (revRef, error) {
 	return revRef{h: ix.h, bit: bit, name: slices.Clone(ix.name.Buffer)}, nil
 }
 
+// unassign gives back a bit no key was made for. Runs with the queue held.
+func (b *Backend) unassign(r revRef) {
+	if ix, ok := b.rev[r.h]; ok && bytes.Equal(ix.name.Buffer, r.name) {
+		ix.assigned &^= r.mask()
+	}
+}
+
 // revIndexOf returns the index r was bound to, nil when that index (this
 // incarnation of it) is gone. Runs with the queue held.
 func (b *Backend) revIndexOf(r revRef) (*revIndex, error) {
