@@ -26,9 +26,11 @@ type Revoker interface {
 	// again, or a key whose revocation storage is gone, is not an error.
 	Revoke(ctx context.Context, rev []byte) error
 	// Reserve tells the device every revocation the catalog holds, active
-	// or retired, so that it binds no new key to them. Open calls it
+	// or retired, so that it binds no new key to them, and the
+	// installation they belong to, so that it hands out no revocation
+	// another installation on the same device may hold. Open calls it
 	// before any key is generated.
-	Reserve(ctx context.Context, revs [][]byte) error
+	Reserve(ctx context.Context, installation string, revs [][]byte) error
 	// Reclaim frees the device storage whose every key is revoked and
 	// describes each piece freed, for the audit log.
 	Reclaim(ctx context.Context) ([]string, error)
@@ -75,7 +77,7 @@ func (s *Store) revocations(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	if err := rv.Reserve(ctx, all); err != nil {
+	if err := rv.Reserve(ctx, s.installation, all); err != nil {
 		return &DeviceError{Op: "reserve revocations", Err: err}
 	}
 	if err := s.settleRevocations(ctx); err != nil {

@@ -100,6 +100,9 @@ type Backend struct {
 	revTaken map[tpm2.TPMHandle]bool
 	revMax   int
 	revHook  func(revRef) error
+	// revTag marks the indices of the installation Reserve named (zero
+	// until then).
+	revTag [revTagSize]byte
 	// revNote says why new ECDH keys get no bit (guarded by revMu, read
 	// without the queue).
 	revMu   sync.Mutex
