@@ -304,9 +304,16 @@ func (s *Store) checkHardware(ctx context.Context, onDevice map[string]bool) err
 	s.strays.mu.Lock()
 	s.strays.missing = append(missing, lost...)
 	s.strays.mu.Unlock()
+	var revoked []string
+	cause := map[string]error{}
 	if c != nil {
 		for _, r := range check {
 			if err := c.Check(ctx, r.DeviceRef, r.Algorithm); err != nil {
+				if errors.Is(err, ErrRevoked) {
+					revoked = append(revoked, r.ID)
+					cause[r.ID] = err
+					continue
+				}
 				var fe *ForeignKeyError
 				if errors.As(err, &fe) {
 					return fmt.Errorf("key %s's %w; use the state directory that %s was set up with", r.ID, fe, fe.Device)
@@ -315,8 +322,11 @@ func (s *Store) checkHardware(ctx context.Context, onDevice map[string]bool) err
 			}
 		}
 	}
+	if err := s.retireRevoked(revoked, cause); err != nil {
+		return err
+	}
 	if len(check) > 0 || len(lost) > 0 {
-		s.log.Info("hardware keys checked", "checked", len(check), "missing", len(lost))
+		s.log.Info("hardware keys checked", "checked", len(check), "missing", len(lost), "revoked", len(revoked))
 	}
 	return nil
 }

@@ -69,6 +69,7 @@ type config struct {
 	tpmTimeout            time.Duration
 	tpmLoadedKeys         int
 	tpmEpochHandles       int
+	tpmRevIndices         int
 	sealEpoch             time.Duration // 0 with sealPerRetirement
 	sealPerRetirement     bool
 	pkcs11Sessions        int
@@ -83,7 +84,9 @@ const (
 	maxTPMLoadedKeys = 64
 	// The TPM specification guarantees only 7 persistent objects in all.
 	maxTPMEpochHandles = 7
-	maxSessions        = 1024
+	// maxTPMRevIndices is tpm's limit on revocation indices.
+	maxTPMRevIndices = 256
+	maxSessions      = 1024
 )
 
 func checkSettings(cfg *settings) (*config, error) {
@@ -146,6 +149,9 @@ func checkSettings(cfg *settings) (*config, error) {
 		return nil, err
 	}
 	if c.tpmEpochHandles, err = cfg.int("tpm-epoch-handles", 1, maxTPMEpochHandles); err != nil {
+		return nil, err
+	}
+	if c.tpmRevIndices, err = cfg.int("tpm-revocation-indices", 0, maxTPMRevIndices); err != nil {
 		return nil, err
 	}
 	if cfg.str("seal-epoch") == "retire" {
@@ -378,7 +384,7 @@ func openBackend(ctx context.Context, cfg *settings, c *config, getenv func(stri
 				return nil, fmt.Errorf("--tpm-simulator-seed-file: %w", err)
 			}
 		}
-		return tpm.Open(ctx, tpm.Config{Device: cfg.str("tpm"), SimulatorSeed: seed, CommandTimeout: c.tpmTimeout, LoadedKeys: c.tpmLoadedKeys, EpochHandles: c.tpmEpochHandles, Logger: log, Observer: observer})
+		return tpm.Open(ctx, tpm.Config{Device: cfg.str("tpm"), SimulatorSeed: seed, CommandTimeout: c.tpmTimeout, LoadedKeys: c.tpmLoadedKeys, EpochHandles: c.tpmEpochHandles, RevocationIndices: tpmRevIndices(c.tpmRevIndices), Logger: log, Observer: observer})
 	}
 	pc, pinFile, err := pkcs11Selection(cfg)
 	if err != nil {
@@ -497,6 +503,14 @@ func minProtection(v string) (map[keystore.Role]keystore.Protection, error) {
 		}
 	}
 	return out, nil
+}
+
+// tpmRevIndices maps the flag (0: off) onto tpm.Config (negative: off).
+func tpmRevIndices(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
 }
 
 // auditEvents writes what the keystore does to keys on its own authority
