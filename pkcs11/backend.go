@@ -131,10 +131,15 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 	if cfg.MaxSessions < 0 {
 		return nil, errors.New("pkcs11: MaxSessions must not be negative")
 	}
+	// How long each step took goes to the debug log: with many objects
+	// on a token, loading it (C_Initialize) and each search over it
+	// (sealing keys) are much of the start-up time.
+	start := time.Now()
 	mod, err := acquireModule(cfg.Module)
 	if err != nil {
 		return nil, err
 	}
+	initTook := time.Since(start)
 	b := &Backend{mod: mod, modGen: mod.generation(), pin: cfg.PIN, done: make(chan struct{}),
 		log: cfg.Logger, healthInterval: cfg.HealthInterval, maxBackoff: cfg.RecoveryMaxBackoff}
 	b.cfg = cfg
@@ -194,9 +199,12 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 	if err := b.loginAnchor(); err != nil {
 		return nil, devErr("login", err)
 	}
+	t := time.Now()
 	if b.specs, b.notes, err = b.probe(ctx); err != nil {
 		return nil, devErr("probe", err)
 	}
+	probeTook := time.Since(t)
+	t = time.Now()
 	if err := b.checkLegacySealKeys(ctx); err != nil {
 		return nil, devErr("seal key", err)
 	}
@@ -205,6 +213,8 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 	if err := b.setUpSealing(ctx); err != nil {
 		return nil, devErr("probe sealing", err)
 	}
+	b.log.Debug("pkcs11: token opened", "token", b.tokenLabel(), "took", time.Since(start).Round(time.Millisecond),
+		"initialize", initTook.Round(time.Millisecond), "probe", probeTook.Round(time.Millisecond), "sealing_keys", time.Since(t).Round(time.Millisecond))
 	if err := b.SealError(); err != nil {
 		b.log.Warn("pkcs11: the token cannot seal; keys it cannot compute are unavailable", "token", b.tokenLabel(), "why", err.Error())
 	}

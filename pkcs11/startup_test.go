@@ -1,0 +1,201 @@
+package pkcs11
+
+import (
+	"context"
+	"errors"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	p11 "github.com/miekg/pkcs11"
+
+	"github.com/mlskeyd/mlskeyd/keystore"
+)
+
+// opCounter counts the device operations a Backend reports.
+type opCounter struct {
+	mu sync.Mutex
+	n  map[string]int
+}
+
+func (c *opCounter) ObserveDeviceOp(op string, _ time.Duration, _ error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.n == nil {
+		c.n = map[string]int{}
+	}
+	c.n[op]++
+}
+
+func (c *opCounter) get(op string) int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.n[op]
+}
+
+// startupKeys opens a catalog on a fresh token, creates a signature key
+// and an init key in it, and closes both, as a daemon that stopped.
+func startupKeys(t *testing.T) (Config, string, []*keystore.Record) {
+	t.Helper()
+	ctx := context.Background()
+	cfg := newToken(t)
+	b := openBackend(t, cfg)
+	path := filepath.Join(t.TempDir(), "catalog.db")
+	s, err := keystore.Open(ctx, path, b, keystore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var recs []*keystore.Record
+	for _, sp := range []keystore.KeySpec{
+		{Role: keystore.RoleSignature, Algorithm: keystore.ECDSAP256},
+		{Role: keystore.RoleInit, Algorithm: keystore.X25519},
+	} {
+		r, err := s.Create(ctx, sp)
+		if err != nil {
+			t.Fatal(err)
+		}
+		recs = append(recs, r)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return cfg, path, recs
+}
+
+// TestStartupChecksKeysFromTheListing: start-up judges every hardware key
+// on what listing the token read, without a device call per key (each one
+// costs SoftHSM a refresh of the object's file: seconds at 10,000 keys).
+func TestStartupChecksKeysFromTheListing(t *testing.T) {
+	cfg, path, recs := startupKeys(t)
+	ops := &opCounter{}
+	cfg.Observer = ops
+	b := openBackend(t, cfg)
+	s, err := keystore.Open(context.Background(), path, b, keystore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if n := ops.get("check"); n != 0 {
+		t.Errorf("start-up made %d per-key check calls for %d keys, want 0 (judged from the listing)", n, len(recs))
+	}
+	if n := ops.get("list"); n != 1 {
+		t.Errorf("start-up listed the token %d times, want 1", n)
+	}
+	for _, r := range recs {
+		if got, err := s.Get(r.ID); err != nil || got.State != keystore.StateActive {
+			t.Fatalf("key %s after start-up: %v %v", r.ID, got, err)
+		}
+	}
+}
+
+// TestStartupRefusesPlantedWeakKey: a private key planted under a catalog
+// key's id and label that is not a never-extractable key made on the
+// token still stops start-up, with the reason and the key named; a
+// catalog key gone from the token is still found and quarantined.
+func TestStartupRefusesPlantedWeakKey(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		// weaken changes the planted private key's template, and what
+		// the token is then told after generating it.
+		weaken func(priv []*p11.Attribute) (set []*p11.Attribute)
+		want   string
+	}{
+		{"extractable", func(priv []*p11.Attribute) []*p11.Attribute {
+			setAttr(priv, p11.CKA_EXTRACTABLE, true)
+			return nil
+		}, "CKA_NEVER_EXTRACTABLE is not true"},
+		{"not always sensitive", func(priv []*p11.Attribute) []*p11.Attribute {
+			setAttr(priv, p11.CKA_SENSITIVE, false)
+			return []*p11.Attribute{p11.NewAttribute(p11.CKA_SENSITIVE, true)}
+		}, "CKA_ALWAYS_SENSITIVE is not true"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ctx := context.Background()
+			cfg, path, recs := startupKeys(t)
+			weak := recs[0]
+			id, err := DecodeRef(weak.DeviceRef)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b := openBackend(t, cfg)
+			if err := b.Destroy(ctx, weak.DeviceRef); err != nil {
+				t.Fatal(err)
+			}
+			spec := b.specs[weak.Algorithm]
+			err = b.withSession(ctx, "test", func(s p11.SessionHandle) error {
+				pt, kt := keyPairTemplates(spec, id, true)
+				set := tc.weaken(kt)
+				_, priv, err := b.mod.ctx.GenerateKeyPair(s, []*p11.Mechanism{p11.NewMechanism(spec.genMech, nil)}, pt, kt)
+				if err != nil || set == nil {
+					return err
+				}
+				return b.mod.ctx.SetAttributeValue(s, priv, set)
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := b.Close(); err != nil {
+				t.Fatal(err)
+			}
+
+			b = openBackend(t, cfg)
+			_, err = keystore.Open(ctx, path, b, keystore.Options{})
+			if err == nil {
+				t.Fatal("start-up accepted a planted weak key")
+			}
+			if !errors.Is(err, ErrNotProtected) || !strings.Contains(err.Error(), weak.ID) || !strings.Contains(err.Error(), tc.want) {
+				t.Fatalf("start-up error %q: want ErrNotProtected naming key %s and %q", err, weak.ID, tc.want)
+			}
+			t.Log(err)
+		})
+	}
+
+	t.Run("missing", func(t *testing.T) {
+		ctx := context.Background()
+		cfg, path, recs := startupKeys(t)
+		gone := recs[1]
+		b := openBackend(t, cfg)
+		if err := b.Destroy(ctx, gone.DeviceRef); err != nil {
+			t.Fatal(err)
+		}
+		var mu sync.Mutex
+		var quarantined []string
+		s, err := keystore.Open(ctx, path, b, keystore.Options{OnEvent: func(e keystore.Event) {
+			mu.Lock()
+			defer mu.Unlock()
+			if e.Kind == keystore.EventQuarantined {
+				quarantined = append(quarantined, e.KeyIDs...)
+			}
+		}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		r, err := s.Get(gone.ID)
+		if err != nil || r.State != keystore.StateMissing {
+			t.Fatalf("catalog key gone from the token: %v %v, want state missing", r, err)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if !slices.Contains(quarantined, gone.ID) {
+			t.Fatalf("no quarantine event for %s: %v", gone.ID, quarantined)
+		}
+		if r, err := s.Get(recs[0].ID); err != nil || r.State != keystore.StateActive {
+			t.Fatalf("the other key: %v %v", r, err)
+		}
+	})
+}
+
+func setAttr(attrs []*p11.Attribute, typ uint, v bool) {
+	for i, a := range attrs {
+		if a.Type == typ {
+			attrs[i] = p11.NewAttribute(typ, v)
+		}
+	}
+}
