@@ -131,20 +131,34 @@ func (b *Backend) Epochs(ctx context.Context) ([]string, error) {
 		if err := b.requireLogin(s); err != nil {
 			return err
 		}
-		for _, kind := range epochKinds {
-			hs, err := b.findAll(s, secretTemplateOf(kind.label, kind.keyType))
-			if err != nil {
-				return err
+		// One search for both kinds: a search passes over every object
+		// on the token (0.4 s on SoftHSM at 20,000 objects, at start-up),
+		// while the token holds few secret keys to tell apart by reading.
+		hs, err := b.findAll(s, []*p11.Attribute{
+			p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
+			p11.NewAttribute(p11.CKA_TOKEN, true),
+			p11.NewAttribute(p11.CKA_PRIVATE, true),
+		})
+		if err != nil {
+			return err
+		}
+		for _, h := range hs {
+			attrs, err := b.mod.ctx.GetAttributeValue(s, h, []*p11.Attribute{
+				p11.NewAttribute(p11.CKA_LABEL, nil),
+				p11.NewAttribute(p11.CKA_KEY_TYPE, nil),
+				p11.NewAttribute(p11.CKA_ID, nil),
+			})
+			if handleInvalid(err) {
+				continue
 			}
-			for _, h := range hs {
-				attrs, err := b.mod.ctx.GetAttributeValue(s, h, []*p11.Attribute{p11.NewAttribute(p11.CKA_ID, nil)})
-				if handleInvalid(err) {
+			if err != nil {
+				return fmt.Errorf("C_GetAttributeValue(CKA_LABEL, CKA_KEY_TYPE, CKA_ID): %w", err)
+			}
+			label, kt, id := string(attrs[0].Value), attrUint(attrs[1].Value), string(attrs[2].Value)
+			for _, kind := range epochKinds {
+				if label != kind.label || kt != kind.keyType {
 					continue
 				}
-				if err != nil {
-					return fmt.Errorf("C_GetAttributeValue(CKA_ID): %w", err)
-				}
-				id := string(attrs[0].Value)
 				if err := b.checkSealKeyOf(s, h, fmt.Sprintf("%q", id), kind.keyType); err != nil {
 					return err
 				}
