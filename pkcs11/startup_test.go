@@ -199,3 +199,62 @@ func setAttr(attrs []*p11.Attribute, typ uint, v bool) {
 		}
 	}
 }
+
+// TestEpochsSearchesOnce: listing the epoch keys of both kinds is one pass
+// over the token, not one per kind (each pass reads every object's file on
+// SoftHSM).
+func TestEpochsSearchesOnce(t *testing.T) {
+	ctx := context.Background()
+	b := openBackend(t, newToken(t))
+	s, err := keystore.Open(ctx, filepath.Join(t.TempDir(), "catalog.db"), b, keystore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	b.cache.clear() // as after a restart
+	before := b.searches.Load()
+	ids, err := b.Epochs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ids) == 0 {
+		t.Fatal("no epoch key listed after the keystore started one")
+	}
+	if n := b.searches.Load() - before; n != 1 {
+		t.Fatalf("listing epochs ran %d token searches, want 1", n)
+	}
+}
+
+// TestHoldSharesInitialisation: a Backend opened while dev mode holds
+// SoftHSM uses that initialisation (the token's objects are loaded once),
+// and releasing the hold leaves the Backend working.
+func TestHoldSharesInitialisation(t *testing.T) {
+	requireSoftHSM(t)
+	h, err := InitSoftHSM(t.TempDir(), testLabel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pin := RandomPIN()
+	if err := h.InitToken(RandomPIN(), pin); err != nil {
+		t.Fatal(err)
+	}
+	release, err := h.Hold()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer release()
+	b := openBackend(t, h.Config(pin))
+	modMu.Lock()
+	refs := b.mod.refs
+	modMu.Unlock()
+	if refs != 2 {
+		t.Fatalf("module references with a hold and a Backend: %d, want 2 (one initialisation)", refs)
+	}
+	release()
+	release() // a second call does nothing
+	ref, pub, err := b.Generate(context.Background(), "held", keystore.Ed25519)
+	if err != nil {
+		t.Fatalf("Backend after the hold's release: %v", err)
+	}
+	verifySign(t, b, ref, keystore.Ed25519, pub)
+}

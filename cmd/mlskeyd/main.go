@@ -178,11 +178,13 @@ func run(args []string, getenv func(string) string, stdout io.Writer, stderr *lo
 		return err
 	}
 	state := c.state
+	releaseDev := func() {}
 	if c.dev {
-		if err := setUpDev(cfg, state, c.backend, log); err != nil {
+		if releaseDev, err = setUpDev(cfg, state, c.backend, log); err != nil {
 			return err
 		}
 	}
+	defer releaseDev()
 	if state == "" {
 		state = "/var/lib/mlskeyd"
 	}
@@ -268,6 +270,7 @@ func run(args []string, getenv func(string) string, stdout io.Writer, stderr *lo
 	log.Info("socket bound; opening the device", "socket", l.Addr().String(), "backend", c.backend)
 
 	be, err := openBackend(ctx, cfg, c, getenv, log, obs.deviceObserver())
+	releaseDev()
 	if err != nil {
 		return err
 	}
