@@ -219,6 +219,8 @@ func (b *Backend) withKey(ctx context.Context, op string, k objKey, fn func(s p1
 // object instead of two is what start-up with many keys costs.
 func (b *Backend) List(ctx context.Context) ([]keystore.DeviceKey, error) {
 	ids := map[string][]*p11.Attribute{}
+	r := newAttrReader(b.mod.path, b.forwarded)
+	defer r.free()
 	err := b.withSession(ctx, "list", func(s p11.SessionHandle) error {
 		clear(ids)
 		if err := b.requireLogin(s); err != nil {
@@ -236,7 +238,7 @@ func (b *Backend) List(ctx context.Context) ([]keystore.DeviceKey, error) {
 				q := []*p11.Attribute{p11.NewAttribute(p11.CKA_LABEL, nil), p11.NewAttribute(p11.CKA_ID, nil)}
 				var attrs, judged []*p11.Attribute
 				if class == p11.CKO_PRIVATE_KEY {
-					if attrs, err = b.mod.ctx.GetAttributeValue(s, h, append(q, checkQuery()...)); err == nil {
+					if attrs, err = r.read(b.mod.ctx, s, h, append(q, checkQuery()...)); err == nil {
 						judged = attrs[2:]
 					}
 				}
@@ -244,7 +246,7 @@ func (b *Backend) List(ctx context.Context) ([]keystore.DeviceKey, error) {
 					// A public key, or a private key without some of those
 					// attributes (not an EC key: another application's, or
 					// one Check refuses with its own reason).
-					attrs, err = b.mod.ctx.GetAttributeValue(s, h, q)
+					attrs, err = r.read(b.mod.ctx, s, h, q)
 				}
 				if handleInvalid(err) {
 					continue // destroyed meanwhile

@@ -258,3 +258,60 @@ func TestHoldSharesInitialisation(t *testing.T) {
 	}
 	verifySign(t, b, ref, keystore.Ed25519, pub)
 }
+
+// TestAttrReaderReadsAsTheModule: the one-call reader gives what
+// miekg/pkcs11's two calls give, falls back for a value longer than its
+// buffers, and reports the module's errors.
+func TestAttrReaderReadsAsTheModule(t *testing.T) {
+	ctx := context.Background()
+	b := openBackend(t, newToken(t))
+	if _, _, err := b.Generate(ctx, "reader", keystore.X25519); err != nil {
+		t.Fatal(err)
+	}
+	r := newAttrReader(b.mod.path, b.forwarded)
+	defer r.free()
+	if r.fn == nil {
+		t.Fatal("no C_GetAttributeValue found in the loaded SoftHSM module")
+	}
+	long := strings.Repeat("x", 3*attrSlot)
+	err := b.withSession(ctx, "test", func(s p11.SessionHandle) error {
+		h, err := b.lookup(s, objKey{p11.CKO_PRIVATE_KEY, "reader"})
+		if err != nil {
+			return err
+		}
+		q := append([]*p11.Attribute{p11.NewAttribute(p11.CKA_LABEL, nil), p11.NewAttribute(p11.CKA_ID, nil)}, checkQuery()...)
+		got, err := r.read(b.mod.ctx, s, h, q)
+		if err != nil {
+			return err
+		}
+		want, err := b.mod.ctx.GetAttributeValue(s, h, q)
+		if err != nil {
+			return err
+		}
+		for i := range want {
+			if got[i].Type != want[i].Type || string(got[i].Value) != string(want[i].Value) {
+				t.Errorf("attribute 0x%x: %x, module says %x", want[i].Type, got[i].Value, want[i].Value)
+			}
+		}
+		// CKA_VALUE of a sensitive key: the module's refusal, as an error.
+		if _, err := r.read(b.mod.ctx, s, h, []*p11.Attribute{p11.NewAttribute(p11.CKA_VALUE, nil)}); !isCode(err, p11.CKR_ATTRIBUTE_SENSITIVE) {
+			t.Errorf("reading a sensitive value: %v, want CKR_ATTRIBUTE_SENSITIVE", err)
+		}
+		d, err := b.mod.ctx.CreateObject(s, []*p11.Attribute{
+			p11.NewAttribute(p11.CKA_CLASS, p11.CKO_DATA),
+			p11.NewAttribute(p11.CKA_TOKEN, false),
+			p11.NewAttribute(p11.CKA_LABEL, long),
+		})
+		if err != nil {
+			return err
+		}
+		got, err = r.read(b.mod.ctx, s, d, []*p11.Attribute{p11.NewAttribute(p11.CKA_LABEL, nil)})
+		if err != nil || string(got[0].Value) != long {
+			t.Errorf("a %d-byte label: %d bytes, %v", len(long), len(got[0].Value), err)
+		}
+		return b.mod.ctx.DestroyObject(s, d)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
