@@ -102,8 +102,11 @@ type Backend struct {
 	// it without the lock), and serial generation is barely slower: the
 	// file I/O dominates either way.
 	storeMu sync.Mutex
-	specs   map[keystore.Algorithm]*algSpec // supported algorithms only
-	notes   map[keystore.Algorithm]string   // why an algorithm is missing
+	// secretsAtOpen is the token's secret keys found at Open, for the
+	// first Epochs (seal.go).
+	secretsAtOpen atomic.Pointer[secretKeysSeen]
+	specs         map[keystore.Algorithm]*algSpec // supported algorithms only
+	notes         map[keystore.Algorithm]string   // why an algorithm is missing
 
 	sealMu sync.RWMutex
 	// How this token seals, chosen by probing (sealprobe.go): "gcm",

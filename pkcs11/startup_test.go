@@ -315,3 +315,19 @@ func TestAttrReaderReadsAsTheModule(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestStartupSearches: a restart passes over the token's objects four
+// times (secret keys, the installation marker, private and public keys):
+// each pass reads every object's file on SoftHSM.
+func TestStartupSearches(t *testing.T) {
+	cfg, path, _ := startupKeys(t)
+	b := openBackend(t, cfg)
+	s, err := keystore.Open(context.Background(), path, b, keystore.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if n := b.searches.Load(); n != 4 {
+		t.Fatalf("start-up ran %d token searches, want 4", n)
+	}
+}
