@@ -331,3 +331,46 @@ func TestStartupSearches(t *testing.T) {
 		t.Fatalf("start-up ran %d token searches, want 4", n)
 	}
 }
+
+// TestAttrReaderThroughP11Kit: p11-kit's client module hands out a new,
+// uninitialised instance for every C_GetFunctionList, so the one-call
+// reader must not use its own; even when asked to, it notices
+// (CKR_CRYPTOKI_NOT_INITIALIZED) and reads through miekg/pkcs11.
+func TestAttrReaderThroughP11Kit(t *testing.T) {
+	_, cfg := forwardedToken(t)
+	b := openBackend(t, cfg)
+	ctx := context.Background()
+	if _, _, err := b.Generate(ctx, "forwarded", keystore.ECDSAP256); err != nil {
+		t.Fatal(err)
+	}
+	if !b.forwarded {
+		t.Fatal("the p11-kit client module is not recognised as forwarding")
+	}
+	r := newAttrReader(b.mod.path, false)
+	defer r.free()
+	err := b.withSession(ctx, "test", func(s p11.SessionHandle) error {
+		h, err := b.lookup(s, objKey{p11.CKO_PRIVATE_KEY, "forwarded"})
+		if err != nil {
+			return err
+		}
+		got, err := r.read(b.mod.ctx, s, h, []*p11.Attribute{p11.NewAttribute(p11.CKA_ID, nil)})
+		if err != nil {
+			return err
+		}
+		if string(got[0].Value) != "forwarded" {
+			t.Errorf("CKA_ID %q through p11-kit, want %q", got[0].Value, "forwarded")
+		}
+		if r.tmpl != nil {
+			t.Error("the reader still calls its own instance of the module")
+		}
+		t.Logf("own instance found: %v", r.fn != nil)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	keys, err := b.List(ctx)
+	if err != nil || len(keys) != 1 || keys[0].Check == nil || keys[0].Check(keystore.ECDSAP256) != nil {
+		t.Fatalf("List through p11-kit: %v %v", keys, err)
+	}
+}
