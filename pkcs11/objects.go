@@ -215,8 +215,8 @@ func (b *Backend) withKey(ctx context.Context, op string, k objKey, fn func(s p1
 // what Check judges, in the same C_GetAttributeValue as its label and id,
 // and offers that judgement as DeviceKey.Check: start-up then checks every
 // key without reading each one again. SoftHSM's file store refreshes an
-// object from its file on every call that touches it, so one call per
-// object instead of two is what start-up with many keys costs.
+// object from its file on every call that touches it: with many keys,
+// start-up's cost is the number of calls per object.
 func (b *Backend) List(ctx context.Context) ([]keystore.DeviceKey, error) {
 	ids := map[string][]*p11.Attribute{}
 	r := newAttrReader(b.mod.path, b.forwarded)
