@@ -184,11 +184,13 @@ func run(args []string, getenv func(string) string, stdout io.Writer, stderr *lo
 		return err
 	}
 	state := c.state
+	releaseDev := func() {}
 	if c.dev {
-		if err := setUpDev(cfg, state, c.backend, log); err != nil {
+		if releaseDev, err = setUpDev(cfg, state, c.backend, log); err != nil {
 			return err
 		}
 	}
+	defer releaseDev()
 	if c.backend != "tpm" {
 		// The token selection and the PIN are settings too: a missing or
 		// unreadable one is refused before the state directory, the audit
@@ -286,6 +288,7 @@ func run(args []string, getenv func(string) string, stdout io.Writer, stderr *lo
 	log.Info("socket bound; opening the device", "socket", l.Addr().String(), "backend", c.backend)
 
 	be, err := openBackend(ctx, cfg, c, getenv, log, obs.deviceObserver())
+	releaseDev()
 	if err != nil {
 		return err
 	}
