@@ -63,3 +63,64 @@ func TestRetiredKeyNotRevived(t *testing.T) {
 	}
 	t.Logf("second open: %s", strings.TrimSpace(errOut))
 }
+
+// TestRetiredHardwareKeyNotRevived: the same with suite 2, whose init key
+// the TPM computes (P-256). Opening the Welcome consumes the init key but
+// not the KeyPackage's leaf encryption key, which keeps their epoch alive;
+// the init key's revocation bit is what stops the old catalog. The daemon
+// starts with the old copy, retires the key in it, says why in its log
+// and the audit log, and the same Welcome fails as for a consumed key.
+func TestRetiredHardwareKeyNotRevived(t *testing.T) {
+	sw := swtpm.Start(t, t.TempDir())
+	state := t.TempDir()
+	args := []string{"--backend", "tpm", "--tpm", sw.Device(), "--seal-epoch", "retire"}
+	d := startDaemon(t, state, args...)
+	var kps []createdKP
+	d.ctlJSON(t, &kps, "keypackage", "create", "--suite", "2", "--identity", "revival@example.org", "--count", "1")
+	var init, leaf keyJSON
+	d.ctlJSON(t, &init, "key", "show", kps[0].InitKeyID)
+	d.ctlJSON(t, &leaf, "key", "show", kps[0].LeafEncryptionKeyID)
+	if init.Protection != "hardware" || leaf.Protection != "hardware" {
+		t.Fatalf("suite 2 keys on the TPM: init %s, leaf %s; want hardware", init.Protection, leaf.Protection)
+	}
+	var added struct{ Welcome string }
+	tsmls(t, "add", map[string]string{"key_package": kps[0].KeyPackage, "suite": "2"}, &added)
+	welcome, _ := hex.DecodeString(added.Welcome)
+	file := filepath.Join(t.TempDir(), "welcome")
+	os.WriteFile(file, welcome, 0o600)
+
+	d.stop()
+	catalog := filepath.Join(state, "catalog.db")
+	saved, err := os.ReadFile(catalog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d = startDaemon(t, state, args...)
+	if out, errOut, code := d.ctl("welcome", "open", "--in", file); code != 0 {
+		t.Fatalf("first open: exit %d %s %s", code, out, errOut)
+	}
+	d.ctlJSON(t, &leaf, "key", "show", kps[0].LeafEncryptionKeyID)
+	if leaf.State != "active" {
+		t.Fatalf("leaf key after the Welcome: %s", leaf.State)
+	}
+	d.stop()
+	if err := os.WriteFile(catalog, saved, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d = startDaemon(t, state, args...)
+	out, errOut, code := d.ctl("welcome", "open", "--in", file)
+	if code == 0 {
+		t.Fatalf("the consumed init key opened the Welcome again from the old catalog: %s", out)
+	}
+	if !strings.Contains(errOut, "failed precondition") || !strings.Contains(errOut, "destroyed") || !strings.Contains(errOut, "older than the device") {
+		t.Fatalf("second open fails without saying why: %s", errOut)
+	}
+	if !strings.Contains(d.log.String(), "catalog is older than the device") {
+		t.Fatalf("start-up with the old catalog does not warn:\n%s", d.log)
+	}
+	d.stop()
+	if a, _ := os.ReadFile(filepath.Join(state, "audit.log")); !strings.Contains(string(a), `"operation":"KeystoreRetired"`) || !strings.Contains(string(a), "older than the device") {
+		t.Fatalf("the key retired at start-up is not in the audit log:\n%s", a)
+	}
+	t.Logf("second open: %s", strings.TrimSpace(errOut))
+}

@@ -142,6 +142,11 @@ type Lister interface {
 type DeviceKey struct {
 	ID  string
 	Ref []byte
+	// Check, if set, is Checker.Check of this key judged on what the
+	// listing already read from the device: the same answer without a
+	// device call per key, which start-up makes for every hardware key.
+	// Nil means ask the Checker.
+	Check func(alg Algorithm) error
 }
 
 // Sealer is an optional Backend capability: encryption under a key that

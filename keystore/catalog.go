@@ -77,6 +77,10 @@ type Record struct {
 	RetiredAt time.Time `json:"retired_at,omitzero"`
 	// RetiredWhy says why a key left the active state, for operators.
 	RetiredWhy string `json:"retired_why,omitempty"`
+	// Revocation is, for a retired hardware key with one (see Revoker),
+	// what revokes it on the device. Not secret; kept so that a crash
+	// after the catalog's commit is made good at the next start.
+	Revocation []byte `json:"revocation,omitempty"`
 }
 
 // Live reports whether the record's private key should exist.

@@ -217,6 +217,11 @@ func (s *Store) Availability(role Role, alg Algorithm) (Protection, string) {
 		return p, OneLine(why)
 	}
 	if p == ProtectionHardware {
+		if rv, ok := s.be.(Revoker); ok && !alg.IsSigning() {
+			if note := rv.RevocationNote(); note != "" {
+				return p, OneLine("no per-key revocation on the device (" + note + "); a retired key stays usable from an old catalog copy while its epoch lives")
+			}
+		}
 		return p, ""
 	}
 	why := "the device cannot compute it"

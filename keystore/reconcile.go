@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 )
 
 // EventKind names what the daemon did to keys on its own authority.
@@ -140,16 +141,18 @@ func (s *Store) reconcile(ctx context.Context) error {
 		}
 		return s.checkHardware(ctx, nil)
 	}
+	t0 := time.Now()
 	dev, err := lister.List(ctx)
 	if err != nil {
 		return &DeviceError{Op: "list keys", Err: err}
 	}
-	onDevice := map[string]bool{}
+	listTook := time.Since(t0)
+	onDevice := map[string]DeviceKey{}
 	var interrupted, retired, restored []string
 	var found []Stray
 	keep := map[string]bool{} // journal entries whose destruction failed
 	for _, dk := range dev {
-		onDevice[dk.ID] = true
+		onDevice[dk.ID] = dk
 		r, err := s.cat.get(dk.ID)
 		switch {
 		case errors.Is(err, ErrNotFound):
@@ -207,7 +210,7 @@ func (s *Store) reconcile(ctx context.Context) error {
 	if err := s.checkHardware(ctx, onDevice); err != nil {
 		return err
 	}
-	s.log.Info("catalog reconciled", "device_keys", len(dev), "strays", len(found))
+	s.log.Info("catalog reconciled", "device_keys", len(dev), "strays", len(found), "list_took", listTook.Round(time.Millisecond))
 	return nil
 }
 
@@ -240,8 +243,10 @@ func (s *Store) setState(ids []string, from, to State) error {
 // checkHardware quarantines active hardware records whose device key is
 // missing (when onDevice says what the device has, or when the device's
 // identity was just adopted) as missing, and has the Checker confirm the
-// others.
-func (s *Store) checkHardware(ctx context.Context, onDevice map[string]bool) error {
+// others: from what the listing read where it offers that (one device
+// pass for all keys), else one device call per key.
+func (s *Store) checkHardware(ctx context.Context, onDevice map[string]DeviceKey) error {
+	t0 := time.Now()
 	var lost, missing []string
 	var check, recheck []*Record
 	err := s.cat.all(func(r *Record) error {
@@ -257,7 +262,7 @@ func (s *Store) checkHardware(ctx context.Context, onDevice map[string]bool) err
 		if r.State != StateActive || r.Protection != ProtectionHardware {
 			return nil
 		}
-		if onDevice != nil && !onDevice[r.ID] {
+		if _, ok := onDevice[r.ID]; onDevice != nil && !ok {
 			lost = append(lost, r.ID)
 			return nil
 		}
@@ -268,12 +273,18 @@ func (s *Store) checkHardware(ctx context.Context, onDevice map[string]bool) err
 		return err
 	}
 	c, _ := s.be.(Checker)
+	checkOne := func(r *Record) error {
+		if f := onDevice[r.ID].Check; f != nil {
+			return f(r.Algorithm)
+		}
+		return c.Check(ctx, r.DeviceRef, r.Algorithm)
+	}
 	if s.adoptedIdentity && c != nil {
 		// Keys made under another identity do not load on this device;
 		// they are quarantined, not a reason to refuse the adopted device.
 		kept := check[:0]
 		for _, r := range check {
-			if err := c.Check(ctx, r.DeviceRef, r.Algorithm); err != nil {
+			if err := checkOne(r); err != nil {
 				lost = append(lost, r.ID)
 				continue
 			}
@@ -304,9 +315,18 @@ func (s *Store) checkHardware(ctx context.Context, onDevice map[string]bool) err
 	s.strays.mu.Lock()
 	s.strays.missing = append(missing, lost...)
 	s.strays.mu.Unlock()
+	var revoked []string
+	cause := map[string]error{}
 	if c != nil {
-		for _, r := range check {
-			if err := c.Check(ctx, r.DeviceRef, r.Algorithm); err != nil {
+		progress := newProgress(s, "hardware keys checked so far", len(check))
+		for i, r := range check {
+			progress.at(i)
+			if err := checkOne(r); err != nil {
+				if errors.Is(err, ErrRevoked) {
+					revoked = append(revoked, r.ID)
+					cause[r.ID] = err
+					continue
+				}
 				var fe *ForeignKeyError
 				if errors.As(err, &fe) {
 					return fmt.Errorf("key %s's %w; use the state directory that %s was set up with", r.ID, fe, fe.Device)
@@ -315,10 +335,36 @@ func (s *Store) checkHardware(ctx context.Context, onDevice map[string]bool) err
 			}
 		}
 	}
+	if err := s.retireRevoked(revoked, cause); err != nil {
+		return err
+	}
 	if len(check) > 0 || len(lost) > 0 {
-		s.log.Info("hardware keys checked", "checked", len(check), "missing", len(lost))
+		s.log.Info("hardware keys checked", "checked", len(check), "missing", len(lost), "revoked", len(revoked), "took", time.Since(t0).Round(time.Millisecond))
 	}
 	return nil
+}
+
+// progress logs how far a long start-up step has come, every
+// progressEvery, so that a slow start is seen to be moving.
+type progress struct {
+	s     *Store
+	msg   string
+	total int
+	next  time.Time
+}
+
+const progressEvery = 5 * time.Second
+
+func newProgress(s *Store, msg string, total int) *progress {
+	return &progress{s: s, msg: msg, total: total, next: time.Now().Add(progressEvery)}
+}
+
+// at reports that done of the total are done.
+func (p *progress) at(done int) {
+	if now := time.Now(); now.After(p.next) {
+		p.s.log.Info(p.msg, "done", done, "of", p.total)
+		p.next = now.Add(progressEvery)
+	}
 }
 
 // RepairOptions say what an administrator's repair does.

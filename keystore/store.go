@@ -149,6 +149,10 @@ func Open(ctx context.Context, path string, be Backend, opts Options) (*Store, e
 		cat.close()
 		return nil, err
 	}
+	if err := s.revocations(ctx); err != nil {
+		cat.close()
+		return nil, err
+	}
 	if s.ep != nil {
 		if err := s.initEpochs(ctx); err != nil {
 			cat.close()
@@ -487,6 +491,10 @@ func (s *Store) destroyDevice(ctx context.Context, recs []*Record, why string) {
 			continue
 		}
 		s.life.paid(r.ID)
+		if len(r.Revocation) > 0 {
+			// Destroy revoked it (a Revoker's Destroy does).
+			s.life.markRevoked(r.ID)
+		}
 	}
 }
 
@@ -700,6 +708,9 @@ func (s *Store) retire(r *Record, st State, why string) {
 	// keeps no per-key state (see Lister). r.Epoch stays, so that sweeps
 	// and operators can tell which epoch the key was in.
 	r.Sealed = nil
+	if rv, ok := s.be.(Revoker); ok && len(r.DeviceRef) > 0 && len(r.Revocation) == 0 {
+		r.Revocation = rv.Revocation(r.DeviceRef)
+	}
 	if _, ok := s.be.(Lister); !ok {
 		r.DeviceRef = nil
 	}

@@ -49,6 +49,9 @@ type lifecycle struct {
 
 	mu      sync.Mutex
 	pending map[string]pendingDestroy // by key id
+	// revoked holds the retired keys whose revocation the device has
+	// confirmed since start-up, so that sweeps do not ask again.
+	revoked map[string]bool
 	sweeper sync.WaitGroup
 }
 
@@ -84,6 +87,21 @@ func (l *lifecycle) paid(id string) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	delete(l.pending, id)
+}
+
+func (l *lifecycle) markRevoked(id string) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.revoked == nil {
+		l.revoked = map[string]bool{}
+	}
+	l.revoked[id] = true
+}
+
+func (l *lifecycle) isRevoked(id string) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.revoked[id]
 }
 
 func (l *lifecycle) owed() map[string]pendingDestroy {
@@ -136,6 +154,9 @@ func (s *Store) Sweep(ctx context.Context) (int, error) {
 	var errs []error
 	if k, err := s.ExpireKeyPackages(ctx); err != nil || k > 0 {
 		s.log.Info("sweep: expired KeyPackages", "retired", k, "err", err)
+		errs = append(errs, err)
+	}
+	if err := s.settleRevocations(ctx); err != nil {
 		errs = append(errs, err)
 	}
 	lister, ok := s.be.(Lister)

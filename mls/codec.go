@@ -3,6 +3,7 @@ package mls
 import (
 	"encoding/binary"
 	"fmt"
+	"strings"
 )
 
 // MaxVarint is the largest value a varint (RFC 9420 §2.1.2) can carry:
@@ -374,10 +375,21 @@ func (d *decoder) finish(what string) error {
 		}
 	}
 	if d.err != nil {
-		return fmt.Errorf("mls: decode %w", d.err)
+		return &decodeError{err: d.err}
 	}
 	return nil
 }
+
+// decodeError names the field that failed and its cause with one "mls:"
+// prefix: the sentinel errors carry their own for callers that print them
+// alone, and repeating it inside one line reads as two failures.
+type decodeError struct{ err error }
+
+func (e *decodeError) Error() string {
+	return "mls: decode " + strings.ReplaceAll(e.err.Error(), "mls: ", "")
+}
+
+func (e *decodeError) Unwrap() error { return e.err }
 
 func writeU16List(w *Writer, v []uint16) {
 	sub := NewWriter()

@@ -3,6 +3,7 @@ package mls
 import (
 	"bytes"
 	"errors"
+	"strings"
 	"testing"
 )
 
@@ -90,4 +91,20 @@ func mustHex(t testing.TB, s string) []byte {
 		t.Fatal(err)
 	}
 	return h
+}
+
+// A decode error is one line with one "mls:" prefix, names the field and
+// still matches its sentinel.
+func TestDecodeErrorSaysMLSOnce(t *testing.T) {
+	_, err := UnmarshalKeyPackage([]byte{0, 1, 0, 1, 2})
+	if err == nil {
+		t.Fatal("decoded a truncated KeyPackage")
+	}
+	msg := err.Error()
+	if strings.Count(msg, "mls:") != 1 || !strings.Contains(msg, "KeyPackage.init_key") {
+		t.Errorf("error %q: want one \"mls:\" and the field", msg)
+	}
+	if !errors.Is(err, ErrMalformed) {
+		t.Errorf("error %q does not match ErrMalformed", msg)
+	}
 }

@@ -29,7 +29,7 @@ func TestDecodeLimits(t *testing.T) {
 	}{
 		// 4 MiB of empty entries: refused at the first entry, not after
 		// decoding 1.4 million of them.
-		"empty entries":      {welcomeOf(1, (4<<20)/3, 0, 0, 0), "new_member: mls: malformed encoding: 0 bytes, want 32"},
+		"empty entries":      {welcomeOf(1, (4<<20)/3, 0, 0, 0), "new_member: malformed encoding: 0 bytes, want 32"},
 		"short kem_output":   {welcomeOf(1, 2, nh, nenc-1, 16), "kem_output"},
 		"too many entries":   {welcomeOf(1, MaxWelcomeSecrets+1, nh, nenc, 0), "more than 10000 entries"},
 		"unknown suite, cap": {welcomeOf(0x7777, MaxWelcomeSecrets+1, 0, 0, 0), "more than 10000 entries"},

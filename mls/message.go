@@ -31,7 +31,7 @@ func UnmarshalMLSMessage(b []byte) (*MLSMessage, error) {
 		WireFormat: d.u16("MLSMessage.wire_format"),
 	}
 	if d.err != nil {
-		return nil, fmt.Errorf("mls: decode %w", d.err)
+		return nil, &decodeError{err: d.err}
 	}
 	// The body's layout depends on the version, so nothing past it can be
 	// decoded for an unknown one.

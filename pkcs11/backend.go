@@ -102,8 +102,11 @@ type Backend struct {
 	// it without the lock), and serial generation is barely slower: the
 	// file I/O dominates either way.
 	storeMu sync.Mutex
-	specs   map[keystore.Algorithm]*algSpec // supported algorithms only
-	notes   map[keystore.Algorithm]string   // why an algorithm is missing
+	// secretsAtOpen is the token's secret keys found at Open, for the
+	// first Epochs (seal.go).
+	secretsAtOpen atomic.Pointer[secretKeysSeen]
+	specs         map[keystore.Algorithm]*algSpec // supported algorithms only
+	notes         map[keystore.Algorithm]string   // why an algorithm is missing
 
 	sealMu sync.RWMutex
 	// How this token seals, chosen by probing (sealprobe.go): "gcm",
@@ -133,10 +136,15 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 	if cfg.MaxSessions < 0 {
 		return nil, errors.New("pkcs11: MaxSessions must not be negative")
 	}
+	// How long each step took goes to the debug log: with many objects
+	// on a token, loading it (C_Initialize) and each search over it
+	// (sealing keys) are much of the start-up time.
+	start := time.Now()
 	mod, err := acquireModule(cfg.Module)
 	if err != nil {
 		return nil, err
 	}
+	initTook := time.Since(start)
 	b := &Backend{mod: mod, modGen: mod.generation(), pin: cfg.PIN, done: make(chan struct{}),
 		log: cfg.Logger, healthInterval: cfg.HealthInterval, maxBackoff: cfg.RecoveryMaxBackoff}
 	b.cfg = cfg
@@ -196,9 +204,12 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 	if err := b.loginAnchor(); err != nil {
 		return nil, devErr("login", err)
 	}
+	t := time.Now()
 	if b.specs, b.notes, err = b.probe(ctx); err != nil {
 		return nil, devErr("probe", err)
 	}
+	probeTook := time.Since(t)
+	t = time.Now()
 	if err := b.checkLegacySealKeys(ctx); err != nil {
 		return nil, devErr("seal key", err)
 	}
@@ -210,6 +221,8 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 	if err := b.setUpWrapping(ctx); err != nil {
 		return nil, devErr("probe wrapping", err)
 	}
+	b.log.Debug("pkcs11: token opened", "token", b.tokenLabel(), "took", time.Since(start).Round(time.Millisecond),
+		"initialize", initTook.Round(time.Millisecond), "probe", probeTook.Round(time.Millisecond), "sealing_keys", time.Since(t).Round(time.Millisecond))
 	if err := b.SealError(); err != nil {
 		b.log.Warn("pkcs11: the token cannot seal; keys it cannot compute are unavailable", "token", b.tokenLabel(), "why", err.Error())
 	}

@@ -213,9 +213,16 @@ func (b *Backend) withKey(ctx context.Context, op string, k objKey, fn func(s p1
 
 // List returns every key pair this daemon created on the token: private
 // keys labelled "mlskeyd:"+CKA_ID, and public keys without a private half
-// (so that the caller can destroy them).
+// (so that the caller can destroy them). A private key's listing also reads
+// what Check judges, in the same C_GetAttributeValue as its label and id,
+// and offers that judgement as DeviceKey.Check: start-up then checks every
+// key without reading each one again. SoftHSM's file store refreshes an
+// object from its file on every call that touches it: with many keys,
+// start-up's cost is the number of calls per object.
 func (b *Backend) List(ctx context.Context) ([]keystore.DeviceKey, error) {
-	ids := map[string]bool{}
+	ids := map[string][]*p11.Attribute{}
+	r := newAttrReader(b.mod.path, b.forwarded)
+	defer r.free()
 	err := b.withSession(ctx, "list", func(s p11.SessionHandle) error {
 		clear(ids)
 		if err := b.requireLogin(s); err != nil {
@@ -230,10 +237,19 @@ func (b *Backend) List(ctx context.Context) ([]keystore.DeviceKey, error) {
 				return err
 			}
 			for _, h := range hs {
-				attrs, err := b.mod.ctx.GetAttributeValue(s, h, []*p11.Attribute{
-					p11.NewAttribute(p11.CKA_LABEL, nil),
-					p11.NewAttribute(p11.CKA_ID, nil),
-				})
+				q := []*p11.Attribute{p11.NewAttribute(p11.CKA_LABEL, nil), p11.NewAttribute(p11.CKA_ID, nil)}
+				var attrs, judged []*p11.Attribute
+				if class == p11.CKO_PRIVATE_KEY {
+					if attrs, err = r.read(b.mod.ctx, s, h, append(q, checkQuery()...)); err == nil {
+						judged = attrs[2:]
+					}
+				}
+				if judged == nil {
+					// A public key, or a private key without some of those
+					// attributes (not an EC key: another application's, or
+					// one Check refuses with its own reason).
+					attrs, err = r.read(b.mod.ctx, s, h, q)
+				}
 				if handleInvalid(err) {
 					continue // destroyed meanwhile
 				}
@@ -244,9 +260,11 @@ func (b *Backend) List(ctx context.Context) ([]keystore.DeviceKey, error) {
 				if !strings.HasPrefix(label, labelPrefix) || label != labelPrefix+id || checkID(id) != nil {
 					continue
 				}
-				ids[id] = true
-				// Start-up checks every key after listing them: with the
-				// handle cached, that check searches nothing.
+				if _, seen := ids[id]; !seen || judged != nil {
+					ids[id] = judged
+				}
+				// Keys are used after listing them: with the handle
+				// cached, that searches nothing.
 				b.cache.put(objKey{class, id}, h)
 			}
 		}
@@ -256,8 +274,18 @@ func (b *Backend) List(ctx context.Context) ([]keystore.DeviceKey, error) {
 		return nil, devErr("list", err)
 	}
 	out := make([]keystore.DeviceKey, 0, len(ids))
-	for id := range ids {
-		out = append(out, keystore.DeviceKey{ID: id, Ref: EncodeRef(id)})
+	for id, judged := range ids {
+		dk := keystore.DeviceKey{ID: id, Ref: EncodeRef(id)}
+		if judged != nil {
+			dk.Check = func(alg keystore.Algorithm) error {
+				spec, err := b.spec(alg)
+				if err != nil {
+					return err // as Check says it
+				}
+				return devErr("check", judge(spec, judged))
+			}
+		}
+		out = append(out, dk)
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].ID < out[j].ID })
 	return out, nil
@@ -333,63 +361,80 @@ func (b *Backend) Check(ctx context.Context, ref []byte, alg keystore.Algorithm)
 	if err != nil {
 		return err
 	}
-	type want struct {
-		name string
-		typ  uint
-		val  bool
-	}
-	wants := []want{
-		{"CKA_ALWAYS_SENSITIVE", p11.CKA_ALWAYS_SENSITIVE, true},
-		{"CKA_NEVER_EXTRACTABLE", p11.CKA_NEVER_EXTRACTABLE, true},
-		{"CKA_SENSITIVE", p11.CKA_SENSITIVE, true},
-		{"CKA_EXTRACTABLE", p11.CKA_EXTRACTABLE, false},
-		{"CKA_LOCAL", p11.CKA_LOCAL, true},
-		{"CKA_PRIVATE", p11.CKA_PRIVATE, true},
-		{"CKA_TOKEN", p11.CKA_TOKEN, true},
-	}
-	if spec.sign {
-		wants = append(wants, want{"CKA_SIGN", p11.CKA_SIGN, true})
-	} else {
-		wants = append(wants, want{"CKA_DERIVE", p11.CKA_DERIVE, true})
-	}
 	var problem error
 	err = b.withKey(ctx, "check", objKey{p11.CKO_PRIVATE_KEY, id}, func(s p11.SessionHandle, h p11.ObjectHandle) error {
-		q := []*p11.Attribute{p11.NewAttribute(p11.CKA_KEY_TYPE, nil), p11.NewAttribute(p11.CKA_EC_PARAMS, nil)}
-		for _, w := range wants {
-			q = append(q, p11.NewAttribute(w.typ, nil))
-		}
-		attrs, err := b.mod.ctx.GetAttributeValue(s, h, q)
+		attrs, err := b.mod.ctx.GetAttributeValue(s, h, checkQuery())
 		if err != nil {
 			return fmt.Errorf("C_GetAttributeValue: %w", err)
 		}
-		problem = nil
-		kt := attrUint(attrs[0].Value)
-		okType := kt == spec.keyType
-		if alg == keystore.X25519 || alg == keystore.X448 {
-			// a key made under either route stays usable
-			okType = kt == ckkECMontgomery || kt == ckkECEdwards
-		}
-		if !okType {
-			problem = fmt.Errorf("%w: CKA_KEY_TYPE is 0x%x, not a %s key", keystore.ErrWrongRole, kt, alg)
-			return nil
-		}
-		if !ecParamsMatch(attrs[1].Value, spec.oid) {
-			problem = fmt.Errorf("%w: CKA_EC_PARAMS does not name the %s curve", keystore.ErrWrongRole, alg)
-			return nil
-		}
-		for i, w := range wants {
-			v := attrs[i+2].Value
-			if got := len(v) == 1 && v[0] != 0; len(v) != 1 || got != w.val {
-				problem = fmt.Errorf("%w: %s is not %v", ErrNotProtected, w.name, w.val)
-				return nil
-			}
-		}
+		problem = judge(spec, attrs)
 		return nil
 	}, spec.keyTypes()...)
 	if err == nil {
 		err = problem
 	}
 	return devErr("check", err)
+}
+
+// protection lists the attributes of a private key that say it was made
+// on the device and can never leave it, with the values Check requires.
+var protection = []struct {
+	name string
+	typ  uint
+	val  bool
+}{
+	{"CKA_ALWAYS_SENSITIVE", p11.CKA_ALWAYS_SENSITIVE, true},
+	{"CKA_NEVER_EXTRACTABLE", p11.CKA_NEVER_EXTRACTABLE, true},
+	{"CKA_SENSITIVE", p11.CKA_SENSITIVE, true},
+	{"CKA_EXTRACTABLE", p11.CKA_EXTRACTABLE, false},
+	{"CKA_LOCAL", p11.CKA_LOCAL, true},
+	{"CKA_PRIVATE", p11.CKA_PRIVATE, true},
+	{"CKA_TOKEN", p11.CKA_TOKEN, true},
+}
+
+// checkQuery is what judge reads, in its order: the key type, the curve,
+// the protection attributes, CKA_SIGN and CKA_DERIVE.
+func checkQuery() []*p11.Attribute {
+	q := []*p11.Attribute{p11.NewAttribute(p11.CKA_KEY_TYPE, nil), p11.NewAttribute(p11.CKA_EC_PARAMS, nil)}
+	for _, w := range protection {
+		q = append(q, p11.NewAttribute(w.typ, nil))
+	}
+	return append(q, p11.NewAttribute(p11.CKA_SIGN, nil), p11.NewAttribute(p11.CKA_DERIVE, nil))
+}
+
+// judge says why a private key whose attributes attrs (read with
+// checkQuery) are is not a protected key for spec, or nil if it is.
+func judge(spec *algSpec, attrs []*p11.Attribute) error {
+	kt := attrUint(attrs[0].Value)
+	okType := kt == spec.keyType
+	if spec.alg == keystore.X25519 || spec.alg == keystore.X448 {
+		// a key made under either route stays usable
+		okType = kt == ckkECMontgomery || kt == ckkECEdwards
+	}
+	if !okType {
+		return fmt.Errorf("%w: CKA_KEY_TYPE is 0x%x, not a %s key", keystore.ErrWrongRole, kt, spec.alg)
+	}
+	if !ecParamsMatch(attrs[1].Value, spec.oid) {
+		return fmt.Errorf("%w: CKA_EC_PARAMS does not name the %s curve", keystore.ErrWrongRole, spec.alg)
+	}
+	for i, w := range protection {
+		if !boolIs(attrs[i+2].Value, w.val) {
+			return fmt.Errorf("%w: %s is not %v", ErrNotProtected, w.name, w.val)
+		}
+	}
+	use, name := attrs[len(attrs)-1], "CKA_DERIVE"
+	if spec.sign {
+		use, name = attrs[len(attrs)-2], "CKA_SIGN"
+	}
+	if !boolIs(use.Value, true) {
+		return fmt.Errorf("%w: %s is not true", ErrNotProtected, name)
+	}
+	return nil
+}
+
+// boolIs reports whether v is a CK_BBOOL of value want.
+func boolIs(v []byte, want bool) bool {
+	return len(v) == 1 && (v[0] != 0) == want
 }
 
 // attrUint decodes a CK_ULONG attribute (native byte order).

@@ -103,27 +103,74 @@ func (b *Backend) checkSealKeyOf(s p11.SessionHandle, h p11.ObjectHandle, name s
 }
 
 // checkLegacySealKeys runs at Open: a seal-v1 key that fails checkSealKey
-// stops the daemon, since blobs would be opened with it.
+// stops the daemon, since blobs would be opened with it. It finds them
+// among all of the token's secret keys, and keeps those for the keystore's
+// first Epochs at start-up (see secretKeysAtOpen).
 func (b *Backend) checkLegacySealKeys(ctx context.Context) error {
 	return b.withSession(ctx, "check_seal_keys", func(s p11.SessionHandle) error {
 		if err := b.requireLogin(s); err != nil {
 			return err
 		}
-		hs, err := b.findAll(s, secretTemplate(sealLegacyLabel))
+		hs, err := b.findAll(s, secretKeysTemplate())
 		if err != nil {
 			return err
 		}
 		for _, h := range hs {
+			label, kt, _, err := b.secretKeyNames(s, h)
+			if handleInvalid(err) {
+				continue
+			}
+			if err != nil {
+				return err
+			}
+			if label != sealLegacyLabel || kt != p11.CKK_AES {
+				continue
+			}
 			if err := b.checkSealKey(s, h, sealLegacyLabel); err != nil {
 				return err
 			}
 		}
+		b.secretsAtOpen.Store(&secretKeysSeen{gen: b.mod.generation(), handles: hs})
 		return nil
 	})
 }
 
+// secretKeysSeen is the token's secret keys as Open found them. Each
+// search passes over every object on the token (0.4 s on SoftHSM at
+// 20,000 objects), so the keystore's Epochs at start-up takes these
+// instead of searching again: once, and only while no epoch key was made
+// since and the module was not re-initialised (handles would be stale).
+// A key destroyed since is skipped by its invalid handle.
+type secretKeysSeen struct {
+	gen     uint64
+	handles []p11.ObjectHandle
+}
+
+func secretKeysTemplate() []*p11.Attribute {
+	return []*p11.Attribute{
+		p11.NewAttribute(p11.CKA_CLASS, p11.CKO_SECRET_KEY),
+		p11.NewAttribute(p11.CKA_TOKEN, true),
+		p11.NewAttribute(p11.CKA_PRIVATE, true),
+	}
+}
+
+// secretKeyNames reads what tells a secret key's kind: label, key type, id.
+func (b *Backend) secretKeyNames(s p11.SessionHandle, h p11.ObjectHandle) (label string, keyType uint, id string, err error) {
+	attrs, err := b.mod.ctx.GetAttributeValue(s, h, []*p11.Attribute{
+		p11.NewAttribute(p11.CKA_LABEL, nil),
+		p11.NewAttribute(p11.CKA_KEY_TYPE, nil),
+		p11.NewAttribute(p11.CKA_ID, nil),
+	})
+	if err != nil {
+		return "", 0, "", fmt.Errorf("C_GetAttributeValue(CKA_LABEL, CKA_KEY_TYPE, CKA_ID): %w", err)
+	}
+	return string(attrs[0].Value), attrUint(attrs[1].Value), string(attrs[2].Value), nil
+}
+
 // Epochs lists the epoch keys on the token, refusing the whole list if
-// one of them fails checkSealKey: the keystore calls it at start-up.
+// one of them fails checkSealKey: the keystore calls it at start-up, and
+// the first call after Open judges the secret keys Open found (read
+// again now) rather than searching the token a second time.
 func (b *Backend) Epochs(ctx context.Context) ([]string, error) {
 	var ids []string
 	err := b.withSession(ctx, "list_epochs", func(s p11.SessionHandle) error {
@@ -131,21 +178,37 @@ func (b *Backend) Epochs(ctx context.Context) ([]string, error) {
 		if err := b.requireLogin(s); err != nil {
 			return err
 		}
-		for _, kind := range epochKinds {
-			hs, err := b.findAll(s, secretTemplateOf(kind.label, kind.keyType))
+		// One search for both kinds, or none at start-up: a search passes
+		// over every object on the token, while it holds few secret keys
+		// to tell apart by reading.
+		var hs []p11.ObjectHandle
+		if seen := b.secretsAtOpen.Swap(nil); seen != nil && seen.gen == b.mod.generation() {
+			hs = seen.handles
+		} else {
+			var err error
+			if hs, err = b.findAll(s, secretKeysTemplate()); err != nil {
+				return err
+			}
+		}
+		for _, h := range hs {
+			label, kt, id, err := b.secretKeyNames(s, h)
+			if handleInvalid(err) {
+				continue
+			}
 			if err != nil {
 				return err
 			}
-			for _, h := range hs {
-				attrs, err := b.mod.ctx.GetAttributeValue(s, h, []*p11.Attribute{p11.NewAttribute(p11.CKA_ID, nil)})
-				if handleInvalid(err) {
+			for _, kind := range epochKinds {
+				if label != kind.label || kt != kind.keyType {
 					continue
 				}
-				if err != nil {
-					return fmt.Errorf("C_GetAttributeValue(CKA_ID): %w", err)
+				var err error
+				if kind.class == classWrapKey {
+					err = b.checkWrapKey(s, h, fmt.Sprintf("%q", id)) // wrap.go
+				} else {
+					err = b.checkSealKeyOf(s, h, fmt.Sprintf("%q", id), kind.keyType)
 				}
-				id := string(attrs[0].Value)
-				if err := b.checkSealKeyOf(s, h, fmt.Sprintf("%q", id), kind.keyType); err != nil {
+				if err != nil {
 					return err
 				}
 				ids = append(ids, id)
@@ -270,6 +333,7 @@ func (b *Backend) newGCMEpoch(ctx context.Context, id string) error {
 func (b *Backend) newEpochKey(ctx context.Context, id string, mech uint, tmpl []*p11.Attribute, keyType uint, k objKey) error {
 	b.storeMu.Lock()
 	defer b.storeMu.Unlock()
+	b.secretsAtOpen.Store(nil) // Epochs searches again: it must see this key
 	err := b.withSession(ctx, "new_epoch", func(s p11.SessionHandle) error {
 		if err := b.requireLogin(s); err != nil {
 			return err

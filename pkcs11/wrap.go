@@ -275,6 +275,7 @@ func (b *Backend) wrapKey(ctx context.Context, epoch string, create bool) error 
 			return err
 		}
 		b.cache.put(k, h)
+		b.secretsAtOpen.Store(nil) // Epochs searches again: it must see this key
 		return nil
 	})
 }

@@ -157,6 +157,10 @@ func TestPlantedWrapKeyRefused(t *testing.T) {
 	if _, _, err := b.GenerateWrapped(ctx, "planted", "k1", keystore.ECDHP256); !errors.Is(err, ErrNotProtected) {
 		t.Errorf("planted wrapping key: %v, want ErrNotProtected", err)
 	}
+	// Start-up's listing refuses it too (and so the start).
+	if _, err := b.Epochs(ctx); !errors.Is(err, ErrNotProtected) {
+		t.Errorf("Epochs with a planted wrapping key: %v, want ErrNotProtected", err)
+	}
 }
 
 func countObjects(t *testing.T, b *Backend) int {

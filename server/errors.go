@@ -44,7 +44,7 @@ func statusOf(field string, err error) error {
 		code = codes.NotFound
 	case errors.Is(err, keystore.ErrUnsupported):
 		code = codes.Unimplemented
-	case errors.Is(err, keystore.ErrNotActive), errors.Is(err, keystore.ErrPolicy), errors.Is(err, keystore.ErrInUse), errors.Is(err, keystore.ErrEpochDestroyed),
+	case errors.Is(err, keystore.ErrNotActive), errors.Is(err, keystore.ErrPolicy), errors.Is(err, keystore.ErrInUse), errors.Is(err, keystore.ErrEpochDestroyed), errors.Is(err, keystore.ErrRevoked),
 		errors.Is(err, keystore.ErrUnsupportedAlgorithm):
 		code = codes.FailedPrecondition
 	case errors.Is(err, keystore.ErrWrongRole), errors.Is(err, keystore.ErrInvalidArgument),

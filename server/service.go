@@ -423,7 +423,9 @@ func (s *Service) OpenWelcome(ctx context.Context, req *pb.OpenWelcomeRequest) (
 			return nil, status.Errorf(codes.InvalidArgument, "welcome.encrypted_group_info: %v", ge.Err)
 		}
 		if errors.Is(err, keystore.ErrNotActive) {
-			if cur, gerr := s.store.Get(rec.ID); gerr == nil && cur.State == keystore.StateDestroyed {
+			if cur, gerr := s.store.Get(rec.ID); gerr == nil && cur.RevokedOnDevice() {
+				return nil, status.Errorf(codes.FailedPrecondition, "welcome: the init key of KeyPackage %x was destroyed: %s", rec.KeyPackageRef, cur.RetiredWhy)
+			} else if gerr == nil && cur.State == keystore.StateDestroyed {
 				return nil, status.Errorf(codes.FailedPrecondition, "welcome: the init key of KeyPackage %x was deleted", rec.KeyPackageRef)
 			}
 			return nil, status.Errorf(codes.FailedPrecondition, "welcome: the init key of KeyPackage %x was already used", rec.KeyPackageRef)

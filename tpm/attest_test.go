@@ -132,7 +132,7 @@ func TestAttest(t *testing.T) {
 			wantAttErr(t, "tampered signature", attest.VerifyCertify(c, k.pub, n), "signature")
 
 			c = cloneAtt(a)
-			bl, err := parseBlob(other.ref, blobKey)
+			_, bl, err := b.keyBlob(other.ref, other.alg)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -21,6 +21,7 @@ var (
 	_ keystore.Epocher        = (*Backend)(nil)
 	_ keystore.EpochGenerator = (*Backend)(nil)
 	_ keystore.Checker        = (*Backend)(nil)
+	_ keystore.Revoker        = (*Backend)(nil)
 
 	_ keystore.HealthReporter = (*Backend)(nil)
 	_ keystore.ProbeNoter     = (*Backend)(nil)
@@ -47,6 +48,11 @@ type Config struct {
 	// EpochHandles is how many persistent handles (from 0x814D4C00) the
 	// sealing epochs may take; 0 means 3. See epoch.go.
 	EpochHandles int
+	// RevocationIndices is how many NV bit-field indices (from 0x01004D00,
+	// 64 keys each) the per-key revocation of ECDH keys may define; 0 means
+	// 16, negative turns it off (ECDH keys then keep only the epoch rule).
+	// See revoke.go.
+	RevocationIndices int
 	// Logger receives connection-loss and recovery events; nil discards
 	// them.
 	Logger *slog.Logger
@@ -86,6 +92,21 @@ type Backend struct {
 	// the handles they take.
 	epochs   map[string]tpm2.NamedHandle
 	epochMax int
+	// rev maps our revocation indices to what is known of them (nil until
+	// read); revTaken holds every handle of the range in use by anyone;
+	// revMax bounds the indices we define; revHook, when set (by tests),
+	// runs before each bit is set and may fail it.
+	rev      map[tpm2.TPMHandle]*revIndex
+	revTaken map[tpm2.TPMHandle]bool
+	revMax   int
+	revHook  func(revRef) error
+	// revTag marks the indices of the installation Reserve named (zero
+	// until then).
+	revTag [revTagSize]byte
+	// revNote says why new ECDH keys get no bit (guarded by revMu, read
+	// without the queue).
+	revMu   sync.Mutex
+	revNote string
 	// ekPub is the endorsement key's TPMT_PUBLIC once Attest made it (the
 	// same for the life of the endorsement seed).
 	ekPub []byte
@@ -127,6 +148,14 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 	if cfg.EpochHandles == 0 {
 		cfg.EpochHandles = defaultEpochHandles
 	}
+	switch {
+	case cfg.RevocationIndices == 0:
+		cfg.RevocationIndices = defaultRevIndices
+	case cfg.RevocationIndices < 0:
+		cfg.RevocationIndices = 0
+	case cfg.RevocationIndices > maxRevIndices:
+		return nil, fmt.Errorf("tpm: RevocationIndices must be at most %d", maxRevIndices)
+	}
 	if cfg.CommandTimeout == 0 {
 		cfg.CommandTimeout = 10 * time.Second
 	}
@@ -155,6 +184,7 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 		lru:      lru{max: cfg.LoadedKeys},
 		epochs:   map[string]tpm2.NamedHandle{},
 		epochMax: cfg.EpochHandles,
+		revMax:   cfg.RevocationIndices,
 		observer: cfg.Observer,
 
 		dev:        cfg.Device,
@@ -204,6 +234,16 @@ func (b *Backend) init(ctx context.Context) error {
 	}
 	if err := b.probe(); err != nil {
 		return err
+	}
+	if !b.isSim {
+		// A TPM without NV bit fields, or one whose indices in our range
+		// cannot be read, keeps the epoch rule for HPKE keys.
+		var rc tpm2.TPMRC
+		if err := b.scanRevocations(); errors.As(err, &rc) {
+			b.setRevNote("revocation indices could not be read: " + err.Error())
+		} else if err != nil {
+			return err
+		}
 	}
 	return b.readInfo()
 }

@@ -140,3 +140,50 @@ func BenchmarkUnsealEpoch(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkOpenWelcomeTPM is the device part of opening a Welcome with a
+// P-256 init key on swtpm: TPM2_ECDH_ZGen, then retiring the key. With a
+// revocation bit ("bit"), ZGen runs under a policy session after
+// TPM2_PolicyNV and retiring sets the bit (TPM2_NV_SetBits); without
+// ("epoch"), ZGen runs under an HMAC session and retiring flushes the key.
+// Key generation is not timed.
+func BenchmarkOpenWelcomeTPM(b *testing.B) {
+	env := swtpmEnv(b)
+	for _, mode := range []struct {
+		name    string
+		indices int
+	}{{"epoch", -1}, {"bit", maxRevIndices}} {
+		b.Run(mode.name, func(b *testing.B) {
+			cfg := env.cfg
+			cfg.RevocationIndices = mode.indices
+			be := openCfg(b, cfg)
+			ctx := context.Background()
+			peer, _ := ecdh.P256().GenerateKey(rand.Reader)
+			pub := peer.PublicKey().Bytes()
+			n := 0
+			for b.Loop() {
+				b.StopTimer()
+				if n%revBits == revBits-1 {
+					if _, err := be.Reclaim(ctx); err != nil {
+						b.Fatal(err)
+					}
+				}
+				n++
+				ref, _, err := be.Generate(ctx, "k", keystore.ECDHP256)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if (ref[0] == blobKeyRevoke) != (mode.indices > 0) {
+					b.Fatalf("blob 0x%02x", ref[0])
+				}
+				b.StartTimer()
+				if _, err := be.ECDH(ctx, ref, keystore.ECDHP256, pub); err != nil {
+					b.Fatal(err)
+				}
+				if err := be.Destroy(ctx, ref); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -17,6 +17,8 @@ const (
 	// 0x03 (sealed data in an epoch) and 0x04 (a key in an epoch) carry
 	// len(epoch) || epoch after the version byte; see epoch.go.
 	blobKeyEpoch = 0x04
+	// 0x05 (a key bound to a revocation bit, in an epoch or not) carries
+	// the revocation and len(epoch) || epoch; see revoke.go.
 )
 
 // algSpec is how one keystore algorithm maps onto a TPM ECC key.
@@ -98,7 +100,8 @@ func specFor(alg keystore.Algorithm) (algSpec, error) {
 
 // blob is a parsed key reference or sealed blob.
 type blob struct {
-	epoch string // the parent's epoch; "" for the SRK
+	epoch string  // the parent's epoch; "" for the SRK
+	rev   *revRef // the key's revocation bit; nil for none
 	pub   tpm2.TPM2BPublic
 	priv  tpm2.TPM2BPrivate
 	area  *tpm2.TPMTPublic // the parsed public area

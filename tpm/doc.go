@@ -1,7 +1,7 @@
 // Package tpm is the TPM 2.0 device backend of mlskeyd: it keeps private
 // keys under a TPM's storage root key and implements keystore.Backend,
 // keystore.Sealer, keystore.Epocher, keystore.EpochGenerator,
-// keystore.Checker and keystore.Attester (not
+// keystore.Checker, keystore.Revoker and keystore.Attester (not
 // keystore.Lister: nothing per key lives in the TPM). It talks to /dev/tpmrm0, to swtpm's data channel
 // (tcp:// or unix://, raw TPM commands) or to the in-process go-tpm-tools
 // simulator, through go-tpm's tpm2 direct API. It knows nothing of MLS or
@@ -14,8 +14,10 @@
 // the hierarchy seed and the template, so it is the same key after every
 // restart and nothing is written to the TPM's NV memory.
 //
-// Generate runs TPM2_Create for an ECC child of the SRK with fixedTPM,
-// fixedParent, sensitiveDataOrigin and userWithAuth (empty auth value), and
+// Generate runs TPM2_Create for an ECC child of the SRK (or of the epoch's
+// parent, below) with fixedTPM, fixedParent, sensitiveDataOrigin and
+// userWithAuth (empty auth value; for ECDH keys with a revocation bit, a
+// policy instead, below), and
 // either sign with the ECDSA scheme and the curve's hash (P-256 SHA-256,
 // P-384 SHA-384, P-521 SHA-512) or decrypt with the ECDH scheme. The key
 // reference is 0x01 || TPM2B_PUBLIC || TPM2B_PRIVATE: the private area is
@@ -44,6 +46,24 @@
 // 0x814D4C00 whose blob is never stored, so DestroyEpoch (TPM2_EvictControl)
 // makes every blob of the epoch unloadable. Their blobs carry the epoch id
 // (versions 0x03 and 0x04).
+//
+// Revocation bits (revoke.go): an ECDH key (the HPKE keys: KeyPackage init
+// and leaf encryption keys) is, where the TPM allows, bound to one bit of
+// an NV bit field (TPM_NT_BITS, 64 bits, at 0x01004D00 and up, at most
+// Config.RevocationIndices of them): userWithAuth is clear and its
+// authPolicy is TPM2_PolicyNV(index, its mask, offset 0, TPM_EO_BITCLEAR).
+// ECDH runs TPM2_PolicyNV in a salted policy session (AES-128-CFB on the
+// response) and uses it for TPM2_ECDH_ZGen; Destroy sets the bit with
+// TPM2_NV_SetBits (owner authorisation), after which no copy of the blob
+// works. The blob is 0x05 || revocation || len(epoch) || epoch ||
+// TPM2B_PUBLIC || TPM2B_PRIVATE, and Check fails with keystore.ErrRevoked
+// for a key whose bit is set or whose index is gone. Reclaim undefines an
+// index whose bits are all set; its authPolicy holds random bytes, so an
+// index defined again at the same handle has another Name and revives
+// nothing. When the budget is spent or the TPM refuses
+// TPM2_NV_DefineSpace, the key is made without a bit (RevocationNote says
+// why). Signature keys never get one: a policy session per signature would
+// cost an extra TPM2_StartAuthSession and TPM2_PolicyNV each time.
 //
 // Secrets never cross the bus in clear: TPM2_ECDH_ZGen and TPM2_Unseal
 // outputs, and the data given to TPM2_Create for sealing, travel under a
@@ -149,5 +169,9 @@
 //     EK certificates at other indices (swtpm's ECC P-384 one at
 //     0x01c00016, the high-range templates) are not read.
 //   - The key auth value is empty and the blob is the credential: anyone
-//     with a blob and access to the same TPM can use the key.
+//     with a blob and access to the same TPM can use the key, until it is
+//     retired (an HPKE key with a revocation bit) or its epoch ends.
+//   - Each retirement of an HPKE key with a bit is one NV write; real TPMs
+//     rate-limit NV writes and their NV wears. Each ECDH with such a key
+//     also runs TPM2_PolicyNV (one more command than an HMAC session).
 package tpm

@@ -1,6 +1,7 @@
 package tpm
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -34,18 +35,47 @@ func (b *Backend) keyBlob(ref []byte, alg keystore.Algorithm) (algSpec, *blob, e
 		return s, nil, fmt.Errorf("%w: %w: empty key reference", keystore.ErrDeviceKeyNotFound, ErrBadBlob)
 	}
 	epoch := ""
-	if ref[0] == blobKeyEpoch {
+	var rev *revRef
+	switch ref[0] {
+	case blobKeyEpoch:
 		if epoch, ref, err = splitEpochBlob(ref, blobKey); err != nil {
 			return s, nil, err
 		}
+	case blobKeyRevoke:
+		r, rest, err := decodeRev(ref[1:])
+		if err != nil {
+			return s, nil, err
+		}
+		rev = &r
+		if len(rest) < 1 || len(rest) < 1+int(rest[0]) {
+			return s, nil, fmt.Errorf("%w: truncated epoch header", ErrBadBlob)
+		}
+		if n := int(rest[0]); n > 0 {
+			epoch = string(rest[1 : 1+n])
+			if err := checkEpochID(epoch); err != nil {
+				return s, nil, fmt.Errorf("%w: %v", ErrBadBlob, err)
+			}
+		}
+		ref = append([]byte{blobKey}, rest[1+int(rest[0]):]...)
 	}
 	bl, err := parseBlob(ref, blobKey)
 	if err != nil {
 		return s, nil, err
 	}
-	bl.epoch = epoch
+	bl.epoch, bl.rev = epoch, rev
 	if err := bl.matches(s); err != nil {
 		return s, nil, err
+	}
+	if rev != nil {
+		// The bit named in the header must be the one the key's policy
+		// checks, or retiring the key would set another key's bit.
+		want, err := revPolicy(*rev)
+		if err != nil {
+			return s, nil, err
+		}
+		if bl.area.ObjectAttributes.UserWithAuth || !bytes.Equal(bl.area.AuthPolicy.Buffer, want) {
+			return s, nil, fmt.Errorf("%w: the key's policy does not check the revocation bit its reference names", ErrBadBlob)
+		}
 	}
 	return s, bl, nil
 }
@@ -82,13 +112,43 @@ func (b *Backend) generate(ctx context.Context, epoch string, alg keystore.Algor
 			}
 			parent = tpm2.AuthHandle{Handle: p.Handle, Name: p.Name, Auth: tpm2.PasswordAuth(nil)}
 		}
+		tmpl := s.template()
+		var rev *revRef
+		if !s.sign && b.RevocationsSupported() {
+			r, err := b.allocRev()
+			var rc tpm2.TPMRC
+			switch {
+			case err == nil:
+				rev = &r
+				b.setRevNote("")
+				pol, err := revPolicy(r)
+				if err != nil {
+					return err
+				}
+				// Only the USER role (ECDH_ZGen) needs the policy. The ADMIN
+				// role stays with the empty auth value (adminWithPolicy
+				// clear) so that TPM2_Certify still attests the key; what
+				// it allows besides (ObjectChangeAuth) leaves the policy,
+				// and so the bit, in force.
+				tmpl.ObjectAttributes.UserWithAuth = false
+				tmpl.AuthPolicy = tpm2.TPM2BDigest{Buffer: pol}
+			case errors.As(err, &rc), errors.Is(err, errRevBudget):
+				// The key is still made, bound only to its epoch.
+				b.setRevNote(err.Error())
+			default:
+				return err
+			}
+		}
 		var rsp *tpm2.CreateResponse
 		err := b.withObjectSlot(func() error {
 			var err error
-			rsp, err = tpm2.Create{ParentHandle: parent, InPublic: tpm2.New2B(s.template())}.Execute(b.tpm)
+			rsp, err = tpm2.Create{ParentHandle: parent, InPublic: tpm2.New2B(tmpl)}.Execute(b.tpm)
 			return cmdErr("TPM2_Create", err)
 		})
 		if err != nil {
+			if rev != nil {
+				b.unassign(*rev) // no key holds it
+			}
 			return err
 		}
 		area, err := rsp.OutPublic.Contents()
@@ -109,7 +169,11 @@ func (b *Backend) generate(ctx context.Context, epoch string, alg keystore.Algor
 		}
 		pub = append(append([]byte{0x04}, x...), y...)
 		ref = encodeBlob(blobKey, rsp.OutPublic, rsp.OutPrivate)
-		if epoch != "" {
+		if rev != nil {
+			h := append([]byte{blobKeyRevoke}, rev.encode()...)
+			h = append(append(h, byte(len(epoch))), epoch...)
+			ref = append(h, ref[1:]...)
+		} else if epoch != "" {
 			ref = append(append([]byte{blobKeyEpoch, byte(len(epoch))}, epoch...), ref[1:]...)
 		}
 		return nil
@@ -199,11 +263,25 @@ func (b *Backend) ECDH(ctx context.Context, ref []byte, alg keystore.Algorithm, 
 		if err != nil {
 			return err
 		}
+		auth := b.encSession(tpm2.AESEncryption(128, tpm2.EncryptOut))
+		if bl.rev != nil {
+			sess, done, err := b.revSession(*bl.rev)
+			if err != nil {
+				return err
+			}
+			defer done()
+			auth = sess
+		}
 		rsp, err := tpm2.ECDHZGen{
-			KeyHandle: tpm2.AuthHandle{Handle: obj.Handle, Name: obj.Name,
-				Auth: b.encSession(tpm2.AESEncryption(128, tpm2.EncryptOut))},
-			InPoint: in,
+			KeyHandle: tpm2.AuthHandle{Handle: obj.Handle, Name: obj.Name, Auth: auth},
+			InPoint:   in,
 		}.Execute(b.tpm)
+		if bl.rev != nil && isRC(err, tpm2.TPMRCPolicyFail) {
+			// PolicyNV ran against an index of the same handle but
+			// another Name: the key's index was removed once all its
+			// keys were retired.
+			return fmt.Errorf("TPM2_ECDH_ZGen: %w: %w", keystore.ErrRevoked, err)
+		}
 		if isRC(err, tpm2.TPMRCECCPoint, tpm2.TPMRCNoResult) {
 			return fmt.Errorf("TPM2_ECDH_ZGen: %w: %w", keystore.ErrInvalidPeerKey, err)
 		}
@@ -222,9 +300,25 @@ func (b *Backend) ECDH(ctx context.Context, ref []byte, alg keystore.Algorithm, 
 
 // Destroy flushes the key if it is loaded. Nothing else is on the TPM: the
 // keystore erases the blob, and without it the key cannot be used again.
+//
+// A key bound to a revocation bit has its bit set first: that is what makes
+// every copy of its blob useless.
 func (b *Backend) Destroy(ctx context.Context, ref []byte) error {
 	key := blobKeyOf(ref)
+	var rev *revRef
+	if len(ref) > 0 && ref[0] == blobKeyRevoke {
+		r, _, err := decodeRev(ref[1:])
+		if err != nil {
+			return devErr("destroy", err)
+		}
+		rev = &r
+	}
 	return b.do(ctx, "destroy", func() error {
+		if rev != nil {
+			if err := b.revoke(*rev); err != nil {
+				return err
+			}
+		}
 		if obj, ok := b.lru.remove(key); ok {
 			return b.flush(obj.Handle)
 		}
@@ -245,6 +339,11 @@ func (b *Backend) Check(ctx context.Context, ref []byte, alg keystore.Algorithm)
 	}
 	key := blobKeyOf(ref)
 	err = b.do(ctx, "check", func() error {
+		if bl.rev != nil {
+			if err := b.checkRevoked(*bl.rev); err != nil {
+				return err
+			}
+		}
 		_, err := b.loaded(bl, key)
 		return err
 	})

@@ -69,14 +69,17 @@ func runBench(args []string, getenv func(string) string, stdout, stderr io.Write
 	if err != nil {
 		return err
 	}
+	releaseDev := func() {}
 	if c.dev {
-		if err := setUpDev(cfg, c.state, c.backend, log); err != nil {
+		if releaseDev, err = setUpDev(cfg, c.state, c.backend, log); err != nil {
 			return err
 		}
 	}
+	defer releaseDev()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	be, err := openBackend(ctx, cfg, c, getenv, log, nil)
+	releaseDev()
 	if err != nil {
 		return err
 	}

@@ -24,9 +24,11 @@ func TestBenchRunsEveryOpAndLeavesOtherKeys(t *testing.T) {
 	}
 	state := t.TempDir()
 	cfg := newSettings()
-	if err := setUpDev(cfg, state, "pkcs11", slog.New(slog.DiscardHandler)); err != nil {
+	release, err := setUpDev(cfg, state, "pkcs11", slog.New(slog.DiscardHandler))
+	if err != nil {
 		t.Fatal(err)
 	}
+	defer release()
 	pin, err := readPIN(filepath.Join(state, "pin"), os.Getenv)
 	if err != nil {
 		t.Fatal(err)

@@ -70,6 +70,7 @@ type config struct {
 	tpmTimeout            time.Duration
 	tpmLoadedKeys         int
 	tpmEpochHandles       int
+	tpmRevIndices         int
 	sealEpoch             time.Duration // 0 with sealPerRetirement
 	sealPerRetirement     bool
 	pkcs11Sessions        int
@@ -86,7 +87,9 @@ const (
 	maxTPMLoadedKeys = 64
 	// The TPM specification guarantees only 7 persistent objects in all.
 	maxTPMEpochHandles = 7
-	maxSessions        = 1024
+	// maxTPMRevIndices is tpm's limit on revocation indices.
+	maxTPMRevIndices = 256
+	maxSessions      = 1024
 )
 
 func checkSettings(cfg *settings) (*config, error) {
@@ -151,6 +154,9 @@ func checkSettings(cfg *settings) (*config, error) {
 	if c.tpmEpochHandles, err = cfg.int("tpm-epoch-handles", 1, maxTPMEpochHandles); err != nil {
 		return nil, err
 	}
+	if c.tpmRevIndices, err = cfg.int("tpm-revocation-indices", 0, maxTPMRevIndices); err != nil {
+		return nil, err
+	}
 	if c.hpke, err = initKeyProtection(cfg.str("init-key-protection")); err != nil {
 		return nil, err
 	}
@@ -184,8 +190,22 @@ func run(args []string, getenv func(string) string, stdout io.Writer, stderr *lo
 		return err
 	}
 	state := c.state
+	releaseDev := func() {}
 	if c.dev {
-		if err := setUpDev(cfg, state, c.backend, log); err != nil {
+		if releaseDev, err = setUpDev(cfg, state, c.backend, log); err != nil {
+			return err
+		}
+	}
+	defer releaseDev()
+	if c.backend != "tpm" {
+		// The token selection and the PIN are settings too: a missing or
+		// unreadable one is refused before the state directory, the audit
+		// log or the socket exist.
+		_, pinFile, err := pkcs11Selection(cfg)
+		if err != nil {
+			return err
+		}
+		if _, err := readPIN(pinFile, getenv); err != nil {
 			return err
 		}
 	}
@@ -274,6 +294,7 @@ func run(args []string, getenv func(string) string, stdout io.Writer, stderr *lo
 	log.Info("socket bound; opening the device", "socket", l.Addr().String(), "backend", c.backend)
 
 	be, err := openBackend(ctx, cfg, c, getenv, log, obs.deviceObserver())
+	releaseDev()
 	if err != nil {
 		return err
 	}
@@ -373,7 +394,7 @@ func openBackend(ctx context.Context, cfg *settings, c *config, getenv func(stri
 				return nil, fmt.Errorf("--tpm-simulator-seed-file: %w", err)
 			}
 		}
-		return tpm.Open(ctx, tpm.Config{Device: cfg.str("tpm"), SimulatorSeed: seed, CommandTimeout: c.tpmTimeout, LoadedKeys: c.tpmLoadedKeys, EpochHandles: c.tpmEpochHandles, Logger: log, Observer: observer})
+		return tpm.Open(ctx, tpm.Config{Device: cfg.str("tpm"), SimulatorSeed: seed, CommandTimeout: c.tpmTimeout, LoadedKeys: c.tpmLoadedKeys, EpochHandles: c.tpmEpochHandles, RevocationIndices: tpmRevIndices(c.tpmRevIndices), Logger: log, Observer: observer})
 	}
 	pc, pinFile, err := pkcs11Selection(cfg)
 	if err != nil {
@@ -548,6 +569,14 @@ func minProtection(v string) (map[keystore.Role]keystore.Protection, error) {
 		}
 	}
 	return out, nil
+}
+
+// tpmRevIndices maps the flag (0: off) onto tpm.Config (negative: off).
+func tpmRevIndices(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
 }
 
 // auditEvents writes what the keystore does to keys on its own authority

@@ -118,6 +118,9 @@ func TestBadSettingCreatesNothing(t *testing.T) {
 		"lifetime":    {nil, []string{"--keypackage-lifetime", "1ns"}},
 		"policy":      {nil, []string{"--require-hardware", "everything"}},
 		"admin uids":  {nil, []string{"--admin-uids", "root"}},
+		// Not dev mode (which makes a PIN): a token without a PIN.
+		"no PIN":  {nil, []string{"--dev=false", "--pkcs11-module", "/nonexistent/module.so"}},
+		"bad URI": {nil, []string{"--dev=false", "--pkcs11-uri", "pkcs11:token=x;colour=blue"}},
 	} {
 		state := filepath.Join(t.TempDir(), "state")
 		code, _, stderr := runMain(t, tt.env, append([]string{"--dev", "--state-dir", state}, tt.args...)...)

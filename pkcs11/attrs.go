@@ -1,0 +1,148 @@
+package pkcs11
+
+/*
+#cgo linux LDFLAGS: -ldl
+#include <dlfcn.h>
+#include <stdlib.h>
+
+// The few PKCS#11 types needed here, as the standard's headers define them
+// on Unix (natural alignment, no packing).
+typedef unsigned long ckULong;
+typedef struct { ckULong type; void *pValue; ckULong ulValueLen; } ckAttribute;
+typedef ckULong (*ckGetFunctionList)(void **);
+typedef ckULong (*ckGetAttributeValue)(ckULong, ckULong, ckAttribute *, ckULong);
+
+// C_GetAttributeValue's place in CK_FUNCTION_LIST, after the 2-byte
+// CK_VERSION padded to a pointer: the 25th function (PKCS#11 2.40 and
+// 3.0 keep the 2.x order).
+enum { getAttributeValueIndex = 24 };
+
+// moduleGetAttributeValue returns the module's C_GetAttributeValue, or
+// NULL. The module is already loaded (RTLD_NOLOAD): this only looks it up,
+// and the reference it takes keeps the function valid for the process.
+static void *moduleGetAttributeValue(const char *path) {
+	void *h = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
+	if (h == NULL) {
+		return NULL;
+	}
+	ckGetFunctionList gfl = (ckGetFunctionList)dlsym(h, "C_GetFunctionList");
+	void *list = NULL;
+	if (gfl == NULL || gfl(&list) != 0 || list == NULL) {
+		return NULL;
+	}
+	return ((void **)((char *)list + sizeof(void *)))[getAttributeValueIndex];
+}
+
+static ckULong callGetAttributeValue(void *fn, ckULong session, ckULong object, ckAttribute *t, ckULong n) {
+	return ((ckGetAttributeValue)fn)(session, object, t, n);
+}
+*/
+import "C"
+
+import (
+	"sync"
+	"unsafe"
+
+	p11 "github.com/miekg/pkcs11"
+)
+
+// attrSlot is the room an attribute value gets in an attrReader's buffer:
+// enough for a label ("mlskeyd:" and a 255-byte id), an id, a curve, a
+// key type and the booleans; a longer value (another application's object)
+// is read the ordinary way.
+const attrSlot = 320
+
+// attrReader reads attributes with one C_GetAttributeValue call per object
+// into buffers it reuses. miekg/pkcs11 calls C_GetAttributeValue twice
+// (sizes, then values), and SoftHSM's file store refreshes the object from
+// its file on each call: at start-up, reading every key, that is half the
+// listing's time. Not safe for concurrent use.
+type attrReader struct {
+	fn   unsafe.Pointer // the module's C_GetAttributeValue, nil if not found
+	tmpl *C.ckAttribute // up to maxAttrs entries
+	bufs unsafe.Pointer // maxAttrs × attrSlot bytes
+}
+
+const maxAttrs = 16
+
+var (
+	getAttrMu sync.Mutex
+	getAttrFn = map[string]unsafe.Pointer{}
+)
+
+// newAttrReader returns a reader for the module at path (as acquireModule
+// resolved it). It reads through miekg/pkcs11 when the module is p11-kit's
+// (forwarded): p11-kit hands out a new, uninitialised module instance for
+// every C_GetFunctionList, so only miekg's own instance is usable. Free it
+// with free.
+func newAttrReader(path string, forwarded bool) *attrReader {
+	if forwarded {
+		return &attrReader{}
+	}
+	getAttrMu.Lock()
+	fn, ok := getAttrFn[path]
+	if !ok {
+		cpath := C.CString(path)
+		fn = C.moduleGetAttributeValue(cpath)
+		C.free(unsafe.Pointer(cpath))
+		getAttrFn[path] = fn
+	}
+	getAttrMu.Unlock()
+	r := &attrReader{fn: fn}
+	if fn != nil {
+		r.tmpl = (*C.ckAttribute)(C.calloc(maxAttrs, C.size_t(unsafe.Sizeof(C.ckAttribute{}))))
+		r.bufs = C.calloc(maxAttrs, attrSlot)
+	}
+	return r
+}
+
+func (r *attrReader) free() {
+	if r.tmpl != nil {
+		C.free(unsafe.Pointer(r.tmpl))
+		C.free(r.bufs)
+		r.tmpl, r.bufs = nil, nil
+	}
+}
+
+// read returns the values of the attribute types q on object h, as
+// ctx.GetAttributeValue does (same errors; an unavailable value is nil).
+func (r *attrReader) read(ctx *p11.Ctx, s p11.SessionHandle, h p11.ObjectHandle, q []*p11.Attribute) ([]*p11.Attribute, error) {
+	if r.tmpl == nil || len(q) > maxAttrs {
+		return ctx.GetAttributeValue(s, h, q)
+	}
+	t := unsafe.Slice(r.tmpl, len(q))
+	for i, a := range q {
+		t[i] = C.ckAttribute{
+			_type:      C.ckULong(a.Type),
+			pValue:     unsafe.Add(r.bufs, i*attrSlot),
+			ulValueLen: attrSlot,
+		}
+	}
+	rv := C.callGetAttributeValue(r.fn, C.ckULong(s), C.ckULong(h), r.tmpl, C.ckULong(len(q)))
+	switch {
+	case rv == p11.CKR_BUFFER_TOO_SMALL:
+		return ctx.GetAttributeValue(s, h, q)
+	case rv == p11.CKR_CRYPTOKI_NOT_INITIALIZED:
+		// Another instance of the module than miekg's, as p11-kit's:
+		// never again for this module.
+		getAttrMu.Lock()
+		for k, fn := range getAttrFn {
+			if fn == r.fn {
+				getAttrFn[k] = nil
+			}
+		}
+		getAttrMu.Unlock()
+		r.free()
+		return ctx.GetAttributeValue(s, h, q)
+	case rv != p11.CKR_OK:
+		return nil, p11.Error(rv)
+	}
+	out := make([]*p11.Attribute, len(q))
+	for i, a := range t {
+		out[i] = &p11.Attribute{Type: q[i].Type}
+		if a.ulValueLen <= attrSlot { // else CK_UNAVAILABLE_INFORMATION
+			out[i].Value = C.GoBytes(a.pValue, C.int(a.ulValueLen))
+		}
+	}
+	return out, nil
+}
