@@ -52,3 +52,21 @@ func TestWrappedInitKeys(t *testing.T) {
 		t.Errorf("start with wrapped X25519 keys: %q", last)
 	}
 }
+
+// TestTPMRefusesWrapped: the TPM backend has no wrapped keys; asking for
+// them stops the start with one line naming the alternatives, which work.
+func TestTPMRefusesWrapped(t *testing.T) {
+	out := startDaemonExpectFailure(t, t.TempDir(), "--backend", "tpm", "--init-key-protection", "2=wrapped")
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	last := lines[len(lines)-1]
+	if !strings.HasPrefix(last, "mlskeyd: init-key protection wrapped for ecdh-p256 is impossible: the tpm backend has no wrapped keys") || !strings.Contains(last, "use hardware or sealed") {
+		t.Errorf("tpm with wrapped init keys: %q", last)
+	}
+	d := startDaemon(t, t.TempDir(), "--backend", "tpm", "--init-key-protection", "2=hardware,1=sealed")
+	kp := createKPs(t, d.client(), 2, 1).KeyPackages[0]
+	k, err := d.client().GetKey(context.Background(), &pb.GetKeyRequest{Id: kp.InitKeyId})
+	if err != nil || k.Protection != pb.Protection_PROTECTION_HARDWARE {
+		t.Fatalf("tpm init key with hardware: %v %v", k, err)
+	}
+	d.stop()
+}
