@@ -249,7 +249,9 @@ func (s *Store) checkHardware(ctx context.Context, onDevice map[string]DeviceKey
 	t0 := time.Now()
 	var lost, missing []string
 	var check, recheck []*Record
-	err := s.cat.all(func(r *Record) error {
+	// Partial records from the index (idxCheck): enough for the checks
+	// and for setState, which reads the full records it changes.
+	err := s.cat.checkedAtStartRecords(func(r *Record) error {
 		if r.State == StateMissing {
 			if onDevice == nil && r.Protection == ProtectionHardware && len(r.DeviceRef) > 0 {
 				// No listing: only loading the key tells whether it is back
