@@ -77,6 +77,9 @@ func indexRecord(tx *bolt.Tx, r *Record, delta int) error {
 	id := []byte(r.ID)
 	set := func(bucket, k, v []byte) error {
 		b := tx.Bucket(bucket)
+		if bytes.Equal(bucket, idxCheck) {
+			b.FillPercent = appendFill // keyed by id, like the records
+		}
 		if delta < 0 {
 			return b.Delete(k)
 		}
