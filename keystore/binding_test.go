@@ -392,6 +392,20 @@ func TestAdoptionQuarantinesSealedKeysItCannotOpen(t *testing.T) {
 	}
 	s.Close()
 
+	// A normal start on the adopted device finds the missing sealed key
+	// through the check index, tries it again and keeps it quarantined.
+	s, err = Open(ctx, path, other, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if m, _ := s.Missing(); !slices.Equal(m, []string{k.ID}) {
+		t.Fatalf("missing after a normal start: %v, want %s", m, k.ID)
+	}
+	if r, _ := s.Get(k.ID); r.State != StateMissing {
+		t.Fatalf("sealed key after a normal start on the adopted device: %s", r.State)
+	}
+	s.Close()
+
 	// The right device again (adopted back): the blob opens, the key is back.
 	be.marker = ""
 	s, err = Open(ctx, path, be, Options{AdoptDevice: true})

@@ -152,6 +152,10 @@ func getRecord(tx *bolt.Tx, id string) (*Record, error) {
 
 // putRecord is the only way a record is written: it keeps the secondary
 // indexes (index.go) in step, in the same transaction.
+// appendFill is the bbolt FillPercent for buckets keyed by id (creation
+// order).
+const appendFill = 0.9
+
 func putRecord(tx *bolt.Tx, r *Record) error {
 	v, err := json.Marshal(r)
 	if err != nil {
@@ -160,7 +164,12 @@ func putRecord(tx *bolt.Tx, r *Record) error {
 	if err := reindex(tx, r); err != nil {
 		return err
 	}
-	if err := tx.Bucket(bucketKeys).Put([]byte(r.ID), v); err != nil {
+	keys := tx.Bucket(bucketKeys)
+	// Ids begin with their creation time, so new records append at the
+	// end of the B+tree: bbolt's default split at half a page would leave
+	// every page half empty for good.
+	keys.FillPercent = appendFill
+	if err := keys.Put([]byte(r.ID), v); err != nil {
 		return err
 	}
 	if r.Role == RoleInit && len(r.KeyPackageRef) > 0 {

@@ -20,6 +20,8 @@ import (
 //	idxExpiry  not_after (8 bytes BE) id     -> ""       live init keys with a lifetime
 //	idxUnused  owner 0x00 suite len identity -> counts  live init keys of KeyPackages
 //	idxLastRes owner 0x00 suite len identity id -> ""  live last-resort init keys
+//	idxCheck   id                            -> state, protection, algorithm, ref
+//	                                            active hardware keys and every missing key
 //
 // (suite: 2 bytes, len: 4 bytes, big-endian; len is the identity's length,
 // as an identity may hold any byte.)
@@ -36,12 +38,14 @@ var (
 	idxUnused  = []byte("idx-unused")
 	idxLastRes = []byte("idx-lastresort")
 
-	indexBuckets = [][]byte{idxOwner, idxSigKP, idxKPLeaf, idxExpiry, idxUnused, idxLastRes}
+	idxCheck = []byte("idx-check")
+
+	indexBuckets = [][]byte{idxOwner, idxSigKP, idxKPLeaf, idxExpiry, idxUnused, idxLastRes, idxCheck}
 
 	// keyIndexVersion in the meta bucket says the indexes are complete. A
 	// catalog written before they existed has none: Open builds them once.
 	keyIndexVersion = []byte("index")
-	indexVersion    = []byte("3")
+	indexVersion    = []byte("4")
 )
 
 func join(a, b []byte) []byte {
@@ -73,6 +77,9 @@ func indexRecord(tx *bolt.Tx, r *Record, delta int) error {
 	id := []byte(r.ID)
 	set := func(bucket, k, v []byte) error {
 		b := tx.Bucket(bucket)
+		if bytes.Equal(bucket, idxCheck) {
+			b.FillPercent = appendFill // keyed by id, like the records
+		}
 		if delta < 0 {
 			return b.Delete(k)
 		}
@@ -83,6 +90,11 @@ func indexRecord(tx *bolt.Tx, r *Record, delta int) error {
 	}
 	if r.Role == RoleLeafEncryption && len(r.KeyPackageRef) > 0 {
 		if err := set(idxKPLeaf, r.KeyPackageRef, id); err != nil {
+			return err
+		}
+	}
+	if checkedAtStart(r) {
+		if err := set(idxCheck, id, encodeCheckEntry(r)); err != nil {
 			return err
 		}
 	}
@@ -360,4 +372,51 @@ func (s *Store) ListKeyPackages(owner string, all bool, suite uint16, unusedOnly
 		return nil
 	})
 	return out, next, err
+}
+
+// checkedAtStart reports whether start-up looks at r (checkHardware): an
+// active hardware key, or any missing key. The index of those spares
+// start-up from decoding every record, most of which are retired keys or
+// sealed ones that need nothing there.
+func checkedAtStart(r *Record) bool {
+	return r.State == StateMissing || (r.State == StateActive && r.Protection == ProtectionHardware)
+}
+
+// encodeCheckEntry keeps what start-up needs of r: state, protection and
+// algorithm (each a length byte and the string) and the device reference.
+func encodeCheckEntry(r *Record) []byte {
+	v := make([]byte, 0, 3+len(r.State)+len(r.Protection)+len(r.Algorithm)+len(r.DeviceRef))
+	for _, f := range []string{string(r.State), string(r.Protection), string(r.Algorithm)} {
+		v = append(append(v, byte(len(f))), f...)
+	}
+	return append(v, r.DeviceRef...)
+}
+
+func decodeCheckEntry(id, v []byte) (*Record, error) {
+	var f [3]string
+	for i := range f {
+		if len(v) < 1 || len(v) < 1+int(v[0]) {
+			return nil, fmt.Errorf("catalog index %s: malformed entry for %q", idxCheck, id)
+		}
+		f[i], v = string(v[1:1+int(v[0])]), v[1+int(v[0]):]
+	}
+	r := &Record{ID: string(id), State: State(f[0]), Protection: Protection(f[1]), Algorithm: Algorithm(f[2])}
+	if len(v) > 0 {
+		r.DeviceRef = bytes.Clone(v)
+	}
+	return r, nil
+}
+
+// checkedAtStartRecords calls fn with a partial record (ID, State,
+// Protection, Algorithm, DeviceRef) of every key checkedAtStart selects.
+func (c *catalog) checkedAtStartRecords(fn func(*Record) error) error {
+	return c.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(idxCheck).ForEach(func(k, v []byte) error {
+			r, err := decodeCheckEntry(k, v)
+			if err != nil {
+				return err
+			}
+			return fn(r)
+		})
+	})
 }

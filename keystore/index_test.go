@@ -1,6 +1,7 @@
 package keystore
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -254,6 +255,10 @@ func TestIndexesMatchARebuild(t *testing.T) {
 	if _, _, err := s.Delete(ctx, sigs[1].ID, true); err != nil {
 		t.Fatal(err)
 	}
+	// A quarantined key is in the start-up check index (idxCheck).
+	if err := s.setState([]string{sigs[2].ID}, StateActive, StateMissing); err != nil {
+		t.Fatal(err)
+	}
 	errRollback := errors.New("rollback")
 	err := s.cat.db.Update(func(tx *bolt.Tx) error {
 		kept := dumpIndexes(tx)
@@ -274,4 +279,44 @@ func TestIndexesMatchARebuild(t *testing.T) {
 	if !errors.Is(err, errRollback) {
 		t.Fatal(err)
 	}
+}
+
+// TestStartupReadsTheCheckIndexOnly: start-up's hardware check works from
+// idxCheck alone, so a catalog of many retired or sealed keys costs it
+// nothing per record: the index holds the active hardware key with what
+// the check needs, and not the retired one.
+func TestStartupReadsTheCheckIndexOnly(t *testing.T) {
+	ctx := context.Background()
+	be := newFake(Ed25519)
+	s, path := openStore(t, be, Options{})
+	live, err := s.Create(ctx, KeySpec{Role: RoleSignature, Suite: 1, Algorithm: Ed25519})
+	if err != nil {
+		t.Fatal(err)
+	}
+	gone, err := s.Create(ctx, KeySpec{Role: RoleSignature, Suite: 1, Algorithm: Ed25519})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := s.Delete(ctx, gone.ID, false); err != nil {
+		t.Fatal(err)
+	}
+	var checked []string
+	n := 0
+	err = s.cat.checkedAtStartRecords(func(r *Record) error {
+		n++
+		checked = append(checked, r.ID)
+		if r.State != StateActive || r.Protection != ProtectionHardware || r.Algorithm != Ed25519 || !bytes.Equal(r.DeviceRef, live.DeviceRef) {
+			t.Errorf("index entry %+v does not match the record %+v", r, live)
+		}
+		return nil
+	})
+	if err != nil || n != 1 || checked[0] != live.ID {
+		t.Fatalf("start-up would check %v (%v), want only %s", checked, err, live.ID)
+	}
+	s.Close()
+	s, err = Open(ctx, path, be, Options{})
+	if err != nil {
+		t.Fatalf("reopen: %v", err)
+	}
+	s.Close()
 }

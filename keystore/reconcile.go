@@ -249,7 +249,9 @@ func (s *Store) checkHardware(ctx context.Context, onDevice map[string]DeviceKey
 	t0 := time.Now()
 	var lost, missing []string
 	var check, recheck []*Record
-	err := s.cat.all(func(r *Record) error {
+	// Partial records from the index (idxCheck): enough for the checks
+	// and for setState, which reads the full records it changes.
+	err := s.cat.checkedAtStartRecords(func(r *Record) error {
 		if r.State == StateMissing {
 			if onDevice == nil && r.Protection == ProtectionHardware && len(r.DeviceRef) > 0 {
 				// No listing: only loading the key tells whether it is back
@@ -491,12 +493,36 @@ func (s *Store) checkSealed(ctx context.Context) error {
 		return nil
 	}
 	var recs []*Record
-	err := s.cat.all(func(r *Record) error {
-		if r.Protection == ProtectionSealed && ((r.State == StateActive && s.adopted) || r.State == StateMissing) {
-			recs = append(recs, r)
+	var err error
+	if s.adopted {
+		// Rare (an operator adopted a device): worth one pass over every
+		// record.
+		err = s.cat.all(func(r *Record) error {
+			if r.Protection == ProtectionSealed && (r.State == StateActive || r.State == StateMissing) {
+				recs = append(recs, r)
+			}
+			return nil
+		})
+	} else {
+		// Otherwise only missing keys, which the check index holds: a
+		// normal start reads no record here.
+		var ids []string
+		err = s.cat.checkedAtStartRecords(func(r *Record) error {
+			if r.Protection == ProtectionSealed && r.State == StateMissing {
+				ids = append(ids, r.ID)
+			}
+			return nil
+		})
+		for _, id := range ids {
+			if err != nil {
+				break
+			}
+			var r *Record
+			if r, err = s.cat.get(id); err == nil {
+				recs = append(recs, r)
+			}
 		}
-		return nil
-	})
+	}
 	if err != nil {
 		return err
 	}
