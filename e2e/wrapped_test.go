@@ -2,6 +2,9 @@ package e2e
 
 import (
 	"context"
+	"encoding/hex"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -69,4 +72,56 @@ func TestTPMRefusesWrapped(t *testing.T) {
 		t.Fatalf("tpm init key with hardware: %v %v", k, err)
 	}
 	d.stop()
+}
+
+// TestRetiredWrappedKeyNotRevived: TestRetiredKeyNotRevived for a wrapped
+// suite 2 init key on SoftHSM. With --seal-epoch retire, opening the
+// Welcome starts a new epoch, re-wraps the KeyPackage's leaf key and the
+// other KeyPackage's keys into it and destroys the old wrapping key, so
+// the old catalog's blob no longer unwraps.
+func TestRetiredWrappedKeyNotRevived(t *testing.T) {
+	state := t.TempDir()
+	args := []string{"--seal-epoch", "retire"}
+	d := startDaemon(t, state, args...)
+	var kps []createdKP
+	d.ctlJSON(t, &kps, "keypackage", "create", "--suite", "2", "--identity", "revival@example.org", "--count", "2")
+	var init keyJSON
+	d.ctlJSON(t, &init, "key", "show", kps[0].InitKeyID)
+	if init.Protection != "wrapped" {
+		t.Fatalf("suite 2 init key on SoftHSM is %s, want wrapped", init.Protection)
+	}
+	var added struct{ Welcome string }
+	tsmls(t, "add", map[string]string{"key_package": kps[0].KeyPackage}, &added)
+	welcome, _ := hex.DecodeString(added.Welcome)
+	file := filepath.Join(t.TempDir(), "welcome")
+	os.WriteFile(file, welcome, 0o600)
+	d.stop()
+	catalog := filepath.Join(state, "catalog.db")
+	saved, err := os.ReadFile(catalog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d = startDaemon(t, state, args...)
+	if out, errOut, code := d.ctl("welcome", "open", "--in", file); code != 0 {
+		t.Fatalf("first open: exit %d %s %s", code, out, errOut)
+	}
+	// The other KeyPackage moved to the new epoch and still works.
+	var leaf keyJSON
+	d.ctlJSON(t, &leaf, "key", "show", kps[1].LeafEncryptionKeyID)
+	if leaf.State != "active" || leaf.Protection != "wrapped" {
+		t.Fatalf("other KeyPackage's leaf key: %+v", leaf)
+	}
+	d.stop()
+	if err := os.WriteFile(catalog, saved, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d = startDaemon(t, state, args...)
+	out, errOut, code := d.ctl("welcome", "open", "--in", file)
+	if code == 0 {
+		t.Fatalf("the consumed wrapped init key opened the Welcome again from the old catalog: %s", out)
+	}
+	if !strings.Contains(errOut, "failed precondition") || !strings.Contains(errOut, "epoch key is not on the device") {
+		t.Fatalf("second open fails without saying why: %s", errOut)
+	}
+	t.Logf("second open: %s", strings.TrimSpace(errOut))
 }
