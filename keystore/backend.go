@@ -259,3 +259,23 @@ func (e *ForeignKeyError) Error() string {
 }
 
 func (e *ForeignKeyError) Unwrap() error { return e.Err }
+
+// Wrapper is an optional capability of an Epocher: key-agreement keys
+// generated inside the device, stored outside it only wrapped under the
+// epoch's device-resident wrapping key, and unwrapped into the device for
+// each use (protection level wrapped). The device then holds one key per
+// epoch however many such keys exist. The blob is opaque to the keystore;
+// the device refuses a blob that does not hold the key of pub (so a blob
+// moved to another record does not serve it) and one whose epoch is gone
+// (an error wrapping ErrEpochDestroyed).
+type Wrapper interface {
+	// WrapSupport says whether keys of alg can be wrapped on this device
+	// and, if not, why (what its probe found).
+	WrapSupport(alg Algorithm) (ok bool, why string)
+	GenerateWrapped(ctx context.Context, epoch, id string, alg Algorithm) (blob, pub []byte, err error)
+	// ECDHWrapped is Backend.ECDH for a wrapped key.
+	ECDHWrapped(ctx context.Context, blob []byte, id string, alg Algorithm, pub, peer []byte) ([]byte, error)
+	// RewrapIn moves a wrapped key to another epoch without it leaving
+	// the device in clear.
+	RewrapIn(ctx context.Context, epoch string, blob []byte, id string, alg Algorithm, pub []byte) ([]byte, error)
+}

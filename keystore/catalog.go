@@ -53,7 +53,8 @@ type Record struct {
 	// DeviceRef is the Backend's reference for hardware keys.
 	DeviceRef []byte `json:"device_ref,omitempty"`
 	// Sealed is the private key encrypted by the Backend's Sealer, for
-	// protection level sealed.
+	// protection level sealed, or wrapped by its Wrapper, for protection
+	// level wrapped.
 	Sealed []byte `json:"sealed,omitempty"`
 	// Epoch names the device key Sealed is sealed under (see Epocher);
 	// empty for keys sealed before epochs existed.

@@ -273,12 +273,12 @@ func (s *Store) RotateEpoch(ctx context.Context) error {
 }
 
 // migrateSealed re-seals every active sealed key outside epoch cur under
-// it. Keys from before epochs (no epoch) move too, and from then on have
+// it, and re-wraps every wrapped one. Keys from before epochs (no epoch) move too, and from then on have
 // the same guarantee.
 func (s *Store) migrateSealed(ctx context.Context, cur string) error {
 	var ids []string
 	err := s.cat.all(func(r *Record) error {
-		if r.Live() && r.Protection == ProtectionSealed && r.Epoch != cur {
+		if r.Live() && (r.Protection == ProtectionSealed || r.Protection == ProtectionWrapped) && r.Epoch != cur {
 			ids = append(ids, r.ID)
 		}
 		return nil
@@ -312,14 +312,21 @@ func (s *Store) reseal(ctx context.Context, id, cur string) error {
 	if err != nil || !r.Live() || r.Epoch == cur {
 		return err
 	}
-	priv, err := s.sealer.Unseal(ctx, r.Sealed, sealAAD(r))
-	if err != nil {
-		return &DeviceError{Op: "unseal key " + id, Err: err}
-	}
-	blob, err := s.ep.dev.SealIn(ctx, cur, priv, sealAAD(r))
-	clear(priv)
-	if err != nil {
-		return &DeviceError{Op: "seal key " + id, Err: err}
+	var blob []byte
+	if r.Protection == ProtectionWrapped {
+		if blob, err = s.rewrap(ctx, r, cur); err != nil {
+			return err
+		}
+	} else {
+		priv, err := s.sealer.Unseal(ctx, r.Sealed, sealAAD(r))
+		if err != nil {
+			return &DeviceError{Op: "unseal key " + id, Err: err}
+		}
+		blob, err = s.ep.dev.SealIn(ctx, cur, priv, sealAAD(r))
+		clear(priv)
+		if err != nil {
+			return &DeviceError{Op: "seal key " + id, Err: err}
+		}
 	}
 	old := r.Sealed
 	_, err = s.cat.update(id, func(r *Record) error {

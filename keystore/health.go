@@ -210,6 +210,12 @@ func (s *Store) Availability(role Role, alg Algorithm) (Protection, string) {
 		}
 		return "", OneLine(why)
 	}
+	if _, why := s.HPKEProtection(alg); why != "" && p != ProtectionSealed {
+		if p == ProtectionWrapped {
+			why += "; the key is generated in the device and stored wrapped under a device key, unwrapped into the device for each use"
+		}
+		return p, OneLine(why)
+	}
 	if p == ProtectionHardware {
 		if rv, ok := s.be.(Revoker); ok && !alg.IsSigning() {
 			if note := rv.RevocationNote(); note != "" {

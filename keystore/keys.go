@@ -109,9 +109,14 @@ func (s *Store) withPrivate(ctx context.Context, r *Record, op string, hw func()
 // yields, and RFC 7748 §6 says to abort on it.
 func (s *Store) dh(ctx context.Context, r *Record, peer []byte) ([]byte, error) {
 	var z []byte
-	err := s.withPrivate(ctx, r, "ecdh",
-		func() (err error) { z, err = s.be.ECDH(ctx, r.DeviceRef, r.Algorithm, peer); return },
-		func(priv []byte) (err error) { z, err = softECDH(r.Algorithm, priv, peer); return })
+	var err error
+	if r.Protection == ProtectionWrapped {
+		z, err = s.wrappedDH(ctx, r, peer)
+	} else {
+		err = s.withPrivate(ctx, r, "ecdh",
+			func() (err error) { z, err = s.be.ECDH(ctx, r.DeviceRef, r.Algorithm, peer); return },
+			func(priv []byte) (err error) { z, err = softECDH(r.Algorithm, priv, peer); return })
+	}
 	if err != nil {
 		return nil, err
 	}

@@ -50,6 +50,12 @@ type Options struct {
 	// current epoch is retired, before the retiring call returns: no window
 	// at all, at the cost of re-sealing every active sealed key each time.
 	EpochPerRetirement bool
+	// HPKEProtection is the operator's choice of protection for new
+	// key-agreement keys (init and leaf encryption keys), per algorithm;
+	// Open refuses a level the device cannot give. Algorithms not named
+	// get wrapped where the device can wrap them (Wrapper), else hardware
+	// where it computes them, else sealed.
+	HPKEProtection map[Algorithm]Protection
 }
 
 // Store is the device-neutral key store: the catalog, the lifecycle of
@@ -71,6 +77,7 @@ type Store struct {
 	seal    Sealer  // a device without epochs
 	ep      *epochs // a device with epochs
 	hw      map[Algorithm]bool
+	hpke    map[Algorithm]hpkeChoice // see chooseHPKE
 	opts    Options
 	log     *slog.Logger
 	locks   keyLocks
@@ -122,6 +129,13 @@ func Open(ctx context.Context, path string, be Backend, opts Options) (*Store, e
 	for _, a := range be.Algorithms() {
 		s.hw[a] = true
 	}
+	if err := s.chooseHPKE(); err != nil {
+		cat.close()
+		if isNew {
+			os.Remove(path)
+		}
+		return nil, err
+	}
 	if err := s.bind(ctx); err != nil {
 		cat.close()
 		if isNew {
@@ -170,6 +184,9 @@ func (s *Store) Device() DeviceInfo { return s.be.Info() }
 // policy: hardware where the device computes the algorithm, sealed where it
 // can at least seal, else ErrUnsupportedAlgorithm.
 func (s *Store) Protection(alg Algorithm) (Protection, error) {
+	if c, ok := s.hpke[alg]; ok {
+		return c.p, nil
+	}
 	switch {
 	case s.hw[alg]:
 		return ProtectionHardware, nil
@@ -186,7 +203,13 @@ func (s *Store) ProtectionFor(role Role, alg Algorithm) (Protection, error) {
 	if err != nil {
 		return "", err
 	}
-	if min, ok := s.opts.MinProtection[role]; ok && p.Rank() < min.Rank() {
+	min, ok := s.opts.MinProtection[role]
+	if c := s.hpke[alg]; ok && p.Rank() < min.Rank() && !c.explicit && s.hw[alg] {
+		// Wrapped is only the default: the policy asks for more, and the
+		// device can give it.
+		p = ProtectionHardware
+	}
+	if ok && p.Rank() < min.Rank() {
 		return "", fmt.Errorf("%s keys for role %s would be %s, policy requires %s: %w", alg, role, p, min, ErrPolicy)
 	}
 	return p, nil
@@ -381,6 +404,10 @@ func (s *Store) generate(ctx context.Context, id string, sp KeySpec, p Protectio
 			return nil, nil, deviceErr("seal", err)
 		}
 		r.Sealed, r.PublicKey = blob, pub
+	case ProtectionWrapped:
+		if unpin, err = s.generateWrapped(ctx, r); err != nil {
+			return nil, nil, err
+		}
 	default:
 		return nil, nil, fmt.Errorf("protection %s: %w", p, ErrUnsupportedAlgorithm)
 	}

@@ -3,6 +3,7 @@ package mlsops
 import (
 	"context"
 	"crypto/x509"
+	"sync"
 	"time"
 
 	"github.com/mlskeyd/mlskeyd/keystore"
@@ -89,30 +90,56 @@ func CreateKeyPackages(ctx context.Context, store *keystore.Store, p KeyPackageP
 	}
 	notAfter := time.Unix(int64(p.Lifetime.NotAfter), 0).UTC()
 	identity := CredentialIdentity(p.Credential)
-	for i := range p.Count {
-		if err := ctx.Err(); err != nil {
-			return nil, fieldErr("count", err)
-		}
-		caps := p.Capabilities
+	// Capabilities are drawn in order (fresh GREASE for each); the
+	// signing, a device operation per KeyPackage and a check of it in Go,
+	// runs on signWorkers goroutines, so that the daemon's part of one
+	// KeyPackage overlaps the device's part of the next.
+	capsOf := make([]mls.Capabilities, p.Count)
+	for i := range capsOf {
+		capsOf[i] = p.Capabilities
 		if p.CapabilitiesFor != nil {
-			caps = p.CapabilitiesFor()
+			capsOf[i] = p.CapabilitiesFor()
 		}
+	}
+	kps := make([]*mls.KeyPackage, p.Count)
+	errs := make([]error, p.Count)
+	next := make(chan int)
+	var wg sync.WaitGroup
+	for range min(signWorkers, p.Count) {
+		wg.Go(func() {
+			for i := range next {
+				kps[i], errs[i] = mls.NewKeyPackage(mls.KeyPackageParams{
+					Suite:          su.ID,
+					InitKey:        recs[2*i].PublicKey,
+					EncryptionKey:  recs[2*i+1].PublicKey,
+					SignatureKey:   sigRec.PublicKey,
+					Credential:     p.Credential,
+					Capabilities:   capsOf[i],
+					LeafExtensions: p.LeafExtensions,
+					Extensions:     p.Extensions,
+					Lifetime:       p.Lifetime,
+					LastResort:     p.LastResort,
+				}, signer)
+			}
+		})
+	}
+	for i := range p.Count {
+		if ctx.Err() != nil {
+			break
+		}
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return nil, fieldErr("count", err)
+	}
+	for i := range p.Count {
+		if errs[i] != nil {
+			return nil, fieldErr("key_package", errs[i])
+		}
+		kp := kps[i]
 		initRec, leafRec := recs[2*i], recs[2*i+1]
-		kp, err := mls.NewKeyPackage(mls.KeyPackageParams{
-			Suite:          su.ID,
-			InitKey:        initRec.PublicKey,
-			EncryptionKey:  leafRec.PublicKey,
-			SignatureKey:   sigRec.PublicKey,
-			Credential:     p.Credential,
-			Capabilities:   caps,
-			LeafExtensions: p.LeafExtensions,
-			Extensions:     p.Extensions,
-			Lifetime:       p.Lifetime,
-			LastResort:     p.LastResort,
-		}, signer)
-		if err != nil {
-			return nil, fieldErr("key_package", err)
-		}
 		ref := su.KeyPackageRef(kp.Marshal())
 		for _, r := range []*keystore.Record{initRec, leafRec} {
 			r.KeyPackageRef, r.SignatureKeyID, r.NotAfter = ref, sigRec.ID, notAfter
@@ -129,6 +156,9 @@ func CreateKeyPackages(ctx context.Context, store *keystore.Store, p KeyPackageP
 	}
 	return out, nil
 }
+
+// signWorkers is how many KeyPackages of one batch are signed at once.
+const signWorkers = 4
 
 // CredentialIdentity names who a KeyPackage is for: a basic credential's
 // identity, an X.509 credential's leaf subject.

@@ -113,6 +113,8 @@ type Backend struct {
 	// "hmac-kdf", or "" with the reason in sealErr.
 	sealMode string
 	sealErr  error
+	// Which key-agreement algorithms this token can wrap (wrapprobe.go).
+	wrap wrapState
 
 	done      chan struct{}
 	closeOnce sync.Once
@@ -215,6 +217,9 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 	// says why, and the keystore offers no sealed keys.
 	if err := b.setUpSealing(ctx); err != nil {
 		return nil, devErr("probe sealing", err)
+	}
+	if err := b.setUpWrapping(ctx); err != nil {
+		return nil, devErr("probe wrapping", err)
 	}
 	b.log.Debug("pkcs11: token opened", "token", b.tokenLabel(), "took", time.Since(start).Round(time.Millisecond),
 		"initialize", initTook.Round(time.Millisecond), "probe", probeTook.Round(time.Millisecond), "sealing_keys", time.Since(t).Round(time.Millisecond))

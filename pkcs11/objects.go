@@ -57,6 +57,8 @@ func (k objKey) label() string {
 		return sealEpochLabel
 	case classHMACSecret:
 		return sealHMACEpochLabel
+	case classWrapKey:
+		return wrapEpochLabel
 	}
 	return labelPrefix + k.id
 }
@@ -77,7 +79,7 @@ func (k objKey) template() []*p11.Attribute {
 	switch k.class {
 	case p11.CKO_PRIVATE_KEY:
 		t = append(t, p11.NewAttribute(p11.CKA_PRIVATE, true))
-	case p11.CKO_SECRET_KEY:
+	case p11.CKO_SECRET_KEY, classWrapKey:
 		t = append(t, p11.NewAttribute(p11.CKA_PRIVATE, true), p11.NewAttribute(p11.CKA_KEY_TYPE, p11.CKK_AES))
 	case classHMACSecret:
 		t = append(t, p11.NewAttribute(p11.CKA_PRIVATE, true), p11.NewAttribute(p11.CKA_KEY_TYPE, p11.CKK_GENERIC_SECRET))
@@ -92,7 +94,7 @@ func (k objKey) template() []*p11.Attribute {
 const classHMACSecret = 1<<31 | p11.CKO_SECRET_KEY
 
 func (k objKey) p11Class() uint {
-	if k.class == classHMACSecret {
+	if k.class == classHMACSecret || k.class == classWrapKey {
 		return p11.CKO_SECRET_KEY
 	}
 	return k.class

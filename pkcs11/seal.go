@@ -202,7 +202,13 @@ func (b *Backend) Epochs(ctx context.Context) ([]string, error) {
 				if label != kind.label || kt != kind.keyType {
 					continue
 				}
-				if err := b.checkSealKeyOf(s, h, fmt.Sprintf("%q", id), kind.keyType); err != nil {
+				var err error
+				if kind.class == classWrapKey {
+					err = b.checkWrapKey(s, h, fmt.Sprintf("%q", id)) // wrap.go
+				} else {
+					err = b.checkSealKeyOf(s, h, fmt.Sprintf("%q", id), kind.keyType)
+				}
+				if err != nil {
 					return err
 				}
 				ids = append(ids, id)
@@ -218,14 +224,15 @@ func (b *Backend) Epochs(ctx context.Context) ([]string, error) {
 	return slices.Compact(ids), nil
 }
 
-// epochKinds are the two kinds of epoch key: AES for the gcm mode,
-// generic secrets for hmac-kdf.
+// epochKinds are the kinds of epoch key: AES for the gcm mode, generic
+// secrets for hmac-kdf, and the AES wrapping keys of wrapped keys.
 var epochKinds = []struct {
 	class, keyType uint
 	label          string
 }{
 	{p11.CKO_SECRET_KEY, p11.CKK_AES, sealEpochLabel},
 	{classHMACSecret, p11.CKK_GENERIC_SECRET, sealHMACEpochLabel},
+	{classWrapKey, p11.CKK_AES, wrapEpochLabel}, // wrap.go
 }
 
 // sealing returns the mode chosen at Open, or why the token cannot seal.

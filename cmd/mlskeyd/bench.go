@@ -89,7 +89,8 @@ func runBench(args []string, getenv func(string) string, stdout, stderr io.Write
 		return err
 	}
 	defer os.RemoveAll(tmp)
-	store, err := keystore.Open(ctx, filepath.Join(tmp, "catalog.db"), ownKeysOnly(be), keystore.Options{Logger: log})
+	own := ownKeysOnly(be)
+	store, err := keystore.Open(ctx, filepath.Join(tmp, "catalog.db"), own, keystore.Options{Logger: log, HPKEProtection: c.hpke})
 	if err != nil {
 		return err
 	}
@@ -97,7 +98,11 @@ func runBench(args []string, getenv func(string) string, stdout, stderr io.Write
 		if cerr := destroyAll(store); cerr != nil && err == nil {
 			err = cerr
 		}
+		epoch := store.Epoch()
 		if cerr := store.Close(); cerr != nil && err == nil {
+			err = cerr
+		}
+		if cerr := destroyEpoch(own, epoch); cerr != nil && err == nil {
 			err = cerr
 		}
 	}()
@@ -230,6 +235,9 @@ func benchCall(ctx context.Context, store *keystore.Store, su *mls.Suite, op str
 // it (quarantining a running daemon's keys as strays) and bind the
 // device's installation to a throw-away catalog.
 func ownKeysOnly(be keystore.Backend) keystore.Backend {
+	if w, ok := be.(benchWrapper); ok {
+		return struct{ benchWrapper }{w}
+	}
 	if s, ok := be.(keystore.Sealer); ok {
 		return struct {
 			keystore.Backend
@@ -237,6 +245,29 @@ func ownKeysOnly(be keystore.Backend) keystore.Backend {
 		}{be, s}
 	}
 	return struct{ keystore.Backend }{be}
+}
+
+// benchWrapper is what the bench needs of a device with wrapped keys:
+// sealing epochs (of its own, destroyed at the end: benchEpochs) and the
+// wrapping itself.
+type benchWrapper interface {
+	keystore.Backend
+	keystore.Epocher
+	keystore.Wrapper
+	EpochsSupported() bool
+}
+
+// destroyEpoch destroys the bench catalog's epoch, whose device keys
+// (sealing and wrapping) nothing else uses.
+func destroyEpoch(be keystore.Backend, id string) error {
+	ep, ok := be.(keystore.Epocher)
+	if !ok || id == "" {
+		return nil
+	}
+	if err := ep.DestroyEpoch(context.Background(), id); err != nil {
+		return fmt.Errorf("bench: destroying its epoch keys: %w", err)
+	}
+	return nil
 }
 
 // destroyAll deletes every key the bench made: signature keys with their

@@ -74,6 +74,7 @@ func newSettings() *settings {
 	add("tpm-epoch-handles", "3", "persistent TPM handles (from 0x814D4C00) the sealing epochs may take", false)
 	add("tpm-revocation-indices", "16", "NV bit-field indices (from 0x01004D00, 64 HPKE keys and about 100 bytes of TPM NV each) for per-key revocation of TPM HPKE keys (0: off, epoch rule only)", false)
 	add("seal-epoch", "24h", "how long one sealing epoch lasts: a retired sealed key can be revived from an old copy of the catalog for at most 1.25 times this; \"retire\" starts a new epoch at every retirement (no window; re-seals every active sealed key each time)", false)
+	add("init-key-protection", "", "protection of new init and leaf encryption keys: hardware, wrapped or sealed for every suite, or per suite as SUITE=LEVEL (comma list, e.g. 2=wrapped,1=hardware; a config file may give an object {\"2\": \"wrapped\"}); default: wrapped where the device's start-up probe passes, else hardware or sealed (mlskeyctl status says which and why)", false)
 	add("require-hardware", "", "roles whose keys must have protection hardware: comma list of signature, init, leaf_encryption, or all", false)
 	add("keypackage-lifetime", "2160h", "default KeyPackage lifetime", false)
 	add("keypackage-max-lifetime", "8760h", "longest KeyPackage lifetime a request may ask for", false)
@@ -273,6 +274,17 @@ func (s *settings) loadFile(path string) error {
 			st.value = v
 		case bool, float64:
 			st.value = fmt.Sprint(v)
+		case map[string]any:
+			if name != "init-key-protection" {
+				return fmt.Errorf("config file %s: key %q must be a string, number or boolean", path, k)
+			}
+			// init_key_protection: {"2": "wrapped", "1": "hardware"}.
+			parts := make([]string, 0, len(v))
+			for suite, level := range v {
+				parts = append(parts, fmt.Sprintf("%s=%v", suite, level))
+			}
+			sort.Strings(parts)
+			st.value = strings.Join(parts, ",")
 		case []any:
 			if name != "admin-uids" && name != "admin-gids" {
 				return fmt.Errorf("config file %s: key %q must be a string, number or boolean", path, k)

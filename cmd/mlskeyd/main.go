@@ -26,6 +26,7 @@ import (
 	"github.com/mlskeyd/mlskeyd/internal/suggest"
 	"github.com/mlskeyd/mlskeyd/internal/version"
 	"github.com/mlskeyd/mlskeyd/keystore"
+	"github.com/mlskeyd/mlskeyd/mls"
 	"github.com/mlskeyd/mlskeyd/pkcs11"
 	"github.com/mlskeyd/mlskeyd/server"
 	"github.com/mlskeyd/mlskeyd/tpm"
@@ -75,6 +76,8 @@ type config struct {
 	pkcs11Sessions        int
 	auditKeep             int
 	sweepEvery            time.Duration
+	// hpke is --init-key-protection by key-agreement algorithm.
+	hpke map[keystore.Algorithm]keystore.Protection
 }
 
 // Bounds of numeric settings, so that a typo is refused with the valid
@@ -152,6 +155,9 @@ func checkSettings(cfg *settings) (*config, error) {
 		return nil, err
 	}
 	if c.tpmRevIndices, err = cfg.int("tpm-revocation-indices", 0, maxTPMRevIndices); err != nil {
+		return nil, err
+	}
+	if c.hpke, err = initKeyProtection(cfg.str("init-key-protection")); err != nil {
 		return nil, err
 	}
 	if cfg.str("seal-epoch") == "retire" {
@@ -312,6 +318,7 @@ func run(args []string, getenv func(string) string, stdout io.Writer, stderr *lo
 		MinProtection: c.policy.KeystoreMinProtection(), Logger: log,
 		AdoptDevice: adopt, OnEvent: onEvent,
 		EpochLength: c.sealEpoch, EpochPerRetirement: c.sealPerRetirement,
+		HPKEProtection: c.hpke,
 	})
 	if err != nil {
 		var berr *keystore.BindingError
@@ -486,6 +493,62 @@ func socketGroup(name string) (int, error) {
 		return -1, fmt.Errorf("--socket-group %q: %w", name, err)
 	}
 	return strconv.Atoi(g.Gid)
+}
+
+// initKeyProtection reads --init-key-protection: one level for every
+// suite, or SUITE=LEVEL pairs (a bare level among them is the level of the
+// suites not named). Suites sharing a key-agreement algorithm must agree.
+func initKeyProtection(v string) (map[keystore.Algorithm]keystore.Protection, error) {
+	out := map[keystore.Algorithm]keystore.Protection{}
+	if strings.TrimSpace(v) == "" {
+		return out, nil
+	}
+	level := func(l string) (keystore.Protection, error) {
+		p := keystore.Protection(strings.TrimSpace(l))
+		if p.Rank() == 0 {
+			return "", fmt.Errorf("--init-key-protection: unknown level %q (want hardware, wrapped or sealed)", l)
+		}
+		return p, nil
+	}
+	bySuite := map[keystore.Algorithm]mls.CipherSuite{}
+	var all keystore.Protection
+	for _, part := range strings.Split(v, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		id, l, ok := strings.Cut(part, "=")
+		if !ok {
+			p, err := level(part)
+			if err != nil {
+				return nil, err
+			}
+			all = p
+			continue
+		}
+		n, err := strconv.ParseUint(strings.TrimSpace(id), 0, 16)
+		su, lerr := mls.LookupSuite(mls.CipherSuite(n))
+		if err != nil || lerr != nil {
+			return nil, fmt.Errorf("--init-key-protection: %q is not a known cipher suite", id)
+		}
+		p, err := level(l)
+		if err != nil {
+			return nil, err
+		}
+		alg := keystore.Algorithm(su.KEMAlgorithm)
+		if prev, ok := out[alg]; ok && prev != p {
+			return nil, fmt.Errorf("--init-key-protection: suites %d and %d share %s keys and must have one level", bySuite[alg], su.ID, alg)
+		}
+		out[alg], bySuite[alg] = p, su.ID
+	}
+	if all != "" {
+		for _, su := range mls.Suites() {
+			if alg := keystore.Algorithm(su.KEMAlgorithm); out[alg] == "" {
+				out[alg] = all
+			}
+		}
+	}
+	return out, nil
 }
 
 func minProtection(v string) (map[keystore.Role]keystore.Protection, error) {

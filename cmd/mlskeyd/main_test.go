@@ -65,6 +65,9 @@ func TestRefusalsSpeak(t *testing.T) {
 		{"lifetime over max", nil, []string{"--keypackage-lifetime", "400d"}, []string{"over --keypackage-max-lifetime"}},
 		{"log level", nil, []string{"--log-level", "loud"}, []string{`--log-level "loud": want debug, info, warn or error`}},
 		{"bool", nil, []string{"--audit-fail-closed=maybe"}, []string{"--audit-fail-closed"}},
+		{"init-key protection level", nil, []string{"--init-key-protection", "strong"}, []string{`--init-key-protection: unknown level "strong" (want hardware, wrapped or sealed)`}},
+		{"init-key protection suite", nil, []string{"--init-key-protection", "99=wrapped"}, []string{`--init-key-protection: "99" is not a known cipher suite`}},
+		{"init-key protection shared", nil, []string{"--init-key-protection", "1=wrapped,3=sealed"}, []string{"suites 1 and 3 share x25519 keys"}},
 		{"unknown socket group", nil, []string{"--socket-group", "no-such-group-mlskeyd"}, []string{`--socket-group: no group "no-such-group-mlskeyd" on this system (create it with groupadd, or give a gid)`}},
 	} {
 		code, stdout, stderr := runMain(t, tt.env, tt.args...)
