@@ -176,14 +176,14 @@ func (s *Store) initEpochs(ctx context.Context) error {
 		return err
 	}
 	stale := 0
-	err = s.cat.all(func(r *Record) error {
-		if r.Live() && r.Epoch != "" && !slices.Contains(onDev, r.Epoch) {
-			stale++
-		}
-		return nil
-	})
+	uses, err := s.cat.epochUses(false)
 	if err != nil {
 		return err
+	}
+	for _, u := range uses {
+		if u.Epoch != "" && !slices.Contains(onDev, u.Epoch) {
+			stale += u.Active
+		}
 	}
 	if stale > 0 {
 		s.log.Warn("active keys whose epoch key is no longer on the device: they cannot be used; the catalog is older than the device (restored from a copy?)", "keys", stale)
@@ -276,18 +276,14 @@ func (s *Store) RotateEpoch(ctx context.Context) error {
 // it, and re-wraps every wrapped one. Keys from before epochs (no epoch) move too, and from then on have
 // the same guarantee.
 func (s *Store) migrateSealed(ctx context.Context, cur string) error {
-	var ids []string
-	err := s.cat.all(func(r *Record) error {
-		if r.Live() && (r.Protection == ProtectionSealed || r.Protection == ProtectionWrapped) && r.Epoch != cur {
-			ids = append(ids, r.ID)
-		}
-		return nil
-	})
+	// Candidates from the epoch index; reseal reads each record and moves
+	// only live sealed or wrapped ones (a TPM hardware key cannot move).
+	uses, err := s.cat.epochUses(true)
 	if err != nil {
 		return err
 	}
 	moved := 0
-	for _, id := range ids {
+	for _, id := range otherEpochs(uses, cur) {
 		if err := s.reseal(ctx, id, cur); err != nil {
 			if errors.Is(err, ErrEpochDestroyed) {
 				continue // nothing to move: see initEpochs' warning
@@ -355,15 +351,15 @@ func (s *Store) sweepEpochs(ctx context.Context) error {
 func (s *Store) sweepLocked(ctx context.Context) error {
 	e := s.ep
 	needed := map[string]bool{}
-	err := s.cat.all(func(r *Record) error {
-		// A quarantined key (missing) may come back: keep its epoch.
-		if (r.Live() || r.State == StateMissing) && r.Epoch != "" {
-			needed[r.Epoch] = true
-		}
-		return nil
-	})
+	// A quarantined key (missing) may come back: its epoch is needed too.
+	inUse, err := s.cat.epochsInUse()
 	if err != nil {
 		return err
+	}
+	for _, ep := range inUse {
+		if ep != "" {
+			needed[ep] = true
+		}
 	}
 	e.mu.Lock()
 	var drop []string
@@ -446,4 +442,16 @@ func (s *Store) Epoch() string {
 	s.ep.mu.Lock()
 	defer s.ep.mu.Unlock()
 	return s.ep.meta.Current
+}
+
+// otherEpochs lists the ids of keys outside epoch cur, sealed-before-epochs
+// ones included.
+func otherEpochs(uses []epochUse, cur string) []string {
+	var ids []string
+	for _, u := range uses {
+		if u.Epoch != cur {
+			ids = append(ids, u.IDs...)
+		}
+	}
+	return ids
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/ecdh"
 	"crypto/rand"
 	"errors"
+	"maps"
 	"os"
 	"path/filepath"
 	"sync"
@@ -267,4 +268,79 @@ func TestCloseTwice(t *testing.T) {
 	s, _ := openStore(t, newEpochFake(), Options{})
 	s.Close()
 	s.Close()
+}
+
+// TestEpochIndexMatchesRecords: the epoch bookkeeping (which epochs hold
+// keys, which keys can move) reads idx-epoch instead of every record; it
+// must say what a walk over the records says, through creation, rotation,
+// retirement and quarantine.
+func TestEpochIndexMatchesRecords(t *testing.T) {
+	ctx := context.Background()
+	be := newEpochFake(Ed25519)
+	s, _ := openStore(t, be, Options{EpochLength: time.Hour})
+	var keys []*Record
+	for i := range 6 {
+		if i == 3 {
+			if err := s.RotateEpoch(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		alg := Ed25519 // hardware: pins its epoch, cannot move
+		if i%2 == 1 {
+			alg = Ed448 // sealed
+		}
+		k, err := s.Create(ctx, KeySpec{Role: RoleSignature, Suite: 1, Algorithm: alg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys = append(keys, k)
+	}
+	if _, _, err := s.Delete(ctx, keys[4].ID, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.setState([]string{keys[5].ID}, StateActive, StateMissing); err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][3]int{} // epoch -> active, missing, movable
+	err := s.cat.all(func(r *Record) error {
+		if (r.Live() || r.State == StateMissing) && (r.Epoch != "" || r.Protection == ProtectionSealed) {
+			c := want[r.Epoch]
+			if r.Live() {
+				c[0]++
+			} else {
+				c[1]++
+			}
+			if r.Protection == ProtectionSealed {
+				c[2]++
+			}
+			want[r.Epoch] = c
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	uses, err := s.cat.epochUses(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string][3]int{}
+	for _, u := range uses {
+		got[u.Epoch] = [3]int{u.Active, u.Missing, len(u.IDs)}
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("epoch index %v, records say %v", got, want)
+	}
+	inUse, err := s.cat.epochsInUse()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(inUse) != len(want) {
+		t.Errorf("epochs in use %v, records say %v", inUse, want)
+	}
+	for _, ep := range inUse {
+		if _, ok := want[ep]; !ok {
+			t.Errorf("epoch %q in use by the index only", ep)
+		}
+	}
 }

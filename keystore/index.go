@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -22,6 +23,10 @@ import (
 //	idxLastRes owner 0x00 suite len identity id -> ""  live last-resort init keys
 //	idxCheck   id                            -> state, protection, algorithm, ref
 //	                                            active hardware keys and every missing key
+//	idxEpoch   epoch 0x00 id                 -> "a" active / "m" missing, then "s" if
+//	                                            sealed or wrapped (it can move epochs):
+//	                                            keys in an epoch, and sealed or wrapped
+//	                                            keys from before epochs (epoch "")
 //
 // (suite: 2 bytes, len: 4 bytes, big-endian; len is the identity's length,
 // as an identity may hold any byte.)
@@ -37,15 +42,15 @@ var (
 	idxExpiry  = []byte("idx-expiry")
 	idxUnused  = []byte("idx-unused")
 	idxLastRes = []byte("idx-lastresort")
+	idxCheck   = []byte("idx-check")
+	idxEpoch   = []byte("idx-epoch")
 
-	idxCheck = []byte("idx-check")
-
-	indexBuckets = [][]byte{idxOwner, idxSigKP, idxKPLeaf, idxExpiry, idxUnused, idxLastRes, idxCheck}
+	indexBuckets = [][]byte{idxOwner, idxSigKP, idxKPLeaf, idxExpiry, idxUnused, idxLastRes, idxCheck, idxEpoch}
 
 	// keyIndexVersion in the meta bucket says the indexes are complete. A
 	// catalog written before they existed has none: Open builds them once.
 	keyIndexVersion = []byte("index")
-	indexVersion    = []byte("4")
+	indexVersion    = []byte("5")
 )
 
 func join(a, b []byte) []byte {
@@ -95,6 +100,11 @@ func indexRecord(tx *bolt.Tx, r *Record, delta int) error {
 	}
 	if checkedAtStart(r) {
 		if err := set(idxCheck, id, encodeCheckEntry(r)); err != nil {
+			return err
+		}
+	}
+	if st, ok := epochEntry(r); ok {
+		if err := set(idxEpoch, join([]byte(r.Epoch), id), st); err != nil {
 			return err
 		}
 	}
@@ -419,4 +429,89 @@ func (c *catalog) checkedAtStartRecords(fn func(*Record) error) error {
 			return fn(r)
 		})
 	})
+}
+
+// epochEntry says whether r belongs in idxEpoch and with what value: a
+// key that holds its epoch's device key (active or missing, since a
+// missing key may come back), and a sealed or wrapped key from before
+// epochs, which a new epoch must take in.
+func epochEntry(r *Record) ([]byte, bool) {
+	var st []byte
+	switch r.State {
+	case StateActive:
+		st = []byte("a")
+	case StateMissing:
+		st = []byte("m")
+	default:
+		return nil, false
+	}
+	movable := r.Protection == ProtectionSealed || r.Protection == ProtectionWrapped
+	if r.Epoch == "" && !movable {
+		return nil, false
+	}
+	if movable {
+		st = append(st, 's')
+	}
+	return st, true
+}
+
+// epochUse is what the index knows of one epoch's keys.
+type epochUse struct {
+	Epoch   string
+	Active  int
+	Missing int
+	IDs     []string // sealed or wrapped keys only, and only when asked for
+}
+
+// epochUses returns, per epoch in use ("" for keys sealed before epochs),
+// how many active and missing keys it holds, and the ids of the sealed or
+// wrapped ones among them if withIDs.
+// The cost follows the keys in epochs, not the catalog's size.
+func (c *catalog) epochUses(withIDs bool) ([]epochUse, error) {
+	var out []epochUse
+	err := c.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(idxEpoch).ForEach(func(k, v []byte) error {
+			i := bytes.IndexByte(k, 0)
+			if i < 0 {
+				return fmt.Errorf("catalog index %s: malformed entry", idxEpoch)
+			}
+			ep := string(k[:i])
+			if len(out) == 0 || out[len(out)-1].Epoch != ep {
+				out = append(out, epochUse{Epoch: ep})
+			}
+			u := &out[len(out)-1]
+			if len(v) > 0 && v[0] == 'm' {
+				u.Missing++
+			} else {
+				u.Active++
+			}
+			if withIDs && len(v) > 1 && v[1] == 's' {
+				u.IDs = append(u.IDs, string(k[i+1:]))
+			}
+			return nil
+		})
+	})
+	return out, err
+}
+
+// epochsInUse returns the epochs that hold an active or missing key,
+// jumping from one epoch to the next: a few B+tree seeks per epoch, so
+// that retiring a key (which may free its epoch) reads no other record.
+func (c *catalog) epochsInUse() ([]string, error) {
+	var out []string
+	err := c.db.View(func(tx *bolt.Tx) error {
+		cur := tx.Bucket(idxEpoch).Cursor()
+		for k, _ := cur.First(); k != nil; {
+			i := bytes.IndexByte(k, 0)
+			if i < 0 {
+				return fmt.Errorf("catalog index %s: malformed entry", idxEpoch)
+			}
+			out = append(out, string(k[:i]))
+			// The next key after every "epoch 0x00 ..." is at or past
+			// "epoch 0x01".
+			k, _ = cur.Seek(append(slices.Clone(k[:i]), 1))
+		}
+		return nil
+	})
+	return out, err
 }
