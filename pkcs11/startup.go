@@ -3,6 +3,7 @@ package pkcs11
 import (
 	"fmt"
 	"strings"
+	"time"
 
 	p11 "github.com/miekg/pkcs11"
 )
@@ -66,10 +67,12 @@ func ours(label, id string) bool {
 // and List, and returns the private secret keys (what secretKeysTemplate
 // matches) for the caller to check and keep.
 func (b *Backend) snapshotAtOpen(s p11.SessionHandle) ([]p11.ObjectHandle, error) {
+	t0 := time.Now()
 	hs, err := b.findAll(s, []*p11.Attribute{p11.NewAttribute(p11.CKA_TOKEN, true)})
 	if err != nil {
 		return nil, err
 	}
+	searchTook := time.Since(t0)
 	r := newAttrReader(b.mod.path, b.forwarded)
 	defer r.free()
 	q := snapshotQuery()
@@ -152,6 +155,8 @@ func (b *Backend) snapshotAtOpen(s p11.SessionHandle) ([]p11.ObjectHandle, error
 		}
 	}
 	v.keys = append(v.keys, pubs...)
+	b.log.Debug("pkcs11: start-up read the token", "objects", len(hs), "keys", len(v.keys), "secret_keys", len(secrets),
+		"markers", len(v.markers), "search", searchTook.Round(time.Millisecond), "read", (time.Since(t0) - searchTook).Round(time.Millisecond))
 	b.startMu.Lock()
 	b.startView = v
 	b.startMu.Unlock()
