@@ -91,7 +91,7 @@ func (b *Backend) snapshotAtOpen(s p11.SessionHandle) ([]p11.ObjectHandle, error
 	for _, h := range hs {
 		attrs, ok, err := r.readSome(s, h, q)
 		if ok && err == nil && attrs[iClass] == nil {
-			err = fmt.Errorf("object without CKA_CLASS")
+			ok = false
 		}
 		if handleInvalid(err) {
 			continue // destroyed meanwhile
@@ -100,7 +100,8 @@ func (b *Backend) snapshotAtOpen(s p11.SessionHandle) ([]p11.ObjectHandle, error
 			return nil, fmt.Errorf("C_GetAttributeValue: %w", err)
 		}
 		if !ok {
-			// Behind p11-kit: the class first, then what that class needs.
+			// Behind p11-kit, or when the single read gave no class:
+			// the class first, then what that class needs.
 			k, isKey, marker, secret, err := b.classify(s, r, h)
 			if handleInvalid(err) {
 				continue
