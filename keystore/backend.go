@@ -138,6 +138,15 @@ type Lister interface {
 	List(ctx context.Context) ([]DeviceKey, error)
 }
 
+// StartupFinisher is the capability of a device that keeps what it read at
+// start-up for start-up's own calls (PKCS#11: one pass over the token
+// serves Binding, List and Epochs, where each would search it). Open calls
+// StartupDone when it returns, whether it succeeded or not; later calls
+// read the device again.
+type StartupFinisher interface {
+	StartupDone()
+}
+
 // DeviceKey is one key found on the device by Lister.List.
 type DeviceKey struct {
 	ID  string

@@ -449,3 +449,31 @@ func TestSweepLeavesMissingKeys(t *testing.T) {
 		t.Fatal("the sweep destroyed a missing key that came back")
 	}
 }
+
+// startupFake is a fake device that records when start-up is over.
+type startupFake struct {
+	*fakeBackend
+	done int
+}
+
+func (f *startupFake) StartupDone() { f.done++ }
+
+// TestStartupDoneOnEveryOutcome: Open tells a StartupFinisher that
+// start-up is over when it serves and when it refuses, so that nothing
+// read for start-up is used after it.
+func TestStartupDoneOnEveryOutcome(t *testing.T) {
+	ctx := context.Background()
+	be := &startupFake{fakeBackend: newFake()}
+	s, _ := openStore(t, be, Options{})
+	if be.done != 1 {
+		t.Fatalf("StartupDone called %d times by a successful Open, want 1", be.done)
+	}
+	s.Close()
+	other := filepath.Join(t.TempDir(), "other.db")
+	if _, err := Open(ctx, other, be, Options{}); !errors.Is(err, ErrBinding) {
+		t.Fatalf("second catalog on the device: %v", err)
+	}
+	if be.done != 2 {
+		t.Fatalf("StartupDone called %d times after a refused Open, want 2", be.done)
+	}
+}

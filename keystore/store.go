@@ -108,6 +108,9 @@ func Open(ctx context.Context, path string, be Backend, opts Options) (*Store, e
 			return nil, fmt.Errorf("policy: minimum protection %q for role %q: %w", p, role, ErrInvalidArgument)
 		}
 	}
+	if f, ok := be.(StartupFinisher); ok {
+		defer f.StartupDone()
+	}
 	_, statErr := os.Stat(path)
 	isNew := errors.Is(statErr, fs.ErrNotExist)
 	cat, err := openCatalog(path)

@@ -125,14 +125,7 @@ func (r *attrReader) read(ctx *p11.Ctx, s p11.SessionHandle, h p11.ObjectHandle,
 	case rv == p11.CKR_CRYPTOKI_NOT_INITIALIZED:
 		// Another instance of the module than miekg's, as p11-kit's:
 		// never again for this module.
-		getAttrMu.Lock()
-		for k, fn := range getAttrFn {
-			if fn == r.fn {
-				getAttrFn[k] = nil
-			}
-		}
-		getAttrMu.Unlock()
-		r.free()
+		r.disown()
 		return ctx.GetAttributeValue(s, h, q)
 	case rv != p11.CKR_OK:
 		return nil, p11.Error(rv)
@@ -145,4 +138,56 @@ func (r *attrReader) read(ctx *p11.Ctx, s p11.SessionHandle, h p11.ObjectHandle,
 		}
 	}
 	return out, nil
+}
+
+// readSome is read for a query that may name attributes the object does
+// not have: those come back as nil entries instead of failing the call.
+// PKCS#11 (v2.40 §5.7) has C_GetAttributeValue fill every attribute it can
+// and mark the others CK_UNAVAILABLE_INFORMATION, returning
+// CKR_ATTRIBUTE_TYPE_INVALID or CKR_ATTRIBUTE_SENSITIVE; SoftHSM 2.6.1
+// does (TestReadSomeOnSoftHSM). An entry that did not fit its slot is
+// nil too, which only other applications' objects have. ok is false when
+// the reader cannot make the single call (no own instance of the module,
+// as behind p11-kit, or too long a query): the caller reads otherwise.
+func (r *attrReader) readSome(s p11.SessionHandle, h p11.ObjectHandle, q []*p11.Attribute) (attrs []*p11.Attribute, ok bool, err error) {
+	if r.tmpl == nil || len(q) > maxAttrs {
+		return nil, false, nil
+	}
+	t := unsafe.Slice(r.tmpl, len(q))
+	for i, a := range q {
+		t[i] = C.ckAttribute{
+			_type:      C.ckULong(a.Type),
+			pValue:     unsafe.Add(r.bufs, i*attrSlot),
+			ulValueLen: attrSlot,
+		}
+	}
+	rv := C.callGetAttributeValue(r.fn, C.ckULong(s), C.ckULong(h), r.tmpl, C.ckULong(len(q)))
+	switch rv {
+	case p11.CKR_OK, p11.CKR_ATTRIBUTE_TYPE_INVALID, p11.CKR_ATTRIBUTE_SENSITIVE, p11.CKR_BUFFER_TOO_SMALL:
+	case p11.CKR_CRYPTOKI_NOT_INITIALIZED:
+		r.disown()
+		return nil, false, nil
+	default:
+		return nil, true, p11.Error(rv)
+	}
+	out := make([]*p11.Attribute, len(q))
+	for i, a := range t {
+		if a.ulValueLen <= attrSlot { // else CK_UNAVAILABLE_INFORMATION
+			out[i] = &p11.Attribute{Type: q[i].Type, Value: C.GoBytes(a.pValue, C.int(a.ulValueLen))}
+		}
+	}
+	return out, true, nil
+}
+
+// disown stops the reader, and every later one for its module, from
+// calling an instance of the module other than miekg's.
+func (r *attrReader) disown() {
+	getAttrMu.Lock()
+	for k, fn := range getAttrFn {
+		if fn == r.fn {
+			getAttrFn[k] = nil
+		}
+	}
+	getAttrMu.Unlock()
+	r.free()
 }

@@ -105,8 +105,12 @@ type Backend struct {
 	// secretsAtOpen is the token's secret keys found at Open, for the
 	// first Epochs (seal.go).
 	secretsAtOpen atomic.Pointer[secretKeysSeen]
-	specs         map[keystore.Algorithm]*algSpec // supported algorithms only
-	notes         map[keystore.Algorithm]string   // why an algorithm is missing
+	// startView is the rest of what Open's one pass over the token found,
+	// for the first Binding and List (startup.go).
+	startMu   sync.Mutex
+	startView *startupView
+	specs     map[keystore.Algorithm]*algSpec // supported algorithms only
+	notes     map[keystore.Algorithm]string   // why an algorithm is missing
 
 	sealMu sync.RWMutex
 	// How this token seals, chosen by probing (sealprobe.go): "gcm",

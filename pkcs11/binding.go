@@ -31,13 +31,21 @@ func markerTemplate() []*p11.Attribute {
 }
 
 // readMarkers returns the distinct installation ids recorded on the token.
-func (b *Backend) readMarkers(s p11.SessionHandle) ([]string, error) {
+// The first Binding after Open reads the markers Open's pass over the
+// token found (startup.go); Bind, about to write one, always searches.
+func (b *Backend) readMarkers(s p11.SessionHandle, atStartup bool) ([]string, error) {
 	if err := b.requireLogin(s); err != nil {
 		return nil, err
 	}
-	hs, err := b.findAll(s, markerTemplate())
-	if err != nil {
-		return nil, err
+	hs, ok := []p11.ObjectHandle(nil), false
+	if atStartup {
+		hs, ok = b.startupMarkers()
+	}
+	if !ok {
+		var err error
+		if hs, err = b.findAll(s, markerTemplate()); err != nil {
+			return nil, err
+		}
 	}
 	var ids []string
 	for _, h := range hs {
@@ -60,7 +68,7 @@ func (b *Backend) readMarkers(s p11.SessionHandle) ([]string, error) {
 func (b *Backend) Binding(ctx context.Context) (string, error) {
 	var id string
 	err := b.withSession(ctx, "binding", func(s p11.SessionHandle) error {
-		ids, err := b.readMarkers(s)
+		ids, err := b.readMarkers(s, true)
 		switch {
 		case err != nil:
 			return err
@@ -82,8 +90,9 @@ func (b *Backend) Bind(ctx context.Context, id string) error {
 	}
 	b.storeMu.Lock()
 	defer b.storeMu.Unlock()
+	b.startupMarkers() // stale once a marker is written
 	err := b.withSession(ctx, "bind", func(s p11.SessionHandle) error {
-		ids, err := b.readMarkers(s)
+		ids, err := b.readMarkers(s, false)
 		switch {
 		case err != nil:
 			return err

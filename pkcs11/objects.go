@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"sort"
-	"strings"
 	"sync"
 
 	p11 "github.com/miekg/pkcs11"
@@ -217,8 +216,10 @@ func (b *Backend) withKey(ctx context.Context, op string, k objKey, fn func(s p1
 // what Check judges, in the same C_GetAttributeValue as its label and id,
 // and offers that judgement as DeviceKey.Check: start-up then checks every
 // key without reading each one again. SoftHSM's file store refreshes an
-// object from its file on every call that touches it: with many keys,
-// start-up's cost is the number of calls per object.
+// object from its file on every call that touches it, and every object on
+// each search: with many keys, start-up's cost is the number of searches
+// and of calls per object. The first List after Open takes what Open's one
+// pass over the token read (startup.go) and searches nothing.
 func (b *Backend) List(ctx context.Context) ([]keystore.DeviceKey, error) {
 	ids := map[string][]*p11.Attribute{}
 	r := newAttrReader(b.mod.path, b.forwarded)
@@ -228,45 +229,20 @@ func (b *Backend) List(ctx context.Context) ([]keystore.DeviceKey, error) {
 		if err := b.requireLogin(s); err != nil {
 			return err
 		}
-		for _, class := range []uint{p11.CKO_PRIVATE_KEY, p11.CKO_PUBLIC_KEY} {
-			hs, err := b.findAll(s, []*p11.Attribute{
-				p11.NewAttribute(p11.CKA_CLASS, class),
-				p11.NewAttribute(p11.CKA_TOKEN, true),
-			})
-			if err != nil {
+		keys, ok := b.startupKeys()
+		if !ok {
+			var err error
+			if keys, err = b.searchKeys(s, r); err != nil {
 				return err
 			}
-			for _, h := range hs {
-				q := []*p11.Attribute{p11.NewAttribute(p11.CKA_LABEL, nil), p11.NewAttribute(p11.CKA_ID, nil)}
-				var attrs, judged []*p11.Attribute
-				if class == p11.CKO_PRIVATE_KEY {
-					if attrs, err = r.read(b.mod.ctx, s, h, append(q, checkQuery()...)); err == nil {
-						judged = attrs[2:]
-					}
-				}
-				if judged == nil {
-					// A public key, or a private key without some of those
-					// attributes (not an EC key: another application's, or
-					// one Check refuses with its own reason).
-					attrs, err = r.read(b.mod.ctx, s, h, q)
-				}
-				if handleInvalid(err) {
-					continue // destroyed meanwhile
-				}
-				if err != nil {
-					return fmt.Errorf("C_GetAttributeValue: %w", err)
-				}
-				label, id := string(attrs[0].Value), string(attrs[1].Value)
-				if !strings.HasPrefix(label, labelPrefix) || label != labelPrefix+id || checkID(id) != nil {
-					continue
-				}
-				if _, seen := ids[id]; !seen || judged != nil {
-					ids[id] = judged
-				}
-				// Keys are used after listing them: with the handle
-				// cached, that searches nothing.
-				b.cache.put(objKey{class, id}, h)
+		}
+		for _, k := range keys {
+			if _, seen := ids[k.id]; !seen || k.judged != nil {
+				ids[k.id] = k.judged
 			}
+			// Keys are used after listing them: with the handle
+			// cached, that searches nothing.
+			b.cache.put(objKey{k.class, k.id}, k.h)
 		}
 		return nil
 	})
@@ -291,6 +267,33 @@ func (b *Backend) List(ctx context.Context) ([]keystore.DeviceKey, error) {
 	return out, nil
 }
 
+// searchKeys finds and reads our key pairs' halves, private keys first.
+func (b *Backend) searchKeys(s p11.SessionHandle, r *attrReader) ([]tokenKey, error) {
+	var keys []tokenKey
+	for _, class := range []uint{p11.CKO_PRIVATE_KEY, p11.CKO_PUBLIC_KEY} {
+		hs, err := b.findAll(s, []*p11.Attribute{
+			p11.NewAttribute(p11.CKA_CLASS, class),
+			p11.NewAttribute(p11.CKA_TOKEN, true),
+		})
+		if err != nil {
+			return nil, err
+		}
+		for _, h := range hs {
+			k, keep, err := b.readKey(s, r, class, h)
+			if handleInvalid(err) {
+				continue // destroyed meanwhile
+			}
+			if err != nil {
+				return nil, err
+			}
+			if keep {
+				keys = append(keys, k)
+			}
+		}
+	}
+	return keys, nil
+}
+
 // Destroy removes both halves of the key pair. A key that is already gone
 // is not an error. A half whose handle is cached, and still names this
 // object, is destroyed without a token search (a search is linear in the
@@ -303,6 +306,7 @@ func (b *Backend) Destroy(ctx context.Context, ref []byte) error {
 	}
 	b.storeMu.Lock()
 	defer b.storeMu.Unlock()
+	b.dropStartupKeys()
 	err = b.withSession(ctx, "destroy", func(s p11.SessionHandle) error {
 		if err := b.requireLogin(s); err != nil {
 			return err

@@ -92,6 +92,7 @@ func (b *Backend) Generate(ctx context.Context, id string, alg keystore.Algorith
 	var pub []byte
 	b.storeMu.Lock()
 	defer b.storeMu.Unlock()
+	b.dropStartupKeys()
 	err = b.withSession(ctx, "generate", func(s p11.SessionHandle) error {
 		if err := b.requireLogin(s); err != nil {
 			return err

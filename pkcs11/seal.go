@@ -104,14 +104,15 @@ func (b *Backend) checkSealKeyOf(s p11.SessionHandle, h p11.ObjectHandle, name s
 
 // checkLegacySealKeys runs at Open: a seal-v1 key that fails checkSealKey
 // stops the daemon, since blobs would be opened with it. It finds them
-// among all of the token's secret keys, and keeps those for the keystore's
-// first Epochs at start-up (see secretKeysAtOpen).
+// among all of the token's secret keys, which start-up's one pass over the
+// token returns (startup.go), and keeps those for the keystore's first
+// Epochs at start-up (see secretKeysSeen).
 func (b *Backend) checkLegacySealKeys(ctx context.Context) error {
 	return b.withSession(ctx, "check_seal_keys", func(s p11.SessionHandle) error {
 		if err := b.requireLogin(s); err != nil {
 			return err
 		}
-		hs, err := b.findAll(s, secretKeysTemplate())
+		hs, err := b.snapshotAtOpen(s)
 		if err != nil {
 			return err
 		}

@@ -40,8 +40,13 @@ func (c *opCounter) get(op string) int {
 // and an init key in it, and closes both, as a daemon that stopped.
 func startupKeys(t *testing.T) (Config, string, []*keystore.Record) {
 	t.Helper()
+	return startupKeysOn(t, newToken(t))
+}
+
+// startupKeysOn is startupKeys on the token cfg opens.
+func startupKeysOn(t *testing.T, cfg Config) (Config, string, []*keystore.Record) {
+	t.Helper()
 	ctx := context.Background()
-	cfg := newToken(t)
 	b := openBackend(t, cfg)
 	path := filepath.Join(t.TempDir(), "catalog.db")
 	s, err := keystore.Open(ctx, path, b, keystore.Options{})
@@ -316,19 +321,147 @@ func TestAttrReaderReadsAsTheModule(t *testing.T) {
 	}
 }
 
-// TestStartupSearches: a restart passes over the token's objects four
-// times (secret keys, the installation marker, private and public keys):
-// each pass reads every object's file on SoftHSM.
+// TestStartupSearches: a restart passes over the token's objects once.
+// Open's one search for every token object serves the legacy seal-key
+// check, the first Epochs, the installation marker (Binding) and the key
+// listing (List); each search would read every object's file on SoftHSM.
+// Through p11-kit too, where each object is read class first.
 func TestStartupSearches(t *testing.T) {
-	cfg, path, _ := startupKeys(t)
+	for _, forwarded := range []bool{false, true} {
+		t.Run(map[bool]string{false: "softhsm", true: "p11kit"}[forwarded], func(t *testing.T) {
+			var cfg Config
+			var path string
+			var recs []*keystore.Record
+			if forwarded {
+				_, cfg = forwardedToken(t)
+				cfg, path, recs = startupKeysOn(t, cfg)
+			} else {
+				cfg, path, recs = startupKeys(t)
+			}
+			b := openBackend(t, cfg)
+			s, err := keystore.Open(context.Background(), path, b, keystore.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			if n := b.searches.Load(); n != 1 {
+				t.Fatalf("start-up ran %d token searches, want 1", n)
+			}
+			for _, r := range recs {
+				if got, err := s.Get(r.ID); err != nil || got.State != keystore.StateActive {
+					t.Fatalf("key %s after start-up: %v %v", r.ID, got, err)
+				}
+			}
+			if b.startView != nil || b.secretsAtOpen.Load() != nil {
+				t.Error("start-up's view of the token is kept after start-up")
+			}
+			// Later calls search again.
+			if _, err := b.Binding(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			if n := b.searches.Load(); n != 2 {
+				t.Fatalf("Binding after start-up ran %d searches, want 1", n-1)
+			}
+		})
+	}
+}
+
+// TestStartupViewDroppedByChanges: a key made or destroyed after Open
+// and before the first List is listed as the token has it then, not as
+// Open's pass saw it.
+func TestStartupViewDroppedByChanges(t *testing.T) {
+	ctx := context.Background()
+	cfg := newToken(t)
 	b := openBackend(t, cfg)
-	s, err := keystore.Open(context.Background(), path, b, keystore.Options{})
+	if _, _, err := b.Generate(ctx, "kept", keystore.ECDSAP256); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := b.Generate(ctx, "gone", keystore.ECDSAP256); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	b = openBackend(t, cfg)
+	if _, _, err := b.Generate(ctx, "new", keystore.ECDSAP256); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Destroy(ctx, EncodeRef("gone")); err != nil {
+		t.Fatal(err)
+	}
+	keys, err := b.List(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer s.Close()
-	if n := b.searches.Load(); n != 4 {
-		t.Fatalf("start-up ran %d token searches, want 4", n)
+	var ids []string
+	for _, k := range keys {
+		ids = append(ids, k.ID)
+	}
+	if want := []string{"kept", "new"}; !slices.Equal(ids, want) {
+		t.Fatalf("List after Generate and Destroy: %v, want %v", ids, want)
+	}
+}
+
+// TestReadSomeOnSoftHSM: SoftHSM 2.6 answers a C_GetAttributeValue that
+// names attributes an object lacks as PKCS#11 says: the others filled,
+// the missing ones CK_UNAVAILABLE_INFORMATION. Start-up's single read of
+// every object relies on it.
+func TestReadSomeOnSoftHSM(t *testing.T) {
+	ctx := context.Background()
+	cfg := newToken(t)
+	b := openBackend(t, cfg)
+	if _, _, err := b.Generate(ctx, "k", keystore.ECDSAP256); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.Bind(ctx, "installation"); err != nil {
+		t.Fatal(err)
+	}
+	r := newAttrReader(b.mod.path, false)
+	defer r.free()
+	err := b.withSession(ctx, "test", func(s p11.SessionHandle) error {
+		for _, tc := range []struct {
+			tmpl    []*p11.Attribute
+			class   uint
+			label   string
+			missing []uint
+		}{
+			{markerTemplate(), p11.CKO_DATA, markerLabel, []uint{p11.CKA_ID, p11.CKA_KEY_TYPE, p11.CKA_SIGN, p11.CKA_NEVER_EXTRACTABLE}},
+			{objKey{p11.CKO_PUBLIC_KEY, "k"}.template(), p11.CKO_PUBLIC_KEY, labelPrefix + "k", []uint{p11.CKA_APPLICATION, p11.CKA_NEVER_EXTRACTABLE, p11.CKA_SENSITIVE}},
+			{objKey{p11.CKO_PRIVATE_KEY, "k"}.template(), p11.CKO_PRIVATE_KEY, labelPrefix + "k", []uint{p11.CKA_APPLICATION}},
+		} {
+			hs, err := b.findAll(s, tc.tmpl)
+			if err != nil || len(hs) != 1 {
+				t.Fatalf("class 0x%x: %d objects, %v", tc.class, len(hs), err)
+			}
+			attrs, ok, err := r.readSome(s, hs[0], snapshotQuery())
+			if err != nil || !ok {
+				t.Fatalf("class 0x%x: readSome: %v %v", tc.class, ok, err)
+			}
+			if attrUint(attrs[0].Value) != tc.class || string(attrs[1].Value) != tc.label {
+				t.Errorf("class 0x%x: read class 0x%x label %q", tc.class, attrUint(attrs[0].Value), attrs[1].Value)
+			}
+			for i, a := range attrs {
+				if slices.Contains(tc.missing, snapshotQuery()[i].Type) && a != nil {
+					t.Errorf("class 0x%x: attribute 0x%x it lacks read as %v", tc.class, snapshotQuery()[i].Type, a)
+				}
+			}
+			// What start-up needs of each class is there.
+			need := map[uint][]int{p11.CKO_DATA: {3}, p11.CKO_PUBLIC_KEY: {2}, p11.CKO_PRIVATE_KEY: {2}}[tc.class]
+			if tc.class == p11.CKO_PRIVATE_KEY {
+				for i := 4; i < len(attrs); i++ {
+					need = append(need, i)
+				}
+			}
+			for _, i := range need {
+				if attrs[i] == nil {
+					t.Errorf("class 0x%x: attribute 0x%x unavailable", tc.class, snapshotQuery()[i].Type)
+				}
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
 
