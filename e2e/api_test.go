@@ -296,8 +296,11 @@ func TestCrashDuringKeyPackageCreation(t *testing.T) {
 		onDevice[k.ID] = true
 	}
 	for _, r := range active {
+		if r.Protection != keystore.ProtectionHardware {
+			continue // sealed or wrapped: its blob is in the catalog, not on the token
+		}
 		if !onDevice[r.ID] {
-			t.Errorf("active catalog key %s is not on the token", r.ID)
+			t.Errorf("active catalog key %s (%s) is not on the token", r.ID, r.Protection)
 		}
 		delete(onDevice, r.ID)
 	}
