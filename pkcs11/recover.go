@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"time"
 
 	p11 "github.com/miekg/pkcs11"
@@ -192,6 +194,30 @@ func (b *Backend) reconnect() error {
 		b.sealMode = mode
 		b.sealMu.Unlock()
 		return fmt.Errorf("sealing was %q at start-up and is %q now", mode, now)
+	}
+	// Wrapped keys in the catalog need the token to unwrap them as it did
+	// at start-up, and new keys were promised the same level.
+	b.sealMu.RLock()
+	was := b.wrap
+	b.sealMu.RUnlock()
+	if err := b.setUpWrapping(ctx); err != nil {
+		return fmt.Errorf("wrapping: %w", err)
+	}
+	b.sealMu.Lock()
+	now := b.wrap
+	var lost []string
+	for alg := range was.algs {
+		if !now.algs[alg] {
+			lost = append(lost, string(alg)+" ("+now.notes[alg]+")")
+		}
+	}
+	if len(lost) > 0 {
+		b.wrap = was // what GetInfo promised; the retry probes again
+	}
+	b.sealMu.Unlock()
+	if len(lost) > 0 {
+		slices.Sort(lost)
+		return fmt.Errorf("the token came back without key wrapping for %s, which it had at start-up", strings.Join(lost, ", "))
 	}
 	return b.destroyPending(ctx)
 }

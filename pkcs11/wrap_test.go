@@ -6,6 +6,7 @@ import (
 	"crypto/ecdh"
 	"crypto/rand"
 	"errors"
+	"strings"
 	"testing"
 
 	p11 "github.com/miekg/pkcs11"
@@ -175,4 +176,42 @@ func countObjects(t *testing.T, b *Backend) int {
 		t.Fatal(err)
 	}
 	return n
+}
+
+// TestReconnectProbesWrapping: a reconnection probes key wrapping again.
+// A token that still wraps what it wrapped at start-up serves wrapped keys
+// as before; one that lost an algorithm it had (here: the start-up state
+// claims X25519, which SoftHSM cannot wrap) is refused, and what GetInfo
+// was told stays as it was.
+func TestReconnectProbesWrapping(t *testing.T) {
+	ctx := context.Background()
+	b := openBackend(t, newToken(t))
+	if err := b.NewEpoch(ctx, "wepoch-r"); err != nil {
+		t.Fatal(err)
+	}
+	blob, pub, err := b.GenerateWrapped(ctx, "wepoch-r", "k1", keystore.ECDHP256)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := b.reconnect(); err != nil {
+		t.Fatalf("reconnect to the same token: %v", err)
+	}
+	peer, _ := ecdh.P256().GenerateKey(rand.Reader)
+	if _, err := b.ECDHWrapped(ctx, blob, "k1", keystore.ECDHP256, pub, peer.PublicKey().Bytes()); err != nil {
+		t.Fatalf("wrapped key after the reconnection: %v", err)
+	}
+
+	b.sealMu.Lock()
+	b.wrap.algs[keystore.X25519] = true
+	b.sealMu.Unlock()
+	err = b.reconnect()
+	if err == nil || !strings.Contains(err.Error(), "without key wrapping for x25519") {
+		t.Fatalf("reconnect to a token that lost wrapping: %v", err)
+	}
+	b.sealMu.RLock()
+	kept := b.wrap.algs[keystore.X25519]
+	b.sealMu.RUnlock()
+	if !kept {
+		t.Error("the start-up wrapping state was replaced by the failed probe's")
+	}
 }
