@@ -483,14 +483,19 @@ func (s *Store) scanStrays(ctx context.Context) ([]Stray, error) {
 	return out, nil
 }
 
-// checkSealed opens sealed keys where the device may have changed under
-// them: after an adoption, an active sealed key the device cannot open is
-// quarantined as missing rather than failing at its first use; and a
-// missing sealed key the device opens again is restored. The plaintext is
-// wiped at once.
+// checkSealed opens sealed and wrapped keys where the device may have
+// changed under them: after an adoption, an active one the device cannot
+// open is quarantined as missing rather than failing at its first use;
+// and a missing one the device opens again is restored. A sealed key's
+// plaintext is wiped at once; a wrapped key is tried with one derivation
+// inside the device.
 func (s *Store) checkSealed(ctx context.Context) error {
-	if s.sealer == nil {
+	_, wraps := s.be.(Wrapper)
+	if s.sealer == nil && !wraps {
 		return nil
+	}
+	blobKey := func(r *Record) bool {
+		return r.Protection == ProtectionSealed || r.Protection == ProtectionWrapped
 	}
 	var recs []*Record
 	var err error
@@ -498,7 +503,7 @@ func (s *Store) checkSealed(ctx context.Context) error {
 		// Rare (an operator adopted a device): worth one pass over every
 		// record.
 		err = s.cat.all(func(r *Record) error {
-			if r.Protection == ProtectionSealed && (r.State == StateActive || r.State == StateMissing) {
+			if blobKey(r) && (r.State == StateActive || r.State == StateMissing) {
 				recs = append(recs, r)
 			}
 			return nil
@@ -508,7 +513,7 @@ func (s *Store) checkSealed(ctx context.Context) error {
 		// normal start reads no record here.
 		var ids []string
 		err = s.cat.checkedAtStartRecords(func(r *Record) error {
-			if r.Protection == ProtectionSealed && r.State == StateMissing {
+			if blobKey(r) && r.State == StateMissing {
 				ids = append(ids, r.ID)
 			}
 			return nil
@@ -526,10 +531,23 @@ func (s *Store) checkSealed(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	var lost, restored []string
-	for _, r := range recs {
+	open := func(r *Record) error {
+		if r.Protection == ProtectionWrapped {
+			// The key's own public key is a valid peer: one derivation
+			// proves the device unwraps it for this record.
+			_, err := s.wrappedDH(ctx, r, r.PublicKey)
+			return err
+		}
+		if s.sealer == nil {
+			return fmt.Errorf("key %q is sealed but the device cannot unseal: %w", r.ID, ErrUnsupportedAlgorithm)
+		}
 		priv, err := s.sealer.Unseal(ctx, r.Sealed, sealAAD(r))
 		clear(priv)
+		return err
+	}
+	var lost, restored []string
+	for _, r := range recs {
+		err := open(r)
 		switch {
 		case err != nil && r.State == StateActive:
 			lost = append(lost, r.ID)
@@ -541,13 +559,13 @@ func (s *Store) checkSealed(ctx context.Context) error {
 		if err := s.setState(lost, StateActive, StateMissing); err != nil {
 			return err
 		}
-		s.event(EventQuarantined, "sealed key the adopted device cannot open; marked missing, retire with repair after checking", lost...)
+		s.event(EventQuarantined, "sealed or wrapped key the adopted device cannot open; marked missing, retire with repair after checking", lost...)
 	}
 	if len(restored) > 0 {
 		if err := s.setState(restored, StateMissing, StateActive); err != nil {
 			return err
 		}
-		s.event(EventRestored, "missing sealed key opens on the device again", restored...)
+		s.event(EventRestored, "missing sealed or wrapped key opens on the device again", restored...)
 	}
 	return nil
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -244,5 +245,54 @@ func editRecord(t *testing.T, path, id string, fn func(map[string]any)) {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestAdoptionQuarantinesWrappedKeys: a catalog adopted onto another token
+// (whose wrapping keys are not the ones the blobs were made under) has its
+// wrapped keys marked missing at start-up, as sealed ones, instead of
+// failing at their first use; a normal start afterwards keeps them so.
+func TestAdoptionQuarantinesWrappedKeys(t *testing.T) {
+	ctx := context.Background()
+	a := newSoftHSMStore(t, keystore.Options{})
+	inits, leaves := p256KeyPackages(t, a.store, 1)
+	if inits[0].Protection != keystore.ProtectionWrapped {
+		t.Skipf("init key is %s on this token", inits[0].Protection)
+	}
+	if err := a.store.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.be.Close(); err != nil { // one SoftHSM configuration per process
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	h, err := pkcs11.InitSoftHSM(dir, "keystore-test-b")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pin := pkcs11.RandomPIN()
+	if err := h.InitToken(pkcs11.RandomPIN(), pin); err != nil {
+		t.Fatal(err)
+	}
+	be, err := pkcs11.Open(ctx, h.Config(pin))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { be.Close() })
+	b := &softhsmEnv{be: &hookedBackend{Backend: be}, catalog: a.catalog, opts: keystore.Options{AdoptDevice: true}}
+	b.open(t)
+	for _, id := range []string{inits[0].ID, leaves[0].ID} {
+		if r, _ := b.store.Get(id); r.State != keystore.StateMissing {
+			t.Errorf("wrapped key %s after adopting another token: %s, want missing", id, r.State)
+		}
+	}
+	b.store.Close()
+	b.opts = keystore.Options{}
+	b.open(t)
+	if m, _ := b.store.Missing(); !slices.Contains(m, inits[0].ID) || !slices.Contains(m, leaves[0].ID) {
+		t.Errorf("missing after a normal start on the adopted token: %v", m)
+	}
+	if err := useP256(ctx, b.store, inits[0].ID); err == nil {
+		t.Error("a wrapped key of another token was used")
 	}
 }
