@@ -114,6 +114,7 @@ func (b *Backend) reopenLocked() error {
 	// Handles of the old connection mean nothing now: a restarted TPM
 	// forgot them, and flushStray below removes them from one that did not.
 	b.lru.entries = nil
+	b.signSess = nil
 	oldSRK := tpm2.Marshal(b.srkPub)
 	b.srk = tpm2.NamedHandle{}
 	raw, _, _, err := openDevice(b.dev, nil, time.Now().Add(b.timeout))
