@@ -113,7 +113,8 @@ func revPolicy(r revRef) ([]byte, error) {
 	return pc.Hash().Digest, nil
 }
 
-// RevocationsSupported reports whether ECDH keys get a revocation bit: not
+// RevocationsSupported reports whether ECDH keys (and, with
+// Config.RevokeSignatureKeys, signature keys) get a revocation bit: not
 // on the in-process simulator (which loses NV at exit, like the epochs) or
 // with Config.RevocationIndices < 0.
 func (b *Backend) RevocationsSupported() bool { return !b.isSim && b.revMax > 0 }
@@ -453,7 +454,11 @@ func (b *Backend) setRevNote(note string) {
 	b.revMu.Lock()
 	defer b.revMu.Unlock()
 	if note != "" && b.revNote == "" {
-		b.log.Warn("tpm: new HPKE keys fall back to the epoch rule (no per-key revocation bit)", "why", note)
+		keys := "HPKE keys"
+		if b.revSign {
+			keys = "HPKE and signature keys"
+		}
+		b.log.Warn("tpm: new "+keys+" fall back to the epoch rule (no per-key revocation bit)", "why", note)
 	}
 	b.revNote = note
 }
