@@ -534,6 +534,10 @@ func (b *Backend) srkAuth(s tpm2.Session) tpm2.AuthHandle {
 // parameter encryption in the given direction: the salt is encrypted to
 // the SRK's public key, so someone reading the bus cannot derive the
 // session key, and the first TPM2B parameter (a secret) travels encrypted.
+//
+// Runs with the queue held; it ends the kept signing session (see
+// dropSignSession).
 func (b *Backend) encSession(dir tpm2.AuthOption) tpm2.Session {
+	b.dropSignSession()
 	return tpm2.HMAC(tpm2.TPMAlgSHA256, 16, tpm2.Salted(b.srk.Handle, b.srkPub), dir)
 }

@@ -66,10 +66,12 @@
 // (--tpm-revocation-roles all; same indices, budget and fallback): Sign
 // then runs TPM2_PolicyNV in a policy session, neither salted nor bound
 // (a signature is no secret), and authorises TPM2_Sign with it. The
-// session is kept across signatures, since the TPM resets a policy
-// session's digest after each successful use with continueSession; after
-// any failure, and on reconnection, it is dropped and the next signature
-// starts another. So a bit costs one TPM2_PolicyNV per signature, not also
+// session is kept across a run of signatures, since the TPM resets a
+// policy session's digest after each successful use with continueSession;
+// after any failure, on reconnection, before any other session is started
+// and at the idle health check it is flushed, and the next signature
+// starts another (so a long-saved context never widens the TPM's context
+// gap). So a bit costs one TPM2_PolicyNV per signature, not also
 // TPM2_StartAuthSession and TPM2_FlushContext. The blob, not the setting,
 // says whether a key has a bit, so turning the setting off leaves bound
 // keys as they are.
@@ -183,6 +185,6 @@
 //   - Each retirement of a key with a bit is one NV write; real TPMs
 //     rate-limit NV writes and their NV wears. Each ECDH or signature with
 //     such a key also runs TPM2_PolicyNV (one more command). The kept
-//     signing policy session takes one of the TPM's session slots while
-//     the backend is open.
+//     signing policy session takes one of the TPM's session slots during
+//     a run of signatures.
 package tpm

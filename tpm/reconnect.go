@@ -177,6 +177,7 @@ func (b *Backend) monitor(interval time.Duration) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), b.timeout)
 		_ = b.do(ctx, "health check", func() error {
+			b.dropSignSession()
 			_, err := tpm2.GetRandom{BytesRequested: 1}.Execute(b.tpm)
 			return err
 		})

@@ -520,6 +520,7 @@ var errRevBudget = errors.New("revocation index budget exhausted")
 // encSession: ECDH_ZGen's output stays off the bus in clear. done flushes
 // it. Runs with the queue held.
 func (b *Backend) revSession(r revRef) (tpm2.Session, func(), error) {
+	b.dropSignSession()
 	sess, closer, err := tpm2.PolicySession(b.tpm, tpm2.TPMAlgSHA256, 16,
 		tpm2.Salted(b.srk.Handle, b.srkPub), tpm2.AESEncryption(128, tpm2.EncryptOut))
 	if err != nil {
@@ -576,8 +577,13 @@ func (b *Backend) signPolicy(r revRef) (tpm2.Session, error) {
 	return b.signSess, nil
 }
 
-// dropSignSession flushes the kept policy session, if any. Runs with the
-// queue held.
+// dropSignSession flushes the kept policy session, if any. Every other
+// session the backend starts, and every idle health check, calls it
+// first, so the kept session lives only through a run of signatures and
+// is never one of many: a context saved long ago (by the kernel's
+// resource manager, between commands) while newer sessions come and go
+// would widen the TPM's context gap until it refuses new sessions
+// (TPM_RC_CONTEXT_GAP). Runs with the queue held.
 func (b *Backend) dropSignSession() {
 	if b.signSess != nil && b.signSessClose != nil {
 		_ = b.signSessClose()

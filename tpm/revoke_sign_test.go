@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mlskeyd/mlskeyd/keystore"
 	"github.com/mlskeyd/mlskeyd/tpm/attest"
@@ -116,6 +117,7 @@ func TestSignatureKeyBitTPM(t *testing.T) {
 	ctx := context.Background()
 	cfg := env.cfg
 	cfg.RevokeSignatureKeys = true
+	cfg.HealthInterval = time.Hour // the idle check ends the kept session
 	b := openCfg(t, cfg)
 	type key struct {
 		alg      keystore.Algorithm
@@ -141,6 +143,20 @@ func TestSignatureKeyBitTPM(t *testing.T) {
 		t.Fatal(err)
 	}
 	first := b.signSess.Handle()
+	for _, k := range keys {
+		if err := trySign(ctx, t, b, k.ref, k.pub, k.alg); err != nil {
+			t.Fatalf("%s: %v", k.alg, err)
+		}
+	}
+	if b.signSess == nil || b.signSess.Handle() != first {
+		t.Fatalf("the policy session was not kept across signatures (0x%08x, then %v)", uint32(first), b.signSess)
+	}
+	if _, err := b.ECDH(ctx, eref, keystore.ECDHP256, peer.PublicKey().Bytes()); err != nil {
+		t.Fatal(err)
+	}
+	if b.signSess != nil {
+		t.Fatal("the signing session outlived another session")
+	}
 	for range 3 {
 		for _, k := range keys {
 			if err := trySign(ctx, t, b, k.ref, k.pub, k.alg); err != nil {
@@ -150,9 +166,6 @@ func TestSignatureKeyBitTPM(t *testing.T) {
 		if _, err := b.ECDH(ctx, eref, keystore.ECDHP256, peer.PublicKey().Bytes()); err != nil {
 			t.Fatal(err)
 		}
-	}
-	if b.signSess == nil || b.signSess.Handle() != first {
-		t.Fatalf("the policy session was not kept across signatures (0x%08x, then %v)", uint32(first), b.signSess)
 	}
 	for _, k := range keys {
 		if err := b.Check(ctx, k.ref, k.alg); err != nil {
