@@ -124,3 +124,55 @@ func TestRetiredHardwareKeyNotRevived(t *testing.T) {
 	}
 	t.Logf("second open: %s", strings.TrimSpace(errOut))
 }
+
+// TestRetiredSignatureKeyNotRevivedTPM: with --tpm-revocation-roles all, a
+// deleted TPM signature key whose epoch another active signature key pins
+// cannot sign from an old copy of the catalog; the other key still signs.
+func TestRetiredSignatureKeyNotRevivedTPM(t *testing.T) {
+	sw := swtpm.Start(t, t.TempDir())
+	state := t.TempDir()
+	args := []string{"--backend", "tpm", "--tpm", sw.Device(), "--tpm-revocation-roles", "all"}
+	d := startDaemon(t, state, args...)
+	var gone, kept keyJSON
+	d.ctlJSON(t, &gone, "key", "create", "--suite", "2")
+	d.ctlJSON(t, &kept, "key", "create", "--suite", "2")
+	if gone.Protection != "hardware" || kept.Protection != "hardware" {
+		t.Fatalf("suite 2 signature keys on the TPM: %s, %s; want hardware", gone.Protection, kept.Protection)
+	}
+	sign := func(k keyJSON) (string, int) {
+		_, errOut, code := d.ctlIn(tbs(t, "FramedContentTBS", 2, mustHex(t, k.PublicKey), "x"), "sign", "--key", k.ID, "--label", "FramedContentTBS")
+		return errOut, code
+	}
+	if errOut, code := sign(gone); code != 0 {
+		t.Fatalf("sign before the delete: %s", errOut)
+	}
+	d.stop()
+	catalog := filepath.Join(state, "catalog.db")
+	saved, err := os.ReadFile(catalog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d = startDaemon(t, state, args...)
+	if out, errOut, code := d.ctl("key", "delete", gone.ID); code != 0 {
+		t.Fatalf("delete: exit %d %s %s", code, out, errOut)
+	}
+	d.stop()
+	if err := os.WriteFile(catalog, saved, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d = startDaemon(t, state, args...)
+	errOut, code := sign(gone)
+	if code == 0 {
+		t.Fatal("the deleted signature key signed again from the old catalog")
+	}
+	if !strings.Contains(errOut, "failed precondition") || !strings.Contains(errOut, "destroyed") {
+		t.Fatalf("sign with the deleted key: %s", errOut)
+	}
+	if !strings.Contains(d.log.String(), "catalog is older than the device") {
+		t.Fatalf("start-up with the old catalog does not warn:\n%s", d.log)
+	}
+	if errOut, code := sign(kept); code != 0 {
+		t.Fatalf("the other key of the epoch: %s", errOut)
+	}
+	t.Logf("sign with the deleted key: %s", strings.TrimSpace(errOut))
+}

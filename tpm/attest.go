@@ -245,6 +245,7 @@ func (b *Backend) ActivateCredential(ctx context.Context, endorsementKey, creden
 		if !bytes.Equal(tpm2.Marshal(*ekPub), endorsementKey) {
 			return fmt.Errorf("%w: the endorsement key is not this TPM's", keystore.ErrInvalidArgument)
 		}
+		b.dropSignSession()
 		rsp, err := tpm2.ActivateCredential{
 			ActivateHandle: tpm2.AuthHandle{Handle: ak.Handle, Name: ak.Name, Auth: tpm2.PasswordAuth(nil)},
 			KeyHandle: tpm2.AuthHandle{Handle: ek.Handle, Name: ek.Name,

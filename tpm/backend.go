@@ -53,6 +53,12 @@ type Config struct {
 	// 16, negative turns it off (ECDH keys then keep only the epoch rule).
 	// See revoke.go.
 	RevocationIndices int
+	// RevokeSignatureKeys gives new signature keys a revocation bit too,
+	// as it gives ECDH keys: a deleted signature key then cannot sign from
+	// an old copy of the catalog, at the cost of TPM2_PolicyNV before each
+	// TPM2_Sign. Off, signature keys keep the epoch rule. Keys already made
+	// keep what their blob says either way.
+	RevokeSignatureKeys bool
 	// Logger receives connection-loss and recovery events; nil discards
 	// them.
 	Logger *slog.Logger
@@ -100,6 +106,13 @@ type Backend struct {
 	revTaken map[tpm2.TPMHandle]bool
 	revMax   int
 	revHook  func(revRef) error
+	// revSign: new signature keys get a bit (Config.RevokeSignatureKeys).
+	revSign bool
+	// signSess is the policy session Sign reuses for keys with a bit (nil
+	// until the first such signature, and after any failure); the TPM
+	// resets its digest after each successful use.
+	signSess      tpm2.Session
+	signSessClose func() error
 	// revTag marks the indices of the installation Reserve named (zero
 	// until then).
 	revTag [revTagSize]byte
@@ -185,6 +198,7 @@ func Open(ctx context.Context, cfg Config) (*Backend, error) {
 		epochs:   map[string]tpm2.NamedHandle{},
 		epochMax: cfg.EpochHandles,
 		revMax:   cfg.RevocationIndices,
+		revSign:  cfg.RevokeSignatureKeys,
 		observer: cfg.Observer,
 
 		dev:        cfg.Device,
@@ -423,7 +437,9 @@ func (b *Backend) shutdown() error {
 	if b.lostErr != nil {
 		// Nothing is loaded in a TPM we are not connected to.
 		b.lru.entries, b.srk = nil, tpm2.NamedHandle{}
+		b.signSess = nil
 	}
+	b.dropSignSession()
 	for len(b.lru.entries) > 0 {
 		if err := b.evictOldest(); err != nil {
 			errs = append(errs, err)
@@ -518,6 +534,10 @@ func (b *Backend) srkAuth(s tpm2.Session) tpm2.AuthHandle {
 // parameter encryption in the given direction: the salt is encrypted to
 // the SRK's public key, so someone reading the bus cannot derive the
 // session key, and the first TPM2B parameter (a secret) travels encrypted.
+//
+// Runs with the queue held; it ends the kept signing session (see
+// dropSignSession).
 func (b *Backend) encSession(dir tpm2.AuthOption) tpm2.Session {
+	b.dropSignSession()
 	return tpm2.HMAC(tpm2.TPMAlgSHA256, 16, tpm2.Salted(b.srk.Handle, b.srkPub), dir)
 }

@@ -34,6 +34,44 @@ func BenchmarkSign(b *testing.B) {
 	}
 }
 
+// BenchmarkSignRevocation compares, on swtpm (the simulator has no NV
+// bits), signing with a key without a revocation bit (the default), with
+// one (--tpm-revocation-roles all: TPM2_PolicyNV in the kept policy
+// session, then TPM2_Sign) and with one but a new policy session per
+// signature (TPM2_StartAuthSession and TPM2_FlushContext as well), the
+// cost the kept session avoids.
+func BenchmarkSignRevocation(b *testing.B) {
+	for _, tc := range []struct {
+		name        string
+		bit, perSig bool
+	}{{"nobit", false, false}, {"bit", true, false}, {"bit-session-per-sign", true, true}} {
+		b.Run(tc.name, func(b *testing.B) {
+			env := swtpmEnv(b)
+			cfg := env.cfg
+			cfg.RevokeSignatureKeys = tc.bit
+			be := openCfg(b, cfg)
+			ctx := context.Background()
+			alg := keystore.ECDSAP256
+			ref, _, err := be.Generate(ctx, "k", alg)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if (ref[0] == blobKeyRevoke) != tc.bit {
+				b.Fatalf("blob 0x%02x", ref[0])
+			}
+			d := digestFor(alg, "m")
+			for b.Loop() {
+				if _, err := be.Sign(ctx, ref, alg, d); err != nil {
+					b.Fatal(err)
+				}
+				if tc.perSig {
+					be.do(ctx, "bench", func() error { be.dropSignSession(); return nil })
+				}
+			}
+		})
+	}
+}
+
 // BenchmarkECDH derives with a loaded key; each call also starts a salted
 // session for parameter encryption.
 func BenchmarkECDH(b *testing.B) {

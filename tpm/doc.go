@@ -16,7 +16,7 @@
 //
 // Generate runs TPM2_Create for an ECC child of the SRK (or of the epoch's
 // parent, below) with fixedTPM, fixedParent, sensitiveDataOrigin and
-// userWithAuth (empty auth value; for ECDH keys with a revocation bit, a
+// userWithAuth (empty auth value; for keys with a revocation bit, a
 // policy instead, below), and
 // either sign with the ECDSA scheme and the curve's hash (P-256 SHA-256,
 // P-384 SHA-384, P-521 SHA-512) or decrypt with the ECDH scheme. The key
@@ -62,8 +62,19 @@
 // index defined again at the same handle has another Name and revives
 // nothing. When the budget is spent or the TPM refuses
 // TPM2_NV_DefineSpace, the key is made without a bit (RevocationNote says
-// why). Signature keys never get one: a policy session per signature would
-// cost an extra TPM2_StartAuthSession and TPM2_PolicyNV each time.
+// why). Signature keys get one only with Config.RevokeSignatureKeys
+// (--tpm-revocation-roles all; same indices, budget and fallback): Sign
+// then runs TPM2_PolicyNV in a policy session, neither salted nor bound
+// (a signature is no secret), and authorises TPM2_Sign with it. The
+// session is kept across a run of signatures, since the TPM resets a
+// policy session's digest after each successful use with continueSession;
+// after any failure, on reconnection, before any other session is started
+// and at the idle health check it is flushed, and the next signature
+// starts another (so a long-saved context never widens the TPM's context
+// gap). So a bit costs one TPM2_PolicyNV per signature, not also
+// TPM2_StartAuthSession and TPM2_FlushContext. The blob, not the setting,
+// says whether a key has a bit, so turning the setting off leaves bound
+// keys as they are.
 //
 // Secrets never cross the bus in clear: TPM2_ECDH_ZGen and TPM2_Unseal
 // outputs, and the data given to TPM2_Create for sealing, travel under a
@@ -170,8 +181,10 @@
 //     0x01c00016, the high-range templates) are not read.
 //   - The key auth value is empty and the blob is the credential: anyone
 //     with a blob and access to the same TPM can use the key, until it is
-//     retired (an HPKE key with a revocation bit) or its epoch ends.
-//   - Each retirement of an HPKE key with a bit is one NV write; real TPMs
-//     rate-limit NV writes and their NV wears. Each ECDH with such a key
-//     also runs TPM2_PolicyNV (one more command than an HMAC session).
+//     retired (a key with a revocation bit) or its epoch ends.
+//   - Each retirement of a key with a bit is one NV write; real TPMs
+//     rate-limit NV writes and their NV wears. Each ECDH or signature with
+//     such a key also runs TPM2_PolicyNV (one more command). The kept
+//     signing policy session takes one of the TPM's session slots during
+//     a run of signatures.
 package tpm

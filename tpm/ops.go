@@ -114,7 +114,7 @@ func (b *Backend) generate(ctx context.Context, epoch string, alg keystore.Algor
 		}
 		tmpl := s.template()
 		var rev *revRef
-		if !s.sign && b.RevocationsSupported() {
+		if (!s.sign || b.revSign) && b.RevocationsSupported() {
 			r, err := b.allocRev()
 			var rc tpm2.TPMRC
 			switch {
@@ -125,7 +125,7 @@ func (b *Backend) generate(ctx context.Context, epoch string, alg keystore.Algor
 				if err != nil {
 					return err
 				}
-				// Only the USER role (ECDH_ZGen) needs the policy. The ADMIN
+				// Only the USER role (ECDH_ZGen, Sign) needs the policy. The ADMIN
 				// role stays with the empty auth value (adminWithPolicy
 				// clear) so that TPM2_Certify still attests the key; what
 				// it allows besides (ObjectChangeAuth) leaves the policy,
@@ -208,8 +208,14 @@ func (b *Backend) Sign(ctx context.Context, ref []byte, alg keystore.Algorithm, 
 		if err != nil {
 			return err
 		}
+		var auth tpm2.Session = tpm2.PasswordAuth(nil)
+		if bl.rev != nil {
+			if auth, err = b.signPolicy(*bl.rev); err != nil {
+				return err
+			}
+		}
 		rsp, err := tpm2.Sign{
-			KeyHandle: tpm2.AuthHandle{Handle: obj.Handle, Name: obj.Name, Auth: tpm2.PasswordAuth(nil)},
+			KeyHandle: tpm2.AuthHandle{Handle: obj.Handle, Name: obj.Name, Auth: auth},
 			Digest:    tpm2.TPM2BDigest{Buffer: digest},
 			InScheme: tpm2.TPMTSigScheme{
 				Scheme:  tpm2.TPMAlgECDSA,
@@ -217,6 +223,15 @@ func (b *Backend) Sign(ctx context.Context, ref []byte, alg keystore.Algorithm, 
 			},
 			Validation: tpm2.TPMTTKHashCheck{Tag: tpm2.TPMSTHashCheck, Hierarchy: tpm2.TPMRHNull},
 		}.Execute(b.tpm)
+		if bl.rev != nil && err != nil {
+			// A failed command leaves the session's digest as PolicyNV
+			// made it; the next key would not match it.
+			b.dropSignSession()
+			if isRC(err, tpm2.TPMRCPolicyFail) {
+				// As in ECDH: the key's index was removed and defined again.
+				return fmt.Errorf("TPM2_Sign: %w: %w", keystore.ErrRevoked, err)
+			}
+		}
 		if err != nil {
 			return cmdErr("TPM2_Sign", err)
 		}

@@ -114,6 +114,7 @@ func (b *Backend) reopenLocked() error {
 	// Handles of the old connection mean nothing now: a restarted TPM
 	// forgot them, and flushStray below removes them from one that did not.
 	b.lru.entries = nil
+	b.signSess = nil
 	oldSRK := tpm2.Marshal(b.srkPub)
 	b.srk = tpm2.NamedHandle{}
 	raw, _, _, err := openDevice(b.dev, nil, time.Now().Add(b.timeout))
@@ -176,6 +177,7 @@ func (b *Backend) monitor(interval time.Duration) {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), b.timeout)
 		_ = b.do(ctx, "health check", func() error {
+			b.dropSignSession()
 			_, err := tpm2.GetRandom{BytesRequested: 1}.Execute(b.tpm)
 			return err
 		})

@@ -113,7 +113,8 @@ func revPolicy(r revRef) ([]byte, error) {
 	return pc.Hash().Digest, nil
 }
 
-// RevocationsSupported reports whether ECDH keys get a revocation bit: not
+// RevocationsSupported reports whether ECDH keys (and, with
+// Config.RevokeSignatureKeys, signature keys) get a revocation bit: not
 // on the in-process simulator (which loses NV at exit, like the epochs) or
 // with Config.RevocationIndices < 0.
 func (b *Backend) RevocationsSupported() bool { return !b.isSim && b.revMax > 0 }
@@ -453,7 +454,11 @@ func (b *Backend) setRevNote(note string) {
 	b.revMu.Lock()
 	defer b.revMu.Unlock()
 	if note != "" && b.revNote == "" {
-		b.log.Warn("tpm: new HPKE keys fall back to the epoch rule (no per-key revocation bit)", "why", note)
+		keys := "HPKE keys"
+		if b.revSign {
+			keys = "HPKE and signature keys"
+		}
+		b.log.Warn("tpm: new "+keys+" fall back to the epoch rule (no per-key revocation bit)", "why", note)
 	}
 	b.revNote = note
 }
@@ -515,14 +520,25 @@ var errRevBudget = errors.New("revocation index budget exhausted")
 // encSession: ECDH_ZGen's output stays off the bus in clear. done flushes
 // it. Runs with the queue held.
 func (b *Backend) revSession(r revRef) (tpm2.Session, func(), error) {
+	b.dropSignSession()
 	sess, closer, err := tpm2.PolicySession(b.tpm, tpm2.TPMAlgSHA256, 16,
 		tpm2.Salted(b.srk.Handle, b.srkPub), tpm2.AESEncryption(128, tpm2.EncryptOut))
 	if err != nil {
 		return nil, nil, cmdErr("TPM2_StartAuthSession(policy)", err)
 	}
 	done := func() { closer() }
+	if err := b.policyNV(sess, r); err != nil {
+		done()
+		return nil, nil, err
+	}
+	return sess, done, nil
+}
+
+// policyNV runs TPM2_PolicyNV(bit r clear) in sess (read authorised by the
+// index itself, whose auth value is empty). Runs with the queue held.
+func (b *Backend) policyNV(sess tpm2.Session, r revRef) error {
 	nv := tpm2.NamedHandle{Handle: r.h, Name: tpm2.TPM2BName{Buffer: r.name}}
-	_, err = tpm2.PolicyNV{
+	_, err := tpm2.PolicyNV{
 		AuthHandle:    tpm2.AuthHandle{Handle: r.h, Name: nv.Name, Auth: tpm2.PasswordAuth(nil)},
 		NVIndex:       nv,
 		PolicySession: sess.Handle(),
@@ -531,11 +547,46 @@ func (b *Backend) revSession(r revRef) (tpm2.Session, func(), error) {
 		Operation:     tpm2.TPMEOBitClear,
 	}.Execute(b.tpm)
 	if err != nil {
-		done()
 		if isRC(err, tpm2.TPMRCPolicy, tpm2.TPMRCHandle) {
-			return nil, nil, fmt.Errorf("TPM2_PolicyNV(0x%08x bit %d): %w: %w", uint32(r.h), r.bit, keystore.ErrRevoked, err)
+			return fmt.Errorf("TPM2_PolicyNV(0x%08x bit %d): %w: %w", uint32(r.h), r.bit, keystore.ErrRevoked, err)
 		}
-		return nil, nil, cmdErr(fmt.Sprintf("TPM2_PolicyNV(0x%08x)", uint32(r.h)), err)
+		return cmdErr(fmt.Sprintf("TPM2_PolicyNV(0x%08x)", uint32(r.h)), err)
 	}
-	return sess, done, nil
+	return nil
+}
+
+// signPolicy returns the policy session for a signature with a key bound
+// to r, its policy satisfied. The session is kept across signatures: the
+// TPM resets a policy session's digest after each successful use with
+// continueSession set, so each signature costs TPM2_PolicyNV and
+// TPM2_Sign, not also TPM2_StartAuthSession and TPM2_FlushContext. It is
+// neither salted nor bound: a signature is not secret, and what authorises
+// the key is the policy, not an HMAC key. Runs with the queue held.
+func (b *Backend) signPolicy(r revRef) (tpm2.Session, error) {
+	if b.signSess == nil {
+		sess, closer, err := tpm2.PolicySession(b.tpm, tpm2.TPMAlgSHA256, 16)
+		if err != nil {
+			return nil, cmdErr("TPM2_StartAuthSession(policy)", err)
+		}
+		b.signSess, b.signSessClose = sess, closer
+	}
+	if err := b.policyNV(b.signSess, r); err != nil {
+		b.dropSignSession()
+		return nil, err
+	}
+	return b.signSess, nil
+}
+
+// dropSignSession flushes the kept policy session, if any. Every other
+// session the backend starts, and every idle health check, calls it
+// first, so the kept session lives only through a run of signatures and
+// is never one of many: a context saved long ago (by the kernel's
+// resource manager, between commands) while newer sessions come and go
+// would widen the TPM's context gap until it refuses new sessions
+// (TPM_RC_CONTEXT_GAP). Runs with the queue held.
+func (b *Backend) dropSignSession() {
+	if b.signSess != nil && b.signSessClose != nil {
+		_ = b.signSessClose()
+	}
+	b.signSess, b.signSessClose = nil, nil
 }

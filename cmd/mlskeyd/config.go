@@ -73,6 +73,7 @@ func newSettings() *settings {
 	add("tpm-loaded-keys", "2", "MLS keys kept loaded in the TPM (it has about 3 transient slots)", false)
 	add("tpm-epoch-handles", "3", "persistent TPM handles (from 0x814D4C00) the sealing epochs may take", false)
 	add("tpm-revocation-indices", "16", "NV bit-field indices (from 0x01004D00, 64 HPKE keys and about 100 bytes of TPM NV each) for per-key revocation of TPM HPKE keys (0: off, epoch rule only)", false)
+	add("tpm-revocation-roles", "hpke", "TPM keys that get a revocation bit: hpke (init and leaf encryption keys) or all (signature keys too: a deleted signature key then cannot sign from an old catalog copy, at the cost of TPM2_PolicyNV before each signature); keys already made keep what they have", false)
 	add("seal-epoch", "24h", "how long one sealing epoch lasts: a retired sealed key can be revived from an old copy of the catalog for at most 1.25 times this; \"retire\" starts a new epoch at every retirement (no window; re-seals every active sealed key each time)", false)
 	add("init-key-protection", "", "protection of new init and leaf encryption keys: hardware, wrapped or sealed for every suite, or per suite as SUITE=LEVEL (comma list, e.g. 2=wrapped,1=hardware; a config file may give an object {\"2\": \"wrapped\"}); default: wrapped where the device's start-up probe passes, else hardware or sealed (mlskeyctl status says which and why)", false)
 	add("require-hardware", "", "roles whose keys must have protection hardware: comma list of signature, init, leaf_encryption, or all", false)

@@ -250,3 +250,27 @@ func TestSettingsVersionNotFromEnvironment(t *testing.T) {
 		t.Error("--version not set")
 	}
 }
+
+// TestTPMRevocationRoles: hpke by default, all from a config file, a flag
+// overriding the file.
+func TestTPMRevocationRoles(t *testing.T) {
+	check := func(args []string, want bool) {
+		t.Helper()
+		s := newSettings()
+		if err := s.parse(args, env(nil), io.Discard); err != nil {
+			t.Fatal(err)
+		}
+		c, err := checkSettings(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if c.tpmRevokeSign != want {
+			t.Errorf("%v: signature keys get a bit: %v, want %v", args, c.tpmRevokeSign, want)
+		}
+	}
+	check(nil, false)
+	f := filepath.Join(t.TempDir(), "c.json")
+	os.WriteFile(f, []byte(`{"tpm_revocation_roles": "all"}`), 0o600)
+	check([]string{"--config", f}, true)
+	check([]string{"--config", f, "--tpm-revocation-roles", "hpke"}, false)
+}

@@ -71,6 +71,7 @@ type config struct {
 	tpmLoadedKeys         int
 	tpmEpochHandles       int
 	tpmRevIndices         int
+	tpmRevokeSign         bool
 	sealEpoch             time.Duration // 0 with sealPerRetirement
 	sealPerRetirement     bool
 	pkcs11Sessions        int
@@ -156,6 +157,13 @@ func checkSettings(cfg *settings) (*config, error) {
 	}
 	if c.tpmRevIndices, err = cfg.int("tpm-revocation-indices", 0, maxTPMRevIndices); err != nil {
 		return nil, err
+	}
+	switch v := cfg.str("tpm-revocation-roles"); v {
+	case "hpke":
+	case "all":
+		c.tpmRevokeSign = true
+	default:
+		return nil, fmt.Errorf("--tpm-revocation-roles %q is not supported (want hpke or all)", v)
 	}
 	if c.hpke, err = initKeyProtection(cfg.str("init-key-protection")); err != nil {
 		return nil, err
@@ -394,7 +402,7 @@ func openBackend(ctx context.Context, cfg *settings, c *config, getenv func(stri
 				return nil, fmt.Errorf("--tpm-simulator-seed-file: %w", err)
 			}
 		}
-		return tpm.Open(ctx, tpm.Config{Device: cfg.str("tpm"), SimulatorSeed: seed, CommandTimeout: c.tpmTimeout, LoadedKeys: c.tpmLoadedKeys, EpochHandles: c.tpmEpochHandles, RevocationIndices: tpmRevIndices(c.tpmRevIndices), Logger: log, Observer: observer})
+		return tpm.Open(ctx, tpm.Config{Device: cfg.str("tpm"), SimulatorSeed: seed, CommandTimeout: c.tpmTimeout, LoadedKeys: c.tpmLoadedKeys, EpochHandles: c.tpmEpochHandles, RevocationIndices: tpmRevIndices(c.tpmRevIndices), RevokeSignatureKeys: c.tpmRevokeSign, Logger: log, Observer: observer})
 	}
 	pc, pinFile, err := pkcs11Selection(cfg)
 	if err != nil {

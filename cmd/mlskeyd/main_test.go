@@ -68,6 +68,7 @@ func TestRefusalsSpeak(t *testing.T) {
 		{"init-key protection level", nil, []string{"--init-key-protection", "strong"}, []string{`--init-key-protection: unknown level "strong" (want hardware, wrapped or sealed)`}},
 		{"init-key protection suite", nil, []string{"--init-key-protection", "99=wrapped"}, []string{`--init-key-protection: "99" is not a known cipher suite`}},
 		{"init-key protection shared", nil, []string{"--init-key-protection", "1=wrapped,3=sealed"}, []string{"suites 1 and 3 share x25519 keys"}},
+		{"tpm revocation roles", nil, []string{"--tpm-revocation-roles", "signature"}, []string{`--tpm-revocation-roles "signature" is not supported (want hpke or all)`}},
 		{"unknown socket group", nil, []string{"--socket-group", "no-such-group-mlskeyd"}, []string{`--socket-group: no group "no-such-group-mlskeyd" on this system (create it with groupadd, or give a gid)`}},
 	} {
 		code, stdout, stderr := runMain(t, tt.env, tt.args...)
