@@ -102,6 +102,14 @@ type Backend struct {
 	// it without the lock), and serial generation is barely slower: the
 	// file I/O dominates either way.
 	storeMu sync.Mutex
+	// findMu keeps searches and token-object writes apart: SoftHSM's
+	// search rescans its token directory, and a token object created or
+	// destroyed meanwhile can fail with CKR_GENERAL_ERROR (seen under
+	// load: a batch's look-up of the new epoch's wrapping key while
+	// another made it). Searches share it; creating or destroying a token
+	// object holds it alone, for that one call (tokenWrite). Both are
+	// rare on hot paths, where handles are cached.
+	findMu sync.RWMutex
 	// secretsAtOpen is the token's secret keys found at Open, for the
 	// first Epochs (seal.go).
 	secretsAtOpen atomic.Pointer[secretKeysSeen]

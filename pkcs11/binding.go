@@ -106,7 +106,7 @@ func (b *Backend) Bind(ctx context.Context, id string) error {
 			p11.NewAttribute(p11.CKA_MODIFIABLE, false),
 			p11.NewAttribute(p11.CKA_VALUE, []byte(id)),
 		)
-		if _, err := b.mod.ctx.CreateObject(s, tmpl); err != nil {
+		if err := b.tokenWrite(func() error { _, err := b.mod.ctx.CreateObject(s, tmpl); return err }); err != nil {
 			return fmt.Errorf("C_CreateObject(installation marker): %w", err)
 		}
 		return nil

@@ -137,6 +137,8 @@ func (c *handleCache) clear() {
 // findAll runs a complete C_FindObjects search.
 func (b *Backend) findAll(s p11.SessionHandle, tmpl []*p11.Attribute) ([]p11.ObjectHandle, error) {
 	b.searches.Add(1)
+	b.findMu.RLock()
+	defer b.findMu.RUnlock()
 	if err := b.mod.ctx.FindObjectsInit(s, tmpl); err != nil {
 		return nil, fmt.Errorf("C_FindObjectsInit: %w", err)
 	}
@@ -316,7 +318,7 @@ func (b *Backend) Destroy(ctx context.Context, ref []byte) error {
 			if h, ok := b.cache.get(k); ok {
 				b.cache.drop(k)
 				if b.names(s, h, k) {
-					err := b.mod.ctx.DestroyObject(s, h)
+					err := b.tokenWrite(func() error { return b.mod.ctx.DestroyObject(s, h) })
 					if err == nil || handleInvalid(err) {
 						continue
 					}
@@ -328,7 +330,7 @@ func (b *Backend) Destroy(ctx context.Context, ref []byte) error {
 				return err
 			}
 			for _, h := range hs {
-				if err := b.mod.ctx.DestroyObject(s, h); err != nil && !handleInvalid(err) {
+				if err := b.tokenWrite(func() error { return b.mod.ctx.DestroyObject(s, h) }); err != nil && !handleInvalid(err) {
 					return fmt.Errorf("C_DestroyObject: %w", err)
 				}
 			}
@@ -450,4 +452,12 @@ func attrUint(v []byte) uint {
 		return uint(binary.NativeEndian.Uint32(v))
 	}
 	return ^uint(0)
+}
+
+// tokenWrite runs one call that creates or destroys a token object, with
+// no search running (see findMu).
+func (b *Backend) tokenWrite(f func() error) error {
+	b.findMu.Lock()
+	defer b.findMu.Unlock()
+	return f()
 }

@@ -49,7 +49,16 @@ func keyPairTemplates(spec *algSpec, id string, token bool) (pub, priv []*p11.At
 func (b *Backend) generateIn(s p11.SessionHandle, spec *algSpec, id string, token bool) (pubH, privH p11.ObjectHandle, pub []byte, err error) {
 	pt, kt := keyPairTemplates(spec, id, token)
 	mech := []*p11.Mechanism{p11.NewMechanism(spec.genMech, nil)}
-	pubH, privH, err = b.mod.ctx.GenerateKeyPair(s, mech, pt, kt)
+	gen := func() error {
+		var err error
+		pubH, privH, err = b.mod.ctx.GenerateKeyPair(s, mech, pt, kt)
+		return err
+	}
+	if token {
+		err = b.tokenWrite(gen)
+	} else {
+		err = gen()
+	}
 	if err != nil {
 		return 0, 0, nil, fmt.Errorf("C_GenerateKeyPair: %w", err)
 	}

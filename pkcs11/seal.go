@@ -342,7 +342,12 @@ func (b *Backend) newEpochKey(ctx context.Context, id string, mech uint, tmpl []
 		if err := b.epochExists(s, id); err != nil {
 			return err
 		}
-		h, err := b.mod.ctx.GenerateKey(s, []*p11.Mechanism{p11.NewMechanism(mech, nil)}, tmpl)
+		var h p11.ObjectHandle
+		err := b.tokenWrite(func() error {
+			var err error
+			h, err = b.mod.ctx.GenerateKey(s, []*p11.Mechanism{p11.NewMechanism(mech, nil)}, tmpl)
+			return err
+		})
 		if err != nil {
 			return fmt.Errorf("C_GenerateKey(epoch key): %w", err)
 		}
@@ -376,7 +381,7 @@ func (b *Backend) DestroyEpoch(ctx context.Context, id string) error {
 				return err
 			}
 			for _, h := range hs {
-				if err := b.mod.ctx.DestroyObject(s, h); err != nil && !handleInvalid(err) {
+				if err := b.tokenWrite(func() error { return b.mod.ctx.DestroyObject(s, h) }); err != nil && !handleInvalid(err) {
 					return fmt.Errorf("C_DestroyObject: %w", err)
 				}
 			}

@@ -266,7 +266,12 @@ func (b *Backend) wrapKey(ctx context.Context, epoch string, create bool) error 
 		if !alive {
 			return fmt.Errorf("epoch %q: %w", epoch, keystore.ErrEpochDestroyed)
 		}
-		h, err := b.mod.ctx.GenerateKey(s, []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_KEY_GEN, nil)}, wrapKeyTemplate(epoch, true, trusted))
+		var h p11.ObjectHandle
+		err := b.tokenWrite(func() error {
+			var err error
+			h, err = b.mod.ctx.GenerateKey(s, []*p11.Mechanism{p11.NewMechanism(p11.CKM_AES_KEY_GEN, nil)}, wrapKeyTemplate(epoch, true, trusted))
+			return err
+		})
 		if err != nil {
 			return fmt.Errorf("C_GenerateKey(wrapping key): %w", err)
 		}

@@ -69,7 +69,7 @@ func TestBenchRunsEveryOpAndLeavesOtherKeys(t *testing.T) {
 			t.Fatalf("%s: JSON fields %v, want %v", op, keys, want)
 		}
 		if m["op"] != op || m["suite"] != 2.0 || m["concurrency"] != 2.0 || m["errors"] != 0.0 || m["ops"].(float64) < 1 {
-			t.Fatalf("%s: %s", op, out.String())
+			t.Fatalf("%s: %s\n%s", op, out.String(), errOut.String())
 		}
 		if op == "keypackage-create" && int(m["ops"].(float64))%100 != 0 {
 			t.Fatalf("keypackage-create counts KeyPackages in batches of 100: %s", out.String())
