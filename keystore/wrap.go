@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 )
 
@@ -36,7 +38,9 @@ func (s *Store) chooseHPKE() error {
 		}
 		return w.WrapSupport(a)
 	}
-	for a, p := range s.opts.HPKEProtection {
+	// In a fixed order, so that a refusal always names the same algorithm.
+	for _, a := range slices.Sorted(maps.Keys(s.opts.HPKEProtection)) {
+		p := s.opts.HPKEProtection[a]
 		if !a.Valid() || a.IsSigning() {
 			return fmt.Errorf("init-key protection for %q: not a key-agreement algorithm: %w", a, ErrInvalidArgument)
 		}
