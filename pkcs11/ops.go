@@ -171,15 +171,9 @@ func (b *Backend) ECDH(ctx context.Context, ref []byte, alg keystore.Algorithm, 
 	if err != nil {
 		return nil, err
 	}
-	spec, err := b.spec(alg)
+	spec, err := b.agreementSpec(alg, peer)
 	if err != nil {
 		return nil, err
-	}
-	if spec.sign {
-		return nil, fmt.Errorf("%w: %s is not a key-agreement algorithm", keystore.ErrWrongRole, alg)
-	}
-	if len(peer) != spec.pubLen || (spec.nist && peer[0] != 4) {
-		return nil, devErr("ecdh "+string(alg), fmt.Errorf("%w: %d bytes", keystore.ErrInvalidPeerKey, len(peer)))
 	}
 	var z []byte
 	err = b.withKey(ctx, "ecdh", objKey{p11.CKO_PRIVATE_KEY, id}, func(s p11.SessionHandle, h p11.ObjectHandle) error {
@@ -191,6 +185,23 @@ func (b *Backend) ECDH(ctx context.Context, ref []byte, alg keystore.Algorithm, 
 		return nil, devErr("ecdh "+string(alg), err)
 	}
 	return z, nil
+}
+
+// agreementSpec is alg's spec when alg is a key-agreement algorithm and
+// peer has its public-key form; the token is not asked about a peer the
+// daemon can refuse itself.
+func (b *Backend) agreementSpec(alg keystore.Algorithm, peer []byte) (*algSpec, error) {
+	spec, err := b.spec(alg)
+	if err != nil {
+		return nil, err
+	}
+	if spec.sign {
+		return nil, fmt.Errorf("%w: %s is not a key-agreement algorithm", keystore.ErrWrongRole, alg)
+	}
+	if len(peer) != spec.pubLen || (spec.nist && peer[0] != 4) {
+		return nil, devErr("ecdh "+string(alg), fmt.Errorf("%w: %d bytes", keystore.ErrInvalidPeerKey, len(peer)))
+	}
+	return spec, nil
 }
 
 func (b *Backend) deriveIn(s p11.SessionHandle, spec *algSpec, h p11.ObjectHandle, peer []byte) (z []byte, err error) {

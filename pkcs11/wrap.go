@@ -416,15 +416,9 @@ func parseWrapped(blob []byte) (epoch string, wrapped []byte, err error) {
 // object named id, checks it against pub, derives with peer and destroys
 // it (keystore.Wrapper).
 func (b *Backend) ECDHWrapped(ctx context.Context, blob []byte, id string, alg keystore.Algorithm, pub, peer []byte) ([]byte, error) {
-	spec, err := b.spec(alg)
+	spec, err := b.agreementSpec(alg, peer)
 	if err != nil {
 		return nil, err
-	}
-	if spec.sign {
-		return nil, fmt.Errorf("%w: %s is not a key-agreement algorithm", keystore.ErrWrongRole, alg)
-	}
-	if len(peer) != spec.pubLen || (spec.nist && peer[0] != 4) {
-		return nil, devErr("ecdh "+string(alg), fmt.Errorf("%w: %d bytes", keystore.ErrInvalidPeerKey, len(peer)))
 	}
 	epoch, wrapped, err := parseWrapped(blob)
 	if err != nil {
