@@ -27,18 +27,10 @@ func TestRetiredKeyNotRevived(t *testing.T) {
 	if init.Protection != "sealed" {
 		t.Fatalf("suite 1 init key on the TPM is %s, want sealed", init.Protection)
 	}
-	var added struct{ Welcome string }
-	tsmls(t, "add", map[string]string{"key_package": kps[0].KeyPackage}, &added)
-	welcome, _ := hex.DecodeString(added.Welcome)
-	file := filepath.Join(t.TempDir(), "welcome")
-	os.WriteFile(file, welcome, 0o600)
+	file := welcomeFileFor(t, kps[0].KeyPackage, nil)
 
 	d.stop()
-	catalog := filepath.Join(state, "catalog.db")
-	saved, err := os.ReadFile(catalog)
-	if err != nil {
-		t.Fatal(err)
-	}
+	restore := backUpCatalog(t, state)
 	d = startDaemon(t, state, args...)
 	if out, errOut, code := d.ctl("welcome", "open", "--in", file); code != 0 {
 		t.Fatalf("first open: exit %d %s %s", code, out, errOut)
@@ -47,9 +39,7 @@ func TestRetiredKeyNotRevived(t *testing.T) {
 	if a, _ := os.ReadFile(filepath.Join(state, "audit.log")); !strings.Contains(string(a), `"operation":"KeystoreEpochDestroyed"`) {
 		t.Fatalf("the destroyed epoch key is not in the audit log:\n%s", a)
 	}
-	if err := os.WriteFile(catalog, saved, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	restore()
 	d = startDaemon(t, state, args...)
 	out, errOut, code := d.ctl("welcome", "open", "--in", file)
 	if code == 0 {
@@ -83,18 +73,10 @@ func TestRetiredHardwareKeyNotRevived(t *testing.T) {
 	if init.Protection != "hardware" || leaf.Protection != "hardware" {
 		t.Fatalf("suite 2 keys on the TPM: init %s, leaf %s; want hardware", init.Protection, leaf.Protection)
 	}
-	var added struct{ Welcome string }
-	tsmls(t, "add", map[string]string{"key_package": kps[0].KeyPackage, "suite": "2"}, &added)
-	welcome, _ := hex.DecodeString(added.Welcome)
-	file := filepath.Join(t.TempDir(), "welcome")
-	os.WriteFile(file, welcome, 0o600)
+	file := welcomeFileFor(t, kps[0].KeyPackage, map[string]string{"suite": "2"})
 
 	d.stop()
-	catalog := filepath.Join(state, "catalog.db")
-	saved, err := os.ReadFile(catalog)
-	if err != nil {
-		t.Fatal(err)
-	}
+	restore := backUpCatalog(t, state)
 	d = startDaemon(t, state, args...)
 	if out, errOut, code := d.ctl("welcome", "open", "--in", file); code != 0 {
 		t.Fatalf("first open: exit %d %s %s", code, out, errOut)
@@ -104,9 +86,7 @@ func TestRetiredHardwareKeyNotRevived(t *testing.T) {
 		t.Fatalf("leaf key after the Welcome: %s", leaf.State)
 	}
 	d.stop()
-	if err := os.WriteFile(catalog, saved, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	restore()
 	d = startDaemon(t, state, args...)
 	out, errOut, code := d.ctl("welcome", "open", "--in", file)
 	if code == 0 {
@@ -147,19 +127,13 @@ func TestRetiredSignatureKeyNotRevivedTPM(t *testing.T) {
 		t.Fatalf("sign before the delete: %s", errOut)
 	}
 	d.stop()
-	catalog := filepath.Join(state, "catalog.db")
-	saved, err := os.ReadFile(catalog)
-	if err != nil {
-		t.Fatal(err)
-	}
+	restore := backUpCatalog(t, state)
 	d = startDaemon(t, state, args...)
 	if out, errOut, code := d.ctl("key", "delete", gone.ID); code != 0 {
 		t.Fatalf("delete: exit %d %s %s", code, out, errOut)
 	}
 	d.stop()
-	if err := os.WriteFile(catalog, saved, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	restore()
 	d = startDaemon(t, state, args...)
 	errOut, code := sign(gone)
 	if code == 0 {
@@ -175,4 +149,42 @@ func TestRetiredSignatureKeyNotRevivedTPM(t *testing.T) {
 		t.Fatalf("the other key of the epoch: %s", errOut)
 	}
 	t.Logf("sign with the deleted key: %s", strings.TrimSpace(errOut))
+}
+
+// welcomeFileFor has ts-mls add the KeyPackage (hex) to a new group and
+// writes the Welcome to a file for `mlskeyctl welcome open --in`.
+func welcomeFileFor(t *testing.T, keyPackage string, extra map[string]string) string {
+	t.Helper()
+	in := map[string]string{"key_package": keyPackage}
+	for k, v := range extra {
+		in[k] = v
+	}
+	var added struct{ Welcome string }
+	tsmls(t, "add", in, &added)
+	welcome, err := hex.DecodeString(added.Welcome)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(t.TempDir(), "welcome")
+	if err := os.WriteFile(file, welcome, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return file
+}
+
+// backUpCatalog copies the state directory's catalog, as a backup would,
+// and returns what puts the copy back.
+func backUpCatalog(t *testing.T, state string) (restore func()) {
+	t.Helper()
+	catalog := filepath.Join(state, "catalog.db")
+	saved, err := os.ReadFile(catalog)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return func() {
+		t.Helper()
+		if err := os.WriteFile(catalog, saved, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

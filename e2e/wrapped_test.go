@@ -2,9 +2,6 @@ package e2e
 
 import (
 	"context"
-	"encoding/hex"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -90,17 +87,9 @@ func TestRetiredWrappedKeyNotRevived(t *testing.T) {
 	if init.Protection != "wrapped" {
 		t.Fatalf("suite 2 init key on SoftHSM is %s, want wrapped", init.Protection)
 	}
-	var added struct{ Welcome string }
-	tsmls(t, "add", map[string]string{"key_package": kps[0].KeyPackage}, &added)
-	welcome, _ := hex.DecodeString(added.Welcome)
-	file := filepath.Join(t.TempDir(), "welcome")
-	os.WriteFile(file, welcome, 0o600)
+	file := welcomeFileFor(t, kps[0].KeyPackage, nil)
 	d.stop()
-	catalog := filepath.Join(state, "catalog.db")
-	saved, err := os.ReadFile(catalog)
-	if err != nil {
-		t.Fatal(err)
-	}
+	restore := backUpCatalog(t, state)
 	d = startDaemon(t, state, args...)
 	if out, errOut, code := d.ctl("welcome", "open", "--in", file); code != 0 {
 		t.Fatalf("first open: exit %d %s %s", code, out, errOut)
@@ -112,9 +101,7 @@ func TestRetiredWrappedKeyNotRevived(t *testing.T) {
 		t.Fatalf("other KeyPackage's leaf key: %+v", leaf)
 	}
 	d.stop()
-	if err := os.WriteFile(catalog, saved, 0o600); err != nil {
-		t.Fatal(err)
-	}
+	restore()
 	d = startDaemon(t, state, args...)
 	out, errOut, code := d.ctl("welcome", "open", "--in", file)
 	if code == 0 {
