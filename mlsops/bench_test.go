@@ -17,30 +17,38 @@ import (
 // measures, as testing.B figures (go test -run '^$' -bench . ./mlsops/).
 
 func softhsmStore(b *testing.B) *keystore.Store {
-	b.Helper()
+	s, _ := newSoftHSMStore(b, "bench")
+	return s
+}
+
+// newSoftHSMStore makes a SoftHSM token in a temporary directory, opens
+// the device and a catalog on it, and returns the store and the directory
+// (where SoftHSM keeps one file per token object). Both close at cleanup.
+func newSoftHSMStore(tb testing.TB, label string) (*keystore.Store, string) {
+	tb.Helper()
 	if pkcs11.FindSoftHSM() == "" {
-		b.Skip("SoftHSM 2 not installed")
+		tb.Skip("SoftHSM 2 not installed")
 	}
-	dir := b.TempDir()
-	h, err := pkcs11.InitSoftHSM(dir, "bench")
+	dir := tb.TempDir()
+	h, err := pkcs11.InitSoftHSM(dir, label)
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	pin := pkcs11.RandomPIN()
 	if err := h.InitToken(pkcs11.RandomPIN(), pin); err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
 	be, err := pkcs11.Open(context.Background(), h.Config(pin))
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
-	b.Cleanup(func() { be.Close() })
+	tb.Cleanup(func() { be.Close() })
 	s, err := keystore.Open(context.Background(), filepath.Join(dir, "catalog.db"), be, keystore.Options{})
 	if err != nil {
-		b.Fatal(err)
+		tb.Fatal(err)
 	}
-	b.Cleanup(func() { s.Close() })
-	return s
+	tb.Cleanup(func() { s.Close() })
+	return s, dir
 }
 
 func kpParams(su *mls.Suite, n int, lastResort bool, sig *keystore.Record) mlsops.KeyPackageParams {

@@ -3,7 +3,6 @@ package mlsops_test
 import (
 	"context"
 	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"syscall"
@@ -13,7 +12,6 @@ import (
 	"github.com/mlskeyd/mlskeyd/keystore"
 	"github.com/mlskeyd/mlskeyd/mls"
 	"github.com/mlskeyd/mlskeyd/mlsops"
-	"github.com/mlskeyd/mlskeyd/pkcs11"
 )
 
 // TestKeyPackageStockScale fills a SoftHSM token with
@@ -28,29 +26,8 @@ func TestKeyPackageStockScale(t *testing.T) {
 	}
 	const batch = 100
 	n = (n + batch - 1) / batch * batch
-	if pkcs11.FindSoftHSM() == "" {
-		t.Skip("SoftHSM 2 not installed")
-	}
-	dir := t.TempDir()
-	h, err := pkcs11.InitSoftHSM(dir, "scale")
-	if err != nil {
-		t.Fatal(err)
-	}
-	pin := pkcs11.RandomPIN()
-	if err := h.InitToken(pkcs11.RandomPIN(), pin); err != nil {
-		t.Fatal(err)
-	}
+	store, _ := newSoftHSMStore(t, "scale")
 	ctx := context.Background()
-	be, err := pkcs11.Open(ctx, h.Config(pin))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer be.Close()
-	store, err := keystore.Open(ctx, filepath.Join(dir, "catalog.db"), be, keystore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
 	su, _ := mls.LookupSuite(1)
 	sig, err := store.Create(ctx, keystore.KeySpec{Role: keystore.RoleSignature, Suite: 1, Algorithm: keystore.Ed25519, Owner: "scale"})
 	if err != nil {

@@ -11,36 +11,14 @@ import (
 	"github.com/mlskeyd/mlskeyd/keystore"
 	"github.com/mlskeyd/mlskeyd/mls"
 	"github.com/mlskeyd/mlskeyd/mlsops"
-	"github.com/mlskeyd/mlskeyd/pkcs11"
 )
 
 // TestWrappedKeyPackagesConstantObjects: 1,000 KeyPackages of suite 2
 // (P-256, wrapped init and leaf keys) leave the token's object count as it
 // was. SoftHSM keeps one file per token object, so the files are counted.
 func TestWrappedKeyPackagesConstantObjects(t *testing.T) {
-	if pkcs11.FindSoftHSM() == "" {
-		t.Skip("SoftHSM 2 not installed")
-	}
-	dir := t.TempDir()
-	h, err := pkcs11.InitSoftHSM(dir, "wrapped")
-	if err != nil {
-		t.Fatal(err)
-	}
-	pin := pkcs11.RandomPIN()
-	if err := h.InitToken(pkcs11.RandomPIN(), pin); err != nil {
-		t.Fatal(err)
-	}
+	store, dir := newSoftHSMStore(t, "wrapped")
 	ctx := context.Background()
-	be, err := pkcs11.Open(ctx, h.Config(pin))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer be.Close()
-	store, err := keystore.Open(ctx, filepath.Join(dir, "catalog.db"), be, keystore.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer store.Close()
 	su, _ := mls.LookupSuite(2)
 	create := func(sig *keystore.Record, n int) *mlsops.KeyPackageResult {
 		res, err := mlsops.CreateKeyPackages(ctx, store, mlsops.KeyPackageParams{
