@@ -22,7 +22,12 @@ run() { # op suite concurrency duration
 for suite in 1 2; do
   run sign "$suite" 1 "$d"
   run sign "$suite" 8 "$d"
+  run sign "$suite" 16 "$d"
   run open-welcome "$suite" 1 "$d"
+  run open-welcome "$suite" 8 "$d"
 done
 run key-create 1 1 "$d"
+# Suite 1's init keys are hardware on SoftHSM (X25519 cannot be wrapped
+# there), suite 2's wrapped: the first makes token objects, the second none.
 run keypackage-create 1 1 1s
+run keypackage-create 2 1 "$d"
