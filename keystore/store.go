@@ -275,7 +275,15 @@ type Batch struct {
 	recs   []*Record
 	unpins []func() // epochs to keep until the records are committed
 	done   bool
+	// generated, if set, is called after each key Generate makes, from
+	// the generating goroutines (see OnGenerated).
+	generated func()
 }
+
+// OnGenerated sets f to be called after each key that later Generate calls
+// make on the device, for progress reports. f runs on Generate's worker
+// goroutines, possibly concurrently, and must be quick.
+func (b *Batch) OnGenerated(f func()) { b.generated = f }
 
 // NewBatch starts a batch.
 func (s *Store) NewBatch() *Batch { return &Batch{s: s, jid: s.newID()} }
@@ -328,6 +336,9 @@ func (b *Batch) Generate(ctx context.Context, specs []KeySpec) ([]*Record, error
 		wg.Go(func() {
 			defer func() { <-sem }()
 			recs[i], unpins[i], errs[i] = s.generate(ctx, ids[i], sp, prots[i])
+			if errs[i] == nil && b.generated != nil {
+				b.generated()
+			}
 		})
 	}
 	wg.Wait()

@@ -29,6 +29,50 @@ type KeyPackageParams struct {
 	// Suite (the caller holds its lock shared until CreateKeyPackages
 	// returns); nil makes a new one in the same batch.
 	SignatureKey *keystore.Record
+	// Progress, if set, is told how far the batch is: done of total device
+	// operations, the key generations and then the KeyPackage signatures.
+	// It is called with 0 at the start, then at most every
+	// ProgressInterval, and always when done reaches total, which happens
+	// before the commit. Calls never overlap and done never decreases; a
+	// slow Progress slows the batch.
+	Progress func(done, total int)
+}
+
+// ProgressInterval is how often at most KeyPackageParams.Progress hears of a
+// batch between its start and its end: often enough for a progress bar,
+// rarely enough to cost nothing beside a device operation.
+const ProgressInterval = 100 * time.Millisecond
+
+// progress counts a batch's operations for KeyPackageParams.Progress and
+// passes on the first, the last, and one every ProgressInterval between.
+type progress struct {
+	mu          sync.Mutex
+	report      func(done, total int)
+	done, total int
+	last        time.Time
+}
+
+func newProgress(report func(done, total int), total int) *progress {
+	if report == nil {
+		return nil
+	}
+	p := &progress{report: report, total: total, last: time.Now()}
+	report(0, total)
+	return p
+}
+
+// add counts one operation done; it is safe on a nil progress.
+func (p *progress) add() {
+	if p == nil {
+		return
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.done++
+	if now := time.Now(); p.done == p.total || now.Sub(p.last) >= ProgressInterval {
+		p.last = now
+		p.report(p.done, p.total)
+	}
 }
 
 // CreatedKeyPackage is one new KeyPackage.
@@ -75,6 +119,10 @@ func CreateKeyPackages(ctx context.Context, store *keystore.Store, p KeyPackageP
 			keystore.KeySpec{Role: keystore.RoleInit, Suite: uint16(su.ID), Algorithm: kem, Owner: p.Owner},
 			keystore.KeySpec{Role: keystore.RoleLeafEncryption, Suite: uint16(su.ID), Algorithm: kem, Owner: p.Owner})
 	}
+	prog := newProgress(p.Progress, len(specs)+p.Count)
+	if prog != nil {
+		batch.OnGenerated(prog.add)
+	}
 	recs, err := batch.Generate(ctx, specs)
 	if err != nil {
 		return nil, fieldErr("cipher_suite", err)
@@ -120,6 +168,9 @@ func CreateKeyPackages(ctx context.Context, store *keystore.Store, p KeyPackageP
 					Lifetime:       p.Lifetime,
 					LastResort:     p.LastResort,
 				}, signer)
+				if errs[i] == nil {
+					prog.add()
+				}
 			}
 		})
 	}
@@ -131,6 +182,8 @@ func CreateKeyPackages(ctx context.Context, store *keystore.Store, p KeyPackageP
 	}
 	close(next)
 	wg.Wait()
+	// Checked after the last progress report: a caller that gives up on
+	// hearing it still finds nothing committed.
 	if err := ctx.Err(); err != nil {
 		return nil, fieldErr("count", err)
 	}
