@@ -2,9 +2,13 @@ package client
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/mlskeyd/mlskeyd/mls"
@@ -41,6 +45,9 @@ type KeyPackageOptions struct {
 	// NoGrease leaves out the GREASE values the daemon otherwise adds to
 	// the capabilities (RFC 9420 §13.5).
 	NoGrease bool
+	// Progress, if set, is told how far the batch is (see
+	// CreateKeyPackagesWithProgress).
+	Progress func(done, total int)
 }
 
 // KeyPackage is one KeyPackage the daemon created.
@@ -101,7 +108,7 @@ func (c *Client) CreateMLSKeyPackages(ctx context.Context, o KeyPackageOptions) 
 	if o.Lifetime > 0 {
 		req.Lifetime = durationpb.New(o.Lifetime)
 	}
-	resp, err := c.CreateKeyPackages(ctx, req)
+	resp, err := c.CreateKeyPackagesWithProgress(ctx, req, o.Progress)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -121,6 +128,47 @@ func (c *Client) CreateMLSKeyPackages(ctx context.Context, o KeyPackageOptions) 
 		})
 	}
 	return sig, out, nil
+}
+
+// CreateKeyPackagesWithProgress is CreateKeyPackages (refill mode too)
+// through CreateKeyPackagesStream: progress, called on the calling
+// goroutine, hears the daemon's count of device operations done of total
+// as the batch proceeds, at most about every 100 ms; the response is the
+// one CreateKeyPackages returns. With a nil progress, or a daemon without
+// the streaming call, it makes the unary call (progress is then not
+// called). As with the unary call, cancelling ctx before the response
+// leaves no KeyPackage unless the batch had already been committed.
+func (c *Client) CreateKeyPackagesWithProgress(ctx context.Context, req *mlskeyv1.CreateKeyPackagesRequest, progress func(done, total int)) (*mlskeyv1.CreateKeyPackagesResponse, error) {
+	if progress == nil {
+		return c.CreateKeyPackages(ctx, req)
+	}
+	// Ends the stream when this returns, whatever the daemon still sends.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	st, err := c.CreateKeyPackagesStream(ctx, req)
+	if err != nil {
+		return nil, typed(err)
+	}
+	heard := false
+	for {
+		ev, err := st.Recv()
+		switch {
+		case err == io.EOF:
+			return nil, errors.New("mlskeyd client: CreateKeyPackagesStream ended without a result")
+		case err != nil && !heard && status.Code(err) == codes.Unimplemented:
+			// A daemon from before the streaming call; nothing was done.
+			return c.CreateKeyPackages(ctx, req)
+		case err != nil:
+			return nil, typed(err)
+		}
+		heard = true
+		switch e := ev.GetEvent().(type) {
+		case *mlskeyv1.CreateKeyPackagesEvent_Progress:
+			progress(int(e.Progress.GetDone()), int(e.Progress.GetTotal()))
+		case *mlskeyv1.CreateKeyPackagesEvent_Result:
+			return e.Result, nil
+		}
+	}
 }
 
 func widen(v []uint16) []uint32 {

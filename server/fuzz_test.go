@@ -28,6 +28,7 @@ type fuzzEnv struct {
 	kp    *pb.CreatedKeyPackage
 	sig   string
 	suit  *mls.Suite
+	dir   string // the token's and catalog's
 }
 
 var (
@@ -84,7 +85,7 @@ func newFuzzEnv() (*fuzzEnv, error) {
 		return nil, err
 	}
 	su, _ := mls.LookupSuite(1)
-	return &fuzzEnv{svc: svc, store: st, ctx: ctx, kp: resp.KeyPackages[0], sig: resp.SignatureKey.Id, suit: su}, nil
+	return &fuzzEnv{svc: svc, store: st, ctx: ctx, kp: resp.KeyPackages[0], sig: resp.SignatureKey.Id, suit: su, dir: dir}, nil
 }
 
 // welcomeFor builds a Welcome for the env's (last-resort, so reusable)

@@ -2,8 +2,10 @@ package server
 
 import (
 	"context"
+	"io"
 	"log/slog"
 	"runtime/debug"
+	"strings"
 	"sync"
 	"time"
 
@@ -14,6 +16,9 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"google.golang.org/protobuf/reflect/protoregistry"
 )
 
 // NewGRPCServer returns a gRPC server with the KeyService, the standard
@@ -25,24 +30,22 @@ import (
 // denied ones included; authentication runs inside it so that refused
 // callers are recorded too. The outer interceptors (the metrics) run
 // before all of these and so see every call, refused ones included.
+//
+// Server-streaming KeyService calls (CreateKeyPackagesStream) run through
+// the same interceptors, adapted by streamCalls, so every guarantee of a
+// unary call holds for them.
 func NewGRPCServer(svc *Service, log *slog.Logger, aud *Auditor, outer ...grpc.UnaryServerInterceptor) (*grpc.Server, *health.Server) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	chain := append(append([]grpc.UnaryServerInterceptor(nil), outer...), logCalls(log), recoverPanics(log))
-	if aud != nil {
-		if aud.Logger == nil {
-			aud.Logger = log
-		}
-		chain = append(chain, aud.interceptor())
-	}
-	chain = append(chain, authenticate(svc), startupGate(svc))
+	chain := interceptors(svc, log, aud, outer)
 	gs := grpc.NewServer(
 		grpc.Creds(PeerCredentials{}),
 		grpc.MaxRecvMsgSize(MaxRequestSize),
 		grpc.MaxSendMsgSize(MaxResponseSize),
 		grpc.MaxConcurrentStreams(MaxStreamsPerConn),
 		grpc.ChainUnaryInterceptor(chain...),
+		grpc.ChainStreamInterceptor(streamCalls(chain)),
 		// Stop returns only when every handler has, so the daemon closes
 		// the device and the audit log after the last call used them.
 		grpc.WaitForHandlers(true),
@@ -58,6 +61,100 @@ func NewGRPCServer(svc *Service, log *slog.Logger, aud *Auditor, outer ...grpc.U
 	healthpb.RegisterHealthServer(gs, hs)
 	reflection.Register(gs)
 	return gs, hs
+}
+
+// interceptors is the chain every KeyService call passes, outermost first.
+func interceptors(svc *Service, log *slog.Logger, aud *Auditor, outer []grpc.UnaryServerInterceptor) []grpc.UnaryServerInterceptor {
+	chain := append(append([]grpc.UnaryServerInterceptor(nil), outer...), logCalls(log), recoverPanics(log))
+	if aud != nil {
+		if aud.Logger == nil {
+			aud.Logger = log
+		}
+		chain = append(chain, aud.interceptor())
+	}
+	return append(chain, authenticate(svc), startupGate(svc))
+}
+
+// streamCalls runs each server-streaming KeyService call through the
+// unary interceptors in chain, the very code unary calls pass: caller
+// identity, rate and in-flight limits, startup gate, one audit record,
+// logging, metrics and panic recovery. It reads the call's one request
+// first, as gRPC does for a unary call before its interceptors, so they
+// see it; the handler then receives that request and the context the
+// interceptors made. Streams of other services (health's Watch,
+// reflection) pass through as before.
+func streamCalls(chain []grpc.UnaryServerInterceptor) grpc.StreamServerInterceptor {
+	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		if !isKeyService(info.FullMethod) {
+			return h(srv, ss)
+		}
+		if info.IsClientStream {
+			// Each request would need the checks of a call; none exists.
+			return status.Errorf(codes.Unimplemented, "%s: client streams are not served", info.FullMethod)
+		}
+		req, err := newRequest(info.FullMethod)
+		if err != nil {
+			return err
+		}
+		if err := ss.RecvMsg(req); err != nil {
+			return err
+		}
+		uinfo := &grpc.UnaryServerInfo{Server: srv, FullMethod: info.FullMethod}
+		ran := false
+		call := func(ctx context.Context, _ any) (any, error) {
+			ran = true
+			return nil, h(srv, &readStream{ServerStream: ss, ctx: ctx, req: req})
+		}
+		for i := len(chain) - 1; i >= 0; i-- {
+			ic, next := chain[i], call
+			call = func(ctx context.Context, r any) (any, error) { return ic(ctx, r, uinfo, next) }
+		}
+		_, err = call(ss.Context(), req)
+		if err == nil && !ran {
+			// An interceptor answered in the handler's place, as the
+			// startup gate does for GetInfo; a stream has no such answer.
+			return status.Errorf(codes.Unavailable, "daemon: %s was not served", info.FullMethod)
+		}
+		return err
+	}
+}
+
+// newRequest returns an empty request message of a KeyService method.
+func newRequest(method string) (proto.Message, error) {
+	name := protoreflect.Name(method[strings.LastIndex(method, "/")+1:])
+	md := pb.File_mlskey_v1_mlskey_proto.Services().ByName("KeyService").Methods().ByName(name)
+	if md == nil {
+		return nil, status.Errorf(codes.Unimplemented, "unknown method %s", method)
+	}
+	mt, err := protoregistry.GlobalTypes.FindMessageByName(md.Input().FullName())
+	if err != nil {
+		return nil, status.Errorf(codes.Internal, "%s: request type: %v", method, err)
+	}
+	return mt.New().Interface(), nil
+}
+
+// readStream is a server stream whose one request streamCalls has read
+// already, with the context its interceptors made.
+type readStream struct {
+	grpc.ServerStream
+	ctx context.Context
+	req proto.Message
+}
+
+func (s *readStream) Context() context.Context { return s.ctx }
+
+func (s *readStream) RecvMsg(m any) error {
+	dst, ok := m.(proto.Message)
+	switch {
+	case s.req == nil:
+		return io.EOF // a server stream has one request
+	case !ok:
+		return status.Errorf(codes.Internal, "request of type %T", m)
+	}
+	proto.Reset(dst)
+	proto.Merge(dst, s.req)
+	s.req = nil
+	return nil
 }
 
 func logCalls(log *slog.Logger) grpc.UnaryServerInterceptor {

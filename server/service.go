@@ -16,6 +16,7 @@ import (
 	"github.com/mlskeyd/mlskeyd/mls"
 	"github.com/mlskeyd/mlskeyd/mlsops"
 	pb "github.com/mlskeyd/mlskeyd/proto/mlskey/v1"
+	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -451,6 +452,33 @@ func (s *Service) OpenWelcome(ctx context.Context, req *pb.OpenWelcomeRequest) (
 }
 
 func (s *Service) CreateKeyPackages(ctx context.Context, req *pb.CreateKeyPackagesRequest) (*pb.CreateKeyPackagesResponse, error) {
+	return s.createKeyPackages(ctx, req, nil)
+}
+
+// CreateKeyPackagesStream is CreateKeyPackages with progress events: the
+// same checks and batch, mlsops' progress reports passed on as they come.
+func (s *Service) CreateKeyPackagesStream(req *pb.CreateKeyPackagesRequest, stream grpc.ServerStreamingServer[pb.CreateKeyPackagesEvent]) error {
+	resp, err := s.createKeyPackages(stream.Context(), req, func(done, total int) {
+		// A failed send means the client is gone; the cancelled context
+		// stops the batch.
+		_ = stream.Send(&pb.CreateKeyPackagesEvent{Event: &pb.CreateKeyPackagesEvent_Progress{
+			Progress: &pb.CreateKeyPackagesProgress{Done: uint32(done), Total: uint32(total)}}})
+	})
+	if err != nil {
+		return err
+	}
+	// Once committed, the call has succeeded, as a unary call whose client
+	// left before the response: its audit record names the new keys, and
+	// ListKeyPackages finds them.
+	if err := stream.Send(&pb.CreateKeyPackagesEvent{Event: &pb.CreateKeyPackagesEvent_Result{Result: resp}}); err != nil {
+		s.log.Info("KeyPackages created but the result could not be sent", "key_packages", len(resp.GetKeyPackages()), "err", err)
+	}
+	return nil
+}
+
+// createKeyPackages serves both CreateKeyPackages RPCs; progress, if set,
+// hears how far the batch is.
+func (s *Service) createKeyPackages(ctx context.Context, req *pb.CreateKeyPackagesRequest, progress func(done, total int)) (*pb.CreateKeyPackagesResponse, error) {
 	c, err := s.callerOf(ctx)
 	if err != nil {
 		return nil, err
@@ -599,6 +627,7 @@ func (s *Service) CreateKeyPackages(ctx context.Context, req *pb.CreateKeyPackag
 		LeafExtensions:  leafExt, Extensions: kpExt,
 		Lifetime:   mlsops.LifetimeFrom(s.opts.Now(), lifetime),
 		LastResort: req.GetLastResort(), Owner: own, SignatureKey: sigRec,
+		Progress: progress,
 	})
 	if err != nil {
 		return nil, statusOf(mlsops.Field(err, "cipher_suite"))

@@ -2894,6 +2894,145 @@ func (x *CreateCSRResponse) GetCsr() []byte {
 	return nil
 }
 
+// CreateKeyPackagesProgress counts the device operations of a batch: key
+// generations (two per KeyPackage, one more for a new signature key) and
+// KeyPackage signatures. done only grows; the last progress event of a
+// successful batch has done == total. total is the same in every event.
+type CreateKeyPackagesProgress struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Done          uint32                 `protobuf:"varint,1,opt,name=done,proto3" json:"done,omitempty"`
+	Total         uint32                 `protobuf:"varint,2,opt,name=total,proto3" json:"total,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateKeyPackagesProgress) Reset() {
+	*x = CreateKeyPackagesProgress{}
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[35]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateKeyPackagesProgress) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateKeyPackagesProgress) ProtoMessage() {}
+
+func (x *CreateKeyPackagesProgress) ProtoReflect() protoreflect.Message {
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[35]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateKeyPackagesProgress.ProtoReflect.Descriptor instead.
+func (*CreateKeyPackagesProgress) Descriptor() ([]byte, []int) {
+	return file_mlskey_v1_mlskey_proto_rawDescGZIP(), []int{35}
+}
+
+func (x *CreateKeyPackagesProgress) GetDone() uint32 {
+	if x != nil {
+		return x.Done
+	}
+	return 0
+}
+
+func (x *CreateKeyPackagesProgress) GetTotal() uint32 {
+	if x != nil {
+		return x.Total
+	}
+	return 0
+}
+
+type CreateKeyPackagesEvent struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Types that are valid to be assigned to Event:
+	//
+	//	*CreateKeyPackagesEvent_Progress
+	//	*CreateKeyPackagesEvent_Result
+	Event         isCreateKeyPackagesEvent_Event `protobuf_oneof:"event"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CreateKeyPackagesEvent) Reset() {
+	*x = CreateKeyPackagesEvent{}
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[36]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CreateKeyPackagesEvent) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CreateKeyPackagesEvent) ProtoMessage() {}
+
+func (x *CreateKeyPackagesEvent) ProtoReflect() protoreflect.Message {
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[36]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CreateKeyPackagesEvent.ProtoReflect.Descriptor instead.
+func (*CreateKeyPackagesEvent) Descriptor() ([]byte, []int) {
+	return file_mlskey_v1_mlskey_proto_rawDescGZIP(), []int{36}
+}
+
+func (x *CreateKeyPackagesEvent) GetEvent() isCreateKeyPackagesEvent_Event {
+	if x != nil {
+		return x.Event
+	}
+	return nil
+}
+
+func (x *CreateKeyPackagesEvent) GetProgress() *CreateKeyPackagesProgress {
+	if x != nil {
+		if x, ok := x.Event.(*CreateKeyPackagesEvent_Progress); ok {
+			return x.Progress
+		}
+	}
+	return nil
+}
+
+func (x *CreateKeyPackagesEvent) GetResult() *CreateKeyPackagesResponse {
+	if x != nil {
+		if x, ok := x.Event.(*CreateKeyPackagesEvent_Result); ok {
+			return x.Result
+		}
+	}
+	return nil
+}
+
+type isCreateKeyPackagesEvent_Event interface {
+	isCreateKeyPackagesEvent_Event()
+}
+
+type CreateKeyPackagesEvent_Progress struct {
+	Progress *CreateKeyPackagesProgress `protobuf:"bytes,1,opt,name=progress,proto3,oneof"`
+}
+
+type CreateKeyPackagesEvent_Result struct {
+	// The last event of a successful call.
+	Result *CreateKeyPackagesResponse `protobuf:"bytes,2,opt,name=result,proto3,oneof"`
+}
+
+func (*CreateKeyPackagesEvent_Progress) isCreateKeyPackagesEvent_Event() {}
+
+func (*CreateKeyPackagesEvent_Result) isCreateKeyPackagesEvent_Event() {}
+
 type Credential_X509 struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// DER certificates, end-entity first. Its public key must equal the
@@ -2905,7 +3044,7 @@ type Credential_X509 struct {
 
 func (x *Credential_X509) Reset() {
 	*x = Credential_X509{}
-	mi := &file_mlskey_v1_mlskey_proto_msgTypes[35]
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2917,7 +3056,7 @@ func (x *Credential_X509) String() string {
 func (*Credential_X509) ProtoMessage() {}
 
 func (x *Credential_X509) ProtoReflect() protoreflect.Message {
-	mi := &file_mlskey_v1_mlskey_proto_msgTypes[35]
+	mi := &file_mlskey_v1_mlskey_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3177,7 +3316,14 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\x0femail_addresses\x18\a \x03(\tR\x0eemailAddresses\x12\x12\n" +
 	"\x04uris\x18\b \x03(\tR\x04uris\"%\n" +
 	"\x11CreateCSRResponse\x12\x10\n" +
-	"\x03csr\x18\x01 \x01(\fR\x03csr*l\n" +
+	"\x03csr\x18\x01 \x01(\fR\x03csr\"E\n" +
+	"\x19CreateKeyPackagesProgress\x12\x12\n" +
+	"\x04done\x18\x01 \x01(\rR\x04done\x12\x14\n" +
+	"\x05total\x18\x02 \x01(\rR\x05total\"\xa5\x01\n" +
+	"\x16CreateKeyPackagesEvent\x12B\n" +
+	"\bprogress\x18\x01 \x01(\v2$.mlskey.v1.CreateKeyPackagesProgressH\x00R\bprogress\x12>\n" +
+	"\x06result\x18\x02 \x01(\v2$.mlskey.v1.CreateKeyPackagesResponseH\x00R\x06resultB\a\n" +
+	"\x05event*l\n" +
 	"\aKeyRole\x12\x18\n" +
 	"\x14KEY_ROLE_UNSPECIFIED\x10\x00\x12\x16\n" +
 	"\x12KEY_ROLE_SIGNATURE\x10\x01\x12\x11\n" +
@@ -3200,7 +3346,7 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\x18KEY_PACKAGE_STATE_UNUSED\x10\x01\x12\x1e\n" +
 	"\x1aKEY_PACKAGE_STATE_CONSUMED\x10\x02\x12\x1d\n" +
 	"\x19KEY_PACKAGE_STATE_EXPIRED\x10\x03\x12\x1d\n" +
-	"\x19KEY_PACKAGE_STATE_DELETED\x10\x042\x80\t\n" +
+	"\x19KEY_PACKAGE_STATE_DELETED\x10\x042\xe5\t\n" +
 	"\n" +
 	"KeyService\x12@\n" +
 	"\aGetInfo\x12\x19.mlskey.v1.GetInfoRequest\x1a\x1a.mlskey.v1.GetInfoResponse\x12J\n" +
@@ -3217,7 +3363,8 @@ const file_mlskey_v1_mlskey_proto_rawDesc = "" +
 	"\x06Repair\x12\x18.mlskey.v1.RepairRequest\x1a\x19.mlskey.v1.RepairResponse\x12F\n" +
 	"\tCreateCSR\x12\x1b.mlskey.v1.CreateCSRRequest\x1a\x1c.mlskey.v1.CreateCSRResponse\x12X\n" +
 	"\x0fListKeyPackages\x12!.mlskey.v1.ListKeyPackagesRequest\x1a\".mlskey.v1.ListKeyPackagesResponse\x12F\n" +
-	"\x10DeleteKeyPackage\x12\".mlskey.v1.DeleteKeyPackageRequest\x1a\x0e.mlskey.v1.KeyB5Z3github.com/mlskeyd/mlskeyd/proto/mlskey/v1;mlskeyv1b\x06proto3"
+	"\x10DeleteKeyPackage\x12\".mlskey.v1.DeleteKeyPackageRequest\x1a\x0e.mlskey.v1.Key\x12c\n" +
+	"\x17CreateKeyPackagesStream\x12#.mlskey.v1.CreateKeyPackagesRequest\x1a!.mlskey.v1.CreateKeyPackagesEvent0\x01B5Z3github.com/mlskeyd/mlskeyd/proto/mlskey/v1;mlskeyv1b\x06proto3"
 
 var (
 	file_mlskey_v1_mlskey_proto_rawDescOnce sync.Once
@@ -3232,7 +3379,7 @@ func file_mlskey_v1_mlskey_proto_rawDescGZIP() []byte {
 }
 
 var file_mlskey_v1_mlskey_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_mlskey_v1_mlskey_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_mlskey_v1_mlskey_proto_msgTypes = make([]protoimpl.MessageInfo, 38)
 var file_mlskey_v1_mlskey_proto_goTypes = []any{
 	(KeyRole)(0),                       // 0: mlskey.v1.KeyRole
 	(KeyState)(0),                      // 1: mlskey.v1.KeyState
@@ -3273,16 +3420,18 @@ var file_mlskey_v1_mlskey_proto_goTypes = []any{
 	(*RepairResponse)(nil),             // 36: mlskey.v1.RepairResponse
 	(*CreateCSRRequest)(nil),           // 37: mlskey.v1.CreateCSRRequest
 	(*CreateCSRResponse)(nil),          // 38: mlskey.v1.CreateCSRResponse
-	(*Credential_X509)(nil),            // 39: mlskey.v1.Credential.X509
-	(*timestamppb.Timestamp)(nil),      // 40: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),        // 41: google.protobuf.Duration
+	(*CreateKeyPackagesProgress)(nil),  // 39: mlskey.v1.CreateKeyPackagesProgress
+	(*CreateKeyPackagesEvent)(nil),     // 40: mlskey.v1.CreateKeyPackagesEvent
+	(*Credential_X509)(nil),            // 41: mlskey.v1.Credential.X509
+	(*timestamppb.Timestamp)(nil),      // 42: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),        // 43: google.protobuf.Duration
 }
 var file_mlskey_v1_mlskey_proto_depIdxs = []int32{
 	0,  // 0: mlskey.v1.Key.role:type_name -> mlskey.v1.KeyRole
 	2,  // 1: mlskey.v1.Key.protection:type_name -> mlskey.v1.Protection
 	1,  // 2: mlskey.v1.Key.state:type_name -> mlskey.v1.KeyState
-	40, // 3: mlskey.v1.Key.created_at:type_name -> google.protobuf.Timestamp
-	40, // 4: mlskey.v1.Key.retired_at:type_name -> google.protobuf.Timestamp
+	42, // 3: mlskey.v1.Key.created_at:type_name -> google.protobuf.Timestamp
+	42, // 4: mlskey.v1.Key.retired_at:type_name -> google.protobuf.Timestamp
 	2,  // 5: mlskey.v1.SuiteSupport.signature:type_name -> mlskey.v1.Protection
 	2,  // 6: mlskey.v1.SuiteSupport.init:type_name -> mlskey.v1.Protection
 	2,  // 7: mlskey.v1.SuiteSupport.leaf_encryption:type_name -> mlskey.v1.Protection
@@ -3290,55 +3439,59 @@ var file_mlskey_v1_mlskey_proto_depIdxs = []int32{
 	0,  // 9: mlskey.v1.ListKeysRequest.role:type_name -> mlskey.v1.KeyRole
 	1,  // 10: mlskey.v1.ListKeysRequest.state:type_name -> mlskey.v1.KeyState
 	4,  // 11: mlskey.v1.ListKeysResponse.keys:type_name -> mlskey.v1.Key
-	39, // 12: mlskey.v1.Credential.x509:type_name -> mlskey.v1.Credential.X509
+	41, // 12: mlskey.v1.Credential.x509:type_name -> mlskey.v1.Credential.X509
 	15, // 13: mlskey.v1.CreateKeyPackagesRequest.credential:type_name -> mlskey.v1.Credential
 	16, // 14: mlskey.v1.CreateKeyPackagesRequest.leaf_extensions:type_name -> mlskey.v1.Extension
 	16, // 15: mlskey.v1.CreateKeyPackagesRequest.key_package_extensions:type_name -> mlskey.v1.Extension
-	41, // 16: mlskey.v1.CreateKeyPackagesRequest.lifetime:type_name -> google.protobuf.Duration
+	43, // 16: mlskey.v1.CreateKeyPackagesRequest.lifetime:type_name -> google.protobuf.Duration
 	4,  // 17: mlskey.v1.CreateKeyPackagesResponse.signature_key:type_name -> mlskey.v1.Key
 	18, // 18: mlskey.v1.CreateKeyPackagesResponse.key_packages:type_name -> mlskey.v1.CreatedKeyPackage
 	21, // 19: mlskey.v1.GroupSecrets.psks:type_name -> mlskey.v1.PreSharedKeyID
 	22, // 20: mlskey.v1.OpenWelcomeResponse.group_secrets:type_name -> mlskey.v1.GroupSecrets
 	3,  // 21: mlskey.v1.KeyPackageInfo.state:type_name -> mlskey.v1.KeyPackageState
-	40, // 22: mlskey.v1.KeyPackageInfo.not_after:type_name -> google.protobuf.Timestamp
-	40, // 23: mlskey.v1.KeyPackageInfo.created_at:type_name -> google.protobuf.Timestamp
+	42, // 22: mlskey.v1.KeyPackageInfo.not_after:type_name -> google.protobuf.Timestamp
+	42, // 23: mlskey.v1.KeyPackageInfo.created_at:type_name -> google.protobuf.Timestamp
 	31, // 24: mlskey.v1.ListKeyPackagesResponse.key_packages:type_name -> mlskey.v1.KeyPackageInfo
 	32, // 25: mlskey.v1.ListKeyPackagesResponse.unused:type_name -> mlskey.v1.UnusedKeyPackages
-	5,  // 26: mlskey.v1.KeyService.GetInfo:input_type -> mlskey.v1.GetInfoRequest
-	8,  // 27: mlskey.v1.KeyService.CreateSignatureKey:input_type -> mlskey.v1.CreateSignatureKeyRequest
-	9,  // 28: mlskey.v1.KeyService.GetKey:input_type -> mlskey.v1.GetKeyRequest
-	10, // 29: mlskey.v1.KeyService.ListKeys:input_type -> mlskey.v1.ListKeysRequest
-	12, // 30: mlskey.v1.KeyService.DeleteKey:input_type -> mlskey.v1.DeleteKeyRequest
-	13, // 31: mlskey.v1.KeyService.SignWithLabel:input_type -> mlskey.v1.SignWithLabelRequest
-	17, // 32: mlskey.v1.KeyService.CreateKeyPackages:input_type -> mlskey.v1.CreateKeyPackagesRequest
-	20, // 33: mlskey.v1.KeyService.OpenWelcome:input_type -> mlskey.v1.OpenWelcomeRequest
-	24, // 34: mlskey.v1.KeyService.DecryptWithLabel:input_type -> mlskey.v1.DecryptWithLabelRequest
-	26, // 35: mlskey.v1.KeyService.AttestKey:input_type -> mlskey.v1.AttestKeyRequest
-	28, // 36: mlskey.v1.KeyService.ActivateCredential:input_type -> mlskey.v1.ActivateCredentialRequest
-	35, // 37: mlskey.v1.KeyService.Repair:input_type -> mlskey.v1.RepairRequest
-	37, // 38: mlskey.v1.KeyService.CreateCSR:input_type -> mlskey.v1.CreateCSRRequest
-	30, // 39: mlskey.v1.KeyService.ListKeyPackages:input_type -> mlskey.v1.ListKeyPackagesRequest
-	34, // 40: mlskey.v1.KeyService.DeleteKeyPackage:input_type -> mlskey.v1.DeleteKeyPackageRequest
-	7,  // 41: mlskey.v1.KeyService.GetInfo:output_type -> mlskey.v1.GetInfoResponse
-	4,  // 42: mlskey.v1.KeyService.CreateSignatureKey:output_type -> mlskey.v1.Key
-	4,  // 43: mlskey.v1.KeyService.GetKey:output_type -> mlskey.v1.Key
-	11, // 44: mlskey.v1.KeyService.ListKeys:output_type -> mlskey.v1.ListKeysResponse
-	4,  // 45: mlskey.v1.KeyService.DeleteKey:output_type -> mlskey.v1.Key
-	14, // 46: mlskey.v1.KeyService.SignWithLabel:output_type -> mlskey.v1.SignWithLabelResponse
-	19, // 47: mlskey.v1.KeyService.CreateKeyPackages:output_type -> mlskey.v1.CreateKeyPackagesResponse
-	23, // 48: mlskey.v1.KeyService.OpenWelcome:output_type -> mlskey.v1.OpenWelcomeResponse
-	25, // 49: mlskey.v1.KeyService.DecryptWithLabel:output_type -> mlskey.v1.DecryptWithLabelResponse
-	27, // 50: mlskey.v1.KeyService.AttestKey:output_type -> mlskey.v1.AttestKeyResponse
-	29, // 51: mlskey.v1.KeyService.ActivateCredential:output_type -> mlskey.v1.ActivateCredentialResponse
-	36, // 52: mlskey.v1.KeyService.Repair:output_type -> mlskey.v1.RepairResponse
-	38, // 53: mlskey.v1.KeyService.CreateCSR:output_type -> mlskey.v1.CreateCSRResponse
-	33, // 54: mlskey.v1.KeyService.ListKeyPackages:output_type -> mlskey.v1.ListKeyPackagesResponse
-	4,  // 55: mlskey.v1.KeyService.DeleteKeyPackage:output_type -> mlskey.v1.Key
-	41, // [41:56] is the sub-list for method output_type
-	26, // [26:41] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	39, // 26: mlskey.v1.CreateKeyPackagesEvent.progress:type_name -> mlskey.v1.CreateKeyPackagesProgress
+	19, // 27: mlskey.v1.CreateKeyPackagesEvent.result:type_name -> mlskey.v1.CreateKeyPackagesResponse
+	5,  // 28: mlskey.v1.KeyService.GetInfo:input_type -> mlskey.v1.GetInfoRequest
+	8,  // 29: mlskey.v1.KeyService.CreateSignatureKey:input_type -> mlskey.v1.CreateSignatureKeyRequest
+	9,  // 30: mlskey.v1.KeyService.GetKey:input_type -> mlskey.v1.GetKeyRequest
+	10, // 31: mlskey.v1.KeyService.ListKeys:input_type -> mlskey.v1.ListKeysRequest
+	12, // 32: mlskey.v1.KeyService.DeleteKey:input_type -> mlskey.v1.DeleteKeyRequest
+	13, // 33: mlskey.v1.KeyService.SignWithLabel:input_type -> mlskey.v1.SignWithLabelRequest
+	17, // 34: mlskey.v1.KeyService.CreateKeyPackages:input_type -> mlskey.v1.CreateKeyPackagesRequest
+	20, // 35: mlskey.v1.KeyService.OpenWelcome:input_type -> mlskey.v1.OpenWelcomeRequest
+	24, // 36: mlskey.v1.KeyService.DecryptWithLabel:input_type -> mlskey.v1.DecryptWithLabelRequest
+	26, // 37: mlskey.v1.KeyService.AttestKey:input_type -> mlskey.v1.AttestKeyRequest
+	28, // 38: mlskey.v1.KeyService.ActivateCredential:input_type -> mlskey.v1.ActivateCredentialRequest
+	35, // 39: mlskey.v1.KeyService.Repair:input_type -> mlskey.v1.RepairRequest
+	37, // 40: mlskey.v1.KeyService.CreateCSR:input_type -> mlskey.v1.CreateCSRRequest
+	30, // 41: mlskey.v1.KeyService.ListKeyPackages:input_type -> mlskey.v1.ListKeyPackagesRequest
+	34, // 42: mlskey.v1.KeyService.DeleteKeyPackage:input_type -> mlskey.v1.DeleteKeyPackageRequest
+	17, // 43: mlskey.v1.KeyService.CreateKeyPackagesStream:input_type -> mlskey.v1.CreateKeyPackagesRequest
+	7,  // 44: mlskey.v1.KeyService.GetInfo:output_type -> mlskey.v1.GetInfoResponse
+	4,  // 45: mlskey.v1.KeyService.CreateSignatureKey:output_type -> mlskey.v1.Key
+	4,  // 46: mlskey.v1.KeyService.GetKey:output_type -> mlskey.v1.Key
+	11, // 47: mlskey.v1.KeyService.ListKeys:output_type -> mlskey.v1.ListKeysResponse
+	4,  // 48: mlskey.v1.KeyService.DeleteKey:output_type -> mlskey.v1.Key
+	14, // 49: mlskey.v1.KeyService.SignWithLabel:output_type -> mlskey.v1.SignWithLabelResponse
+	19, // 50: mlskey.v1.KeyService.CreateKeyPackages:output_type -> mlskey.v1.CreateKeyPackagesResponse
+	23, // 51: mlskey.v1.KeyService.OpenWelcome:output_type -> mlskey.v1.OpenWelcomeResponse
+	25, // 52: mlskey.v1.KeyService.DecryptWithLabel:output_type -> mlskey.v1.DecryptWithLabelResponse
+	27, // 53: mlskey.v1.KeyService.AttestKey:output_type -> mlskey.v1.AttestKeyResponse
+	29, // 54: mlskey.v1.KeyService.ActivateCredential:output_type -> mlskey.v1.ActivateCredentialResponse
+	36, // 55: mlskey.v1.KeyService.Repair:output_type -> mlskey.v1.RepairResponse
+	38, // 56: mlskey.v1.KeyService.CreateCSR:output_type -> mlskey.v1.CreateCSRResponse
+	33, // 57: mlskey.v1.KeyService.ListKeyPackages:output_type -> mlskey.v1.ListKeyPackagesResponse
+	4,  // 58: mlskey.v1.KeyService.DeleteKeyPackage:output_type -> mlskey.v1.Key
+	40, // 59: mlskey.v1.KeyService.CreateKeyPackagesStream:output_type -> mlskey.v1.CreateKeyPackagesEvent
+	44, // [44:60] is the sub-list for method output_type
+	28, // [28:44] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_mlskey_v1_mlskey_proto_init() }
@@ -3354,13 +3507,17 @@ func file_mlskey_v1_mlskey_proto_init() {
 	}
 	file_mlskey_v1_mlskey_proto_msgTypes[13].OneofWrappers = []any{}
 	file_mlskey_v1_mlskey_proto_msgTypes[18].OneofWrappers = []any{}
+	file_mlskey_v1_mlskey_proto_msgTypes[36].OneofWrappers = []any{
+		(*CreateKeyPackagesEvent_Progress)(nil),
+		(*CreateKeyPackagesEvent_Result)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_mlskey_v1_mlskey_proto_rawDesc), len(file_mlskey_v1_mlskey_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   36,
+			NumMessages:   38,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -24,21 +24,22 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	KeyService_GetInfo_FullMethodName            = "/mlskey.v1.KeyService/GetInfo"
-	KeyService_CreateSignatureKey_FullMethodName = "/mlskey.v1.KeyService/CreateSignatureKey"
-	KeyService_GetKey_FullMethodName             = "/mlskey.v1.KeyService/GetKey"
-	KeyService_ListKeys_FullMethodName           = "/mlskey.v1.KeyService/ListKeys"
-	KeyService_DeleteKey_FullMethodName          = "/mlskey.v1.KeyService/DeleteKey"
-	KeyService_SignWithLabel_FullMethodName      = "/mlskey.v1.KeyService/SignWithLabel"
-	KeyService_CreateKeyPackages_FullMethodName  = "/mlskey.v1.KeyService/CreateKeyPackages"
-	KeyService_OpenWelcome_FullMethodName        = "/mlskey.v1.KeyService/OpenWelcome"
-	KeyService_DecryptWithLabel_FullMethodName   = "/mlskey.v1.KeyService/DecryptWithLabel"
-	KeyService_AttestKey_FullMethodName          = "/mlskey.v1.KeyService/AttestKey"
-	KeyService_ActivateCredential_FullMethodName = "/mlskey.v1.KeyService/ActivateCredential"
-	KeyService_Repair_FullMethodName             = "/mlskey.v1.KeyService/Repair"
-	KeyService_CreateCSR_FullMethodName          = "/mlskey.v1.KeyService/CreateCSR"
-	KeyService_ListKeyPackages_FullMethodName    = "/mlskey.v1.KeyService/ListKeyPackages"
-	KeyService_DeleteKeyPackage_FullMethodName   = "/mlskey.v1.KeyService/DeleteKeyPackage"
+	KeyService_GetInfo_FullMethodName                 = "/mlskey.v1.KeyService/GetInfo"
+	KeyService_CreateSignatureKey_FullMethodName      = "/mlskey.v1.KeyService/CreateSignatureKey"
+	KeyService_GetKey_FullMethodName                  = "/mlskey.v1.KeyService/GetKey"
+	KeyService_ListKeys_FullMethodName                = "/mlskey.v1.KeyService/ListKeys"
+	KeyService_DeleteKey_FullMethodName               = "/mlskey.v1.KeyService/DeleteKey"
+	KeyService_SignWithLabel_FullMethodName           = "/mlskey.v1.KeyService/SignWithLabel"
+	KeyService_CreateKeyPackages_FullMethodName       = "/mlskey.v1.KeyService/CreateKeyPackages"
+	KeyService_OpenWelcome_FullMethodName             = "/mlskey.v1.KeyService/OpenWelcome"
+	KeyService_DecryptWithLabel_FullMethodName        = "/mlskey.v1.KeyService/DecryptWithLabel"
+	KeyService_AttestKey_FullMethodName               = "/mlskey.v1.KeyService/AttestKey"
+	KeyService_ActivateCredential_FullMethodName      = "/mlskey.v1.KeyService/ActivateCredential"
+	KeyService_Repair_FullMethodName                  = "/mlskey.v1.KeyService/Repair"
+	KeyService_CreateCSR_FullMethodName               = "/mlskey.v1.KeyService/CreateCSR"
+	KeyService_ListKeyPackages_FullMethodName         = "/mlskey.v1.KeyService/ListKeyPackages"
+	KeyService_DeleteKeyPackage_FullMethodName        = "/mlskey.v1.KeyService/DeleteKeyPackage"
+	KeyService_CreateKeyPackagesStream_FullMethodName = "/mlskey.v1.KeyService/CreateKeyPackagesStream"
 )
 
 // KeyServiceClient is the client API for KeyService service.
@@ -104,6 +105,13 @@ type KeyServiceClient interface {
 	// encryption keys (DeleteKey of its init key with cascade), found by its
 	// KeyPackageRef. Returns the init key.
 	DeleteKeyPackage(ctx context.Context, in *DeleteKeyPackageRequest, opts ...grpc.CallOption) (*Key, error)
+	// CreateKeyPackagesStream is CreateKeyPackages (refill mode included)
+	// with progress: it sends progress events as the batch proceeds, at most
+	// about every 100 ms, and ends with one result event holding exactly
+	// what CreateKeyPackages returns. The batch commits only after the last
+	// progress event; a call cancelled before the result leaves no key
+	// unless the commit had already happened, as with CreateKeyPackages.
+	CreateKeyPackagesStream(ctx context.Context, in *CreateKeyPackagesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[CreateKeyPackagesEvent], error)
 }
 
 type keyServiceClient struct {
@@ -264,6 +272,25 @@ func (c *keyServiceClient) DeleteKeyPackage(ctx context.Context, in *DeleteKeyPa
 	return out, nil
 }
 
+func (c *keyServiceClient) CreateKeyPackagesStream(ctx context.Context, in *CreateKeyPackagesRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[CreateKeyPackagesEvent], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &KeyService_ServiceDesc.Streams[0], KeyService_CreateKeyPackagesStream_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[CreateKeyPackagesRequest, CreateKeyPackagesEvent]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type KeyService_CreateKeyPackagesStreamClient = grpc.ServerStreamingClient[CreateKeyPackagesEvent]
+
 // KeyServiceServer is the server API for KeyService service.
 // All implementations must embed UnimplementedKeyServiceServer
 // for forward compatibility.
@@ -327,6 +354,13 @@ type KeyServiceServer interface {
 	// encryption keys (DeleteKey of its init key with cascade), found by its
 	// KeyPackageRef. Returns the init key.
 	DeleteKeyPackage(context.Context, *DeleteKeyPackageRequest) (*Key, error)
+	// CreateKeyPackagesStream is CreateKeyPackages (refill mode included)
+	// with progress: it sends progress events as the batch proceeds, at most
+	// about every 100 ms, and ends with one result event holding exactly
+	// what CreateKeyPackages returns. The batch commits only after the last
+	// progress event; a call cancelled before the result leaves no key
+	// unless the commit had already happened, as with CreateKeyPackages.
+	CreateKeyPackagesStream(*CreateKeyPackagesRequest, grpc.ServerStreamingServer[CreateKeyPackagesEvent]) error
 	mustEmbedUnimplementedKeyServiceServer()
 }
 
@@ -381,6 +415,9 @@ func (UnimplementedKeyServiceServer) ListKeyPackages(context.Context, *ListKeyPa
 }
 func (UnimplementedKeyServiceServer) DeleteKeyPackage(context.Context, *DeleteKeyPackageRequest) (*Key, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteKeyPackage not implemented")
+}
+func (UnimplementedKeyServiceServer) CreateKeyPackagesStream(*CreateKeyPackagesRequest, grpc.ServerStreamingServer[CreateKeyPackagesEvent]) error {
+	return status.Error(codes.Unimplemented, "method CreateKeyPackagesStream not implemented")
 }
 func (UnimplementedKeyServiceServer) mustEmbedUnimplementedKeyServiceServer() {}
 func (UnimplementedKeyServiceServer) testEmbeddedByValue()                    {}
@@ -673,6 +710,17 @@ func _KeyService_DeleteKeyPackage_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _KeyService_CreateKeyPackagesStream_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(CreateKeyPackagesRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(KeyServiceServer).CreateKeyPackagesStream(m, &grpc.GenericServerStream[CreateKeyPackagesRequest, CreateKeyPackagesEvent]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type KeyService_CreateKeyPackagesStreamServer = grpc.ServerStreamingServer[CreateKeyPackagesEvent]
+
 // KeyService_ServiceDesc is the grpc.ServiceDesc for KeyService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -741,6 +789,12 @@ var KeyService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _KeyService_DeleteKeyPackage_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "CreateKeyPackagesStream",
+			Handler:       _KeyService_CreateKeyPackagesStream_Handler,
+			ServerStreams: true,
+		},
+	},
 	Metadata: "mlskey/v1/mlskey.proto",
 }
