@@ -40,6 +40,12 @@ type fakeServer struct {
 	nonces     [][]byte
 	// started is closed when a "slow" call has started waiting.
 	started chan struct{}
+	// streams counts CreateKeyPackagesStream calls; noStream refuses them
+	// as a daemon without the call; refill is how many KeyPackages a
+	// refill creates.
+	streams  int
+	noStream bool
+	refill   uint32
 }
 
 var created = timestamppb.New(time.Date(2026, 1, 2, 3, 4, 5, 600, time.UTC))
@@ -199,6 +205,7 @@ func (s *fakeServer) AttestKey(_ context.Context, r *mlskeyv1.AttestKeyRequest) 
 func (s *fakeServer) CreateKeyPackages(ctx context.Context, r *mlskeyv1.CreateKeyPackagesRequest) (*mlskeyv1.CreateKeyPackagesResponse, error) {
 	s.mu.Lock()
 	s.lastKP = proto.Clone(r).(*mlskeyv1.CreateKeyPackagesRequest)
+	refill := s.refill
 	s.kpTimeLeft = 0
 	if d, ok := ctx.Deadline(); ok {
 		s.kpTimeLeft = time.Until(d)
@@ -211,7 +218,11 @@ func (s *fakeServer) CreateKeyPackages(ctx context.Context, r *mlskeyv1.CreateKe
 	if r.GetSignatureKeyId() == "" {
 		resp.SignatureKey.Id = "sig-new"
 	}
-	for i := range r.GetCount() {
+	n := r.GetCount()
+	if r.GetEnsureTarget() > 0 {
+		n = refill
+	}
+	for i := range n {
 		resp.KeyPackages = append(resp.KeyPackages, &mlskeyv1.CreatedKeyPackage{
 			KeyPackage:          []byte{0, 1, 0, 5, byte(i)},
 			KeyPackageRef:       []byte{0xaa, byte(i)},

@@ -155,7 +155,9 @@ MLSMessage), bytes in hex.`, func(fs *flag.FlagSet) {
 		if lifetime > 0 {
 			req.Lifetime = durationpb.New(time.Duration(lifetime))
 		}
-		resp, err := cl.CreateKeyPackages(ctx, req)
+		progress, clear := c.keyPackageProgress()
+		resp, err := cl.CreateKeyPackagesWithProgress(ctx, req, progress)
+		clear()
 		if err != nil {
 			return err
 		}

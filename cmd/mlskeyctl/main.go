@@ -52,13 +52,14 @@ func main() {
 		cancel()
 	}()
 	c := &cli{
-		ctx:           ctx,
-		stdin:         os.Stdin,
-		stdout:        os.Stdout,
-		stderr:        os.Stderr,
-		defaultSocket: client.DefaultSocket(),
-		interrupted:   func() syscall.Signal { return syscall.Signal(got.Load()) },
-		isTerminal:    func() bool { return isTerminal(os.Stdin) },
+		ctx:            ctx,
+		stdin:          os.Stdin,
+		stdout:         os.Stdout,
+		stderr:         os.Stderr,
+		defaultSocket:  client.DefaultSocket(),
+		interrupted:    func() syscall.Signal { return syscall.Signal(got.Load()) },
+		isTerminal:     func() bool { return isTerminal(os.Stdin) },
+		stderrTerminal: func() bool { return isTerminal(os.Stderr) },
 	}
 	code := c.run(os.Args[1:])
 	signal.Stop(sigs)
@@ -82,6 +83,9 @@ type cli struct {
 	interrupted func() syscall.Signal
 	// isTerminal reports whether stdin is a terminal a user answers on.
 	isTerminal func() bool
+	// stderrTerminal reports whether stderr is a terminal, where progress
+	// bars are drawn; nil means it is not.
+	stderrTerminal func() bool
 	// jsonArg is set when --json is among the arguments.
 	jsonArg bool
 	// unsure, when set by a command, is told the user when the call may

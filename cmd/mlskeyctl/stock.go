@@ -161,7 +161,9 @@ like 'keypackage create'. Run it from a timer or after uploading.`, func(fs *fla
 		if lifetime > 0 {
 			req.Lifetime = durationpb.New(time.Duration(lifetime))
 		}
-		resp, err := cl.CreateKeyPackages(ctx, req)
+		progress, clear := c.keyPackageProgress()
+		resp, err := cl.CreateKeyPackagesWithProgress(ctx, req, progress)
+		clear()
 		if err != nil {
 			return err
 		}
