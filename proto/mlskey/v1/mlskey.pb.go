@@ -2897,7 +2897,8 @@ func (x *CreateCSRResponse) GetCsr() []byte {
 // CreateKeyPackagesProgress counts the device operations of a batch: key
 // generations (two per KeyPackage, one more for a new signature key) and
 // KeyPackage signatures. done only grows; the last progress event of a
-// successful batch has done == total. total is the same in every event.
+// successful batch has done == total. total is the same in every event. A
+// refill with nothing to create sends no progress, only the result.
 type CreateKeyPackagesProgress struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Done          uint32                 `protobuf:"varint,1,opt,name=done,proto3" json:"done,omitempty"`
