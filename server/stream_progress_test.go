@@ -342,13 +342,24 @@ func TestCreateKeyPackagesStreamCancelled(t *testing.T) {
 }
 
 // TestStreamPanicRecovered: a panic in a stream handler is INTERNAL, as in
-// a unary one, and the daemon goes on.
+// a unary one, and the daemon goes on; the outer interceptors (the
+// metrics) see the call with that code.
 func TestStreamPanicRecovered(t *testing.T) {
 	e := env(t)
 	info := &grpc.StreamServerInfo{FullMethod: pb.KeyService_CreateKeyPackagesStream_FullMethodName, IsServerStream: true}
 	ss := &fakeStream{ctx: liveCaller(t, 0), req: &pb.CreateKeyPackagesRequest{}}
-	err := streamCalls(interceptors(e.svc, slog.New(slog.DiscardHandler), nil, nil))(e.svc, ss, info, func(any, grpc.ServerStream) error { panic("boom") })
+	var seen []string
+	metrics := func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+		resp, err := h(ctx, req)
+		seen = append(seen, info.FullMethod+" "+status.Code(err).String())
+		return resp, err
+	}
+	chain := interceptors(e.svc, slog.New(slog.DiscardHandler), nil, []grpc.UnaryServerInterceptor{metrics})
+	err := streamCalls(chain)(e.svc, ss, info, func(any, grpc.ServerStream) error { panic("boom") })
 	wantStatus(t, "panicking stream handler", err, codes.Internal)
+	if want := pb.KeyService_CreateKeyPackagesStream_FullMethodName + " Internal"; len(seen) != 1 || seen[0] != want {
+		t.Fatalf("outer interceptor saw %q, want %q", seen, want)
+	}
 }
 
 // TestHealthAndReflectionStreams: the health service's Watch and server
