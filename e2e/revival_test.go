@@ -139,7 +139,7 @@ func TestRetiredSignatureKeyNotRevivedTPM(t *testing.T) {
 	if code == 0 {
 		t.Fatal("the deleted signature key signed again from the old catalog")
 	}
-	if !strings.Contains(errOut, "failed precondition") || !strings.Contains(errOut, "destroyed") {
+	if !strings.Contains(errOut, "failed precondition") || !strings.Contains(errOut, "destroyed") || !strings.Contains(errOut, "older than the device") {
 		t.Fatalf("sign with the deleted key: %s", errOut)
 	}
 	if !strings.Contains(d.log.String(), "catalog is older than the device") {

@@ -755,7 +755,7 @@ func (s *Store) useInitKey(ctx context.Context, id string, fn func(hpkeKey any) 
 		return nil, kinded(ErrWrongRole, "key %q is %s key, not an init key", id, aRole(r.Role))
 	}
 	if r.State != StateActive {
-		return nil, kinded(ErrNotActive, "init key %q is %s", id, r.State)
+		return nil, r.notActive("init key")
 	}
 	k, err := s.hpkeKey(ctx, r)
 	if err != nil {
@@ -770,7 +770,7 @@ func (s *Store) useInitKey(ctx context.Context, id string, fn func(hpkeKey any) 
 	var ref []byte
 	r, err = s.cat.update(id, func(r *Record) error {
 		if r.State != StateActive {
-			return kinded(ErrNotActive, "init key %q is %s", id, r.State)
+			return r.notActive("init key")
 		}
 		ref = r.DeviceRef
 		s.retire(r, StateConsumed, "welcome opened")
@@ -835,9 +835,20 @@ func (r *Record) Usable(role Role) error {
 		return kinded(ErrWrongRole, "key %q is %s key, not %s key", r.ID, aRole(r.Role), aRole(role))
 	}
 	if r.State != StateActive {
-		return kinded(ErrNotActive, "key %q is %s", r.ID, r.State)
+		return r.notActive("key")
 	}
 	return nil
+}
+
+// notActive is the ErrNotActive of a record that is not active. A key
+// start-up retired because the device had revoked it says so: the caller
+// is then using a catalog older than the device, which "destroyed" alone
+// does not explain.
+func (r *Record) notActive(what string) error {
+	if r.RevokedOnDevice() {
+		return kinded(ErrNotActive, "%s %q is %s: %s", what, r.ID, r.State, r.RetiredWhy)
+	}
+	return kinded(ErrNotActive, "%s %q is %s", what, r.ID, r.State)
 }
 
 // keyLocks holds one read-write lock per key in use: operations that use a
@@ -902,7 +913,7 @@ func (s *Store) Attest(ctx context.Context, id string, nonce []byte) (*Attestati
 		return nil, err
 	}
 	if r.State != StateActive {
-		return nil, kinded(ErrNotActive, "key %q is %s", id, r.State)
+		return nil, r.notActive("key")
 	}
 	if r.Protection != ProtectionHardware {
 		return nil, kinded(ErrNotActive, "key %q has protection %s; only hardware keys can be attested", id, r.Protection)

@@ -94,7 +94,7 @@ func TestRevokedSignatureKeyNotRevivedTPM(t *testing.T) {
 	if e := events.find(keystore.EventRetired, gone.ID); e == nil {
 		t.Fatal("no audit event for the key retired at start-up")
 	}
-	if _, err := st.Signer(ctx, gone.ID); !errors.Is(err, keystore.ErrNotActive) {
+	if _, err := st.Signer(ctx, gone.ID); !errors.Is(err, keystore.ErrNotActive) || !strings.Contains(err.Error(), "older than the device") {
 		t.Fatalf("signer of the deleted key: %v", err)
 	}
 	// Even bypassing the catalog, the blob cannot sign.
