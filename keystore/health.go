@@ -217,7 +217,7 @@ func (s *Store) Availability(role Role, alg Algorithm) (Protection, string) {
 		return p, OneLine(why)
 	}
 	if p == ProtectionHardware {
-		if rv, ok := s.be.(Revoker); ok && !alg.IsSigning() {
+		if rv, ok := s.be.(Revoker); ok && (!alg.IsSigning() || rv.RevokesSignatureKeys()) {
 			if note := rv.RevocationNote(); note != "" {
 				return p, OneLine("no per-key revocation on the device (" + note + "); a retired key stays usable from an old catalog copy while its epoch lives")
 			}

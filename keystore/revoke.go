@@ -37,6 +37,9 @@ type Revoker interface {
 	// RevocationNote says why new keys get no revocation of their own (a
 	// budget exhausted, a device refusal), or "".
 	RevocationNote() string
+	// RevokesSignatureKeys reports whether new signature keys get a
+	// revocation too (HPKE keys always do while the device can give one).
+	RevokesSignatureKeys() bool
 }
 
 // ErrRevoked is wrapped by a Checker (and by operations) for a key the

@@ -450,6 +450,10 @@ func (b *Backend) RevocationNote() string {
 	return b.revNote
 }
 
+// RevokesSignatureKeys reports whether new signature keys are bound to a
+// bit too (--tpm-revocation-roles all).
+func (b *Backend) RevokesSignatureKeys() bool { return b.revSign }
+
 func (b *Backend) setRevNote(note string) {
 	b.revMu.Lock()
 	defer b.revMu.Unlock()

@@ -240,3 +240,42 @@ func TestSignatureKeyBitSettingTPM(t *testing.T) {
 		t.Fatalf("sign after destroy: %v", err)
 	}
 }
+
+// TestSpentBudgetNotedForSignatureKeysTPM: once the revocation budget is
+// spent, the per-role note (GetInfo, mlskeyctl status) names the
+// signature role too when signature keys get bits, and only then.
+func TestSpentBudgetNotedForSignatureKeysTPM(t *testing.T) {
+	ctx := context.Background()
+	for _, all := range []bool{false, true} {
+		cfg := swtpmEnv(t).cfg // a fresh TPM: the first run spends its budget
+		cfg.RevocationIndices = 1
+		cfg.RevokeSignatureKeys = all
+		b := openCfg(t, cfg)
+		st, err := keystore.Open(ctx, filepath.Join(t.TempDir(), "catalog.db"), b, keystore.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, why := st.Availability(keystore.RoleSignature, keystore.ECDSAP256); why != "" {
+			t.Fatalf("all=%v: note before the budget is spent: %s", all, why)
+		}
+		for i := 0; b.RevocationNote() == ""; i++ {
+			if i > revBits {
+				t.Fatalf("all=%v: the budget of one index is not spent after %d keys", all, i)
+			}
+			if _, _, err := b.Generate(ctx, "k", keystore.ECDHP256); err != nil {
+				t.Fatal(err)
+			}
+		}
+		_, why := st.Availability(keystore.RoleSignature, keystore.ECDSAP256)
+		if all != strings.Contains(why, "no per-key revocation") {
+			t.Fatalf("all=%v: signature role note %q", all, why)
+		}
+		if _, why := st.Availability(keystore.RoleInit, keystore.ECDHP256); !strings.Contains(why, "no per-key revocation") {
+			t.Fatalf("all=%v: init role note %q", all, why)
+		}
+		if err := st.Close(); err != nil {
+			t.Fatal(err)
+		}
+		b.Close()
+	}
+}
