@@ -13,6 +13,11 @@ import (
 // on its own. The server answers UNAVAILABLE.
 var ErrDeviceUnavailable = errors.New("device unavailable")
 
+// ErrDeviceBusy is wrapped when a call got no turn at a device that runs
+// one command at a time before its deadline: the device is there but
+// queued up. The server answers UNAVAILABLE.
+var ErrDeviceBusy = errors.New("device busy")
+
 // DeviceState is a device's condition as its backend sees it.
 type DeviceState string
 

@@ -125,6 +125,8 @@ func errorKind(err error) string {
 		return "timeout"
 	case errors.Is(err, keystore.ErrDeviceUnavailable):
 		return "unavailable"
+	case errors.Is(err, keystore.ErrDeviceBusy):
+		return "busy"
 	case errors.Is(err, keystore.ErrDeviceKeyNotFound):
 		return "key_not_found"
 	case errors.Is(err, keystore.ErrUnsupportedAlgorithm), errors.Is(err, keystore.ErrUnsupported):

@@ -50,6 +50,10 @@ func TestDeviceOperationsAndErrorKinds(t *testing.T) {
 	if n := testutil.ToFloat64(m.deviceErrs.WithLabelValues("sign", "unavailable")); n != 1 {
 		t.Errorf("sign errors of kind unavailable: %v", n)
 	}
+	obs.ObserveDeviceOp("sign", time.Millisecond, fmt.Errorf("tpm: %w: no turn at the TPM within 2s", keystore.ErrDeviceBusy))
+	if n := testutil.ToFloat64(m.deviceErrs.WithLabelValues("sign", "busy")); n != 1 {
+		t.Errorf("sign errors of kind busy: %v", n)
+	}
 }
 
 func TestInterceptorCountsByMethodAndCode(t *testing.T) {

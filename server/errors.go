@@ -38,7 +38,7 @@ func statusOf(field string, err error) error {
 		code = codes.Canceled
 	case errors.Is(err, context.DeadlineExceeded):
 		code = codes.DeadlineExceeded
-	case errors.Is(err, keystore.ErrDeviceUnavailable):
+	case errors.Is(err, keystore.ErrDeviceUnavailable), errors.Is(err, keystore.ErrDeviceBusy):
 		code = codes.Unavailable
 	case errors.Is(err, keystore.ErrNotFound):
 		code = codes.NotFound

@@ -369,8 +369,8 @@ func TestBusy(t *testing.T) {
 	defer cancel()
 	start := time.Now()
 	_, err = b.Sign(short, ref, keystore.ECDSAP256, d)
-	if !errors.Is(err, ErrBusy) {
-		t.Fatalf("Sign with a short deadline: %v, want ErrBusy", err)
+	if !errors.Is(err, ErrBusy) || !errors.Is(err, keystore.ErrDeviceBusy) {
+		t.Fatalf("Sign with a short deadline: %v, want ErrBusy (keystore.ErrDeviceBusy)", err)
 	}
 	if el := time.Since(start); el > 150*time.Millisecond {
 		t.Errorf("gave up after %v, want about 30ms", el)

@@ -15,7 +15,7 @@ var (
 	// first). The TPM runs one command at a time, so a long queue shows up
 	// here rather than as a TPM error; the daemon reports it as
 	// UNAVAILABLE.
-	ErrBusy = errors.New("tpm: device busy")
+	ErrBusy = fmt.Errorf("tpm: %w", keystore.ErrDeviceBusy)
 	// ErrClosed is returned by every method after Close.
 	ErrClosed = errors.New("tpm: backend closed")
 	// ErrForeignBlob is wrapped when the TPM refuses a blob with
