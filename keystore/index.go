@@ -3,7 +3,6 @@ package keystore
 import (
 	"bytes"
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"time"
@@ -149,11 +148,11 @@ func indexRecord(tx *bolt.Tx, r *Record, delta int) error {
 // any) by r's. putRecord calls it before writing r.
 func reindex(tx *bolt.Tx, r *Record) error {
 	if v := tx.Bucket(bucketKeys).Get([]byte(r.ID)); v != nil {
-		var old Record
-		if err := json.Unmarshal(v, &old); err != nil {
-			return fmt.Errorf("catalog record %q is corrupt: %w", r.ID, err)
+		old, err := decodeRecord([]byte(r.ID), v)
+		if err != nil {
+			return err
 		}
-		if err := indexRecord(tx, &old, -1); err != nil {
+		if err := indexRecord(tx, old, -1); err != nil {
 			return err
 		}
 	}
@@ -183,11 +182,11 @@ func ensureIndexes(tx *bolt.Tx) error {
 		}
 	}
 	err := tx.Bucket(bucketKeys).ForEach(func(k, v []byte) error {
-		var r Record
-		if err := json.Unmarshal(v, &r); err != nil {
-			return fmt.Errorf("catalog record %q is corrupt: %w", k, err)
+		r, err := decodeRecord(k, v)
+		if err != nil {
+			return err
 		}
-		return indexRecord(tx, &r, 1)
+		return indexRecord(tx, r, 1)
 	})
 	if err != nil {
 		return err
