@@ -248,10 +248,10 @@ func (s *Store) setState(ids []string, from, to State) error {
 func (s *Store) checkHardware(ctx context.Context, onDevice map[string]DeviceKey) error {
 	t0 := time.Now()
 	var lost, missing []string
-	var check, recheck []*Record
-	// Partial records from the index (idxCheck): enough for the checks
+	var check, recheck []checkEntry
+	// Entries of the index (idxCheck), not records: enough for the checks
 	// and for setState, which reads the full records it changes.
-	err := s.cat.checkedAtStartRecords(func(r *Record) error {
+	err := s.cat.checkedAtStartRecords(func(r checkEntry) error {
 		if r.State == StateMissing {
 			if onDevice == nil && r.Protection == ProtectionHardware && len(r.DeviceRef) > 0 {
 				// No listing: only loading the key tells whether it is back
@@ -275,7 +275,7 @@ func (s *Store) checkHardware(ctx context.Context, onDevice map[string]DeviceKey
 		return err
 	}
 	c, _ := s.be.(Checker)
-	checkOne := func(r *Record) error {
+	checkOne := func(r checkEntry) error {
 		if f := onDevice[r.ID].Check; f != nil {
 			return f(r.Algorithm)
 		}
@@ -512,8 +512,8 @@ func (s *Store) checkSealed(ctx context.Context) error {
 		// Otherwise only missing keys, which the check index holds: a
 		// normal start reads no record here.
 		var ids []string
-		err = s.cat.checkedAtStartRecords(func(r *Record) error {
-			if blobKey(r) && r.State == StateMissing {
+		err = s.cat.checkedAtStartRecords(func(r checkEntry) error {
+			if (r.Protection == ProtectionSealed || r.Protection == ProtectionWrapped) && r.State == StateMissing {
 				ids = append(ids, r.ID)
 			}
 			return nil

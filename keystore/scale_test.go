@@ -124,10 +124,13 @@ func TestCatalogScale(t *testing.T) {
 	t.Logf("catalog %d bytes per key", fi.Size()/int64(n))
 	rss1, _ := procStatus("VmRSS")
 	hwm, _ := procStatus("VmHWM")
+	anon, _ := procStatus("RssAnon")
+	file, _ := procStatus("RssFile")
 	if !hwmReset {
 		t.Logf("(could not reset VmHWM: the peak below includes the filling)")
 	}
-	t.Logf("RSS before Open %d MiB, after start-up %d MiB, peak during start-up (VmHWM) %d MiB", rss0>>10, rss1>>10, hwm>>10)
+	t.Logf("RSS before Open %d MiB, after start-up %d MiB (anonymous %d MiB, file: the catalog's mapped pages and the binary's, %d MiB), peak during start-up (VmHWM) %d MiB",
+		rss0>>10, rss1>>10, anon>>10, file>>10, hwm>>10)
 
 	const rounds = 1000
 	timed := func(what string, fn func(i int)) {
