@@ -182,6 +182,16 @@ func TestCatalogScale(t *testing.T) {
 	if cs, _ := s.UnusedKeyPackages(sig.Owner, 0); len(cs) != 0 {
 		t.Fatalf("after the cascade: %+v", cs)
 	}
+	// Where the file's bytes go: each bucket's pages per key.
+	s.cat.db.View(func(tx *bolt.Tx) error {
+		var parts []string
+		for _, b := range append([][]byte{bucketKeys, bucketRefs}, indexBuckets...) {
+			st := tx.Bucket(b).Stats()
+			parts = append(parts, fmt.Sprintf("%s %d", b, int64(st.BranchAlloc+st.LeafAlloc)/int64(n)))
+		}
+		t.Logf("bytes per key in pages, by bucket: %s", strings.Join(parts, ", "))
+		return nil
+	})
 }
 
 // procStatus returns a kB field of /proc/self/status (VmRSS, VmHWM).
