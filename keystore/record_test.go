@@ -266,3 +266,28 @@ func TestNewerSchemaRefused(t *testing.T) {
 		t.Fatalf("open of a schema 3 catalog: %v", err)
 	}
 }
+
+// TestNonUTF8IdentityKeyPackageIsUsable: a basic credential's identity may
+// be any bytes. JSON replaced bytes that are not UTF-8, so the record read
+// back named another stock than the one its index entries were made for,
+// and using the KeyPackage failed on a count below zero. The binary form
+// keeps the bytes.
+func TestNonUTF8IdentityKeyPackageIsUsable(t *testing.T) {
+	ctx := context.Background()
+	s, _ := openStore(t, newFake(), Options{})
+	sig, err := s.Create(ctx, KeySpec{Role: RoleSignature, Suite: 1, Algorithm: Ed25519, Owner: "uid:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inits := makeKPs(t, s, sig, "uid:1", 2, false, time.Now().Add(time.Hour), "caf\xe9")
+	if _, err := s.UseInitKey(ctx, inits[0].ID, func(any) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	cs, err := s.UnusedKeyPackages("uid:1", 1)
+	if err != nil || len(cs) != 1 || cs[0].Identity != "caf\xe9" || cs[0].Regular != 1 {
+		t.Fatalf("unused KeyPackages after using one: %+v, %v", cs, err)
+	}
+	if r, err := s.Get(inits[1].ID); err != nil || r.Identity != "caf\xe9" {
+		t.Fatalf("identity read back: %q, %v", r.Identity, err)
+	}
+}
