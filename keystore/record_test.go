@@ -291,3 +291,23 @@ func TestNonUTF8IdentityKeyPackageIsUsable(t *testing.T) {
 		t.Fatalf("identity read back: %q, %v", r.Identity, err)
 	}
 }
+
+// BenchmarkDecodeRecord compares reading a signature key's record in
+// either form: what Store.Get decodes per request.
+func BenchmarkDecodeRecord(b *testing.B) {
+	r := sampleRecords()[0]
+	j, _ := json.Marshal(r)
+	for _, c := range []struct {
+		name string
+		v    []byte
+	}{{"json", j}, {"binary", encodeRecord(r)}} {
+		b.Run(c.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := decodeRecord([]byte(r.ID), c.v); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
