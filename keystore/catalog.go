@@ -2,7 +2,6 @@ package keystore
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -92,12 +91,15 @@ func (r *Record) Live() bool { return r.State == StateActive }
 // batches whose device work has started but whose records are not yet
 // committed (see journal.go).
 var (
-	bucketKeys  = []byte("keys")
-	bucketRefs  = []byte("kpref")
-	bucketMeta  = []byte("meta")
-	bucketJrnl  = []byte("journal")
-	keySchema   = []byte("schema")
-	schemaValue = []byte("1")
+	bucketKeys = []byte("keys")
+	bucketRefs = []byte("kpref")
+	bucketMeta = []byte("meta")
+	bucketJrnl = []byte("journal")
+	keySchema  = []byte("schema")
+	// Schema 2: records in the binary form of record.go, or still in
+	// JSON if written under schema 1. Schema 1: JSON records only.
+	schemaValue = []byte("2")
+	schemaJSON  = []byte("1")
 )
 
 type catalog struct {
@@ -120,12 +122,17 @@ func openCatalog(path string) (*catalog, error) {
 		}
 		meta := tx.Bucket(bucketMeta)
 		switch v := meta.Get(keySchema); {
-		case v == nil:
+		case v == nil, bytes.Equal(v, schemaJSON):
+			// A catalog of schema 1 holds JSON records only; they are
+			// still read, and each is rewritten in the binary form when
+			// it is next written. The marker changes first, so that an
+			// older mlskeyd refuses the catalog by its schema instead of
+			// failing on the first binary record it meets.
 			if err := meta.Put(keySchema, schemaValue); err != nil {
 				return err
 			}
 		case !bytes.Equal(v, schemaValue):
-			return fmt.Errorf("catalog schema %q is not supported by this version", v)
+			return fmt.Errorf("catalog schema %q is not supported by this version (a newer mlskeyd wrote it)", v)
 		}
 		return ensureIndexes(tx)
 	})
@@ -143,11 +150,7 @@ func getRecord(tx *bolt.Tx, id string) (*Record, error) {
 	if v == nil {
 		return nil, fmt.Errorf("key %q: %w", id, ErrNotFound)
 	}
-	var r Record
-	if err := json.Unmarshal(v, &r); err != nil {
-		return nil, fmt.Errorf("catalog record %q is corrupt: %w", id, err)
-	}
-	return &r, nil
+	return decodeRecord([]byte(id), v)
 }
 
 // putRecord is the only way a record is written: it keeps the secondary
@@ -157,10 +160,7 @@ func getRecord(tx *bolt.Tx, id string) (*Record, error) {
 const appendFill = 0.9
 
 func putRecord(tx *bolt.Tx, r *Record) error {
-	v, err := json.Marshal(r)
-	if err != nil {
-		return err
-	}
+	v := encodeRecord(r)
 	if err := reindex(tx, r); err != nil {
 		return err
 	}
@@ -253,18 +253,18 @@ func (c *catalog) list(f Filter, after string, limit int) ([]*Record, string, er
 			}
 		}
 		for ; k != nil; k, v = cur.Next() {
-			var r Record
-			if err := json.Unmarshal(v, &r); err != nil {
-				return fmt.Errorf("catalog record %q is corrupt: %w", k, err)
+			r, err := decodeRecord(k, v)
+			if err != nil {
+				return err
 			}
-			if !f.match(&r) {
+			if !f.match(r) {
 				continue
 			}
 			if len(out) == limit {
 				next = out[len(out)-1].ID
 				return nil
 			}
-			out = append(out, &r)
+			out = append(out, r)
 		}
 		return nil
 	})
@@ -275,11 +275,11 @@ func (c *catalog) list(f Filter, after string, limit int) ([]*Record, string, er
 func (c *catalog) all(fn func(*Record) error) error {
 	return c.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketKeys).ForEach(func(k, v []byte) error {
-			var r Record
-			if err := json.Unmarshal(v, &r); err != nil {
-				return fmt.Errorf("catalog record %q is corrupt: %w", k, err)
+			r, err := decodeRecord(k, v)
+			if err != nil {
+				return err
 			}
-			return fn(&r)
+			return fn(r)
 		})
 	})
 }

@@ -3,7 +3,6 @@ package keystore
 import (
 	"bytes"
 	"encoding/binary"
-	"encoding/json"
 	"fmt"
 	"slices"
 	"time"
@@ -149,11 +148,11 @@ func indexRecord(tx *bolt.Tx, r *Record, delta int) error {
 // any) by r's. putRecord calls it before writing r.
 func reindex(tx *bolt.Tx, r *Record) error {
 	if v := tx.Bucket(bucketKeys).Get([]byte(r.ID)); v != nil {
-		var old Record
-		if err := json.Unmarshal(v, &old); err != nil {
-			return fmt.Errorf("catalog record %q is corrupt: %w", r.ID, err)
+		old, err := decodeRecord([]byte(r.ID), v)
+		if err != nil {
+			return err
 		}
-		if err := indexRecord(tx, &old, -1); err != nil {
+		if err := indexRecord(tx, old, -1); err != nil {
 			return err
 		}
 	}
@@ -183,11 +182,11 @@ func ensureIndexes(tx *bolt.Tx) error {
 		}
 	}
 	err := tx.Bucket(bucketKeys).ForEach(func(k, v []byte) error {
-		var r Record
-		if err := json.Unmarshal(v, &r); err != nil {
-			return fmt.Errorf("catalog record %q is corrupt: %w", k, err)
+		r, err := decodeRecord(k, v)
+		if err != nil {
+			return err
 		}
-		return indexRecord(tx, &r, 1)
+		return indexRecord(tx, r, 1)
 	})
 	if err != nil {
 		return err
@@ -402,31 +401,55 @@ func encodeCheckEntry(r *Record) []byte {
 	return append(v, r.DeviceRef...)
 }
 
-func decodeCheckEntry(id, v []byte) (*Record, error) {
-	var f [3]string
-	for i := range f {
-		if len(v) < 1 || len(v) < 1+int(v[0]) {
-			return nil, fmt.Errorf("catalog index %s: malformed entry for %q", idxCheck, id)
-		}
-		f[i], v = string(v[1:1+int(v[0])]), v[1+int(v[0]):]
-	}
-	r := &Record{ID: string(id), State: State(f[0]), Protection: Protection(f[1]), Algorithm: Algorithm(f[2])}
-	if len(v) > 0 {
-		r.DeviceRef = bytes.Clone(v)
-	}
-	return r, nil
+// checkEntry is what start-up's hardware check needs of a key, read from
+// idxCheck. A large catalog has one per active hardware key held at once
+// (a million of them in docs/performance.md), so it is a small value with
+// its names shared, not a Record with strings of its own.
+type checkEntry struct {
+	ID         string
+	State      State
+	Protection Protection
+	Algorithm  Algorithm
+	DeviceRef  []byte
 }
 
-// checkedAtStartRecords calls fn with a partial record (ID, State,
-// Protection, Algorithm, DeviceRef) of every key checkedAtStart selects.
-func (c *catalog) checkedAtStartRecords(fn func(*Record) error) error {
+// known returns the table's copy of name if it has one, so that a
+// million entries do not each allocate the same few strings.
+func known(names []string, name []byte) string {
+	for _, n := range names {
+		if n == string(name) {
+			return n
+		}
+	}
+	return string(name)
+}
+
+func decodeCheckEntry(id, v []byte) (checkEntry, error) {
+	var f [3][]byte
+	for i := range f {
+		if len(v) < 1 || len(v) < 1+int(v[0]) {
+			return checkEntry{}, fmt.Errorf("catalog index %s: malformed entry for %q", idxCheck, id)
+		}
+		f[i], v = v[1:1+int(v[0])], v[1+int(v[0]):]
+	}
+	e := checkEntry{ID: string(id), State: State(known(stateNames, f[0])),
+		Protection: Protection(known(protectionNames, f[1])), Algorithm: Algorithm(known(algorithmNames, f[2]))}
+	if len(v) > 0 {
+		e.DeviceRef = bytes.Clone(v)
+	}
+	return e, nil
+}
+
+// checkedAtStartRecords calls fn with the check entry of every key
+// checkedAtStart selects.
+func (c *catalog) checkedAtStartRecords(fn func(checkEntry) error) error {
 	return c.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(idxCheck).ForEach(func(k, v []byte) error {
-			r, err := decodeCheckEntry(k, v)
+			e, err := decodeCheckEntry(k, v)
 			if err != nil {
 				return err
 			}
-			return fn(r)
+			return fn(e)
 		})
 	})
 }

@@ -302,7 +302,7 @@ func TestStartupReadsTheCheckIndexOnly(t *testing.T) {
 	}
 	var checked []string
 	n := 0
-	err = s.cat.checkedAtStartRecords(func(r *Record) error {
+	err = s.cat.checkedAtStartRecords(func(r checkEntry) error {
 		n++
 		checked = append(checked, r.ID)
 		if r.State != StateActive || r.Protection != ProtectionHardware || r.Algorithm != Ed25519 || !bytes.Equal(r.DeviceRef, live.DeviceRef) {

@@ -248,10 +248,22 @@ func (s *Store) setState(ids []string, from, to State) error {
 func (s *Store) checkHardware(ctx context.Context, onDevice map[string]DeviceKey) error {
 	t0 := time.Now()
 	var lost, missing []string
-	var check, recheck []*Record
-	// Partial records from the index (idxCheck): enough for the checks
-	// and for setState, which reads the full records it changes.
-	err := s.cat.checkedAtStartRecords(func(r *Record) error {
+	var recheck []checkEntry
+	c, _ := s.be.(Checker)
+	checkOne := func(r checkEntry) error {
+		if f := onDevice[r.ID].Check; f != nil {
+			return f(r.Algorithm)
+		}
+		return c.Check(ctx, r.DeviceRef, r.Algorithm)
+	}
+	// Two walks of the index (idxCheck), which holds what the checks need,
+	// instead of a list of every key to check: on a catalog of a million
+	// hardware keys that list alone was hundreds of MiB of heap for the
+	// whole start. The first finds what changes state, the second checks
+	// what is active after those changes; both keep only the few keys that
+	// need something done.
+	toCheck := 0
+	err := s.cat.checkedAtStartRecords(func(r checkEntry) error {
 		if r.State == StateMissing {
 			if onDevice == nil && r.Protection == ProtectionHardware && len(r.DeviceRef) > 0 {
 				// No listing: only loading the key tells whether it is back
@@ -268,31 +280,17 @@ func (s *Store) checkHardware(ctx context.Context, onDevice map[string]DeviceKey
 			lost = append(lost, r.ID)
 			return nil
 		}
-		check = append(check, r)
+		// Keys made under another identity do not load on an adopted
+		// device; they are quarantined, not a reason to refuse it.
+		if s.adoptedIdentity && c != nil && checkOne(r) != nil {
+			lost = append(lost, r.ID)
+			return nil
+		}
+		toCheck++
 		return nil
 	})
 	if err != nil {
 		return err
-	}
-	c, _ := s.be.(Checker)
-	checkOne := func(r *Record) error {
-		if f := onDevice[r.ID].Check; f != nil {
-			return f(r.Algorithm)
-		}
-		return c.Check(ctx, r.DeviceRef, r.Algorithm)
-	}
-	if s.adoptedIdentity && c != nil {
-		// Keys made under another identity do not load on this device;
-		// they are quarantined, not a reason to refuse the adopted device.
-		kept := check[:0]
-		for _, r := range check {
-			if err := checkOne(r); err != nil {
-				lost = append(lost, r.ID)
-				continue
-			}
-			kept = append(kept, r)
-		}
-		check = kept
 	}
 	if len(lost) > 0 {
 		if err := s.setState(lost, StateActive, StateMissing); err != nil {
@@ -319,15 +317,26 @@ func (s *Store) checkHardware(ctx context.Context, onDevice map[string]DeviceKey
 	s.strays.mu.Unlock()
 	var revoked []string
 	cause := map[string]error{}
+	checked := 0
 	if c != nil {
-		progress := newProgress(s, "hardware keys checked so far", len(check))
-		for i, r := range check {
-			progress.at(i)
+		// The keys just restored passed their check above; the lost ones
+		// are missing now and not active.
+		skip := make(map[string]bool, len(restored))
+		for _, id := range restored {
+			skip[id] = true
+		}
+		progress := newProgress(s, "hardware keys checked so far", toCheck)
+		err := s.cat.checkedAtStartRecords(func(r checkEntry) error {
+			if r.State != StateActive || r.Protection != ProtectionHardware || skip[r.ID] {
+				return nil
+			}
+			progress.at(checked)
+			checked++
 			if err := checkOne(r); err != nil {
 				if errors.Is(err, ErrRevoked) {
 					revoked = append(revoked, r.ID)
 					cause[r.ID] = err
-					continue
+					return nil
 				}
 				var fe *ForeignKeyError
 				if errors.As(err, &fe) {
@@ -335,13 +344,17 @@ func (s *Store) checkHardware(ctx context.Context, onDevice map[string]DeviceKey
 				}
 				return fmt.Errorf("hardware key %q failed its start-up check: %w", r.ID, err)
 			}
+			return nil
+		})
+		if err != nil {
+			return err
 		}
 	}
 	if err := s.retireRevoked(revoked, cause); err != nil {
 		return err
 	}
-	if len(check) > 0 || len(lost) > 0 {
-		s.log.Info("hardware keys checked", "checked", len(check), "missing", len(lost), "revoked", len(revoked), "took", time.Since(t0).Round(time.Millisecond))
+	if toCheck > 0 || len(lost) > 0 {
+		s.log.Info("hardware keys checked", "checked", toCheck, "missing", len(lost), "revoked", len(revoked), "took", time.Since(t0).Round(time.Millisecond))
 	}
 	return nil
 }
@@ -512,8 +525,8 @@ func (s *Store) checkSealed(ctx context.Context) error {
 		// Otherwise only missing keys, which the check index holds: a
 		// normal start reads no record here.
 		var ids []string
-		err = s.cat.checkedAtStartRecords(func(r *Record) error {
-			if blobKey(r) && r.State == StateMissing {
+		err = s.cat.checkedAtStartRecords(func(r checkEntry) error {
+			if (r.Protection == ProtectionSealed || r.Protection == ProtectionWrapped) && r.State == StateMissing {
 				ids = append(ids, r.ID)
 			}
 			return nil

@@ -7,7 +7,9 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"runtime/debug"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -98,6 +100,12 @@ func TestCatalogScale(t *testing.T) {
 	s.Close()
 	fi, _ := os.Stat(path)
 
+	// The process's resident set at start-up, as near as one test process
+	// can show it: the filling's heap handed back to the system and the
+	// peak (VmHWM) reset before Open.
+	debug.FreeOSMemory()
+	hwmReset := os.WriteFile("/proc/self/clear_refs", []byte("5"), 0) == nil
+	rss0, _ := procStatus("VmRSS")
 	runtime.GC()
 	var m0 runtime.MemStats
 	runtime.ReadMemStats(&m0)
@@ -113,6 +121,16 @@ func TestCatalogScale(t *testing.T) {
 	runtime.ReadMemStats(&m1)
 	t.Logf("start-up (open, reconcile, check every hardware key) %v, %d MiB allocated; catalog file %d MiB (mapped, not heap); heap in use after start-up %d MiB, %d objects",
 		opened.Round(time.Millisecond), (m1.TotalAlloc-m0.TotalAlloc)>>20, fi.Size()>>20, m1.HeapInuse>>20, m1.HeapObjects)
+	t.Logf("catalog %d bytes per key", fi.Size()/int64(n))
+	rss1, _ := procStatus("VmRSS")
+	hwm, _ := procStatus("VmHWM")
+	anon, _ := procStatus("RssAnon")
+	file, _ := procStatus("RssFile")
+	if !hwmReset {
+		t.Logf("(could not reset VmHWM: the peak below includes the filling)")
+	}
+	t.Logf("RSS before Open %d MiB, after start-up %d MiB (anonymous %d MiB, file: the catalog's mapped pages and the binary's, %d MiB), peak during start-up (VmHWM) %d MiB",
+		rss0>>10, rss1>>10, anon>>10, file>>10, hwm>>10)
 
 	const rounds = 1000
 	timed := func(what string, fn func(i int)) {
@@ -164,6 +182,30 @@ func TestCatalogScale(t *testing.T) {
 	if cs, _ := s.UnusedKeyPackages(sig.Owner, 0); len(cs) != 0 {
 		t.Fatalf("after the cascade: %+v", cs)
 	}
+	// Where the file's bytes go: each bucket's pages per key.
+	s.cat.db.View(func(tx *bolt.Tx) error {
+		var parts []string
+		for _, b := range append([][]byte{bucketKeys, bucketRefs}, indexBuckets...) {
+			st := tx.Bucket(b).Stats()
+			parts = append(parts, fmt.Sprintf("%s %d", b, int64(st.BranchAlloc+st.LeafAlloc)/int64(n)))
+		}
+		t.Logf("bytes per key in pages, by bucket: %s", strings.Join(parts, ", "))
+		return nil
+	})
+}
+
+// procStatus returns a kB field of /proc/self/status (VmRSS, VmHWM).
+func procStatus(field string) (int64, error) {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.Lines(string(b)) {
+		if v, ok := strings.CutPrefix(line, field+":"); ok {
+			return strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(v), " kB"), 10, 64)
+		}
+	}
+	return 0, fmt.Errorf("/proc/self/status has no %s", field)
 }
 
 // BenchmarkCatalog measures the per-request catalog reads on a catalog of

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/ecdh"
 	"crypto/rand"
-	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
@@ -122,7 +121,7 @@ func TestWrappedBlobMovedRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	blob := blobOf(t, e.catalog, inits[0].ID)
-	editRecord(t, e.catalog, inits[1].ID, func(r map[string]any) { r["sealed"] = blob })
+	editRecord(t, e.catalog, inits[1].ID, func(r *keystore.Record) { r.Sealed = blob })
 	e.open(t)
 	err := useP256(ctx, e.store, inits[1].ID)
 	if !errors.Is(err, pkcs11.ErrWrappedBlob) {
@@ -215,15 +214,15 @@ func copyCatalog(t *testing.T, from, to string) {
 	}
 }
 
-func blobOf(t *testing.T, path, id string) any {
-	var v any
-	editRecord(t, path, id, func(r map[string]any) { v = r["sealed"] })
+func blobOf(t *testing.T, path, id string) []byte {
+	var v []byte
+	editRecord(t, path, id, func(r *keystore.Record) { v = r.Sealed })
 	return v
 }
 
 // editRecord changes a record in a closed catalog, as someone with write
 // access to the file could.
-func editRecord(t *testing.T, path, id string, fn func(map[string]any)) {
+func editRecord(t *testing.T, path, id string, fn func(*keystore.Record)) {
 	t.Helper()
 	db, err := bolt.Open(filepath.Clean(path), 0o600, nil)
 	if err != nil {
@@ -232,16 +231,12 @@ func editRecord(t *testing.T, path, id string, fn func(map[string]any)) {
 	defer db.Close()
 	err = db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket([]byte("keys"))
-		var r map[string]any
-		if err := json.Unmarshal(b.Get([]byte(id)), &r); err != nil {
-			return err
-		}
-		fn(r)
-		v, err := json.Marshal(r)
+		r, err := keystore.DecodeStoredRecord([]byte(id), b.Get([]byte(id)))
 		if err != nil {
 			return err
 		}
-		return b.Put([]byte(id), v)
+		fn(r)
+		return b.Put([]byte(id), keystore.EncodeStoredRecord(r))
 	})
 	if err != nil {
 		t.Fatal(err)
