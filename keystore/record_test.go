@@ -39,7 +39,7 @@ func sampleRecords() []*Record {
 		{ID: "a1", Role: RoleSignature, Suite: 1, Algorithm: Ed25519, PublicKey: bytes.Repeat([]byte{7}, 32),
 			Protection: ProtectionHardware, DeviceRef: []byte("ref"), Owner: "uid:1", State: StateActive, CreatedAt: at},
 		{ID: "a2", Role: RoleInit, Suite: 0xffff, Algorithm: X448, PublicKey: []byte{1}, Protection: ProtectionSealed,
-			Sealed: []byte("blob"), Epoch: "e1", Owner: "uid:2", State: StateConsumed, KeyPackageRef: bytes.Repeat([]byte{9}, 32),
+			DeviceRef: []byte("r2"), Sealed: []byte("blob"), Epoch: "e1", Owner: "uid:2", State: StateConsumed, KeyPackageRef: bytes.Repeat([]byte{9}, 32),
 			LastResort: true, SignatureKeyID: "a1", NotAfter: at.Add(time.Hour), Identity: "\xff\x00not utf-8",
 			CreatedAt: at, RetiredAt: at.Add(time.Minute), RetiredWhy: "Welcome opened", Revocation: []byte{0, 1}},
 		// Names this version does not know, far and negative times.
@@ -309,5 +309,17 @@ func BenchmarkDecodeRecord(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// TestRecordSampleSetsEveryField keeps the round trip honest when Record
+// grows: a field the binary form does not carry would come back zero, so
+// the full sample must set every field.
+func TestRecordSampleSetsEveryField(t *testing.T) {
+	full := reflect.ValueOf(sampleRecords()[1]).Elem()
+	for i := range full.NumField() {
+		if f := full.Type().Field(i); f.IsExported() && full.Field(i).IsZero() {
+			t.Errorf("sample record a2 leaves %s zero: set it, and carry it in the binary form", f.Name)
+		}
 	}
 }
