@@ -120,8 +120,8 @@ var (
 
 // genWrapResult is what one direct genWrap did.
 type genWrapResult struct {
-	// generated: the key pair exists (pubH, privH); destroyed: and is
-	// gone again (or, keep, would have been).
+	// generated: the key pair was made (pubH, privH); destroyed: and is
+	// gone again (never with keep).
 	generated, destroyed bool
 	pubH, privH          p11.ObjectHandle
 	point, wrapped       []byte // nil if not read / not wrapped
