@@ -17,10 +17,11 @@ typedef ckULong (*ckGetAttributeValue)(ckULong, ckULong, ckAttribute *, ckULong)
 // 3.0 keep the 2.x order).
 enum { getAttributeValueIndex = 24 };
 
-// moduleGetAttributeValue returns the module's C_GetAttributeValue, or
-// NULL. The module is already loaded (RTLD_NOLOAD): this only looks it up,
-// and the reference it takes keeps the function valid for the process.
-static void *moduleGetAttributeValue(const char *path) {
+// moduleFunctions returns the module's table of functions (the
+// CK_FUNCTION_LIST after its version), or NULL. The module is already
+// loaded (RTLD_NOLOAD): this only looks it up, and the reference it takes
+// keeps the functions valid for the process.
+static void **moduleFunctions(const char *path) {
 	void *h = dlopen(path, RTLD_NOW | RTLD_NOLOAD);
 	if (h == NULL) {
 		return NULL;
@@ -30,7 +31,11 @@ static void *moduleGetAttributeValue(const char *path) {
 	if (gfl == NULL || gfl(&list) != 0 || list == NULL) {
 		return NULL;
 	}
-	return ((void **)((char *)list + sizeof(void *)))[getAttributeValueIndex];
+	return (void **)((char *)list + sizeof(void *));
+}
+
+static void *functionAt(void **fns, int i) {
+	return fns[i];
 }
 
 static ckULong callGetAttributeValue(void *fn, ckULong session, ckULong object, ckAttribute *t, ckULong n) {
@@ -58,6 +63,7 @@ const attrSlot = 320
 // its file on each call: at start-up, reading every key, that is half the
 // listing's time. Not safe for concurrent use.
 type attrReader struct {
+	fns  unsafe.Pointer // the module's function table
 	fn   unsafe.Pointer // the module's C_GetAttributeValue, nil if not found
 	tmpl *C.ckAttribute // up to maxAttrs entries
 	bufs unsafe.Pointer // maxAttrs × attrSlot bytes
@@ -66,30 +72,57 @@ type attrReader struct {
 const maxAttrs = 16
 
 var (
-	getAttrMu sync.Mutex
-	getAttrFn = map[string]unsafe.Pointer{}
+	modFnsMu sync.Mutex
+	// modFns holds each module's function table by path; nil for a module
+	// whose table is not miekg's instance (disown).
+	modFns = map[string]unsafe.Pointer{}
 )
 
-// newAttrReader returns a reader for the module at path (as acquireModule
-// resolved it). It reads through miekg/pkcs11 when the module is p11-kit's
-// (forwarded): p11-kit hands out a new, uninitialised module instance for
-// every C_GetFunctionList, so only miekg's own instance is usable. Free it
-// with free.
-func newAttrReader(path string, forwarded bool) *attrReader {
+// moduleFns returns the function table of the module at path (as
+// acquireModule resolved it), for calls that miekg/pkcs11 makes in more
+// than one round, or nil: always nil when the module is p11-kit's
+// (forwarded), which hands out a new, uninitialised module instance for
+// every C_GetFunctionList, so that only miekg's own instance is usable.
+func moduleFns(path string, forwarded bool) unsafe.Pointer {
 	if forwarded {
-		return &attrReader{}
+		return nil
 	}
-	getAttrMu.Lock()
-	fn, ok := getAttrFn[path]
+	modFnsMu.Lock()
+	defer modFnsMu.Unlock()
+	fns, ok := modFns[path]
 	if !ok {
 		cpath := C.CString(path)
-		fn = C.moduleGetAttributeValue(cpath)
+		fns = unsafe.Pointer(C.moduleFunctions(cpath))
 		C.free(unsafe.Pointer(cpath))
-		getAttrFn[path] = fn
+		modFns[path] = fns
 	}
-	getAttrMu.Unlock()
-	r := &attrReader{fn: fn}
-	if fn != nil {
+	return fns
+}
+
+// disownFns stops every later call through the function table fns (a
+// module instance other than miekg's, as p11-kit's).
+func disownFns(fns unsafe.Pointer) {
+	modFnsMu.Lock()
+	for k, f := range modFns {
+		if f == fns {
+			modFns[k] = nil
+		}
+	}
+	modFnsMu.Unlock()
+}
+
+// newAttrReader returns a reader for the module at path; with forwarded
+// (or a module whose table is not found) it reads through miekg/pkcs11.
+// Free it with free.
+func newAttrReader(path string, forwarded bool) *attrReader {
+	r := &attrReader{}
+	fns := moduleFns(path, forwarded)
+	if fns == nil {
+		return r
+	}
+	r.fns = fns
+	r.fn = C.functionAt((*unsafe.Pointer)(fns), C.getAttributeValueIndex)
+	if r.fn != nil {
 		r.tmpl = (*C.ckAttribute)(C.calloc(maxAttrs, C.size_t(unsafe.Sizeof(C.ckAttribute{}))))
 		r.bufs = C.calloc(maxAttrs, attrSlot)
 	}
@@ -182,12 +215,6 @@ func (r *attrReader) readSome(s p11.SessionHandle, h p11.ObjectHandle, q []*p11.
 // disown stops the reader, and every later one for its module, from
 // calling an instance of the module other than miekg's.
 func (r *attrReader) disown() {
-	getAttrMu.Lock()
-	for k, fn := range getAttrFn {
-		if fn == r.fn {
-			getAttrFn[k] = nil
-		}
-	}
-	getAttrMu.Unlock()
+	disownFns(r.fns)
 	r.free()
 }

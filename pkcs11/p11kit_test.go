@@ -112,6 +112,11 @@ func TestP11KitCapabilitiesProbed(t *testing.T) {
 			t.Fatalf("algorithms %v, want %v", got, want)
 		}
 	}
+	// Calls that bypass miekg/pkcs11 (attrs.go, genwrap.go) would reach an
+	// uninitialised instance of p11-kit's client: they stay off.
+	if moduleFns(b.mod.path, b.forwarded) != nil {
+		t.Error("direct module calls enabled on a forwarded token")
+	}
 	if err := b.SealError(); err != nil || b.SealMode() != sealModeHMAC {
 		t.Fatalf("seal mode %q, error %v; want hmac-kdf", b.SealMode(), err)
 	}

@@ -350,22 +350,50 @@ func (b *Backend) GenerateWrapped(ctx context.Context, epoch, id string, alg key
 	}
 	err = b.withWrapKey(ctx, "generate_wrapped", epoch, func(s p11.SessionHandle, wh p11.ObjectHandle) (err error) {
 		pt, kt := b.wrappableTemplates(spec, id, trusted)
-		pubH, privH, err := b.mod.ctx.GenerateKeyPair(s, []*p11.Mechanism{p11.NewMechanism(spec.genMech, nil)}, pt, kt)
-		if err != nil {
-			return fmt.Errorf("C_GenerateKeyPair(session): %w", err)
+		var point, w []byte
+		var pubH, privH p11.ObjectHandle
+		r, direct := b.genWrapDirect(s, spec.genMech, wh, pt, kt, false)
+		switch {
+		case !direct:
+		case r.destroyed:
+			// All done in one call, the objects are gone again; a failed
+			// destruction poisons the session as destroySession does.
+			if r.err != nil {
+				return r.err
+			}
+			if r.destroyErr != nil {
+				return &poisoned{fmt.Errorf("C_DestroyObject(session key): %w", r.destroyErr)}
+			}
+			point, w = r.point, r.wrapped
+		case !r.generated:
+			return r.err
+		default:
+			// A buffer was too small: go on the ordinary way.
+			pubH, privH, point = r.pubH, r.privH, r.point
+			defer b.destroySession(s, &err, privH, pubH)
 		}
-		defer b.destroySession(s, &err, privH, pubH)
-		attrs, err := b.mod.ctx.GetAttributeValue(s, pubH, []*p11.Attribute{p11.NewAttribute(p11.CKA_EC_POINT, nil)})
-		if err != nil {
-			return fmt.Errorf("C_GetAttributeValue(CKA_EC_POINT): %w", err)
+		if !direct {
+			pubH, privH, err = b.mod.ctx.GenerateKeyPair(s, []*p11.Mechanism{p11.NewMechanism(spec.genMech, nil)}, pt, kt)
+			if err != nil {
+				return fmt.Errorf("C_GenerateKeyPair(session): %w", err)
+			}
+			defer b.destroySession(s, &err, privH, pubH)
 		}
-		p, ok := decodeECPoint(attrs[0].Value, spec.pubLen)
+		if point == nil {
+			attrs, err := b.mod.ctx.GetAttributeValue(s, pubH, []*p11.Attribute{p11.NewAttribute(p11.CKA_EC_POINT, nil)})
+			if err != nil {
+				return fmt.Errorf("C_GetAttributeValue(CKA_EC_POINT): %w", err)
+			}
+			point = attrs[0].Value
+		}
+		p, ok := decodeECPoint(point, spec.pubLen)
 		if !ok || (spec.nist && p[0] != 4) {
-			return fmt.Errorf("unexpected CKA_EC_POINT of %d bytes", len(attrs[0].Value))
+			return fmt.Errorf("unexpected CKA_EC_POINT of %d bytes", len(point))
 		}
-		w, err := b.mod.ctx.WrapKey(s, wrapMech(), wh, privH)
-		if err != nil {
-			return fmt.Errorf("C_WrapKey(AES-KWP): %w", err)
+		if w == nil {
+			if w, err = b.mod.ctx.WrapKey(s, wrapMech(), wh, privH); err != nil {
+				return fmt.Errorf("C_WrapKey(AES-KWP): %w", err)
+			}
 		}
 		pub, blob = p, append(wrapHeader(epoch), w...)
 		return nil
