@@ -2,7 +2,6 @@ package audit
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -88,6 +87,7 @@ type Log struct {
 	prev    string // hash of the last record's line
 	lastRot string // newest rotated file name (base name), "" if none
 	closed  bool
+	buf     []byte // encoding buffer, reused between records
 }
 
 // Open opens (creating with mode 0600 if needed) the live audit log at path
@@ -261,7 +261,7 @@ func (l *Log) Append(r Record) error {
 	if r.Time.IsZero() {
 		r.Time = l.now().UTC()
 	}
-	line, _, err := l.encode(r)
+	line, hash, err := l.encode(r)
 	if err != nil {
 		return err
 	}
@@ -276,21 +276,33 @@ func (l *Log) Append(r Record) error {
 				}
 			}
 		}
+		// The rotation may have written a prune record: the chain moved.
+		if line, hash, err = l.encode(r); err != nil {
+			return err
+		}
 	}
-	return l.writeLocked(r)
+	return l.writeLine(line, hash)
 }
 
 // encode assigns r's Seq and Prev and returns its line (with newline) and
-// hash.
+// hash. The line is l's buffer, valid until the next encode.
 func (l *Log) encode(r Record) ([]byte, string, error) {
 	r.Seq = l.seq + 1
 	r.Prev = l.prev
-	line, err := json.Marshal(r)
+	line, err := appendRecord(l.buf[:0], &r)
 	if err != nil {
 		return nil, "", fmt.Errorf("audit: encode record: %w", err)
 	}
-	return append(line, '\n'), hashLine(line), nil
+	hash := hashLine(line)
+	line = append(line, '\n')
+	if cap(line) <= maxKeptBuffer {
+		l.buf = line
+	}
+	return line, hash, nil
 }
+
+// maxKeptBuffer bounds the encoding buffer a Log keeps between records.
+const maxKeptBuffer = 64 << 10
 
 // writeLocked appends one record to the live file.
 func (l *Log) writeLocked(r Record) error {
@@ -301,6 +313,12 @@ func (l *Log) writeLocked(r Record) error {
 	if err != nil {
 		return err
 	}
+	return l.writeLine(line, hash)
+}
+
+// writeLine appends one encoded record (line, with its newline, and the
+// hash of line without it) to the live file.
+func (l *Log) writeLine(line []byte, hash string) error {
 	n, err := l.f.Write(line)
 	if err == nil && n != len(line) {
 		err = io.ErrShortWrite

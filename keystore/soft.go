@@ -1,6 +1,7 @@
 package keystore
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdh"
 	"crypto/ecdsa"
@@ -14,6 +15,8 @@ import (
 
 	"github.com/cloudflare/circl/dh/x448"
 	"github.com/cloudflare/circl/sign/ed448"
+	"golang.org/x/crypto/cryptobyte"
+	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 )
 
 // The software side of the keystore: key generation and operations for
@@ -206,12 +209,30 @@ func rawToDER(raw []byte, n int) ([]byte, error) {
 	if n == 0 || len(raw) != 2*n {
 		return nil, fmt.Errorf("device returned a %d-byte ECDSA signature, want %d", len(raw), 2*n)
 	}
-	r := new(big.Int).SetBytes(raw[:n])
-	s := new(big.Int).SetBytes(raw[n:])
-	if r.Sign() == 0 || s.Sign() == 0 {
+	r, s := bytes.TrimLeft(raw[:n], "\x00"), bytes.TrimLeft(raw[n:], "\x00")
+	if len(r) == 0 || len(s) == 0 {
 		return nil, errors.New("device returned an ECDSA signature with a zero component")
 	}
-	return asn1.Marshal(ecdsaSig{r, s})
+	// Built directly rather than through math/big and encoding/asn1:
+	// this runs for every ECDSA signature, and they were a few percent of
+	// its CPU through the daemon.
+	var b cryptobyte.Builder
+	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		addUnsignedInt(b, r)
+		addUnsignedInt(b, s)
+	})
+	return b.Bytes()
+}
+
+// addUnsignedInt adds a DER INTEGER of the big-endian unsigned value v,
+// which has no leading zero bytes and is not empty.
+func addUnsignedInt(b *cryptobyte.Builder, v []byte) {
+	b.AddASN1(cbasn1.INTEGER, func(b *cryptobyte.Builder) {
+		if v[0]&0x80 != 0 {
+			b.AddUint8(0) // positive, not a negative two's complement
+		}
+		b.AddBytes(v)
+	})
 }
 
 func derToRaw(der []byte, n int) ([]byte, error) {

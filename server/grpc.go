@@ -161,6 +161,9 @@ func logCalls(log *slog.Logger) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 		start := time.Now()
 		resp, err := h(ctx, req)
+		if err == nil && !log.Enabled(ctx, slog.LevelDebug) {
+			return resp, err // spares every successful call the attributes
+		}
 		attrs := []any{"method", info.FullMethod, "code", status.Code(err).String(), "duration", time.Since(start)}
 		if p, ok := PeerFromContext(ctx); ok {
 			attrs = append(attrs, "uid", p.UID, "pid", p.PID)
