@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"math"
 	"math/rand/v2"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -117,4 +118,37 @@ func BenchmarkAppendRecord(b *testing.B) {
 			json.Marshal(r)
 		}
 	})
+}
+
+// TestAppendRecordCarriesEveryField fills every field of a Record, whatever
+// fields it has, so that a field added later and forgotten by the
+// hand-written encoder fails here rather than breaking the chain.
+func TestAppendRecordCarriesEveryField(t *testing.T) {
+	var r Record
+	v := reflect.ValueOf(&r).Elem()
+	for i := range v.NumField() {
+		f := v.Field(i)
+		switch {
+		case f.Type() == reflect.TypeOf(time.Time{}):
+			f.Set(reflect.ValueOf(time.Date(2026, 11, 30, 23, 0, 0, 1, time.UTC)))
+		case f.Kind() == reflect.String:
+			f.SetString("x" + v.Type().Field(i).Name)
+		case f.Kind() == reflect.Slice && f.Type().Elem().Kind() == reflect.String:
+			f.Set(reflect.ValueOf([]string{"a", "b"}))
+		case f.CanUint():
+			f.SetUint(uint64(i + 1))
+		case f.CanInt():
+			f.SetInt(int64(i + 1))
+		default:
+			t.Fatalf("field %s of kind %s: teach this test to fill it", v.Type().Field(i).Name, f.Kind())
+		}
+	}
+	want, err := json.Marshal(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := appendRecord(nil, &r)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("encoding differs (%v)\n got %s\nwant %s", err, got, want)
+	}
 }
