@@ -93,6 +93,7 @@ type Backend struct {
 	srk    tpm2.NamedHandle
 	srkPub tpm2.TPMTPublic
 	lru    lru
+	parsed blobCache // parsed key references, see blobcache.go
 	closed bool
 	// epochs maps epoch ids to their persistent parents; epochMax bounds
 	// the handles they take.

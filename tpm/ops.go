@@ -34,50 +34,70 @@ func (b *Backend) keyBlob(ref []byte, alg keystore.Algorithm) (algSpec, *blob, e
 	if len(ref) == 0 {
 		return s, nil, fmt.Errorf("%w: %w: empty key reference", keystore.ErrDeviceKeyNotFound, ErrBadBlob)
 	}
+	key := blobKeyOf(ref)
+	if bl := b.parsed.get(key); bl != nil {
+		if err := bl.matches(s); err != nil {
+			return s, nil, err
+		}
+		return s, bl, nil
+	}
+	bl, err := parseKeyRef(ref)
+	if err != nil {
+		return s, nil, err
+	}
+	if err := bl.matches(s); err != nil {
+		return s, nil, err
+	}
+	b.parsed.put(key, bl)
+	return s, bl, nil
+}
+
+// parseKeyRef parses a key reference of any kind and checks what it says
+// of itself (epoch id, revocation bit against the key's policy); nothing
+// in it depends on the Backend.
+func parseKeyRef(ref []byte) (*blob, error) {
+	var err error
 	epoch := ""
 	var rev *revRef
 	switch ref[0] {
 	case blobKeyEpoch:
 		if epoch, ref, err = splitEpochBlob(ref, blobKey); err != nil {
-			return s, nil, err
+			return nil, err
 		}
 	case blobKeyRevoke:
 		r, rest, err := decodeRev(ref[1:])
 		if err != nil {
-			return s, nil, err
+			return nil, err
 		}
 		rev = &r
 		if len(rest) < 1 || len(rest) < 1+int(rest[0]) {
-			return s, nil, fmt.Errorf("%w: truncated epoch header", ErrBadBlob)
+			return nil, fmt.Errorf("%w: truncated epoch header", ErrBadBlob)
 		}
 		if n := int(rest[0]); n > 0 {
 			epoch = string(rest[1 : 1+n])
 			if err := checkEpochID(epoch); err != nil {
-				return s, nil, fmt.Errorf("%w: %v", ErrBadBlob, err)
+				return nil, fmt.Errorf("%w: %v", ErrBadBlob, err)
 			}
 		}
 		ref = append([]byte{blobKey}, rest[1+int(rest[0]):]...)
 	}
 	bl, err := parseBlob(ref, blobKey)
 	if err != nil {
-		return s, nil, err
+		return nil, err
 	}
 	bl.epoch, bl.rev = epoch, rev
-	if err := bl.matches(s); err != nil {
-		return s, nil, err
-	}
 	if rev != nil {
 		// The bit named in the header must be the one the key's policy
 		// checks, or retiring the key would set another key's bit.
 		want, err := revPolicy(*rev)
 		if err != nil {
-			return s, nil, err
+			return nil, err
 		}
 		if bl.area.ObjectAttributes.UserWithAuth || !bytes.Equal(bl.area.AuthPolicy.Buffer, want) {
-			return s, nil, fmt.Errorf("%w: the key's policy does not check the revocation bit its reference names", ErrBadBlob)
+			return nil, fmt.Errorf("%w: the key's policy does not check the revocation bit its reference names", ErrBadBlob)
 		}
 	}
-	return s, bl, nil
+	return bl, nil
 }
 
 // Generate creates an ECC key under the SRK with TPM2_Create. The TPM
