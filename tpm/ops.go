@@ -228,11 +228,20 @@ func (b *Backend) Sign(ctx context.Context, ref []byte, alg keystore.Algorithm, 
 		if err != nil {
 			return err
 		}
-		var auth tpm2.Session = tpm2.PasswordAuth(nil)
-		if bl.rev != nil {
-			if auth, err = b.signPolicy(*bl.rev); err != nil {
-				return err
+		if bl.rev == nil {
+			r, sv, err := signPW(b.tpm, obj.Handle, digest, s.hash)
+			if err != nil {
+				return cmdErr("TPM2_Sign", err)
 			}
+			if sig, err = rawSignature(r, sv, s.coordSize); err != nil {
+				return fmt.Errorf("TPM2_Sign: %w", err)
+			}
+			return nil
+		}
+		// A key with a revocation bit: its policy, through go-tpm.
+		auth, err := b.signPolicy(*bl.rev)
+		if err != nil {
+			return err
 		}
 		rsp, err := tpm2.Sign{
 			KeyHandle: tpm2.AuthHandle{Handle: obj.Handle, Name: obj.Name, Auth: auth},
@@ -243,7 +252,7 @@ func (b *Backend) Sign(ctx context.Context, ref []byte, alg keystore.Algorithm, 
 			},
 			Validation: tpm2.TPMTTKHashCheck{Tag: tpm2.TPMSTHashCheck, Hierarchy: tpm2.TPMRHNull},
 		}.Execute(b.tpm)
-		if bl.rev != nil && err != nil {
+		if err != nil {
 			// A failed command leaves the session's digest as PolicyNV
 			// made it; the next key would not match it.
 			b.dropSignSession()
@@ -251,26 +260,29 @@ func (b *Backend) Sign(ctx context.Context, ref []byte, alg keystore.Algorithm, 
 				// As in ECDH: the key's index was removed and defined again.
 				return fmt.Errorf("TPM2_Sign: %w: %w", keystore.ErrRevoked, err)
 			}
-		}
-		if err != nil {
 			return cmdErr("TPM2_Sign", err)
 		}
 		e, err := rsp.Signature.Signature.ECDSA()
 		if err != nil {
 			return fmt.Errorf("TPM2_Sign: %w", err)
 		}
-		r, err := leftPad(e.SignatureR.Buffer, s.coordSize)
-		if err != nil {
-			return err
-		}
-		sv, err := leftPad(e.SignatureS.Buffer, s.coordSize)
-		if err != nil {
-			return err
-		}
-		sig = append(r, sv...)
-		return nil
+		sig, err = rawSignature(e.SignatureR.Buffer, e.SignatureS.Buffer, s.coordSize)
+		return err
 	})
 	return sig, err
+}
+
+// rawSignature is r || s, each left-padded to the curve's coordinate size.
+func rawSignature(r, s []byte, size int) ([]byte, error) {
+	rp, err := leftPad(r, size)
+	if err != nil {
+		return nil, err
+	}
+	sp, err := leftPad(s, size)
+	if err != nil {
+		return nil, err
+	}
+	return append(rp, sp...), nil
 }
 
 // ECDH computes the x-coordinate of the shared point with TPM2_ECDH_ZGen.
