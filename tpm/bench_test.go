@@ -11,7 +11,8 @@ import (
 	"github.com/mlskeyd/mlskeyd/keystore"
 )
 
-// BenchmarkSign signs with a key that stays loaded (an LRU hit).
+// BenchmarkSign signs with a key that stays loaded (an LRU hit), through
+// the Backend: blob, queue, TPM2_Sign.
 func BenchmarkSign(b *testing.B) {
 	for _, alg := range []keystore.Algorithm{keystore.ECDSAP256, keystore.ECDSAP384} {
 		b.Run(string(alg), func(b *testing.B) {
@@ -32,6 +33,50 @@ func BenchmarkSign(b *testing.B) {
 			})
 		})
 	}
+}
+
+// BenchmarkSignGoTPM is the reference for the backend's own path: go-tpm's
+// TPM2_Sign on a key kept loaded, nothing else (no blob, no queue).
+func BenchmarkSignGoTPM(b *testing.B) {
+	eachTPMBench(b, func(b *testing.B, env *tpmEnv) {
+		be := env.open(b)
+		ctx := context.Background()
+		alg := keystore.ECDSAP256
+		ref, _, err := be.Generate(ctx, "k", alg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		s, bl, err := be.keyBlob(ref, alg)
+		if err != nil {
+			b.Fatal(err)
+		}
+		d := digestFor(alg, "m")
+		err = be.do(ctx, "bench", func() error {
+			obj, err := be.load(bl)
+			if err != nil {
+				return err
+			}
+			defer be.flush(obj.Handle)
+			b.ResetTimer()
+			for b.Loop() {
+				if _, err := (tpm2.Sign{
+					KeyHandle: tpm2.AuthHandle{Handle: obj.Handle, Name: obj.Name, Auth: tpm2.PasswordAuth(nil)},
+					Digest:    tpm2.TPM2BDigest{Buffer: d},
+					InScheme: tpm2.TPMTSigScheme{
+						Scheme:  tpm2.TPMAlgECDSA,
+						Details: tpm2.NewTPMUSigScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSchemeHash{HashAlg: s.hash}),
+					},
+					Validation: tpm2.TPMTTKHashCheck{Tag: tpm2.TPMSTHashCheck, Hierarchy: tpm2.TPMRHNull},
+				}).Execute(be.tpm); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+	})
 }
 
 // BenchmarkSignRevocation compares, on swtpm (the simulator has no NV
