@@ -130,7 +130,10 @@
 // Loaded keys are kept in an LRU cache of Config.LoadedKeys entries
 // (default 2: the SRK and two keys fill the 3 transient slots of swtpm and
 // the simulator), keyed by the SHA-256 of the blob; the least recently used
-// key is flushed to make room. Whenever the TPM answers
+// key is flushed to make room. Parsed key references are kept as well
+// (1,024, keyed the same way), and TPM2_Sign under the password session is
+// marshalled by hand (signcmd.go), so a signature with a loaded key costs
+// the process little besides the round trip. Whenever the TPM answers
 // TPM_RC_OBJECT_MEMORY (TPM2_Load, TPM2_Create), cached keys are flushed
 // one at a time and the command is tried again. Sealed objects are loaded
 // only for one TPM2_Unseal and flushed at once. Destroy flushes a cached
