@@ -39,19 +39,9 @@ func BenchmarkSign(b *testing.B) {
 // TPM2_Sign on a key kept loaded, nothing else (no blob, no queue).
 func BenchmarkSignGoTPM(b *testing.B) {
 	eachTPMBench(b, func(b *testing.B, env *tpmEnv) {
-		be := env.open(b)
+		be, s, bl, d := benchP256Key(b, env)
 		ctx := context.Background()
-		alg := keystore.ECDSAP256
-		ref, _, err := be.Generate(ctx, "k", alg)
-		if err != nil {
-			b.Fatal(err)
-		}
-		s, bl, err := be.keyBlob(ref, alg)
-		if err != nil {
-			b.Fatal(err)
-		}
-		d := digestFor(alg, "m")
-		err = be.do(ctx, "bench", func() error {
+		err := be.do(ctx, "bench", func() error {
 			obj, err := be.load(bl)
 			if err != nil {
 				return err
@@ -59,15 +49,7 @@ func BenchmarkSignGoTPM(b *testing.B) {
 			defer be.flush(obj.Handle)
 			b.ResetTimer()
 			for b.Loop() {
-				if _, err := (tpm2.Sign{
-					KeyHandle: tpm2.AuthHandle{Handle: obj.Handle, Name: obj.Name, Auth: tpm2.PasswordAuth(nil)},
-					Digest:    tpm2.TPM2BDigest{Buffer: d},
-					InScheme: tpm2.TPMTSigScheme{
-						Scheme:  tpm2.TPMAlgECDSA,
-						Details: tpm2.NewTPMUSigScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSchemeHash{HashAlg: s.hash}),
-					},
-					Validation: tpm2.TPMTTKHashCheck{Tag: tpm2.TPMSTHashCheck, Hierarchy: tpm2.TPMRHNull},
-				}).Execute(be.tpm); err != nil {
+				if err := goTPMSign(be, obj, s, d); err != nil {
 					return err
 				}
 			}
@@ -141,33 +123,15 @@ func BenchmarkECDH(b *testing.B) {
 // and TPM2_FlushContext per signature.
 func BenchmarkSignLoadFlush(b *testing.B) {
 	eachTPMBench(b, func(b *testing.B, env *tpmEnv) {
-		be := env.open(b)
+		be, s, bl, d := benchP256Key(b, env)
 		ctx := context.Background()
-		alg := keystore.ECDSAP256
-		ref, _, err := be.Generate(ctx, "k", alg)
-		if err != nil {
-			b.Fatal(err)
-		}
-		s, bl, err := be.keyBlob(ref, alg)
-		if err != nil {
-			b.Fatal(err)
-		}
-		d := digestFor(alg, "m")
 		for b.Loop() {
 			err := be.do(ctx, "bench", func() error {
 				obj, err := be.load(bl)
 				if err != nil {
 					return err
 				}
-				_, err = tpm2.Sign{
-					KeyHandle: tpm2.AuthHandle{Handle: obj.Handle, Name: obj.Name, Auth: tpm2.PasswordAuth(nil)},
-					Digest:    tpm2.TPM2BDigest{Buffer: d},
-					InScheme: tpm2.TPMTSigScheme{
-						Scheme:  tpm2.TPMAlgECDSA,
-						Details: tpm2.NewTPMUSigScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSchemeHash{HashAlg: s.hash}),
-					},
-					Validation: tpm2.TPMTTKHashCheck{Tag: tpm2.TPMSTHashCheck, Hierarchy: tpm2.TPMRHNull},
-				}.Execute(be.tpm)
+				err = goTPMSign(be, obj, s, d)
 				if ferr := be.flush(obj.Handle); err == nil {
 					err = ferr
 				}
@@ -269,4 +233,34 @@ func BenchmarkOpenWelcomeTPM(b *testing.B) {
 			}
 		})
 	}
+}
+
+// benchP256Key makes a P-256 key and returns what signing with it needs.
+func benchP256Key(b *testing.B, env *tpmEnv) (*Backend, algSpec, *blob, []byte) {
+	be := env.open(b)
+	alg := keystore.ECDSAP256
+	ref, _, err := be.Generate(context.Background(), "k", alg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	s, bl, err := be.keyBlob(ref, alg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	return be, s, bl, digestFor(alg, "m")
+}
+
+// goTPMSign is go-tpm's TPM2_Sign with the password session on a loaded
+// key. Runs with the queue held.
+func goTPMSign(be *Backend, obj tpm2.NamedHandle, s algSpec, d []byte) error {
+	_, err := tpm2.Sign{
+		KeyHandle: tpm2.AuthHandle{Handle: obj.Handle, Name: obj.Name, Auth: tpm2.PasswordAuth(nil)},
+		Digest:    tpm2.TPM2BDigest{Buffer: d},
+		InScheme: tpm2.TPMTSigScheme{
+			Scheme:  tpm2.TPMAlgECDSA,
+			Details: tpm2.NewTPMUSigScheme(tpm2.TPMAlgECDSA, &tpm2.TPMSSchemeHash{HashAlg: s.hash}),
+		},
+		Validation: tpm2.TPMTTKHashCheck{Tag: tpm2.TPMSTHashCheck, Hierarchy: tpm2.TPMRHNull},
+	}.Execute(be.tpm)
+	return err
 }
