@@ -47,19 +47,7 @@ func TestSignAndWelcomeScale(t *testing.T) {
 	}
 	var sides []*side
 	for i, keys := range []int{100, n} {
-		h, err := pkcs11.InitSoftHSM(dir, fmt.Sprintf("scale-%d", i))
-		if err != nil {
-			t.Fatal(err)
-		}
-		pin := pkcs11.RandomPIN()
-		if err := h.InitToken(pkcs11.RandomPIN(), pin); err != nil {
-			t.Fatal(err)
-		}
-		be, err := pkcs11.Open(ctx, h.Config(pin))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { be.Close() })
+		be := newSoftHSMToken(t, dir, fmt.Sprintf("scale-%d", i))
 		s, err := keystore.Open(ctx, filepath.Join(dir, fmt.Sprintf("catalog-%d.db", i)), be, keystore.Options{})
 		if err != nil {
 			t.Fatal(err)

@@ -91,7 +91,18 @@ func newSoftHSMStore(t *testing.T, opts keystore.Options) *softhsmEnv {
 		t.Skip("SoftHSM 2 not installed (apt-get install softhsm2)")
 	}
 	dir := t.TempDir()
-	h, err := pkcs11.InitSoftHSM(dir, "keystore-test")
+	b := newSoftHSMToken(t, dir, "keystore-test")
+	env := &softhsmEnv{be: &hookedBackend{Backend: b}, catalog: filepath.Join(dir, "catalog.db"), opts: opts}
+	env.open(t)
+	return env
+}
+
+// newSoftHSMToken initialises a SoftHSM token named label in dir (which
+// becomes the process's SoftHSM configuration) and opens a backend on it,
+// closed when the test ends.
+func newSoftHSMToken(t testing.TB, dir, label string) *pkcs11.Backend {
+	t.Helper()
+	h, err := pkcs11.InitSoftHSM(dir, label)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -104,9 +115,7 @@ func newSoftHSMStore(t *testing.T, opts keystore.Options) *softhsmEnv {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })
-	env := &softhsmEnv{be: &hookedBackend{Backend: b}, catalog: filepath.Join(dir, "catalog.db"), opts: opts}
-	env.open(t)
-	return env
+	return b
 }
 
 func (e *softhsmEnv) open(t *testing.T) {

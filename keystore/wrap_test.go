@@ -260,20 +260,7 @@ func TestAdoptionQuarantinesWrappedKeys(t *testing.T) {
 	if err := a.be.Close(); err != nil { // one SoftHSM configuration per process
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	h, err := pkcs11.InitSoftHSM(dir, "keystore-test-b")
-	if err != nil {
-		t.Fatal(err)
-	}
-	pin := pkcs11.RandomPIN()
-	if err := h.InitToken(pkcs11.RandomPIN(), pin); err != nil {
-		t.Fatal(err)
-	}
-	be, err := pkcs11.Open(ctx, h.Config(pin))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { be.Close() })
+	be := newSoftHSMToken(t, t.TempDir(), "keystore-test-b")
 	b := &softhsmEnv{be: &hookedBackend{Backend: be}, catalog: a.catalog, opts: keystore.Options{AdoptDevice: true}}
 	b.open(t)
 	for _, id := range []string{inits[0].ID, leaves[0].ID} {
