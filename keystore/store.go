@@ -335,6 +335,7 @@ func (b *Batch) Generate(ctx context.Context, specs []KeySpec) ([]*Record, error
 		sem <- struct{}{}
 		wg.Go(func() {
 			defer func() { <-sem }()
+			defer s.RecoverTo("generate "+string(sp.Algorithm), &errs[i])
 			recs[i], unpins[i], errs[i] = s.generate(ctx, ids[i], sp, prots[i])
 			if errs[i] == nil && b.generated != nil {
 				b.generated()

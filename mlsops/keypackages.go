@@ -156,21 +156,25 @@ func CreateKeyPackages(ctx context.Context, store *keystore.Store, p KeyPackageP
 	for range min(signWorkers, p.Count) {
 		wg.Go(func() {
 			for i := range next {
-				kps[i], errs[i] = mls.NewKeyPackage(mls.KeyPackageParams{
-					Suite:          su.ID,
-					InitKey:        recs[2*i].PublicKey,
-					EncryptionKey:  recs[2*i+1].PublicKey,
-					SignatureKey:   sigRec.PublicKey,
-					Credential:     p.Credential,
-					Capabilities:   capsOf[i],
-					LeafExtensions: p.LeafExtensions,
-					Extensions:     p.Extensions,
-					Lifetime:       p.Lifetime,
-					LastResort:     p.LastResort,
-				}, signer)
-				if errs[i] == nil {
-					prog.add()
-				}
+				signKeyPackage(store, i, errs, func() error {
+					var err error
+					kps[i], err = mls.NewKeyPackage(mls.KeyPackageParams{
+						Suite:          su.ID,
+						InitKey:        recs[2*i].PublicKey,
+						EncryptionKey:  recs[2*i+1].PublicKey,
+						SignatureKey:   sigRec.PublicKey,
+						Credential:     p.Credential,
+						Capabilities:   capsOf[i],
+						LeafExtensions: p.LeafExtensions,
+						Extensions:     p.Extensions,
+						Lifetime:       p.Lifetime,
+						LastResort:     p.LastResort,
+					}, signer)
+					if err == nil {
+						prog.add()
+					}
+					return err
+				})
 			}
 		})
 	}
@@ -223,4 +227,12 @@ func CredentialIdentity(c mls.Credential) string {
 		return ""
 	}
 	return string(c.Identity)
+}
+
+// signKeyPackage runs one worker's step for KeyPackage i; a panic in it
+// (the signer, the progress report) fails that KeyPackage, and with it the
+// batch, instead of the daemon.
+func signKeyPackage(store *keystore.Store, i int, errs []error, f func() error) {
+	defer store.RecoverTo("sign key package", &errs[i])
+	errs[i] = f()
 }

@@ -83,3 +83,35 @@ func TestKeyPackageCancelAfterProgress(t *testing.T) {
 		})
 	}
 }
+
+// TestKeyPackagePanicInWorker: a panic on a signing worker goroutine (here
+// in the last progress report, which a signing worker always makes) fails
+// the batch with keystore.ErrInternal instead of ending the process,
+// commits nothing, leaves no token object behind, and the next batch
+// works. A panic in a key generation worker: keystore's
+// TestWorkerPanicFailsTheBatchNotTheDaemon.
+func TestKeyPackagePanicInWorker(t *testing.T) {
+	store, dir := newSoftHSMStore(t, "progresspanic")
+	su, _ := mls.LookupSuite(1)
+	keys, _ := store.Count(keystore.Filter{}, nil)
+	objects := tokenObjects(t, dir)
+	p := kpParams(su, 20, false, nil)
+	p.Progress = func(done, total int) {
+		if done == total {
+			panic("progress report failed")
+		}
+	}
+	_, err := mlsops.CreateKeyPackages(context.Background(), store, p)
+	if !errors.Is(err, keystore.ErrInternal) {
+		t.Fatalf("got %v, want keystore.ErrInternal", err)
+	}
+	if after, _ := store.Count(keystore.Filter{}, nil); after != keys {
+		t.Errorf("catalog keys: %d before, %d after a failed batch", keys, after)
+	}
+	if after := tokenObjects(t, dir); after != objects {
+		t.Errorf("token objects: %d before, %d after a failed batch", objects, after)
+	}
+	if _, err := mlsops.CreateKeyPackages(context.Background(), store, kpParams(su, 3, false, nil)); err != nil {
+		t.Fatalf("next batch: %v", err)
+	}
+}

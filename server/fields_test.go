@@ -27,6 +27,7 @@ func TestStatusNamesOnlyTheFieldAtFault(t *testing.T) {
 		{fmt.Errorf("generate: %w", context.Canceled), codes.Canceled, "generate: context canceled"},
 		{fmt.Errorf("generate: %w", context.DeadlineExceeded), codes.DeadlineExceeded, "generate: context deadline exceeded"},
 		{errors.New("bbolt: disk full"), codes.Internal, "bbolt: disk full"},
+		{fmt.Errorf("sign key package: %w", keystore.ErrInternal), codes.Internal, "sign key package: internal error (a panic; the daemon log has the stack)"},
 		{fmt.Errorf("key %q: %w", "ab", keystore.ErrNotFound), codes.NotFound, "cipher_suite: key \"ab\": "},
 		{fmt.Errorf("no: %w", keystore.ErrPolicy), codes.FailedPrecondition, "cipher_suite: no: "},
 	} {
