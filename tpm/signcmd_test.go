@@ -1,6 +1,7 @@
 package tpm
 
 import (
+	"bytes"
 	"context"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -97,4 +98,34 @@ func TestParseSignResponseRefusesMalformed(t *testing.T) {
 	if _, _, err := parseSignResponse(big, tpm2.TPMAlgSHA256); err == nil {
 		t.Fatal("a parameter size past the response was accepted")
 	}
+}
+
+// FuzzParseSignResponse: whatever a TPM (or whatever sits on its
+// transport) answers, the parser returns an error or r and s that lie
+// inside the response, never panics or reads past it.
+func FuzzParseSignResponse(f *testing.F) {
+	b := binary.BigEndian.AppendUint16(nil, uint16(tpm2.TPMSTSessions))
+	b = binary.BigEndian.AppendUint32(b, 0)
+	b = binary.BigEndian.AppendUint32(b, 0)
+	parms := binary.BigEndian.AppendUint16(nil, uint16(tpm2.TPMAlgECDSA))
+	parms = binary.BigEndian.AppendUint16(parms, uint16(tpm2.TPMAlgSHA256))
+	for range 2 {
+		parms = binary.BigEndian.AppendUint16(parms, 32)
+		parms = append(parms, bytes.Repeat([]byte{7}, 32)...)
+	}
+	b = binary.BigEndian.AppendUint32(b, uint32(len(parms)))
+	b = append(b, parms...)
+	b = append(b, 0, 0, 1, 0, 0)
+	binary.BigEndian.PutUint32(b[2:6], uint32(len(b)))
+	f.Add(b)
+	f.Add(b[:20])
+	f.Fuzz(func(t *testing.T, rsp []byte) {
+		r, s, err := parseSignResponse(rsp, tpm2.TPMAlgSHA256)
+		if err != nil {
+			return
+		}
+		if len(r)+len(s)+4+4+4+10 > len(rsp) {
+			t.Fatalf("r (%d bytes) and s (%d) do not fit a %d-byte response", len(r), len(s), len(rsp))
+		}
+	})
 }
