@@ -147,7 +147,7 @@ func (b *Backend) genWrapDirect(s p11.SessionHandle, mech uint, wh p11.ObjectHan
 	attrSize := int(unsafe.Sizeof(C.gwAttribute{}))
 	size := int(unsafe.Sizeof(ca)) + (len(pub)+len(priv))*attrSize + genWrapPointCap + genWrapBlobCap
 	for _, a := range append(pub[:len(pub):len(pub)], priv...) {
-		size += len(a.Value)
+		size += len(a.Value) + 7 // each value 8-aligned, as a CK_ULONG wants
 	}
 	block := C.calloc(1, C.size_t(size))
 	if block == nil {
@@ -156,7 +156,9 @@ func (b *Backend) genWrapDirect(s p11.SessionHandle, mech uint, wh p11.ObjectHan
 	defer C.free(block)
 	mem := unsafe.Slice((*byte)(block), size)
 	call := (*C.gwCall)(block)
-	// The attribute arrays first, where they are aligned, then the values.
+	// The attribute arrays first, where they are aligned, then the values,
+	// each at a multiple of 8: a module reads a CK_ULONG value in place,
+	// which faults where unaligned loads do.
 	tables := int(unsafe.Sizeof(ca))
 	off := tables + (len(pub)+len(priv))*attrSize
 	template := func(as []*p11.Attribute) *C.gwAttribute {
@@ -167,6 +169,7 @@ func (b *Backend) genWrapDirect(s p11.SessionHandle, mech uint, wh p11.ObjectHan
 			ts[i]._type = C.gwULong(a.Type)
 			ts[i].ulValueLen = C.gwULong(len(a.Value))
 			if len(a.Value) > 0 {
+				off = (off + 7) &^ 7
 				ts[i].pValue = unsafe.Add(block, off)
 				off += copy(mem[off:], a.Value)
 			}
