@@ -26,6 +26,8 @@ import (
 //	                                            sealed or wrapped (it can move epochs):
 //	                                            keys in an epoch, and sealed or wrapped
 //	                                            keys from before epochs (epoch "")
+//	idxRevoke  id                            -> revocation
+//	                                            retired hardware keys with a revocation
 //
 // (suite: 2 bytes, len: 4 bytes, big-endian; len is the identity's length,
 // as an identity may hold any byte.)
@@ -43,13 +45,14 @@ var (
 	idxLastRes = []byte("idx-lastresort")
 	idxCheck   = []byte("idx-check")
 	idxEpoch   = []byte("idx-epoch")
+	idxRevoke  = []byte("idx-revoke")
 
-	indexBuckets = [][]byte{idxOwner, idxSigKP, idxKPLeaf, idxExpiry, idxUnused, idxLastRes, idxCheck, idxEpoch}
+	indexBuckets = [][]byte{idxOwner, idxSigKP, idxKPLeaf, idxExpiry, idxUnused, idxLastRes, idxCheck, idxEpoch, idxRevoke}
 
 	// keyIndexVersion in the meta bucket says the indexes are complete. A
 	// catalog written before they existed has none: Open builds them once.
 	keyIndexVersion = []byte("index")
-	indexVersion    = []byte("5")
+	indexVersion    = []byte("6")
 )
 
 func join(a, b []byte) []byte {
@@ -81,7 +84,7 @@ func indexRecord(tx *bolt.Tx, r *Record, delta int) error {
 	id := []byte(r.ID)
 	set := func(bucket, k, v []byte) error {
 		b := tx.Bucket(bucket)
-		if bytes.Equal(bucket, idxCheck) {
+		if bytes.Equal(bucket, idxCheck) || bytes.Equal(bucket, idxRevoke) {
 			b.FillPercent = appendFill // keyed by id, like the records
 		}
 		if delta < 0 {
@@ -99,6 +102,11 @@ func indexRecord(tx *bolt.Tx, r *Record, delta int) error {
 	}
 	if checkedAtStart(r) {
 		if err := set(idxCheck, id, encodeCheckEntry(r)); err != nil {
+			return err
+		}
+	}
+	if owesRevocation(r) {
+		if err := set(idxRevoke, id, r.Revocation); err != nil {
 			return err
 		}
 	}
@@ -450,6 +458,25 @@ func (c *catalog) checkedAtStartRecords(fn func(checkEntry) error) error {
 				return err
 			}
 			return fn(e)
+		})
+	})
+}
+
+// owesRevocation reports whether r is in idxRevoke: a retired hardware
+// key whose revocation the device must hold set (see Revoker). Start-up
+// and every sweep read these, with idxCheck for the active ones, instead
+// of every record.
+func owesRevocation(r *Record) bool {
+	return len(r.Revocation) > 0 && r.Protection == ProtectionHardware &&
+		(r.State == StateConsumed || r.State == StateDestroyed)
+}
+
+// owedRevocations calls fn with the id and revocation of every record
+// owesRevocation selects.
+func (c *catalog) owedRevocations(fn func(id string, rev []byte) error) error {
+	return c.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(idxRevoke).ForEach(func(k, v []byte) error {
+			return fn(string(k), bytes.Clone(v))
 		})
 	})
 }

@@ -65,18 +65,25 @@ func (s *Store) revocations(ctx context.Context) error {
 	if !ok {
 		return nil
 	}
+	// Active and missing hardware keys carry theirs in the reference
+	// (idxCheck), retired ones in the record (idxRevoke): two indexes, not
+	// every record.
 	var all [][]byte
-	err := s.cat.all(func(r *Record) error {
+	err := s.cat.checkedAtStartRecords(func(r checkEntry) error {
 		if r.Protection != ProtectionHardware {
 			return nil
 		}
-		if len(r.Revocation) > 0 {
-			all = append(all, r.Revocation)
-		} else if rev := rv.Revocation(r.DeviceRef); rev != nil {
+		if rev := rv.Revocation(r.DeviceRef); rev != nil {
 			all = append(all, rev)
 		}
 		return nil
 	})
+	if err == nil {
+		err = s.cat.owedRevocations(func(_ string, rev []byte) error {
+			all = append(all, rev)
+			return nil
+		})
+	}
 	if err != nil {
 		return err
 	}
@@ -102,9 +109,9 @@ func (s *Store) settleRevocations(ctx context.Context) error {
 		rev []byte
 	}
 	var todo []owed
-	err := s.cat.all(func(r *Record) error {
-		if len(r.Revocation) > 0 && (r.State == StateConsumed || r.State == StateDestroyed) && !s.life.isRevoked(r.ID) {
-			todo = append(todo, owed{r.ID, r.Revocation})
+	err := s.cat.owedRevocations(func(id string, rev []byte) error {
+		if !s.life.isRevoked(id) {
+			todo = append(todo, owed{id, rev})
 		}
 		return nil
 	})
