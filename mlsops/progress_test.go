@@ -60,8 +60,7 @@ func TestKeyPackageCancelAfterProgress(t *testing.T) {
 	su, _ := mls.LookupSuite(1)
 	for _, at := range []string{"first", "last"} {
 		t.Run(at, func(t *testing.T) {
-			keys, _ := store.Count(keystore.Filter{}, nil)
-			objects := tokenObjects(t, dir)
+			unchanged := snapshot(t, store, dir)
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			p := kpParams(su, 20, false, nil)
@@ -74,12 +73,7 @@ func TestKeyPackageCancelAfterProgress(t *testing.T) {
 			if !errors.Is(err, context.Canceled) {
 				t.Fatalf("got %v, want context.Canceled", err)
 			}
-			if after, _ := store.Count(keystore.Filter{}, nil); after != keys {
-				t.Errorf("catalog keys: %d before, %d after a cancelled batch", keys, after)
-			}
-			if after := tokenObjects(t, dir); after != objects {
-				t.Errorf("token objects: %d before, %d after a cancelled batch", objects, after)
-			}
+			unchanged("a cancelled batch")
 		})
 	}
 }
@@ -93,8 +87,7 @@ func TestKeyPackageCancelAfterProgress(t *testing.T) {
 func TestKeyPackagePanicInWorker(t *testing.T) {
 	store, dir := newSoftHSMStore(t, "progresspanic")
 	su, _ := mls.LookupSuite(1)
-	keys, _ := store.Count(keystore.Filter{}, nil)
-	objects := tokenObjects(t, dir)
+	unchanged := snapshot(t, store, dir)
 	p := kpParams(su, 20, false, nil)
 	p.Progress = func(done, total int) {
 		if done == total {
@@ -105,13 +98,25 @@ func TestKeyPackagePanicInWorker(t *testing.T) {
 	if !errors.Is(err, keystore.ErrInternal) {
 		t.Fatalf("got %v, want keystore.ErrInternal", err)
 	}
-	if after, _ := store.Count(keystore.Filter{}, nil); after != keys {
-		t.Errorf("catalog keys: %d before, %d after a failed batch", keys, after)
-	}
-	if after := tokenObjects(t, dir); after != objects {
-		t.Errorf("token objects: %d before, %d after a failed batch", objects, after)
-	}
+	unchanged("a failed batch")
 	if _, err := mlsops.CreateKeyPackages(context.Background(), store, kpParams(su, 3, false, nil)); err != nil {
 		t.Fatalf("next batch: %v", err)
+	}
+}
+
+// snapshot counts the catalog's keys and the token's objects now; the
+// function it returns reports any change since, after what.
+func snapshot(t *testing.T, store *keystore.Store, dir string) func(after string) {
+	t.Helper()
+	keys, _ := store.Count(keystore.Filter{}, nil)
+	objects := tokenObjects(t, dir)
+	return func(after string) {
+		t.Helper()
+		if n, _ := store.Count(keystore.Filter{}, nil); n != keys {
+			t.Errorf("catalog keys: %d before, %d after %s", keys, n, after)
+		}
+		if n := tokenObjects(t, dir); n != objects {
+			t.Errorf("token objects: %d before, %d after %s", objects, n, after)
+		}
 	}
 }

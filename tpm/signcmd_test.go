@@ -61,22 +61,7 @@ func TestSignPWVerifies(t *testing.T) {
 // TestParseSignResponseRefusesMalformed: truncated, oversized or wrong
 // responses give errors, never a panic or a short signature.
 func TestParseSignResponseRefusesMalformed(t *testing.T) {
-	good := func() []byte {
-		b := binary.BigEndian.AppendUint16(nil, uint16(tpm2.TPMSTSessions))
-		b = binary.BigEndian.AppendUint32(b, 0)
-		b = binary.BigEndian.AppendUint32(b, 0)
-		parms := binary.BigEndian.AppendUint16(nil, uint16(tpm2.TPMAlgECDSA))
-		parms = binary.BigEndian.AppendUint16(parms, uint16(tpm2.TPMAlgSHA256))
-		for range 2 {
-			parms = binary.BigEndian.AppendUint16(parms, 32)
-			parms = append(parms, make([]byte, 32)...)
-		}
-		b = binary.BigEndian.AppendUint32(b, uint32(len(parms)))
-		b = append(b, parms...)
-		b = append(b, 0, 0, 1, 0, 0)
-		binary.BigEndian.PutUint32(b[2:6], uint32(len(b)))
-		return b
-	}
+	good := func() []byte { return signResponse(make([]byte, 32), make([]byte, 32)) }
 	if r, s, err := parseSignResponse(good(), tpm2.TPMAlgSHA256); err != nil || len(r) != 32 || len(s) != 32 {
 		t.Fatalf("well-formed response: %d %d %v", len(r), len(s), err)
 	}
@@ -100,23 +85,30 @@ func TestParseSignResponseRefusesMalformed(t *testing.T) {
 	}
 }
 
-// FuzzParseSignResponse: whatever a TPM (or whatever sits on its
-// transport) answers, the parser returns an error or r and s that lie
-// inside the response, never panics or reads past it.
-func FuzzParseSignResponse(f *testing.F) {
+// signResponse is a well-formed TPM2_Sign response: success, an ECDSA
+// signature (SHA-256) of r and s, the password session's acknowledgement.
+func signResponse(r, s []byte) []byte {
 	b := binary.BigEndian.AppendUint16(nil, uint16(tpm2.TPMSTSessions))
 	b = binary.BigEndian.AppendUint32(b, 0)
 	b = binary.BigEndian.AppendUint32(b, 0)
 	parms := binary.BigEndian.AppendUint16(nil, uint16(tpm2.TPMAlgECDSA))
 	parms = binary.BigEndian.AppendUint16(parms, uint16(tpm2.TPMAlgSHA256))
-	for range 2 {
-		parms = binary.BigEndian.AppendUint16(parms, 32)
-		parms = append(parms, bytes.Repeat([]byte{7}, 32)...)
+	for _, v := range [][]byte{r, s} {
+		parms = binary.BigEndian.AppendUint16(parms, uint16(len(v)))
+		parms = append(parms, v...)
 	}
 	b = binary.BigEndian.AppendUint32(b, uint32(len(parms)))
 	b = append(b, parms...)
 	b = append(b, 0, 0, 1, 0, 0)
 	binary.BigEndian.PutUint32(b[2:6], uint32(len(b)))
+	return b
+}
+
+// FuzzParseSignResponse: whatever a TPM (or whatever sits on its
+// transport) answers, the parser returns an error or r and s that lie
+// inside the response, never panics or reads past it.
+func FuzzParseSignResponse(f *testing.F) {
+	b := signResponse(bytes.Repeat([]byte{7}, 32), bytes.Repeat([]byte{9}, 32))
 	f.Add(b)
 	f.Add(b[:20])
 	f.Fuzz(func(t *testing.T, rsp []byte) {
