@@ -164,28 +164,7 @@ func TestJSONCatalogUpgrades(t *testing.T) {
 	}
 	before := map[string]*Record{}
 	// Turn the catalog into what schema 1 wrote.
-	err = s.cat.db.Update(func(tx *bolt.Tx) error {
-		b := tx.Bucket(bucketKeys)
-		err := b.ForEach(func(k, v []byte) error {
-			r, err := decodeRecord(k, v)
-			if err != nil {
-				return err
-			}
-			before[r.ID] = normal(r)
-			j, err := json.Marshal(r)
-			if err != nil {
-				return err
-			}
-			return b.Put(k, j)
-		})
-		if err != nil {
-			return err
-		}
-		return tx.Bucket(bucketMeta).Put(keySchema, schemaJSON)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	toSchema1(t, s, func(r *Record) { before[r.ID] = normal(r) })
 	s.Close()
 
 	s, err = Open(ctx, path, be, Options{})
@@ -321,5 +300,72 @@ func TestRecordSampleSetsEveryField(t *testing.T) {
 		if f := full.Type().Field(i); f.IsExported() && full.Field(i).IsZero() {
 			t.Errorf("sample record a2 leaves %s zero: set it, and carry it in the binary form", f.Name)
 		}
+	}
+}
+
+// TestPreUpgradeNonUTF8KeyPackagesUsable: a catalog of schema 1 (JSON
+// records) kept a KeyPackage identity that is not UTF-8 with its bytes
+// replaced, while its index entries kept the original bytes, so using such
+// a KeyPackage drove a count below zero and failed. The upgrade rebuilds
+// the indexes from the records (index version 6), which makes the two
+// agree: the KeyPackages open again, under the identity JSON left them.
+func TestPreUpgradeNonUTF8KeyPackagesUsable(t *testing.T) {
+	ctx := context.Background()
+	be := newFake()
+	s, path := openStore(t, be, Options{})
+	sig, err := s.Create(ctx, KeySpec{Role: RoleSignature, Suite: 1, Algorithm: Ed25519, Owner: "uid:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inits := makeKPs(t, s, sig, "uid:1", 2, false, time.Now().Add(time.Hour), "caf\xe9")
+	// What the last schema-1 daemon left: JSON records, index version 5
+	// and the index entries as that daemon made them (from the raw bytes).
+	toSchema1(t, s, nil)
+	s.Close()
+	s, err = Open(ctx, path, be, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.UseInitKey(ctx, inits[0].ID, func(any) error { return nil }); err != nil {
+		t.Fatalf("using a pre-upgrade KeyPackage with a non-UTF-8 identity: %v", err)
+	}
+	cs, err := s.UnusedKeyPackages("uid:1", 1)
+	if err != nil || len(cs) != 1 || cs[0].Identity != "caf\uFFFD" || cs[0].Regular != 1 {
+		t.Fatalf("unused KeyPackages after using one: %+v, %v", cs, err)
+	}
+}
+
+// toSchema1 turns s's catalog into what the last schema-1 daemon wrote:
+// JSON records (each passed to seen first, if set) and index version 5,
+// with the index entries as they are.
+func toSchema1(t *testing.T, s *Store, seen func(*Record)) {
+	t.Helper()
+	err := s.cat.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketKeys)
+		err := b.ForEach(func(k, v []byte) error {
+			r, err := decodeRecord(k, v)
+			if err != nil {
+				return err
+			}
+			if seen != nil {
+				seen(r)
+			}
+			j, err := json.Marshal(r)
+			if err != nil {
+				return err
+			}
+			return b.Put(k, j)
+		})
+		if err != nil {
+			return err
+		}
+		if err := tx.Bucket(bucketMeta).Put(keyIndexVersion, []byte("5")); err != nil {
+			return err
+		}
+		return tx.Bucket(bucketMeta).Put(keySchema, schemaJSON)
+	})
+	if err != nil {
+		t.Fatal(err)
 	}
 }
