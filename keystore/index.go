@@ -53,6 +53,17 @@ var (
 	// catalog written before they existed has none: Open builds them once.
 	keyIndexVersion = []byte("index")
 	indexVersion    = []byte("6")
+
+	// partialRebuilds name, for an index version, the buckets that differ
+	// from the current version's: only those are rebuilt, so that an
+	// upgrade of a large catalog reads every record once but writes only
+	// the few entries that change (a full rebuild of a million keys writes
+	// hundreds of MiB in one transaction). Version 6 added idx-revoke and
+	// rebuilds the buckets keyed by identity, which schema 1 catalogs could
+	// hold with bytes their JSON records had replaced.
+	partialRebuilds = map[string][][]byte{
+		"5": {idxUnused, idxLastRes, idxRevoke},
+	}
 )
 
 func join(a, b []byte) []byte {
@@ -81,8 +92,17 @@ func unusedKP(r *Record) bool {
 
 // indexRecord adds (delta 1) or removes (delta -1) r's index entries.
 func indexRecord(tx *bolt.Tx, r *Record, delta int) error {
+	return indexRecordIn(tx, r, delta, nil)
+}
+
+// indexRecordIn is indexRecord for the buckets in only (every bucket if
+// only is nil).
+func indexRecordIn(tx *bolt.Tx, r *Record, delta int, only map[string]bool) error {
 	id := []byte(r.ID)
 	set := func(bucket, k, v []byte) error {
+		if only != nil && !only[string(bucket)] {
+			return nil
+		}
 		b := tx.Bucket(bucket)
 		if bytes.Equal(bucket, idxCheck) || bytes.Equal(bucket, idxRevoke) {
 			b.FillPercent = appendFill // keyed by id, like the records
@@ -133,6 +153,9 @@ func indexRecord(tx *bolt.Tx, r *Record, delta int) error {
 			return err
 		}
 	}
+	if only != nil && !only[string(idxUnused)] {
+		return nil
+	}
 	b := tx.Bucket(idxUnused)
 	k := lastResortPrefix(r)
 	counts := make([]byte, 16)
@@ -168,10 +191,13 @@ func reindex(tx *bolt.Tx, r *Record) error {
 }
 
 // ensureIndexes creates the index buckets and, for a catalog that has
-// none yet, builds them from the records: once, at start-up.
+// none yet or an older version of them, builds them from the records:
+// once, at start-up; from a version partialRebuilds knows, only the
+// buckets that changed since.
 func ensureIndexes(tx *bolt.Tx) error {
 	meta := tx.Bucket(bucketMeta)
-	if bytes.Equal(meta.Get(keyIndexVersion), indexVersion) {
+	have := meta.Get(keyIndexVersion)
+	if bytes.Equal(have, indexVersion) {
 		for _, b := range indexBuckets {
 			if tx.Bucket(b) == nil {
 				return fmt.Errorf("catalog index %s is missing", b)
@@ -179,7 +205,19 @@ func ensureIndexes(tx *bolt.Tx) error {
 		}
 		return nil
 	}
-	for _, b := range indexBuckets {
+	rebuild := indexBuckets
+	if part, ok := partialRebuilds[string(have)]; ok {
+		rebuild = part
+		for _, b := range indexBuckets {
+			if tx.Bucket(b) == nil && !slices.ContainsFunc(part, func(p []byte) bool { return bytes.Equal(p, b) }) {
+				rebuild = indexBuckets // not what that version left: all of them
+				break
+			}
+		}
+	}
+	only := map[string]bool{}
+	for _, b := range rebuild {
+		only[string(b)] = true
 		if tx.Bucket(b) != nil {
 			if err := tx.DeleteBucket(b); err != nil {
 				return err
@@ -194,7 +232,7 @@ func ensureIndexes(tx *bolt.Tx) error {
 		if err != nil {
 			return err
 		}
-		return indexRecord(tx, r, 1)
+		return indexRecordIn(tx, r, 1, only)
 	})
 	if err != nil {
 		return err

@@ -327,3 +327,54 @@ func TestStartupReadsTheCheckIndexOnly(t *testing.T) {
 	}
 	s.Close()
 }
+
+// TestIndexUpgradeRebuildsOnlyWhatChanged: from index version 5 the
+// upgrade rebuilds only the buckets that changed (partialRebuilds) and
+// leaves the others as they are; a version-5 catalog that lacks one of
+// the others gets every index rebuilt.
+func TestIndexUpgradeRebuildsOnlyWhatChanged(t *testing.T) {
+	ctx := context.Background()
+	be := newFake()
+	s, path := openStore(t, be, Options{})
+	if _, err := s.Create(ctx, KeySpec{Role: RoleSignature, Suite: 1, Algorithm: Ed25519, Owner: "uid:1"}); err != nil {
+		t.Fatal(err)
+	}
+	marker := []byte("marker\x00kept")
+	for _, lose := range []string{"", string(idxOwner)} {
+		err := s.cat.db.Update(func(tx *bolt.Tx) error {
+			if err := tx.Bucket(idxOwner).Put(marker, nil); err != nil {
+				return err
+			}
+			for _, b := range []string{string(idxRevoke), lose} {
+				if b != "" {
+					if err := tx.DeleteBucket([]byte(b)); err != nil {
+						return err
+					}
+				}
+			}
+			return tx.Bucket(bucketMeta).Put(keyIndexVersion, []byte("5"))
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+		var err2 error
+		if s, err2 = Open(ctx, path, be, Options{}); err2 != nil {
+			t.Fatalf("open after losing %q: %v", lose, err2)
+		}
+		s.cat.db.View(func(tx *bolt.Tx) error {
+			kept := tx.Bucket(idxOwner).Get(marker) != nil
+			if kept != (lose == "") {
+				t.Errorf("losing %q: idx-owner's extra entry kept: %v", lose, kept)
+			}
+			if v := tx.Bucket(bucketMeta).Get(keyIndexVersion); !bytes.Equal(v, indexVersion) {
+				t.Errorf("index version %q after the upgrade", v)
+			}
+			return nil
+		})
+		if lose != "" {
+			checkIndexesMatchARebuild(t, s)
+		}
+	}
+	s.Close()
+}
