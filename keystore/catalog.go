@@ -114,6 +114,7 @@ func openCatalog(path string) (*catalog, error) {
 		}
 		return nil, fmt.Errorf("open catalog %s: %w", path, err)
 	}
+	var rebuild map[string]bool
 	err = db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketKeys, bucketRefs, bucketMeta, bucketJrnl} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
@@ -134,13 +135,19 @@ func openCatalog(path string) (*catalog, error) {
 		case !bytes.Equal(v, schemaValue):
 			return fmt.Errorf("catalog schema %q is not supported by this version (a newer mlskeyd wrote it)", v)
 		}
-		return ensureIndexes(tx)
+		var err error
+		rebuild, err = prepareIndexes(tx)
+		return err
 	})
+	c := &catalog{db: db}
+	if err == nil && rebuild != nil {
+		err = c.rebuildIndexes(rebuild)
+	}
 	if err != nil {
 		db.Close()
 		return nil, fmt.Errorf("initialise catalog %s: %w", path, err)
 	}
-	return &catalog{db: db}, nil
+	return c, nil
 }
 
 func (c *catalog) close() error { return c.db.Close() }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"math"
 	"slices"
 	"time"
 
@@ -190,20 +191,29 @@ func reindex(tx *bolt.Tx, r *Record) error {
 	return indexRecord(tx, r, 1)
 }
 
-// ensureIndexes creates the index buckets and, for a catalog that has
-// none yet or an older version of them, builds them from the records:
-// once, at start-up; from a version partialRebuilds knows, only the
-// buckets that changed since.
-func ensureIndexes(tx *bolt.Tx) error {
+// rebuildChunk is how many records one transaction of an index rebuild
+// indexes. bbolt splits the nodes a transaction changed only at its
+// commit, so a rebuild in one transaction inserts every entry of an index
+// into one ever-growing node: quadratic, and minutes at a million keys.
+// Committing every rebuildChunk records keeps nodes small and memory
+// bounded; the version is written by the last transaction only, so a
+// rebuild cut short starts over at the next open.
+var rebuildChunk = 20000
+
+// prepareIndexes creates the index buckets and, when the catalog has no
+// indexes yet or an older version of them, empties the ones to rebuild
+// (from a version partialRebuilds knows, only those that changed since)
+// and returns them; nil when the indexes are current.
+func prepareIndexes(tx *bolt.Tx) (map[string]bool, error) {
 	meta := tx.Bucket(bucketMeta)
 	have := meta.Get(keyIndexVersion)
 	if bytes.Equal(have, indexVersion) {
 		for _, b := range indexBuckets {
 			if tx.Bucket(b) == nil {
-				return fmt.Errorf("catalog index %s is missing", b)
+				return nil, fmt.Errorf("catalog index %s is missing", b)
 			}
 		}
-		return nil
+		return nil, nil
 	}
 	rebuild := indexBuckets
 	if part, ok := partialRebuilds[string(have)]; ok {
@@ -220,24 +230,70 @@ func ensureIndexes(tx *bolt.Tx) error {
 		only[string(b)] = true
 		if tx.Bucket(b) != nil {
 			if err := tx.DeleteBucket(b); err != nil {
-				return err
+				return nil, err
 			}
 		}
 		if _, err := tx.CreateBucket(b); err != nil {
-			return err
+			return nil, err
 		}
 	}
-	err := tx.Bucket(bucketKeys).ForEach(func(k, v []byte) error {
+	return only, nil
+}
+
+// indexRecords adds the entries in only of up to n records, those after
+// the key after (from the first if after is nil), and returns the last
+// key it indexed; done when no record is left, and then marks the
+// indexes current.
+func indexRecords(tx *bolt.Tx, only map[string]bool, after []byte, n int) (last []byte, done bool, err error) {
+	c := tx.Bucket(bucketKeys).Cursor()
+	k, v := c.First()
+	if after != nil {
+		if k, v = c.Seek(after); k != nil && bytes.Equal(k, after) {
+			k, v = c.Next()
+		}
+	}
+	for ; k != nil && n > 0; k, v = c.Next() {
 		r, err := decodeRecord(k, v)
 		if err != nil {
-			return err
+			return nil, false, err
 		}
-		return indexRecordIn(tx, r, 1, only)
-	})
-	if err != nil {
+		if err := indexRecordIn(tx, r, 1, only); err != nil {
+			return nil, false, err
+		}
+		last, n = k, n-1
+	}
+	if k != nil {
+		return bytes.Clone(last), false, nil
+	}
+	return nil, true, tx.Bucket(bucketMeta).Put(keyIndexVersion, indexVersion)
+}
+
+// ensureIndexes brings the indexes up to date in the one transaction tx:
+// for small catalogs and tests; Open uses rebuildIndexes.
+func ensureIndexes(tx *bolt.Tx) error {
+	only, err := prepareIndexes(tx)
+	if only == nil {
 		return err
 	}
-	return meta.Put(keyIndexVersion, indexVersion)
+	_, _, err = indexRecords(tx, only, nil, math.MaxInt)
+	return err
+}
+
+// rebuildIndexes fills the emptied buckets in only from the records,
+// rebuildChunk records per transaction.
+func (c *catalog) rebuildIndexes(only map[string]bool) error {
+	var after []byte
+	for done := false; !done; {
+		err := c.db.Update(func(tx *bolt.Tx) error {
+			var err error
+			after, done, err = indexRecords(tx, only, after, rebuildChunk)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("rebuild the catalog indexes: %w", err)
+		}
+	}
+	return nil
 }
 
 // UnusedCount is how many KeyPackages of an owner, suite and identity

@@ -378,3 +378,51 @@ func TestIndexUpgradeRebuildsOnlyWhatChanged(t *testing.T) {
 	}
 	s.Close()
 }
+
+// TestIndexRebuildInChunks: Open rebuilds indexes rebuildChunk records per
+// transaction, and a rebuild cut short after its first transaction (a
+// crash) is started over and completed by the next open.
+func TestIndexRebuildInChunks(t *testing.T) {
+	defer func(n int) { rebuildChunk = n }(rebuildChunk)
+	rebuildChunk = 7
+	ctx := context.Background()
+	be := newFake()
+	s, path := openStore(t, be, Options{})
+	sig, err := s.Create(ctx, KeySpec{Role: RoleSignature, Suite: 1, Algorithm: Ed25519, Owner: "uid:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	makeKPs(t, s, sig, "uid:1", 20, false, time.Now().Add(time.Hour), "alice")
+	makeKPs(t, s, sig, "uid:1", 2, true, time.Now().Add(time.Hour), "alice")
+	for _, cut := range []bool{false, true} {
+		err := s.cat.db.Update(func(tx *bolt.Tx) error {
+			if err := tx.Bucket(bucketMeta).Put(keyIndexVersion, []byte("0")); err != nil {
+				return err
+			}
+			if !cut {
+				return nil
+			}
+			only, err := prepareIndexes(tx)
+			if err != nil {
+				return err
+			}
+			_, done, err := indexRecords(tx, only, nil, rebuildChunk)
+			if done {
+				t.Fatal("one chunk indexed every record")
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+		if s, err = Open(ctx, path, be, Options{}); err != nil {
+			t.Fatalf("open (cut short before: %v): %v", cut, err)
+		}
+		checkIndexesMatchARebuild(t, s)
+		if cs, err := s.UnusedKeyPackages("uid:1", 1); err != nil || len(cs) != 1 || cs[0].Regular != 20 || cs[0].LastResort != 2 {
+			t.Fatalf("cut short before: %v: unused KeyPackages %+v, %v", cut, cs, err)
+		}
+	}
+	s.Close()
+}
