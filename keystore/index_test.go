@@ -386,12 +386,7 @@ func TestIndexRebuildInChunks(t *testing.T) {
 	defer func(n int) { rebuildChunk = n }(rebuildChunk)
 	rebuildChunk = 7
 	ctx := context.Background()
-	be := newFake()
-	s, path := openStore(t, be, Options{})
-	sig, err := s.Create(ctx, KeySpec{Role: RoleSignature, Suite: 1, Algorithm: Ed25519, Owner: "uid:1"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, path, be, sig := openWithSigKey(t)
 	makeKPs(t, s, sig, "uid:1", 20, false, time.Now().Add(time.Hour), "alice")
 	makeKPs(t, s, sig, "uid:1", 2, true, time.Now().Add(time.Hour), "alice")
 	for _, cut := range []bool{false, true} {
@@ -425,4 +420,17 @@ func TestIndexRebuildInChunks(t *testing.T) {
 		}
 	}
 	s.Close()
+}
+
+// openWithSigKey opens a store on a fake device with one signature key
+// (suite 1, owner uid:1).
+func openWithSigKey(t *testing.T) (*Store, string, *fakeBackend, *Record) {
+	t.Helper()
+	be := newFake()
+	s, path := openStore(t, be, Options{})
+	sig, err := s.Create(context.Background(), KeySpec{Role: RoleSignature, Suite: 1, Algorithm: Ed25519, Owner: "uid:1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s, path, be, sig
 }

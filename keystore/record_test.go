@@ -146,12 +146,7 @@ func FuzzDecodeRecord(f *testing.F) {
 // indexes match a rebuild from the mixed records.
 func TestJSONCatalogUpgrades(t *testing.T) {
 	ctx := context.Background()
-	be := newFake()
-	s, path := openStore(t, be, Options{})
-	sig, err := s.Create(ctx, KeySpec{Role: RoleSignature, Suite: 1, Algorithm: Ed25519, Owner: "uid:1"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, path, be, sig := openWithSigKey(t)
 	sig2, err := s.Create(ctx, KeySpec{Role: RoleSignature, Suite: 1, Algorithm: Ed25519, Owner: "uid:2"})
 	if err != nil {
 		t.Fatal(err)
@@ -311,18 +306,13 @@ func TestRecordSampleSetsEveryField(t *testing.T) {
 // agree: the KeyPackages open again, under the identity JSON left them.
 func TestPreUpgradeNonUTF8KeyPackagesUsable(t *testing.T) {
 	ctx := context.Background()
-	be := newFake()
-	s, path := openStore(t, be, Options{})
-	sig, err := s.Create(ctx, KeySpec{Role: RoleSignature, Suite: 1, Algorithm: Ed25519, Owner: "uid:1"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	s, path, be, sig := openWithSigKey(t)
 	inits := makeKPs(t, s, sig, "uid:1", 2, false, time.Now().Add(time.Hour), "caf\xe9")
 	// What the last schema-1 daemon left: JSON records, index version 5
 	// and the index entries as that daemon made them (from the raw bytes).
 	toSchema1(t, s, nil)
 	s.Close()
-	s, err = Open(ctx, path, be, Options{})
+	s, err := Open(ctx, path, be, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
