@@ -428,7 +428,7 @@ func (s *Store) runEpochs() {
 		if !over {
 			continue
 		}
-		if err := s.RotateEpoch(context.Background()); err != nil {
+		if err := s.guarded("rotate sealing epoch", func() error { return s.RotateEpoch(context.Background()) }); err != nil {
 			s.log.Error("sealing epoch rotation failed; retrying later", "err", err)
 		}
 	}

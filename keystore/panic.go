@@ -26,3 +26,13 @@ func (s *Store) RecoverTo(what string, errp *error) {
 	s.log.Error("worker panic", "in", what, "panic", fmt.Sprint(r), "stack", string(debug.Stack()))
 	*errp = fmt.Errorf("%s: %w", what, ErrInternal)
 }
+
+// guarded runs one step of a background task (a sweep, an epoch
+// rotation) with RecoverTo: a panic in it fails that step, which is logged
+// and retried at the next tick like any failure, instead of ending the
+// daemon and every caller's calls. Only the step's own state can be left
+// half done, and each step is written to be re-run.
+func (s *Store) guarded(what string, f func() error) (err error) {
+	defer s.RecoverTo(what, &err)
+	return f()
+}

@@ -6,8 +6,10 @@ import (
 	"errors"
 	"log/slog"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // panicAt is a device whose n-th generation panics, as a buggy device
@@ -51,4 +53,60 @@ func TestWorkerPanicFailsTheBatchNotTheDaemon(t *testing.T) {
 	if _, err := s.NewBatch().Generate(context.Background(), specs[:3]); err != nil {
 		t.Fatalf("next batch: %v", err)
 	}
+}
+
+// panicList is a device whose listing panics once armed: the sweep lists
+// the device each time it runs.
+type panicList struct {
+	*fakeBackend
+	armed atomic.Bool
+}
+
+func (p *panicList) List(ctx context.Context) ([]DeviceKey, error) {
+	if p.armed.Load() {
+		panic("listing failed")
+	}
+	return p.fakeBackend.List(ctx)
+}
+
+// TestSweepPanicIsLoggedAndRetried: a panic in the background sweep is
+// logged, the sweep runs again at its next tick, and the store goes on
+// serving.
+func TestSweepPanicIsLoggedAndRetried(t *testing.T) {
+	be := &panicList{fakeBackend: newFake()}
+	logs := new(lockedBuffer)
+	s, _ := openStore(t, be, Options{Logger: slog.New(slog.NewJSONHandler(logs, nil))})
+	be.armed.Store(true)
+	s.StartSweeper(time.Millisecond)
+	deadline := time.Now().Add(30 * time.Second)
+	for strings.Count(logs.String(), `"msg":"worker panic"`) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("the sweep did not panic twice within 30 s: %s", logs.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if !strings.Contains(logs.String(), `"in":"sweep"`) {
+		t.Fatalf("the log does not say where: %s", logs.String())
+	}
+	if _, err := s.Create(context.Background(), KeySpec{Role: RoleSignature, Suite: 1, Algorithm: Ed25519}); err != nil {
+		t.Fatalf("after the sweep's panics: %v", err)
+	}
+}
+
+// lockedBuffer is a bytes.Buffer for a logger written from goroutines.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

@@ -235,7 +235,11 @@ func (s *Store) StartSweeper(every time.Duration) {
 	s.life.sweeper.Go(func() {
 		// Start-up reconciled the device already; KeyPackages that
 		// expired while the daemon was down go at once.
-		if _, err := s.ExpireKeyPackages(s.life.ctx); err != nil && s.life.ctx.Err() == nil {
+		err := s.guarded("expire KeyPackages", func() error {
+			_, err := s.ExpireKeyPackages(s.life.ctx)
+			return err
+		})
+		if err != nil && s.life.ctx.Err() == nil {
 			s.log.Warn("expiring KeyPackages", "err", err)
 		}
 		t := time.NewTicker(every)
@@ -246,7 +250,12 @@ func (s *Store) StartSweeper(every time.Duration) {
 				return
 			case <-t.C:
 			}
-			if n, err := s.Sweep(s.life.ctx); err != nil && s.life.ctx.Err() == nil {
+			n := 0
+			err := s.guarded("sweep", func() (err error) {
+				n, err = s.Sweep(s.life.ctx)
+				return err
+			})
+			if err != nil && s.life.ctx.Err() == nil {
 				s.log.Warn("sweep", "destroyed", n, "err", err)
 			}
 		}
