@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"sync"
 	"testing"
@@ -433,4 +434,15 @@ func openWithSigKey(t *testing.T) (*Store, string, *fakeBackend, *Record) {
 		t.Fatal(err)
 	}
 	return s, path, be, sig
+}
+
+// ensureIndexes brings the indexes up to date in the one transaction tx,
+// as Open's prepareIndexes and rebuildIndexes do in several.
+func ensureIndexes(tx *bolt.Tx) error {
+	only, err := prepareIndexes(tx)
+	if only == nil {
+		return err
+	}
+	_, _, err = indexRecords(tx, only, nil, math.MaxInt)
+	return err
 }

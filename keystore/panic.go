@@ -1,6 +1,7 @@
 package keystore
 
 import (
+	"errors"
 	"fmt"
 	"runtime/debug"
 )
@@ -9,7 +10,7 @@ import (
 // library, not the caller's or the device's fault: a panic recovered in a
 // worker goroutine. Its value and stack go to the log, never to the caller
 // (a panic's text can quote anything the failing code held).
-var ErrInternal = fmt.Errorf("internal error (a panic; the daemon log has the stack)")
+var ErrInternal = errors.New("internal error (a panic; the daemon log has the stack)")
 
 // RecoverTo is deferred at the top of a worker goroutine that runs device
 // or MLS work for a request. gRPC recovers panics only on the handler's own
