@@ -210,7 +210,8 @@ func (s *Store) reconcile(ctx context.Context) error {
 	if err := s.checkHardware(ctx, onDevice); err != nil {
 		return err
 	}
-	s.log.Info("catalog reconciled", "device_keys", len(dev), "strays", len(found), "list_took", listTook.Round(time.Millisecond))
+	s.log.Info("catalog reconciled", "device_keys", len(dev), "destroyed_interrupted", len(interrupted), "destroyed_retired", len(retired),
+		"strays", len(found), "list_took", listTook.Round(time.Millisecond))
 	return nil
 }
 
